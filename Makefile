@@ -1,0 +1,29 @@
+# `make demo` and `make test` are the README's two commands: each sets up .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO_OUT ?= demo-out
+
+.PHONY: setup demo test report clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	# the CPU build of torch lies on disk; naming it first keeps pip off the multi-GB CUDA build
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(BIN)/edgevfm demo -o $(DEMO_OUT)
+
+test: setup
+	$(BIN)/python -m pytest
+
+# Rebuilds the committed CLIP report (benchmarks/reports/clip-vit-b32) on this machine.
+report: setup
+	$(BIN)/edgevfm demo -o $(DEMO_OUT) --report-dir benchmarks/reports/clip-vit-b32
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) *.egg-info .pytest_cache

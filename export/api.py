@@ -1,0 +1,60 @@
+"""``export``: checkpoint -> validated FP32 bundle."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+from edgevfm.runtime.bundle import check_out_dir, staged_bundle, write_manifest
+
+from .checkpoint import load_checkpoint
+from .onnx_export import DEFAULT_OPSET, export_part
+from .progress import progress
+
+
+def tool_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": platform.python_version()}
+    for name in ("edgevfm", "torch", "transformers", "onnx", "onnxruntime", "tokenizers", "numpy"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+def export(model: str, out: str | Path, family: str | None = None, opset: int = DEFAULT_OPSET,
+           force: bool = False, revision: str | None = None, show_progress: bool = True) -> Path:
+    """Export ``model`` (hub id, folder or ``random:<preset>``) to an FP32 bundle at ``out``.
+
+    Every part is validated against PyTorch before the bundle is written; nothing is left at
+    ``out`` if anything fails.
+    """
+    out = Path(out)
+    check_out_dir(out, force)
+    checkpoint = load_checkpoint(model, family=family, revision=revision)
+    spec = checkpoint.spec
+    parts = spec.parts(checkpoint)
+    with staged_bundle(out, force=force) as stage:
+        manifest_parts, validation = {}, {}
+        for part in progress(parts, desc=f"export {spec.name}", enabled=show_progress):
+            file = f"{part.name}.onnx"
+            validation[part.name] = export_part(checkpoint.model, part, stage / file, opset=opset)
+            manifest_parts[part.name] = {
+                "file": file, "backend": "onnxruntime", "precision": "fp32",
+                "inputs": [t.as_manifest() for t in part.inputs],
+                "outputs": [t.as_manifest() for t in part.outputs],
+            }
+        spec.write_assets(checkpoint, stage)
+        write_manifest(stage, {
+            "family": spec.name,
+            "source": checkpoint.source,
+            "parts": manifest_parts,
+            **spec.manifest_sections(checkpoint),
+            "recipe": None,
+            "calibration": None,
+            "export": {"opset": opset, "validation": validation},
+            "tools": tool_versions(),
+        })
+    return out

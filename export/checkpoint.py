@@ -1,0 +1,98 @@
+"""Loading a checkpoint the way users pass it: a hub id, a local folder saved with
+``save_pretrained``, or ``random:<preset>`` (the same architecture with seeded random weights)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgevfm.runtime.errors import CheckpointError, UnknownNameError
+
+from . import families  # noqa: F401  (registers the family specs)
+from .spec import FAMILIES, FamilySpec, family_for_model_type, find_preset
+
+RANDOM_PREFIX = "random:"
+_VOLATILE_CONFIG_KEYS = {"transformers_version", "_name_or_path", "dtype", "torch_dtype", "_attn_implementation_autoset"}
+
+
+@dataclass
+class Checkpoint:
+    """A loaded model in eval mode, its tokenizer / processor (``assets``) and where it came from."""
+
+    spec: FamilySpec
+    model: Any
+    assets: dict[str, Any]
+    source: dict[str, Any]
+
+    @property
+    def family(self) -> str:
+        return self.spec.name
+
+
+def config_sha256(config) -> str:
+    data = {k: v for k, v in config.to_dict().items() if k not in _VOLATILE_CONFIG_KEYS}
+    for sub in data.values():
+        if isinstance(sub, dict):
+            for key in _VOLATILE_CONFIG_KEYS:
+                sub.pop(key, None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def load_checkpoint(model: str, family: str | None = None, revision: str | None = None) -> Checkpoint:
+    """Load ``model``: ``random:<preset>``, a local folder, or a hub id (``org/name``).
+
+    ``family`` overrides the family read from the checkpoint's config. Raises ``CheckpointError``
+    for a missing or corrupt checkpoint, ``UnknownNameError`` for an unknown family or preset.
+    """
+    if family is not None:
+        FAMILIES.get(family)  # unknown family: the error lists the valid ones
+    if model.startswith(RANDOM_PREFIX):
+        preset_family, preset = find_preset(model[len(RANDOM_PREFIX):])
+        spec = FAMILIES.get(family or preset_family)()
+        torch_model, assets = spec.build_random(preset)
+        revision = None
+    else:
+        spec = FAMILIES.get(family or _detect_family(model, revision))()
+        try:
+            torch_model, assets = spec.load_pretrained(model, revision)
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+            raise CheckpointError(
+                f"could not load the {spec.name} checkpoint {model!r}: {exc}. Expected a folder saved with "
+                "save_pretrained (config.json, weights, tokenizer, preprocessor_config.json) or a reachable hub id"
+            ) from exc
+    torch_model.eval()
+    source = {"id": model, "revision": revision, "config_sha256": config_sha256(torch_model.config)}
+    return Checkpoint(spec, torch_model, assets, source)
+
+
+def _detect_family(model: str, revision: str | None) -> str:
+    path = Path(model)
+    looks_local = path.exists() or model.startswith((".", "/", "~")) or os.sep + os.sep in model or model.count("/") > 1
+    if looks_local:
+        if not path.is_dir():
+            raise CheckpointError(f"checkpoint folder {model!r} does not exist: pass a folder saved with save_pretrained, a hub id or random:<preset>")
+        if not (path / "config.json").is_file():
+            raise CheckpointError(f"{model!r} has no config.json: expected a folder saved with save_pretrained")
+        try:
+            model_type = json.loads((path / "config.json").read_text()).get("model_type")
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{model!r}/config.json is not valid JSON ({exc}): the checkpoint is corrupt") from None
+    else:
+        from transformers import AutoConfig
+
+        try:
+            model_type = AutoConfig.from_pretrained(model, revision=revision).model_type
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(
+                f"could not read the config of {model!r} from the hub ({exc}): check the id and the network, "
+                "or pass a local folder saved with save_pretrained, or random:<preset> offline"
+            ) from exc
+    try:
+        return family_for_model_type(model_type)
+    except ValueError:
+        supported = sorted(t for _, cls in FAMILIES.items() for t in cls.model_types)
+        raise UnknownNameError("model_type", str(model_type), supported) from None

@@ -1,0 +1,186 @@
+"""CLIP: two parts, ``vision`` (pixels -> projected image embeddings) and ``text`` (token ids ->
+projected text embeddings), each with a dynamic batch (and sequence, for text)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..spec import FAMILIES, FamilySpec, PartSpec, Preset, TensorSpec
+
+_MEAN = [0.48145466, 0.4578275, 0.40821073]
+_STD = [0.26862954, 0.26130258, 0.27577711]
+_RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+
+# A small English corpus to train the presets' BPE merges offline (CLIP's real merges are not
+# shipped with transformers). The pipeline around them - normaliser, pre-tokeniser, byte-level
+# alphabet, </w> suffix, specials - is CLIP's own, built by transformers' CLIPTokenizer.
+_CORPUS = """a photo of a cat. a photo of a dog. a picture of an astronaut in a space suit.
+a cup of coffee on a table. a rocket on the launch pad. a horse in a field. a camera man.
+the moon at night. a pile of coins. a page of printed text. a brick wall. green grass.
+a close up photo of the retina. a microscope image of tissue. the hubble deep field.
+an orange tabby cat looking at the camera. a black and white photograph of a man.
+a colourful wheel of colours. a logo on a white background. gravel on the ground.
+a bird flying over the sea. a car parked on the street. a person riding a bicycle.
+a plate of food with vegetables. a city skyline at sunset. a boat on the river.
+there is a small house with a red roof near the mountains and the trees.
+""".split("\n")
+
+
+def _clip_tokenizer():
+    """A real CLIP tokenizer (transformers' CLIPTokenizer) with merges trained on ``_CORPUS``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import CLIPTokenizer
+
+    pipeline = CLIPTokenizer()._tokenizer
+    trainer_tok = Tokenizer(models.BPE(end_of_word_suffix="</w>", continuing_subword_prefix=""))
+    trainer_tok.normalizer = pipeline.normalizer
+    trainer_tok.pre_tokenizer = pipeline.pre_tokenizer
+    trainer = trainers.BpeTrainer(vocab_size=800, show_progress=False, end_of_word_suffix="</w>",
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer_tok.train_from_iterator(_CORPUS * 4, trainer)
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m)
+              for m in json.loads(trainer_tok.to_str())["model"]["merges"]]
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tokens = alphabet + [c + "</w>" for c in alphabet]
+    for a, b in merges:
+        if a + b not in tokens:
+            tokens.append(a + b)
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {t: i for i, t in enumerate(dict.fromkeys(tokens))}
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+
+
+def _config(vision: dict, text: dict, projection_dim: int):
+    from transformers import CLIPConfig
+
+    return CLIPConfig(
+        text_config=dict(text, max_position_embeddings=77),
+        vision_config=dict(vision, image_size=224, patch_size=32),
+        projection_dim=projection_dim,
+    )
+
+
+def _size(size) -> dict:
+    """transformers' SizeDict (or a plain dict / int) as plain JSON data."""
+    if isinstance(size, int):
+        return {"shortest_edge": size}
+    keys = ("shortest_edge", "longest_edge", "height", "width")
+    get = size.get if isinstance(size, dict) else lambda k: getattr(size, k, None)
+    return {k: int(get(k)) for k in keys if get(k) is not None}
+
+
+class VisionTower(nn.Module):
+    """pixel_values (batch, 3, H, W) float32 -> image_embeds (batch, projection_dim), unnormalised."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.vision_model, self.projection = model.vision_model, model.visual_projection
+
+    def forward(self, pixel_values):
+        return self.projection(self.vision_model(pixel_values=pixel_values).pooler_output)
+
+
+class TextTower(nn.Module):
+    """input_ids, attention_mask (batch, sequence) int64 -> text_embeds (batch, projection_dim)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.text_model, self.projection = model.text_model, model.text_projection
+
+    def forward(self, input_ids, attention_mask):
+        return self.projection(self.text_model(input_ids=input_ids, attention_mask=attention_mask).pooler_output)
+
+
+@FAMILIES.register("clip")
+class ClipSpec(FamilySpec):
+    name = "clip"
+    model_types = ("clip",)
+    presets = {
+        "clip-tiny": Preset("clip-tiny", "tiny CLIP for tests (seconds)",
+                            {"vision": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2),
+                             "text": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2),
+                             "projection_dim": 16}, seed=0),
+        "clip-vit-b32": Preset("clip-vit-b32", "openai/clip-vit-base-patch32 sizes, random weights",
+                               {"vision": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12),
+                                "text": dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8,
+                                             vocab_size=49408),
+                                "projection_dim": 512}, seed=0),
+    }
+
+    def load_pretrained(self, source, revision):
+        from transformers import CLIPImageProcessorPil, CLIPModel, CLIPTokenizer
+
+        model = CLIPModel.from_pretrained(source, revision=revision, attn_implementation="eager")
+        tokenizer = CLIPTokenizer.from_pretrained(source, revision=revision)
+        processor = CLIPImageProcessorPil.from_pretrained(source, revision=revision)
+        return model, {"tokenizer": tokenizer, "image_processor": processor}
+
+    def build_random(self, preset):
+        from transformers import CLIPImageProcessorPil, CLIPModel
+
+        tokenizer = _clip_tokenizer()
+        special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+                   "pad_token_id": tokenizer.pad_token_id}
+        text = {"vocab_size": len(tokenizer), **preset.config["text"], **special}
+        config = _config(preset.config["vision"], text, preset.config["projection_dim"])
+        config._attn_implementation = "eager"
+        torch.manual_seed(preset.seed)
+        model = CLIPModel(config)
+        return model, {"tokenizer": tokenizer, "image_processor": CLIPImageProcessorPil()}
+
+    def parts(self, checkpoint):
+        config = checkpoint.model.config
+        dim, size = config.projection_dim, config.vision_config.image_size
+        vocab, eos = config.text_config.vocab_size, checkpoint.assets["tokenizer"].eos_token_id
+
+        def pixels(batch, variant):
+            generator = torch.Generator().manual_seed(variant)
+            return {"pixel_values": torch.randn(batch, 3, size, size, generator=generator)}
+
+        def tokens(batch, variant):
+            generator = torch.Generator().manual_seed(variant)
+            length = 7 if variant == 0 else 12
+            ids = torch.randint(0, min(vocab, eos), (batch, length), generator=generator)
+            mask = torch.ones(batch, length, dtype=torch.int64)
+            for row in range(batch):  # rows of different lengths: end-of-text, then padding
+                end = length - 1 - row * (variant != 0)
+                ids[row, end] = eos
+                ids[row, end + 1:] = eos
+                mask[row, end + 1:] = 0
+            return {"input_ids": ids, "attention_mask": mask}
+
+        return [
+            PartSpec("vision", VisionTower,
+                     [TensorSpec("pixel_values", "float32", ("batch", 3, size, size))],
+                     [TensorSpec("image_embeds", "float32", ("batch", dim))], pixels),
+            PartSpec("text", TextTower,
+                     [TensorSpec("input_ids", "int64", ("batch", "sequence")),
+                      TensorSpec("attention_mask", "int64", ("batch", "sequence"))],
+                     [TensorSpec("text_embeds", "float32", ("batch", dim))], tokens),
+        ]
+
+    def manifest_sections(self, checkpoint):
+        proc, tok = checkpoint.assets["image_processor"], checkpoint.assets["tokenizer"]
+        resize, crop = _size(proc.size), _size(proc.crop_size) if proc.do_center_crop else None
+        max_length = min(int(tok.model_max_length), checkpoint.model.config.text_config.max_position_embeddings)
+        return {
+            "preprocessing": {
+                "resize": resize, "crop": crop,
+                "interpolation": _RESAMPLE_NAMES[int(proc.resample)],
+                "rescale": float(proc.rescale_factor) if proc.do_rescale else 1.0,
+                "mean": list(proc.image_mean) if proc.do_normalize else [0.0, 0.0, 0.0],
+                "std": list(proc.image_std) if proc.do_normalize else [1.0, 1.0, 1.0],
+                "convert_rgb": True,
+            },
+            "tokenizer": {"file": "tokenizer.json", "max_length": max_length, "padding": "max_length",
+                          "pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id,
+                          "bos_token_id": tok.bos_token_id},
+            "constants": {"logit_scale": float(checkpoint.model.logit_scale.exp().item())},
+        }
+
+    def write_assets(self, checkpoint, stage: Path):
+        checkpoint.assets["tokenizer"].backend_tokenizer.save(str(stage / "tokenizer.json"))

@@ -1,0 +1,65 @@
+"""The generic ONNX exporter: trace one part with torch's exporter, then prove the graph
+reproduces PyTorch on inputs whose dynamic sizes differ from the trace example."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgevfm.runtime.backends import OrtBackend
+from edgevfm.runtime.errors import ExportError, NonFiniteOutputError
+
+from .spec import PartSpec
+
+DEFAULT_OPSET = 17
+MIN_OPSET = 14  # scaled_dot_product_attention and friends need 14
+
+
+def export_part(model, part: PartSpec, path: Path, opset: int = DEFAULT_OPSET) -> dict:
+    """Export ``part`` of ``model`` to ``path`` and validate it; returns the validation summary."""
+    if opset < MIN_OPSET:
+        raise ValueError(f"opset {opset} is too old: expected {MIN_OPSET} or newer")
+    wrapper = part.wrapper(model).eval()  # the TorchScript exporter restores the training flag: eval first
+    example = part.example(part.trace_batch, 0)
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            wrapper,
+            tuple(example.values()),
+            str(path),
+            input_names=[t.name for t in part.inputs],
+            output_names=[t.name for t in part.outputs],
+            dynamic_axes=part.dynamic_axes(),
+            opset_version=opset,
+            dynamo=False,
+        )
+    return validate_part(wrapper.eval(), part, path)
+
+
+def validate_part(wrapper, part: PartSpec, path: Path) -> dict:
+    """Run the ONNX graph and the PyTorch module on the validation inputs and compare."""
+    feeds = part.example(part.check_batch, 1)
+    with torch.no_grad():
+        expected = wrapper(*feeds.values())
+    expected = expected if isinstance(expected, (tuple, list)) else (expected,)
+    got = OrtBackend(path).run({k: v.numpy() for k, v in feeds.items()})
+    summary = {"inputs": {k: list(v.shape) for k, v in feeds.items()}, "atol": part.atol, "rtol": part.rtol}
+    for spec, ref in zip(part.outputs, expected):
+        ref = ref.numpy()
+        out = got[spec.name]
+        if not np.isfinite(out).all():
+            raise NonFiniteOutputError(f"part {part.name!r}: output {spec.name!r} of the ONNX graph holds NaN or inf")
+        if out.shape != ref.shape:
+            raise ExportError(f"part {part.name!r}: output {spec.name!r} has shape {out.shape}, PyTorch gives {ref.shape}")
+        diff = np.abs(out - ref)
+        limit = part.atol + part.rtol * np.abs(ref)
+        if (diff > limit).any():
+            raise ExportError(
+                f"part {part.name!r}: output {spec.name!r} differs from PyTorch by up to {diff.max():.3g} "
+                f"(allowed {part.atol} + {part.rtol}*|ref|) at inputs {summary['inputs']}"
+            )
+        summary[spec.name] = {"max_abs_diff": float(diff.max())}
+    return summary

@@ -1,0 +1,109 @@
+"""The declarative pieces a family's export file fills in, and the family registry.
+
+A family file (``export/families/<family>.py``) subclasses :class:`FamilySpec` and registers it
+with ``@FAMILIES.register(name)``. Generic code (loading, export, validation) never names a family.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+from edgevfm.runtime.registry import Registry
+
+FAMILIES: Registry[type] = Registry("family")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A graph input or output. ``shape`` holds ints and named dynamic axes ("batch", "sequence")."""
+
+    name: str
+    dtype: str
+    shape: tuple
+
+    def as_manifest(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+
+@dataclass
+class PartSpec:
+    """One graph of a family's split.
+
+    ``wrapper`` turns the loaded model into the module that is traced (tracing hacks live there);
+    ``example(batch, variant)`` builds inputs: variant 0 is the trace example, variant 1 the
+    validation inputs, whose dynamic sizes differ from the trace's. Outputs must match PyTorch
+    within ``atol + rtol * |reference|``.
+    """
+
+    name: str
+    wrapper: Callable[[Any], Any]
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    example: Callable[[int, int], dict]
+    atol: float = 1e-4
+    rtol: float = 1e-3
+    trace_batch: int = 2
+    check_batch: int = 3
+
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        return {t.name: {i: d for i, d in enumerate(t.shape) if isinstance(d, str)}
+                for t in self.inputs + self.outputs}
+
+
+@dataclass
+class Preset:
+    """A named offline checkpoint: the architecture's config with random weights from ``seed``."""
+
+    name: str
+    description: str
+    config: dict
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+class FamilySpec:
+    """What one family knows about exporting itself. Subclasses set the class attributes and
+    implement the methods."""
+
+    name: ClassVar[str]
+    model_types: ClassVar[tuple[str, ...]]  # values of config.model_type that mean this family
+    presets: ClassVar[dict[str, Preset]] = {}
+
+    def load_pretrained(self, source: str, revision: str | None):
+        """(model, assets) from a hub id or a local folder saved with ``save_pretrained``."""
+        raise NotImplementedError
+
+    def build_random(self, preset: Preset):
+        """(model, assets) for a preset: random weights, real tokenizer and processor."""
+        raise NotImplementedError
+
+    def parts(self, checkpoint) -> list[PartSpec]:
+        raise NotImplementedError
+
+    def manifest_sections(self, checkpoint) -> dict:
+        """Family sections of the manifest: preprocessing, tokenizer settings, constants."""
+        raise NotImplementedError
+
+    def write_assets(self, checkpoint, stage: Path) -> None:
+        """Non-graph files the runtime needs (``tokenizer.json``, ...)."""
+        raise NotImplementedError
+
+
+def family_for_model_type(model_type: str) -> str:
+    for name, cls in FAMILIES.items():
+        if model_type in cls.model_types:
+            return name
+    raise ValueError(model_type)
+
+
+def find_preset(name: str) -> tuple[str, Preset]:
+    """(family, preset) for ``random:<name>``; an unknown name lists every preset."""
+    from edgevfm.runtime.errors import UnknownNameError
+
+    for family, cls in FAMILIES.items():
+        if name in cls.presets:
+            return family, cls.presets[name]
+    every = [f"random:{p}" for _, cls in FAMILIES.items() for p in cls.presets]
+    raise UnknownNameError("preset", f"random:{name}", every)

@@ -1,0 +1,60 @@
+"""Backends run one part of a bundle. Each imports its SDK inside the class, never at import time.
+
+A backend takes and returns numpy arrays keyed by the graph's input and output names.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from .errors import MissingExtraError
+from .registry import Registry
+
+BACKENDS: Registry[type] = Registry("backend")
+
+
+class Backend(Protocol):
+    input_names: list[str]
+    output_names: list[str]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+@BACKENDS.register("onnxruntime")
+class OrtBackend:
+    """ONNX Runtime. ``threads``: intra-op threads (None: ORT's default, one per core);
+    ``providers``: execution providers in order of preference (default: CPU)."""
+
+    def __init__(self, path: Path, threads: int | None = None, providers: Sequence[str] | None = None):
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:  # pragma: no cover - onnxruntime is a core dependency
+            raise MissingExtraError("runtime", "the onnxruntime backend", exc) from exc
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = int(threads)
+            options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        available = ort.get_available_providers()
+        wanted = list(providers or ["CPUExecutionProvider"])
+        unknown = [p for p in wanted if p not in available]
+        if unknown:
+            raise ValueError(
+                f"execution providers {unknown} are not available in this onnxruntime build "
+                f"(available: {available}): install the matching onnxruntime package or pick one of those"
+            )
+        self.session = ort.InferenceSession(os.fspath(path), sess_options=options, providers=wanted)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        values = self.session.run(self.output_names, feeds)
+        return dict(zip(self.output_names, values))
+
+
+def open_backend(name: str, path: Path, threads: int | None = None, providers: Sequence[str] | None = None):
+    return BACKENDS.get(name)(path, threads=threads, providers=providers)

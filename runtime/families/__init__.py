@@ -1,0 +1,3 @@
+"""One module per family; importing this package registers every family's pipeline."""
+
+from . import clip  # noqa: F401

@@ -1,0 +1,86 @@
+"""What every family's pipeline shares: opening the bundle's parts on a backend and checking that
+they carry the inputs and outputs the family needs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar, Sequence
+
+from .backends import open_backend
+from .bundle import Bundle, open_bundle
+from .errors import BundleError
+from .registry import Registry
+
+PIPELINES: Registry[type] = Registry("family")
+
+
+class Pipeline:
+    """Base of the per-family pipelines. Subclasses set ``family`` and ``needs``: for each part,
+    the input names and the output names the pipeline feeds and reads; and ``manifest_keys``, the
+    top-level manifest sections it reads."""
+
+    family: ClassVar[str]
+    needs: ClassVar[dict[str, tuple[tuple[str, ...], tuple[str, ...]]]]
+    manifest_keys: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, bundle: Bundle, threads: int | None = None, providers: Sequence[str] | None = None):
+        problems = self.check(bundle)
+        if problems:
+            raise BundleError(bundle.path, problems)
+        self.bundle = bundle
+        self.manifest = bundle.manifest
+        self.parts = {}
+        for name, part in bundle.parts.items():
+            backend = open_backend(part.backend, part.path, threads=threads, providers=providers)
+            problems += _io_mismatch(name, part, backend)
+            self.parts[name] = backend
+        if problems:
+            raise BundleError(bundle.path, problems)
+
+    @classmethod
+    def check(cls, bundle: Bundle) -> list[str]:
+        """Every way the manifest falls short of what this pipeline needs."""
+        problems = [f"manifest has no {key!r} section, which the {cls.family} pipeline reads"
+                    for key in cls.manifest_keys if key not in bundle.manifest]
+        parts = bundle.manifest["parts"]
+        for name, (inputs, outputs) in cls.needs.items():
+            if name not in parts:
+                problems.append(f"part {name!r} is missing: the {cls.family} pipeline needs {sorted(cls.needs)}")
+                continue
+            have_in = {i.get("name") for i in parts[name]["inputs"]}
+            have_out = {o.get("name") for o in parts[name]["outputs"]}
+            for kind, wanted, have in (("input", inputs, have_in), ("output", outputs, have_out)):
+                for missing in sorted(set(wanted) - have):
+                    problems.append(f"part {name!r} has no {kind} {missing!r} (it has {sorted(have)})")
+        return problems
+
+    def run(self, part: str, feeds: dict) -> dict:
+        return self.parts[part].run(feeds)
+
+
+def _io_mismatch(name: str, part, backend) -> list[str]:
+    declared_in = [i["name"] for i in part.inputs]
+    declared_out = [o["name"] for o in part.outputs]
+    problems = []
+    if sorted(declared_in) != sorted(backend.input_names):
+        problems.append(f"part {name!r}: manifest declares inputs {declared_in}, the graph has {backend.input_names}")
+    if sorted(declared_out) != sorted(backend.output_names):
+        problems.append(f"part {name!r}: manifest declares outputs {declared_out}, the graph has {backend.output_names}")
+    return problems
+
+
+def load(path: str | Path, threads: int | None = None, providers: Sequence[str] | None = None,
+         verify_hashes: bool = True):
+    """Open a bundle and return its family's pipeline (``ClipPipeline`` for a CLIP bundle).
+
+    ``threads``: intra-op threads per part; ``providers``: ONNX Runtime execution providers.
+    Raises ``BundleError`` listing every problem with the bundle.
+    """
+    from . import families  # noqa: F401  (registers the pipelines)
+
+    bundle = open_bundle(path, verify_hashes=verify_hashes)
+    try:
+        cls = PIPELINES.get(bundle.family)
+    except ValueError as exc:
+        raise BundleError(bundle.path, [str(exc)]) from None
+    return cls(bundle, threads=threads, providers=providers)
