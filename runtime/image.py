@@ -17,6 +17,8 @@ from .errors import InputError
 
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
 
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
 INTERPOLATION = {
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,
@@ -52,6 +54,14 @@ def load_image(image: ImageLike) -> Image.Image:
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
     return image.convert("RGB")
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files under ``folder`` (recursively, by suffix), sorted; raises if it is no folder."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{str(folder)!r} is not a folder: pass a folder of images")
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
 def _array_to_pil(array: np.ndarray) -> Image.Image:

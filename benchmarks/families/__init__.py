@@ -1,0 +1,8 @@
+"""One module per family: its workload, how to run the PyTorch reference and a bundle on it,
+its accuracy metrics and its goals. Importing this package registers them."""
+
+from edgevfm.runtime.registry import Registry
+
+BENCH = Registry("family")
+
+from . import clip  # noqa: E402,F401

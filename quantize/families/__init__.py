@@ -1,0 +1,7 @@
+"""Per-family calibration data: for each part, the feeds that represent real use."""
+
+from edgevfm.runtime.registry import Registry
+
+CALIBRATION = Registry("family")
+
+from . import clip  # noqa: E402,F401

@@ -1,0 +1,181 @@
+"""CLIP benchmark: vision and text latency, and agreement with the FP32 PyTorch reference on
+embeddings, zero-shot classification and retrieval (and top-1 accuracy on a labelled folder)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgevfm.quantize.calibration import skimage_photos
+from edgevfm.quantize.families.clip import LABELS, TEMPLATES, prompts
+from edgevfm.runtime.image import list_images
+
+from . import BENCH
+
+GOAL_SPEEDUP, GOAL_COSINE = 5.0, 0.999
+
+
+def evaluation_images() -> list[np.ndarray]:
+    """Two crops per scikit-image photo: the top-left 70%, and the bottom-right 70% turned 90
+    degrees. Calibration sees the whole photos and their mirror images, never these pixels."""
+    images = []
+    for photo in skimage_photos():
+        h, w = photo.shape[:2]
+        ch, cw = int(h * 0.7), int(w * 0.7)
+        images.append(np.ascontiguousarray(photo[:ch, :cw]))
+        images.append(np.ascontiguousarray(np.rot90(photo[h - ch:, w - cw:])))
+    return images
+
+
+def labelled_folder(data: str | None) -> tuple[list[str], list[Path], list[int]]:
+    """(class names, image paths, class index per image) of a folder with one subfolder per class."""
+    if not data:
+        return [], [], []
+    classes = sorted(p.name for p in Path(data).iterdir() if p.is_dir())
+    paths, truth = [], []
+    for index, name in enumerate(classes):
+        found = list_images(Path(data) / name)
+        paths += found
+        truth += [index] * len(found)
+    if not paths:
+        raise ValueError(f"no images under {data!r}: expected one subfolder of images per class")
+    return classes, paths, truth
+
+
+@BENCH.register("clip")
+class ClipBench:
+    parts = ("vision", "text")
+
+    def __init__(self, data: str | None = None):
+        self.images = evaluation_images()
+        self.texts = prompts(len(TEMPLATES) * len(LABELS))
+        self.classes, self.data_paths, self.truth = labelled_folder(data)
+
+    # -- what a row runs ---------------------------------------------------------------------
+    def torch_runner(self, checkpoint):
+        return _TorchClip(checkpoint)
+
+    def bundle_runner(self, pipeline):
+        return _BundleClip(pipeline)
+
+    def calls(self, runner, batch: int):
+        """({part: one call at batch 1}, one vision call at ``batch``), on pre-processed inputs."""
+        return runner.calls(self.images, self.texts, batch)
+
+    def outputs(self, runner) -> dict[str, np.ndarray]:
+        out = {"images": runner.embed_images(self.images), "texts": runner.embed_texts(self.texts)}
+        if self.data_paths:
+            out["data_images"] = runner.embed_images(self.data_paths)
+            out["data_classes"] = runner.embed_texts([f"a photo of a {c}." for c in self.classes])
+        return out
+
+    # -- accuracy against the reference --------------------------------------------------------
+    def accuracy(self, ref: dict, out: dict) -> dict:
+        img_cos = (ref["images"] * out["images"]).sum(1)
+        txt_cos = (ref["texts"] * out["texts"]).sum(1)
+        zero_shot = slice(0, len(LABELS))  # the first template: "a photo of a {label}."
+        ref_sim, out_sim = ref["images"] @ ref["texts"].T, out["images"] @ out["texts"].T
+        metrics = {
+            "image_cosine_mean": float(img_cos.mean()), "image_cosine_worst": float(img_cos.min()),
+            "text_cosine_mean": float(txt_cos.mean()), "text_cosine_worst": float(txt_cos.min()),
+            "zero_shot_top1_agreement": float(np.mean(ref_sim[:, zero_shot].argmax(1) == out_sim[:, zero_shot].argmax(1))),
+        }
+        for name, r, o in (("text_to_image", ref_sim.T, out_sim.T), ("image_to_text", ref_sim, out_sim)):
+            for k in (1, 5):
+                metrics[f"{name}_recall@{k}_agreement"] = recall_agreement(r, o, k)
+        if "data_images" in out:
+            metrics["top1_accuracy"] = float(np.mean((out["data_images"] @ out["data_classes"].T).argmax(1) == self.truth))
+        return metrics
+
+    def workload(self) -> dict:
+        return {"images": len(self.images), "texts": len(self.texts), "labelled_images": len(self.data_paths),
+                "classes": len(self.classes),
+                "image_source": "2 crops (top-left 70%, bottom-right 70% turned 90 degrees) of each of "
+                                "scikit-image's photos; calibration used the whole photos and mirrors",
+                "text_source": f"{len(TEMPLATES)} templates x {len(LABELS)} labels"}
+
+    def goals(self, rows: list[dict]) -> list[dict]:
+        torch_row = next(r for r in rows if r["kind"] == "pytorch")
+        base = torch_row["latency_ms"]["vision"]["p50"]
+        verdicts = []
+        for row in rows:
+            if row["kind"] != "bundle" or row["recipe"] not in ("int8-static", "int8-dynamic"):
+                continue
+            speedup = base / row["latency_ms"]["vision"]["p50"]
+            cosine = row["accuracy"]["image_cosine_mean"]
+            verdicts.append({
+                "goal": f"{row['name']}: vision at batch 1 at least {GOAL_SPEEDUP:g}x faster than PyTorch eager FP32, "
+                        f"with mean image cosine >= {GOAL_COSINE} against FP32",
+                "met": bool(speedup >= GOAL_SPEEDUP and cosine >= GOAL_COSINE),
+                "measured": f"{speedup:.2f}x faster (p50 {row['latency_ms']['vision']['p50']:.1f} ms vs {base:.1f} ms), "
+                            f"mean cosine {cosine:.5f}",
+            })
+        return verdicts
+
+
+def recall_agreement(ref_sim: np.ndarray, out_sim: np.ndarray, k: int) -> float:
+    """Share of queries (rows) whose reference top-1 item is in the candidate's top ``k``."""
+    best = ref_sim.argmax(1)
+    top_k = np.argsort(-out_sim, axis=1, kind="stable")[:, :k]
+    return float(np.mean([b in row for b, row in zip(best, top_k)]))
+
+
+class _TorchClip:
+    """The FP32 PyTorch reference, fed by transformers' own processor and tokenizer."""
+
+    def __init__(self, checkpoint):
+        import torch
+
+        self.torch, self.model = torch, checkpoint.model
+        self.processor, self.tokenizer = checkpoint.assets["image_processor"], checkpoint.assets["tokenizer"]
+
+    def _pixels(self, images):
+        from edgevfm.runtime.image import load_image
+
+        return self.processor([np.asarray(load_image(i)) for i in images], return_tensors="pt")["pixel_values"]
+
+    def _tokens(self, texts):
+        return self.tokenizer(list(texts), padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+
+    def _image_features(self, pixels):
+        with self.torch.inference_mode():
+            return self.model.get_image_features(pixel_values=pixels).pooler_output
+
+    def _text_features(self, tokens):
+        with self.torch.inference_mode():
+            return self.model.get_text_features(**tokens).pooler_output
+
+    def calls(self, images, texts, batch):
+        pixels, tokens, many = self._pixels(images[:1]), self._tokens(texts[:1]), self._pixels(images[:batch])
+        return ({"vision": lambda: self._image_features(pixels), "text": lambda: self._text_features(tokens)},
+                lambda: self._image_features(many))
+
+    def embed_images(self, images):
+        return _l2(np.concatenate([self._image_features(self._pixels(images[i:i + 16])).numpy()
+                                   for i in range(0, len(images), 16)]))
+
+    def embed_texts(self, texts):
+        return _l2(np.concatenate([self._text_features(self._tokens(texts[i:i + 16])).numpy()
+                                   for i in range(0, len(texts), 16)]))
+
+
+class _BundleClip:
+    def __init__(self, pipeline):
+        self.pipeline = pipeline
+
+    def calls(self, images, texts, batch):
+        p = self.pipeline
+        one, tokens, many = p.image_inputs(images[:1]), p.text_inputs(texts[:1]), p.image_inputs(images[:batch])
+        return ({"vision": lambda: p.run("vision", one), "text": lambda: p.run("text", tokens)},
+                lambda: p.run("vision", many))
+
+    def embed_images(self, images):
+        return self.pipeline.embed_images(images)
+
+    def embed_texts(self, texts):
+        return self.pipeline.embed_texts(texts)
+
+
+def _l2(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)

@@ -1,0 +1,138 @@
+"""Reports people read: ``results.json`` (the data), ``report.md`` and ``report.html`` (tables,
+the machine, the goals, the command that made them) and plots."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.5f}" if abs(value) <= 1.0 else f"{value:,.1f}"
+    return str(value)
+
+
+def latency_table(results: dict) -> tuple[list[str], list[list[str]]]:
+    parts = list(results["rows"][0]["latency_ms"])
+    first = parts[0]
+    base = next(r for r in results["rows"] if r["kind"] == "pytorch")["latency_ms"][first]["p50"]
+    header = ["row", "precision", "size MB", "load s", "first call ms"]
+    header += [f"{p} p50 / p90 / p99 ms" for p in parts]
+    header += [f"{first} speed-up vs PyTorch", "throughput", "peak RSS MB"]
+    body = []
+    for r in results["rows"]:
+        lat = [" / ".join(f"{r['latency_ms'][p][q]:.1f}" for q in ("p50", "p90", "p99")) for p in parts]
+        tp = r["throughput"]
+        body.append([r["name"], r["precision"], f"{r['size_mb']:.1f}", f"{r['load_s']:.2f}", f"{r['first_call_ms']:.1f}",
+                     *lat, f"{base / r['latency_ms'][first]['p50']:.2f}x",
+                     f"{tp['items_per_s']:.1f} {tp['part']}/s @ batch {tp['batch']}", f"{r['peak_rss_mb']:.0f}"])
+    return header, body
+
+
+def accuracy_table(results: dict) -> tuple[list[str], list[list[str]]]:
+    metrics = list(results["rows"][0]["accuracy"])
+    header = ["row"] + [m.replace("_", " ") for m in metrics]
+    return header, [[r["name"]] + [_fmt(r["accuracy"].get(m)) for m in metrics] for r in results["rows"]]
+
+
+def _markdown_table(header, body) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in body]
+    return "\n".join(lines)
+
+
+def _html_table(header, body) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in body)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+
+
+def _machine_lines(m: dict) -> list[str]:
+    libs = ", ".join(f"{k} {v}" for k, v in m["libraries"].items())
+    return [f"CPU: {m['cpu']} ({m['architecture']}), {m['usable_cores']} usable cores, {m['threads']} threads used",
+            f"Instruction sets: {', '.join(m['instruction_sets']) or 'none of interest'}",
+            f"Memory: {m['memory_gib']} GiB; GPU: {m['gpu'] or 'none'}; {m['os']}, Python {m['python']}",
+            f"Libraries: {libs}"]
+
+
+def _goal_lines(goals: list[dict]) -> list[str]:
+    return [f"{'MET' if g['met'] else 'MISSED'}: {g['goal']} — measured {g['measured']}" for g in goals]
+
+
+def plot(results: dict, out_dir: Path) -> Path | None:
+    """Per-part p50 latency (bars, p90 as whiskers), one group per row."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    rows = results["rows"]
+    parts = list(rows[0]["latency_ms"])
+    fig, axes = plt.subplots(1, len(parts), figsize=(5 * len(parts), 3.6), squeeze=False)
+    for ax, part in zip(axes[0], parts):
+        p50 = [r["latency_ms"][part]["p50"] for r in rows]
+        p90 = [r["latency_ms"][part]["p90"] for r in rows]
+        ax.barh([r["name"] for r in rows], p50, xerr=[[0] * len(rows), [b - a for a, b in zip(p50, p90)]],
+                color=["#999999" if r["kind"] == "pytorch" else "#3a7bd5" for r in rows])
+        ax.invert_yaxis()
+        ax.set_xlabel("ms per call, batch 1 (p50, whisker to p90)")
+        ax.set_title(f"{results['family']} {part}")
+    fig.tight_layout()
+    path = out_dir / "latency.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(results: dict, out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    picture = plot(results, out_dir)
+    lat, acc = latency_table(results), accuracy_table(results)
+    w = results["workload"]
+    intro = (f"Reference: `{results['reference']}` in PyTorch eager FP32. Accuracy columns compare each row "
+             f"with that reference on the same inputs ({w['images']} images, {w['texts']} texts). "
+             "With random-weight presets they measure agreement with FP32, not task accuracy.")
+    md = [f"# {results['family']} benchmark", "", f"Produced by `{results['command']}` on {results['created']}.",
+          "", intro, "", "## Latency, size and memory", "", _markdown_table(*lat), ""]
+    if picture:
+        md += [f"![latency]({picture.name})", ""]
+    md += ["## Accuracy against the FP32 PyTorch reference", "", _markdown_table(*acc), ""]
+    if results["goals"]:
+        md += ["## Goals", ""] + [f"- {line}" for line in _goal_lines(results["goals"])] + [""]
+    md += ["## Machine", ""] + [f"- {line}" for line in _machine_lines(results["machine"])]
+    md += ["", "## Workload", ""] + [f"- {k}: {v}" for k, v in w.items()]
+    s = results["settings"]
+    md += ["", f"Settings: {s['runs']} timed runs after {s['warmup']} warm-up runs per figure, {s['threads']} threads; "
+           "each row runs in its own process (peak RSS is that process's). Raw data: `results.json`.", ""]
+    report = out_dir / "report.md"
+    report.write_text("\n".join(md))
+    _write_html(results, out_dir, lat, acc, intro, picture)
+    return report
+
+
+def _write_html(results, out_dir, lat, acc, intro, picture) -> None:
+    img = ""
+    if picture:
+        data = base64.b64encode(picture.read_bytes()).decode()
+        img = f'<img alt="latency" src="data:image/png;base64,{data}">'
+    goals = "".join(f"<li>{html.escape(line)}</li>" for line in _goal_lines(results["goals"]))
+    machine = "".join(f"<li>{html.escape(line)}</li>" for line in _machine_lines(results["machine"]))
+    style = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+             "td:first-child,th:first-child{text-align:left}code{background:#f4f4f4;padding:1px 4px}")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{results['family']} benchmark</title>"
+            f"<style>{style}</style></head><body><h1>{html.escape(results['family'])} benchmark</h1>"
+            f"<p>Produced by <code>{html.escape(results['command'])}</code> on {results['created']}.</p>"
+            f"<p>{html.escape(intro)}</p><h2>Latency, size and memory</h2>{_html_table(*lat)}{img}"
+            f"<h2>Accuracy against the FP32 PyTorch reference</h2>{_html_table(*acc)}"
+            + (f"<h2>Goals</h2><ul>{goals}</ul>" if goals else "")
+            + f"<h2>Machine</h2><ul>{machine}</ul></body></html>")
+    (out_dir / "report.html").write_text(page)

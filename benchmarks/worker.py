@@ -1,0 +1,63 @@
+"""One benchmark row, measured in a fresh process so that its load time and peak memory are its
+own: the PyTorch reference or one bundle, on the family's workload."""
+
+from __future__ import annotations
+
+import os
+
+from .timing import current_rss_mb, latency, peak_rss_mb, timed
+
+
+def measure_row(task: dict) -> dict:
+    """``task``: kind ("pytorch" | "bundle"), target (model or bundle path), family, data,
+    threads, runs, warmup, batch. Returns the row's measurements and its raw outputs."""
+    from .families import BENCH
+
+    threads = task["threads"]
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    bench = BENCH.get(task["family"])(task["data"])
+    rss_before = current_rss_mb()
+    if task["kind"] == "pytorch":
+        row = _open_torch(task, bench)
+    else:
+        row = _open_bundle(task, bench)
+    runner = row.pop("runner")
+    part_calls, throughput_call = bench.calls(runner, task["batch"])
+    first = next(iter(part_calls.values()))
+    _, row["first_call_ms"] = timed(first)
+    row["first_call_ms"] *= 1e3
+    row["latency_ms"] = {part: latency(call, task["runs"], task["warmup"]) for part, call in part_calls.items()}
+    throughput = latency(throughput_call, max(3, task["runs"] // 5), 1)
+    row["throughput"] = {"part": next(iter(part_calls)), "batch": task["batch"],
+                         "items_per_s": task["batch"] / (throughput["p50"] / 1e3)}
+    row["outputs"] = bench.outputs(runner)
+    row["rss_before_load_mb"] = rss_before
+    row["peak_rss_mb"] = peak_rss_mb()
+    return row
+
+
+def _open_torch(task: dict, bench) -> dict:
+    import torch
+
+    from edgevfm.export.checkpoint import load_checkpoint
+
+    torch.set_num_threads(task["threads"])
+    checkpoint, load_s = timed(lambda: load_checkpoint(task["target"]))
+    params = sum(p.numel() * p.element_size() for p in checkpoint.model.parameters())
+    return {"name": "pytorch eager fp32", "kind": "pytorch", "backend": "torch eager", "precision": "fp32",
+            "recipe": None, "path": None, "size_mb": params / 1e6, "load_s": load_s,
+            "config_sha256": checkpoint.source["config_sha256"], "runner": bench.torch_runner(checkpoint)}
+
+
+def _open_bundle(task: dict, bench) -> dict:
+    from edgevfm.runtime import load
+
+    pipeline, load_s = timed(lambda: load(task["target"], threads=task["threads"]))
+    bundle = pipeline.bundle
+    recipe = (bundle.manifest.get("recipe") or {}).get("name")
+    precisions = sorted({p.precision for p in bundle.parts.values()})
+    backends = sorted({p.backend for p in bundle.parts.values()})
+    return {"name": f"{'/'.join(backends)} {recipe or 'fp32'}", "kind": "bundle", "backend": "/".join(backends),
+            "precision": "/".join(precisions), "recipe": recipe, "path": str(bundle.path),
+            "size_mb": bundle.size_bytes() / 1e6, "load_s": load_s,
+            "config_sha256": bundle.manifest["source"].get("config_sha256"), "runner": bench.bundle_runner(pipeline)}

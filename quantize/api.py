@@ -1,0 +1,72 @@
+"""``quantize``: FP32 bundle -> new bundle with every part compressed by one recipe."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from edgevfm.export.api import tool_versions
+from edgevfm.export.progress import progress
+from edgevfm.runtime import load
+from edgevfm.runtime.bundle import check_out_dir, open_bundle, staged_bundle, write_manifest
+from edgevfm.runtime.errors import BundleError, QuantizeError
+
+from .calibration import calibration_images
+from .families import CALIBRATION
+from .recipes import RECIPES, quiet_ort_logging
+
+
+def quantize(bundle: str | Path, recipe: str, out: str | Path, calib: str | Path | None = None,
+             samples: int = 32, force: bool = False, block_size: int = 32, show_progress: bool = True) -> Path:
+    """Apply ``recipe`` to every part of the FP32 ``bundle`` and write the result to ``out``.
+
+    ``calib``: a folder of real images for calibrated recipes (default: scikit-image's photos);
+    ``samples``: how many calibration samples per part. The new bundle is loaded and run once
+    before it is put in place.
+    """
+    out = Path(out)
+    check_out_dir(out, force)
+    chosen = RECIPES.get(recipe)
+    source = open_bundle(bundle)
+    not_fp32 = {n: p.precision for n, p in source.parts.items() if p.precision != "fp32"}
+    if not_fp32:
+        raise BundleError(source.path, [f"quantize starts from an FP32 bundle, but parts are {not_fp32}: "
+                                        "pass the bundle `edgevfm export` wrote"])
+    feeds, calibration = {}, None
+    if chosen.needs_calibration:
+        images = calibration_images(calib, samples)
+        pipeline = load(source.path, threads=None)
+        feeds = CALIBRATION.get(source.family)(pipeline, images, samples)
+        calibration = {"source": str(calib) if calib else "scikit-image photos", "samples":
+                       {part: len(f) for part, f in feeds.items()}}
+    manifest = {k: v for k, v in source.manifest.items() if k not in ("files", "format_version")}
+    parts = {name: dict(p) for name, p in manifest["parts"].items()}
+    with staged_bundle(out, force=force) as stage:
+        part_files = {p["file"] for p in parts.values()}
+        for relative in source.manifest["files"]:
+            if relative not in part_files:
+                (stage / relative).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source.file(relative), stage / relative)
+        settings = {}
+        for name in progress(list(parts), desc=f"quantize {chosen.name}", enabled=show_progress):
+            src = source.file(parts[name]["file"])
+            try:
+                with quiet_ort_logging():
+                    settings = chosen.apply(src, stage / parts[name]["file"], feeds=feeds.get(name),
+                                            block_size=block_size)
+            except Exception as exc:  # an ORT failure: say which part and recipe
+                raise QuantizeError(f"recipe {chosen.name!r} failed on part {name!r}: {exc}") from exc
+            parts[name]["precision"] = chosen.precision
+        manifest.update(parts=parts, recipe={"name": chosen.name, "settings": settings},
+                        calibration=calibration, tools=tool_versions())
+        write_manifest(stage, manifest)
+        _smoke_run(stage, chosen.name)
+    return out
+
+
+def _smoke_run(stage: Path, recipe: str) -> None:
+    """Load the new bundle with the runtime; a graph the backend cannot run fails here."""
+    try:
+        load(stage, threads=1)
+    except Exception as exc:
+        raise QuantizeError(f"recipe {recipe!r} produced a bundle the runtime cannot open: {exc}") from exc

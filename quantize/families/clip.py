@@ -1,0 +1,25 @@
+"""CLIP calibration: real photos through the bundle's own preprocessing for ``vision``, and
+zero-shot style prompts through its tokenizer for ``text``."""
+
+from __future__ import annotations
+
+from . import CALIBRATION
+
+LABELS = ("cat", "dog", "astronaut", "rocket", "cup of coffee", "horse", "camera", "page of text",
+          "the moon", "coins", "brick wall", "grass", "gravel", "microscope slide", "galaxy",
+          "colour wheel", "logo", "retina", "car", "bird", "boat", "city at night", "mountain", "beach")
+TEMPLATES = ("a photo of a {}.", "a blurry photo of the {}.", "a close-up picture of a {}", "{}")
+
+
+def prompts(samples: int) -> list[str]:
+    every = [t.format(label) for t in TEMPLATES for label in LABELS]
+    return every[:samples]
+
+
+@CALIBRATION.register("clip")
+def calibration_feeds(pipeline, images: list, samples: int) -> dict[str, list[dict]]:
+    """One feed per sample and part, batch 1, as the runtime will send them."""
+    return {
+        "vision": [pipeline.image_inputs([image]) for image in images[:samples]],
+        "text": [pipeline.text_inputs([text]) for text in prompts(samples)],
+    }

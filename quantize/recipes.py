@@ -1,0 +1,118 @@
+"""Quantization recipes. Each turns one FP32 ONNX part into a compressed one with ONNX Runtime.
+
+Choices, measured on this project's CPU (2-core EPYC with AVX-512 VNNI, see FACTS.md):
+- ``int8-static`` quantizes only MatMul/Gemm/Conv (QDQ, U8 activations, S8 per-channel weights):
+  quantizing every op, or S8 activations, costs both accuracy and speed here.
+- ``int8-dynamic`` quantizes MatMul/Gemm weights; activations are scaled at run time.
+- ``int4`` is weight-only ``MatMulNBits`` with a configurable block size, int8 compute.
+- ``fp16`` converts weights and compute to float16 with float32 inputs/outputs and LayerNorm,
+  Softmax and the reductions kept in float32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from edgevfm.runtime.registry import Registry
+
+RECIPES: Registry["Recipe"] = Registry("recipe")
+MATMUL_OPS = ["MatMul", "Gemm"]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """``min_cosine``: the mean embedding cosine against FP32 this recipe promises (tested)."""
+
+    name: str
+    precision: str
+    description: str
+    apply: Callable[..., dict]
+    needs_calibration: bool = False
+    min_cosine: float = 0.99
+
+
+@contextlib.contextmanager
+def quiet_ort_logging():
+    """ONNX Runtime's quantizers log advice on the root logger at WARNING; keep it off the console."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def _register(recipe: Recipe) -> Recipe:
+    return RECIPES.register(recipe.name)(recipe)
+
+
+class _Reader:
+    """ONNX Runtime's CalibrationDataReader over a list of feeds."""
+
+    def __init__(self, feeds: list[dict]):
+        self._iter = iter(feeds)
+
+    def get_next(self):
+        return next(self._iter, None)
+
+    def rewind(self):  # pragma: no cover - ORT calls it for some calibrators only
+        pass
+
+
+def int8_dynamic(src: Path, dst: Path, feeds=None, **_) -> dict:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=False,
+                     op_types_to_quantize=MATMUL_OPS)
+    return {"weight_type": "int8", "op_types": MATMUL_OPS}
+
+
+def int8_static(src: Path, dst: Path, feeds=None, **_) -> dict:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    ops = MATMUL_OPS + ["Conv"]
+    quantize_static(str(src), str(dst), _Reader(feeds), quant_format=QuantFormat.QDQ,
+                    op_types_to_quantize=ops, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax)
+    return {"format": "QDQ", "activations": "uint8", "weights": "int8 per-channel", "op_types": ops,
+            "calibrate_method": "minmax"}
+
+
+def int4(src: Path, dst: Path, feeds=None, block_size: int = 32, **_) -> dict:
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    if block_size < 16 or block_size & (block_size - 1):
+        raise ValueError(f"block_size must be a power of two of at least 16, found {block_size}")
+    quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), bits=4, block_size=block_size,
+                                     is_symmetric=True, accuracy_level=4)
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(dst), use_external_data_format=False)
+    return {"bits": 4, "block_size": block_size, "symmetric": True, "accuracy_level": 4}
+
+
+FP16_KEEP_FP32 = ["LayerNormalization", "Softmax", "ReduceMean", "Pow", "Sqrt", "Div", "Erf"]
+
+
+def fp16(src: Path, dst: Path, feeds=None, **_) -> dict:
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True, op_block_list=FP16_KEEP_FP32)
+    onnx.save(model, str(dst))
+    return {"kept_fp32": FP16_KEEP_FP32}
+
+
+_register(Recipe("int8-dynamic", "int8", "INT8 weights, activations quantized at run time (MatMul/Gemm)",
+                 int8_dynamic, min_cosine=0.99))
+_register(Recipe("int8-static", "int8", "INT8 QDQ calibrated on real photos (MatMul/Gemm/Conv, U8S8)",
+                 int8_static, needs_calibration=True, min_cosine=0.99))
+_register(Recipe("int4", "int4", "4-bit weight-only MatMulNBits, int8 compute", int4, min_cosine=0.98))
+_register(Recipe("fp16", "fp16", "float16 weights and compute, float32 I/O and normalisation",
+                 fp16, min_cosine=0.999))

@@ -1,0 +1,160 @@
+"""The ``edgevfm`` command. Each subcommand is a thin layer over a typed function; the heavy ones
+(export, quantize, bench, demo) are imported only when called, so the runtime alone stays light."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import EdgeVfmError, MissingExtraError
+
+EPILOG = "MODEL is a hub id (openai/clip-vit-base-patch32), a folder saved with save_pretrained, or random:<preset>."
+
+
+def _heavy(module: str, extra: str, what: str):
+    """Import an optional layer, turning a missing dependency into advice instead of a traceback."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        if exc.name and exc.name.startswith("edgevfm"):
+            raise
+        raise MissingExtraError(extra, what, exc) from None
+
+
+def cmd_export(args) -> None:
+    api = _heavy("edgevfm.export.api", "export", "edgevfm export")
+    out = api.export(args.model, args.output, family=args.family, opset=args.opset, force=args.force,
+                     revision=args.revision)
+    print(f"wrote {out}")
+
+
+def cmd_quantize(args) -> None:
+    api = _heavy("edgevfm.quantize.api", "export", "edgevfm quantize")
+    out = api.quantize(args.bundle, args.recipe, args.output, calib=args.calib, samples=args.samples,
+                       force=args.force, block_size=args.block_size)
+    print(f"wrote {out}")
+
+
+def cmd_run(args) -> None:
+    from .pipeline import load
+
+    pipeline = load(args.bundle, threads=args.threads)
+    if args.task == "classify":
+        for label, prob in pipeline.classify(args.image, args.labels):
+            print(f"{prob:8.4f}  {label}")
+    elif args.task == "retrieve":
+        from .families.clip import is_text
+
+        if args.images:
+            from .image import list_images
+
+            gallery = list_images(args.images)
+        else:
+            gallery = list(args.texts or [])
+        if args.images and not is_text(args.query) or args.texts and is_text(args.query):
+            raise SystemExit("error: a text --query searches --images, an image --query searches --texts")
+        for match in pipeline.retrieve(args.query, gallery, k=args.k):
+            print(f"{match.score:8.4f}  {match.item}")
+
+
+def cmd_bench(args) -> None:
+    api = _heavy("edgevfm.benchmarks.api", "bench", "edgevfm bench")
+    result = api.bench(args.bundles, reference=args.reference, data=args.data, threads=args.threads,
+                       runs=args.runs, batch=args.batch, out_dir=args.output,
+                       command=" ".join(["edgevfm", *(sys.argv[1:] if argv_is_cli() else ["bench", "..."])]))
+    print(f"wrote {result['report']}")
+
+
+def argv_is_cli() -> bool:
+    return Path(sys.argv[0]).name in ("edgevfm", "cli.py", "__main__.py")
+
+
+def cmd_info(args) -> None:
+    from .info import bundle_info, format_info
+
+    print(format_info(bundle_info(args.bundle)))
+
+
+def cmd_demo(args) -> None:
+    demo = _heavy("edgevfm.benchmarks.demo", "bench", "edgevfm demo")
+    demo.run_demo(args.output, model=args.model, report_dir=args.report_dir, runs=args.runs, threads=args.threads)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgevfm", description="Visual foundation models: export, quantize, run, benchmark.",
+                                     epilog=EPILOG)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("export", help="checkpoint -> validated FP32 bundle", epilog=EPILOG)
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("-o", "--output", required=True, type=Path, help="bundle folder to create")
+    p.add_argument("--family", help="family to export as (default: read from the checkpoint's config)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--revision", help="hub revision (branch, tag or commit)")
+    p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("quantize", help="FP32 bundle -> INT8 / INT4 / FP16 bundle")
+    p.add_argument("bundle", type=Path, metavar="BUNDLE")
+    p.add_argument("--recipe", required=True, help="int8-dynamic, int8-static, int4 or fp16")
+    p.add_argument("-o", "--output", required=True, type=Path)
+    p.add_argument("--calib", type=Path, help="folder of calibration images (default: scikit-image's photos)")
+    p.add_argument("--samples", type=int, default=32, help="calibration samples per part (default 32)")
+    p.add_argument("--block-size", type=int, default=32, help="int4 block size (default 32)")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("run", help="run a bundle: classify an image or retrieve")
+    p.add_argument("bundle", type=Path, metavar="BUNDLE")
+    p.add_argument("--threads", type=int, help="intra-op threads (default: one per core)")
+    tasks = p.add_subparsers(dest="task", required=True, metavar="TASK")
+    t = tasks.add_parser("classify", help="zero-shot ranking of --labels for IMAGE")
+    t.add_argument("image", metavar="IMAGE")
+    t.add_argument("--labels", nargs="+", required=True)
+    t = tasks.add_parser("retrieve", help="text -> images (--images DIR) or image -> texts (--texts ...)")
+    t.add_argument("--query", required=True, help="a text, or the path of an image")
+    t.add_argument("--images", type=Path, help="folder of images to search")
+    t.add_argument("--texts", nargs="+", help="texts to search")
+    t.add_argument("-k", type=int, default=5)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("bench", help="latency, memory, size and accuracy against the FP32 PyTorch reference",
+                       epilog=EPILOG)
+    p.add_argument("bundles", nargs="+", type=Path, metavar="BUNDLE")
+    p.add_argument("--reference", required=True, metavar="MODEL", help="the checkpoint the bundles came from")
+    p.add_argument("--data", type=Path, help="labelled image folder (one subfolder per class) for top-1 accuracy")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--runs", type=int, default=30, help="timed runs per measurement (default 30)")
+    p.add_argument("--batch", type=int, default=8, help="batch size for the throughput figure (default 8)")
+    p.add_argument("-o", "--output", required=True, type=Path, help="report folder")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("info", help="parts, precisions, sizes and source of a bundle")
+    p.add_argument("bundle", type=Path, metavar="BUNDLE")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("demo", help="offline: export -> quantize (every recipe) -> run -> bench, with a report")
+    p.add_argument("-o", "--output", type=Path, default=Path("demo-out"))
+    p.add_argument("--model", default="random:clip-vit-b32")
+    p.add_argument("--report-dir", type=Path, help="where the report goes (default OUTPUT/report)")
+    p.add_argument("--runs", type=int, default=30)
+    p.add_argument("--threads", type=int, default=2)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except EdgeVfmError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, MissingExtraError) else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
