@@ -38,6 +38,7 @@ def bench(bundles: list[str | Path], reference: str, out_dir: str | Path, data: 
     if len(families) != 1:
         raise InputError(f"bundles of one family per report, found {families}: run bench once per family")
     family = families[0]
+    _check_reference(opened, reference)
     family_bench = BENCH.get(family)(str(data) if data else None)
     base = {"family": family, "data": str(data) if data else None, "threads": threads, "runs": runs,
             "warmup": warmup if warmup is not None else max(3, runs // 5), "batch": batch}
@@ -70,6 +71,18 @@ def bench(bundles: list[str | Path], reference: str, out_dir: str | Path, data: 
     }
     results["report"] = str(write_report(results, Path(out_dir)))
     return results
+
+
+def _check_reference(bundles, reference: str) -> None:
+    """Refuse, before measuring anything, bundles that were not exported from ``reference``."""
+    from edgevfm.export.checkpoint import reference_config_sha256
+
+    expected = reference_config_sha256(reference)
+    problems = [b for b in bundles if b.manifest["source"].get("config_sha256") != expected]
+    if problems:
+        raise BundleError(problems[0].path, [
+            f"was exported from {problems[0].manifest['source'].get('id')!r}, whose config differs from "
+            f"--reference {reference!r}: pass the checkpoint the bundle came from"])
 
 
 def _command(bundles, reference, data, threads, runs, batch, out_dir) -> str:

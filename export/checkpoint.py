@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,9 @@ from . import families  # noqa: F401  (registers the family specs)
 from .spec import FAMILIES, FamilySpec, family_for_model_type, find_preset
 
 RANDOM_PREFIX = "random:"
-_VOLATILE_CONFIG_KEYS = {"transformers_version", "_name_or_path", "dtype", "torch_dtype", "_attn_implementation_autoset"}
+# keys that saving or loading changes without changing the model
+_VOLATILE_CONFIG_KEYS = {"transformers_version", "_name_or_path", "dtype", "torch_dtype", "architectures",
+                         "_attn_implementation_autoset"}
 
 
 @dataclass
@@ -59,7 +60,7 @@ def load_checkpoint(model: str, family: str | None = None, revision: str | None 
         spec = FAMILIES.get(family or _detect_family(model, revision))()
         try:
             torch_model, assets = spec.load_pretrained(model, revision)
-        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        except Exception as exc:  # transformers, safetensors and torch raise many types here
             raise CheckpointError(
                 f"could not load the {spec.name} checkpoint {model!r}: {exc}. Expected a folder saved with "
                 "save_pretrained (config.json, weights, tokenizer, preprocessor_config.json) or a reachable hub id"
@@ -69,9 +70,21 @@ def load_checkpoint(model: str, family: str | None = None, revision: str | None 
     return Checkpoint(spec, torch_model, assets, source)
 
 
+def reference_config_sha256(model: str, revision: str | None = None) -> str:
+    """The config hash ``load_checkpoint(model)`` would record, without building the model."""
+    if model.startswith(RANDOM_PREFIX):
+        family, preset = find_preset(model[len(RANDOM_PREFIX):])
+        config, _ = FAMILIES.get(family)().random_config(preset)
+        return config_sha256(config)
+    _detect_family(model, revision)  # the same errors as a full load
+    from transformers import AutoConfig
+
+    return config_sha256(AutoConfig.from_pretrained(model, revision=revision))
+
+
 def _detect_family(model: str, revision: str | None) -> str:
     path = Path(model)
-    looks_local = path.exists() or model.startswith((".", "/", "~")) or os.sep + os.sep in model or model.count("/") > 1
+    looks_local = path.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1
     if looks_local:
         if not path.is_dir():
             raise CheckpointError(f"checkpoint folder {model!r} does not exist: pass a folder saved with save_pretrained, a hub id or random:<preset>")

@@ -75,8 +75,13 @@ class FamilySpec:
         """(model, assets) from a hub id or a local folder saved with ``save_pretrained``."""
         raise NotImplementedError
 
+    def random_config(self, preset: Preset):
+        """(config, assets) of a preset, without building the model."""
+        raise NotImplementedError
+
     def build_random(self, preset: Preset):
-        """(model, assets) for a preset: random weights, real tokenizer and processor."""
+        """(model, assets) for a preset: random weights from ``preset.seed``, real tokenizer and
+        processor."""
         raise NotImplementedError
 
     def parts(self, checkpoint) -> list[PartSpec]:

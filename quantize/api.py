@@ -9,7 +9,7 @@ from edgevfm.export.api import tool_versions
 from edgevfm.export.progress import progress
 from edgevfm.runtime import load
 from edgevfm.runtime.bundle import check_out_dir, open_bundle, staged_bundle, write_manifest
-from edgevfm.runtime.errors import BundleError, QuantizeError
+from edgevfm.runtime.errors import BundleError, InputError, QuantizeError
 
 from .calibration import calibration_images
 from .families import CALIBRATION
@@ -27,6 +27,8 @@ def quantize(bundle: str | Path, recipe: str, out: str | Path, calib: str | Path
     out = Path(out)
     check_out_dir(out, force)
     chosen = RECIPES.get(recipe)
+    if block_size < 16 or block_size & (block_size - 1):
+        raise InputError(f"block_size must be a power of two of at least 16 (MatMulNBits), found {block_size}")
     source = open_bundle(bundle)
     not_fp32 = {n: p.precision for n, p in source.parts.items() if p.precision != "fp32"}
     if not_fp32:

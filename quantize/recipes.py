@@ -37,14 +37,16 @@ class Recipe:
 
 @contextlib.contextmanager
 def quiet_ort_logging():
-    """ONNX Runtime's quantizers log advice on the root logger at WARNING; keep it off the console."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
+    """ONNX Runtime's quantizers log advice and per-node progress; keep them off the console."""
+    loggers = [logging.getLogger(), logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        root.setLevel(level)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def _register(recipe: Recipe) -> Recipe:
@@ -88,8 +90,6 @@ def int4(src: Path, dst: Path, feeds=None, block_size: int = 32, **_) -> dict:
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    if block_size < 16 or block_size & (block_size - 1):
-        raise ValueError(f"block_size must be a power of two of at least 16, found {block_size}")
     quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), bits=4, block_size=block_size,
                                      is_symmetric=True, accuracy_level=4)
     quantizer.process()

@@ -119,18 +119,21 @@ class ClipSpec(FamilySpec):
         processor = CLIPImageProcessorPil.from_pretrained(source, revision=revision)
         return model, {"tokenizer": tokenizer, "image_processor": processor}
 
-    def build_random(self, preset):
-        from transformers import CLIPImageProcessorPil, CLIPModel
-
+    def random_config(self, preset):
         tokenizer = _clip_tokenizer()
         special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
                    "pad_token_id": tokenizer.pad_token_id}
         text = {"vocab_size": len(tokenizer), **preset.config["text"], **special}
         config = _config(preset.config["vision"], text, preset.config["projection_dim"])
         config._attn_implementation = "eager"
+        return config, {"tokenizer": tokenizer}
+
+    def build_random(self, preset):
+        from transformers import CLIPImageProcessorPil, CLIPModel
+
+        config, assets = self.random_config(preset)
         torch.manual_seed(preset.seed)
-        model = CLIPModel(config)
-        return model, {"tokenizer": tokenizer, "image_processor": CLIPImageProcessorPil()}
+        return CLIPModel(config), dict(assets, image_processor=CLIPImageProcessorPil())
 
     def parts(self, checkpoint):
         config = checkpoint.model.config

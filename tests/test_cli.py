@@ -1,0 +1,68 @@
+"""The CLI: real --help for every subcommand, and each one driving its typed function."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from edgevfm.runtime.cli import build_parser, main
+
+SUBCOMMANDS = ["export", "quantize", "run", "bench", "info", "demo"]
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert f"usage: edgevfm {command}" in out and "--help" in out
+
+
+def test_every_subcommand_is_tested():
+    parser = build_parser()
+    choices = parser._subparsers._group_actions[0].choices  # argparse keeps them here
+    assert sorted(choices) == sorted(SUBCOMMANDS)
+
+
+def test_export_quantize_info_run(tmp_path, photos, capsys):
+    bundle, quantized = tmp_path / "fp32", tmp_path / "int8"
+    assert main(["export", "random:clip-tiny", "-o", str(bundle)]) == 0
+    assert main(["quantize", str(bundle), "--recipe", "int8-dynamic", "-o", str(quantized)]) == 0
+    capsys.readouterr()
+    assert main(["info", str(quantized)]) == 0
+    info = capsys.readouterr().out
+    assert "clip bundle (format 1), recipe int8-dynamic" in info and "part vision: int8" in info
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, photo in enumerate(photos[:3]):
+        Image.fromarray(photo).save(images / f"{i}.png")
+    assert main(["run", str(quantized), "classify", str(images / "1.png"), "--labels", "a cat", "a dog"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and {line.split()[1] for line in lines} == {"a"}
+    assert abs(sum(float(line.split()[0]) for line in lines) - 1.0) < 1e-3
+
+    assert main(["run", str(quantized), "retrieve", "--query", "a cat", "--images", str(images), "-k", "2"]) == 0
+    hits = capsys.readouterr().out.splitlines()
+    assert len(hits) == 2 and all(str(images) in hit for hit in hits)
+
+    assert main(["run", str(quantized), "retrieve", "--query", str(images / "1.png"), "--texts", "a cat", "a dog"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+
+
+def test_errors_are_one_line_with_exit_code_1(tmp_path, capsys):
+    assert main(["info", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: invalid bundle") and "no manifest.json" in err
+    assert main(["export", "random:nope", "-o", str(tmp_path / "b")]) == 1
+    assert "unknown preset 'random:nope'" in capsys.readouterr().err
+
+
+def test_output_folder_with_a_bundle_needs_force(clip_bundle, capsys):
+    assert main(["export", "random:clip-tiny", "-o", str(clip_bundle)]) == 1
+    assert "--force" in capsys.readouterr().err
+    manifest = json.loads((clip_bundle / "manifest.json").read_text())
+    assert manifest["source"]["id"] == "random:clip-tiny"

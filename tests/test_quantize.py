@@ -1,0 +1,110 @@
+"""Each recipe runs through ONNX Runtime, produces the graph it promises and stays within its
+stated tolerance of FP32; bad calibration input is a typed error."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from edgevfm.quantize.api import quantize
+from edgevfm.quantize.calibration import calibration_images
+from edgevfm.quantize.recipes import RECIPES
+from edgevfm.runtime import BundleError, BundleExistsError, InputError, UnknownNameError, load
+from edgevfm.runtime.errors import CalibrationError
+
+from helpers import op_type_count
+
+# Tiny random models (hidden size 32) quantize worse than real ones; these are the tolerances the
+# tests hold each recipe to on them. The real-size figures are in benchmarks/reports/.
+TINY_MIN_COSINE = {"int8-dynamic": 0.999, "int8-static": 0.99, "int4": 0.90, "fp16": 0.9999}
+EXPECTED_OPS = {"int8-dynamic": "MatMulInteger", "int8-static": "QuantizeLinear", "int4": "MatMulNBits"}
+
+
+def test_every_recipe_has_a_stated_tiny_tolerance():
+    assert sorted(TINY_MIN_COSINE) == RECIPES.names()
+
+
+@pytest.mark.parametrize("recipe", sorted(TINY_MIN_COSINE))
+def test_recipe_stays_within_tolerance_of_fp32(recipe, clip_bundle, clip_recipe_bundles, photos):
+    fp32, quantized = load(clip_bundle), load(clip_recipe_bundles[recipe])
+    texts = ["a photo of a cat", "an astronaut", "a cup of coffee", "gravel on the ground"]
+    for name, ref, got in (("image", fp32.embed_images(photos), quantized.embed_images(photos)),
+                           ("text", fp32.embed_texts(texts), quantized.embed_texts(texts))):
+        cosine = (ref * got).sum(1)
+        assert cosine.mean() >= TINY_MIN_COSINE[recipe], f"{recipe} {name} mean cosine {cosine.mean():.5f}"
+        assert not np.allclose(got, ref, atol=0) or recipe == "fp16", f"{recipe} changed nothing"
+
+
+@pytest.mark.parametrize("recipe", sorted(EXPECTED_OPS))
+def test_recipe_produces_its_operators(recipe, clip_recipe_bundles):
+    for part in ("vision", "text"):
+        ops = op_type_count(clip_recipe_bundles[recipe] / f"{part}.onnx")
+        assert ops.get(EXPECTED_OPS[recipe], 0) >= 2, f"{recipe} {part}: {ops}"
+
+
+def test_fp16_keeps_normalisation_in_fp32(clip_recipe_bundles):
+    import onnx
+
+    model = onnx.load(str(clip_recipe_bundles["fp16"] / "vision.onnx"))
+    fp16_weights = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16]
+    assert len(fp16_weights) > 10
+    casts = op_type_count(clip_recipe_bundles["fp16"] / "vision.onnx").get("Cast", 0)
+    assert casts > 0  # LayerNorm/Softmax blocks run in float32 between casts
+
+
+def test_manifest_records_recipe_and_calibration(clip_recipe_bundles):
+    manifest = json.loads((clip_recipe_bundles["int8-static"] / "manifest.json").read_text())
+    assert manifest["recipe"]["name"] == "int8-static"
+    assert manifest["calibration"] == {"source": "scikit-image photos", "samples": {"vision": 8, "text": 8}}
+    assert {p["precision"] for p in manifest["parts"].values()} == {"int8"}
+
+
+def test_int4_block_size_is_configurable(clip_bundle, tmp_path):
+    out = quantize(clip_bundle, "int4", tmp_path / "int4", block_size=16, show_progress=False)
+    assert json.loads((out / "manifest.json").read_text())["recipe"]["settings"]["block_size"] == 16
+    with pytest.raises(InputError, match="block_size must be a power of two"):
+        quantize(clip_bundle, "int4", tmp_path / "bad", block_size=24, show_progress=False)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_calibration_from_a_folder(clip_bundle, photos, tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    for i, photo in enumerate(photos[:3]):
+        Image.fromarray(photo).save(folder / f"{i}.png")
+    out = quantize(clip_bundle, "int8-static", tmp_path / "s", calib=folder, samples=2, show_progress=False)
+    assert json.loads((out / "manifest.json").read_text())["calibration"]["samples"]["vision"] == 2
+
+
+def test_zero_samples_is_an_error(clip_bundle, tmp_path):
+    with pytest.raises(CalibrationError, match="samples must be at least 1"):
+        quantize(clip_bundle, "int8-static", tmp_path / "s", samples=0, show_progress=False)
+    assert not (tmp_path / "s").exists()
+
+
+def test_empty_or_missing_calibration_folder(clip_bundle, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CalibrationError, match="no images in"):
+        quantize(clip_bundle, "int8-static", tmp_path / "s", calib=tmp_path / "empty", show_progress=False)
+    with pytest.raises(CalibrationError, match="does not exist"):
+        calibration_images(tmp_path / "absent")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+
+
+def test_unknown_recipe(clip_bundle, tmp_path):
+    with pytest.raises(UnknownNameError, match="unknown recipe 'int3': expected one of fp16, int4, int8-dynamic"):
+        quantize(clip_bundle, "int3", tmp_path / "q", show_progress=False)
+
+
+def test_quantize_needs_an_fp32_bundle(clip_recipe_bundles, tmp_path):
+    with pytest.raises(BundleError, match="starts from an FP32 bundle"):
+        quantize(clip_recipe_bundles["int4"], "int8-dynamic", tmp_path / "q", show_progress=False)
+
+
+def test_existing_output_needs_force(clip_bundle, clip_recipe_bundles):
+    with pytest.raises(BundleExistsError):
+        quantize(clip_bundle, "int4", clip_recipe_bundles["int4"], show_progress=False)

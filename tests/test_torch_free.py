@@ -1,0 +1,49 @@
+"""The runtime never imports torch: importing it and running a whole CLIP query work with torch
+made unimportable, in a fresh interpreter."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+
+def _run_without_torch(code: str) -> subprocess.CompletedProcess:
+    prelude = "import sys\nfor name in ('torch', 'transformers', 'tensorrt'):\n    sys.modules[name] = None\n"
+    return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_import_runtime_without_torch():
+    result = _run_without_torch("""
+        import edgevfm.runtime, edgevfm.runtime.cli, edgevfm.runtime.families
+        assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]
+        print('ok')
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def test_full_clip_run_without_torch(clip_bundle, photos):
+    result = _run_without_torch(f"""
+        import numpy as np, skimage.data
+        from edgevfm.runtime import load
+        p = load({str(clip_bundle)!r}, threads=1)
+        ranking = p.classify(skimage.data.chelsea(), ['a cat', 'a dog', 'a rocket'])
+        hits = p.retrieve('a cat', [skimage.data.astronaut(), skimage.data.chelsea()], k=1)
+        texts = p.retrieve(skimage.data.chelsea(), ['a cat', 'a dog'], k=2)
+        print(round(sum(prob for _, prob in ranking), 4), len(hits), len(texts))
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1.0", "1", "2"]
+
+
+def test_export_without_the_extra_says_what_to_install(tmp_path):
+    result = _run_without_torch(f"""
+        from edgevfm.runtime.cli import main
+        sys.exit(main(['export', 'random:clip-tiny', '-o', {str(tmp_path / 'b')!r}]))
+    """)
+    assert result.returncode == 2, result.stderr
+    assert "edgevfm export needs the [export] extra" in result.stderr
+    assert "pip install 'edgevfm[export]'" in result.stderr
+    assert "Traceback" not in result.stderr
