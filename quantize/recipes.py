@@ -3,7 +3,8 @@
 Choices, measured on this project's CPU (2-core EPYC with AVX-512 VNNI, see FACTS.md):
 - ``int8-static`` quantizes only MatMul/Gemm/Conv (QDQ, U8 activations, S8 per-channel weights):
   quantizing every op, or S8 activations, costs both accuracy and speed here.
-- ``int8-dynamic`` quantizes MatMul/Gemm weights; activations are scaled at run time.
+- ``int8-dynamic`` quantizes MatMul/Gemm/Conv weights; activations are scaled at run time.
+- both INT8 recipes run ONNX Runtime's quantization pre-processing first (graph optimisation).
 - ``int4`` is weight-only ``MatMulNBits`` with a configurable block size, int8 compute.
 - ``fp16`` converts weights and compute to float16 with float32 inputs/outputs and LayerNorm,
   Softmax and the reductions kept in float32.
@@ -20,7 +21,8 @@ from typing import Callable
 from edgevfm.runtime.registry import Registry
 
 RECIPES: Registry["Recipe"] = Registry("recipe")
-MATMUL_OPS = ["MatMul", "Gemm"]
+# Conv too: CLIP's patch embedding is one large Conv, worth 6 ms of ViT-B/32's 28 in dynamic INT8.
+INT8_OPS = ["MatMul", "Gemm", "Conv"]
 
 
 @dataclass(frozen=True)
@@ -66,24 +68,39 @@ class _Reader:
         pass
 
 
+@contextlib.contextmanager
+def pre_processed(src: Path, dst: Path):
+    """ONNX Runtime's quantization pre-processing (graph optimisation, shape inference) into a
+    temporary file beside ``dst``. On ViT-B/32 it takes static INT8 from 22 to 19 ms."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    tmp = dst.with_name(f".{dst.stem}.pre.onnx")
+    try:
+        quant_pre_process(str(src), str(tmp), skip_symbolic_shape=True)
+        yield tmp
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def int8_dynamic(src: Path, dst: Path, feeds=None, **_) -> dict:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=False,
-                     op_types_to_quantize=MATMUL_OPS)
-    return {"weight_type": "int8", "op_types": MATMUL_OPS}
+    with pre_processed(src, dst) as pre:
+        quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8, per_channel=False,
+                         op_types_to_quantize=INT8_OPS)
+    return {"weight_type": "int8", "op_types": INT8_OPS, "pre_processed": True}
 
 
 def int8_static(src: Path, dst: Path, feeds=None, **_) -> dict:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    ops = MATMUL_OPS + ["Conv"]
-    quantize_static(str(src), str(dst), _Reader(feeds), quant_format=QuantFormat.QDQ,
-                    op_types_to_quantize=ops, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax)
-    return {"format": "QDQ", "activations": "uint8", "weights": "int8 per-channel", "op_types": ops,
-            "calibrate_method": "minmax"}
+    with pre_processed(src, dst) as pre:
+        quantize_static(str(pre), str(dst), _Reader(feeds), quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=INT8_OPS, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax)
+    return {"format": "QDQ", "activations": "uint8", "weights": "int8 per-channel", "op_types": INT8_OPS,
+            "calibrate_method": "minmax", "pre_processed": True}
 
 
 def int4(src: Path, dst: Path, feeds=None, block_size: int = 32, **_) -> dict:
@@ -109,7 +126,7 @@ def fp16(src: Path, dst: Path, feeds=None, **_) -> dict:
     return {"kept_fp32": FP16_KEEP_FP32}
 
 
-_register(Recipe("int8-dynamic", "int8", "INT8 weights, activations quantized at run time (MatMul/Gemm)",
+_register(Recipe("int8-dynamic", "int8", "INT8 weights, activations quantized at run time (MatMul/Gemm/Conv)",
                  int8_dynamic, min_cosine=0.99))
 _register(Recipe("int8-static", "int8", "INT8 QDQ calibrated on real photos (MatMul/Gemm/Conv, U8S8)",
                  int8_static, needs_calibration=True, min_cosine=0.99))
