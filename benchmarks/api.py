@@ -15,6 +15,7 @@ from edgevfm.runtime.errors import BundleError, InputError
 from .families import BENCH
 from .machine import machine_info
 from .report import write_report
+from .roofline import gemm_peaks
 from .worker import measure_row
 
 SCHEMA = "edgevfm.bench/1"
@@ -43,6 +44,7 @@ def bench(bundles: list[str | Path], reference: str, out_dir: str | Path, data: 
     base = {"family": family, "data": str(data) if data else None, "threads": threads, "runs": runs,
             "warmup": warmup if warmup is not None else max(3, runs // 5), "batch": batch}
     tasks = [dict(base, kind="pytorch", target=reference)] + [dict(base, kind="bundle", target=str(b.path)) for b in opened]
+    peaks = gemm_peaks(threads)
     rows = []
     context = multiprocessing.get_context("spawn")
     for task in progress(tasks, desc=f"bench {family}", enabled=show_progress):
@@ -65,9 +67,9 @@ def bench(bundles: list[str | Path], reference: str, out_dir: str | Path, data: 
         "reference": reference,
         "settings": base,
         "workload": family_bench.workload(),
-        "machine": machine_info(threads),
+        "machine": dict(machine_info(threads), measured_peaks=peaks),
         "rows": rows,
-        "goals": family_bench.goals(rows),
+        "goals": family_bench.goals(rows, peaks),
     }
     results["report"] = str(write_report(results, Path(out_dir)))
     return results

@@ -20,16 +20,17 @@ def _fmt(value) -> str:
 def latency_table(results: dict) -> tuple[list[str], list[list[str]]]:
     parts = list(results["rows"][0]["latency_ms"])
     first = parts[0]
-    base = next(r for r in results["rows"] if r["kind"] == "pytorch")["latency_ms"][first]["p50"]
+    torch_row = next(r for r in results["rows"] if r["kind"] == "pytorch")
+    base, gop = torch_row["latency_ms"][first]["p50"], torch_row["gop"][first]
     header = ["row", "precision", "size MB", "load s", "first call ms"]
     header += [f"{p} p50 / p90 / p99 ms" for p in parts]
-    header += [f"{first} speed-up vs PyTorch", "throughput", "peak RSS MB"]
+    header += [f"{first} speed-up vs PyTorch", f"{first} GOP/s", "throughput", "peak RSS MB"]
     body = []
     for r in results["rows"]:
         lat = [" / ".join(f"{r['latency_ms'][p][q]:.1f}" for q in ("p50", "p90", "p99")) for p in parts]
         tp = r["throughput"]
         body.append([r["name"], r["precision"], f"{r['size_mb']:.1f}", f"{r['load_s']:.2f}", f"{r['first_call_ms']:.1f}",
-                     *lat, f"{base / r['latency_ms'][first]['p50']:.2f}x",
+                     *lat, f"{base / r['latency_ms'][first]['p50']:.2f}x", f"{gop / r['latency_ms'][first]['p50'] * 1e3:.0f}",
                      f"{tp['items_per_s']:.1f} {tp['part']}/s @ batch {tp['batch']}", f"{r['peak_rss_mb']:.0f}"])
     return header, body
 
@@ -54,7 +55,11 @@ def _html_table(header, body) -> str:
 
 def _machine_lines(m: dict) -> list[str]:
     libs = ", ".join(f"{k} {v}" for k, v in m["libraries"].items())
-    return [f"CPU: {m['cpu']} ({m['architecture']}), {m['usable_cores']} usable cores, {m['threads']} threads used",
+    peaks = m.get("measured_peaks")
+    measured = ([f"Measured peaks ({peaks['how']}, {peaks['size']}^3, {peaks['threads']} threads): "
+                 f"FP32 GEMM {peaks['fp32_gflops']:.0f} GFLOP/s, INT8 GEMM {peaks['int8_gops']:.0f} GOP/s"]
+                if peaks else [])
+    return measured + [f"CPU: {m['cpu']} ({m['architecture']}), {m['usable_cores']} usable cores, {m['threads']} threads used",
             f"Instruction sets: {', '.join(m['instruction_sets']) or 'none of interest'}",
             f"Memory: {m['memory_gib']} GiB; GPU: {m['gpu'] or 'none'}; {m['os']}, Python {m['python']}",
             f"Libraries: {libs}"]

@@ -23,6 +23,8 @@ def measure_row(task: dict) -> dict:
         row = _open_bundle(task, bench)
     runner = row.pop("runner")
     part_calls, throughput_call = bench.calls(runner, task["batch"])
+    if task["kind"] == "pytorch":
+        row["gop"] = {part: gemm_gop(runner.model, call) for part, call in part_calls.items()}
     first = next(iter(part_calls.values()))
     _, row["first_call_ms"] = timed(first)
     row["first_call_ms"] *= 1e3
@@ -34,6 +36,29 @@ def measure_row(task: dict) -> dict:
     row["rss_before_load_mb"] = rss_before
     row["peak_rss_mb"] = peak_rss_mb()
     return row
+
+
+def gemm_gop(model, call) -> float:
+    """Giga-operations (2 x multiply-adds) of the Linear and Conv layers in one ``call``."""
+    import torch
+
+    total = [0]
+
+    def count(module, inputs, output):
+        if isinstance(module, torch.nn.Linear):
+            total[0] += output.numel() * module.in_features
+        elif isinstance(module, torch.nn.Conv2d):
+            k = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
+            total[0] += output.numel() * k
+
+    hooks = [m.register_forward_hook(count) for m in model.modules()
+             if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+    try:
+        call()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return 2 * total[0] / 1e9
 
 
 def _open_torch(task: dict, bench) -> dict:

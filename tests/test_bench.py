@@ -87,3 +87,12 @@ def test_bad_arguments(clip_bundle, tmp_path):
         bench([], reference="random:clip-tiny", out_dir=tmp_path)
     with pytest.raises(InputError, match="at least 1"):
         bench([clip_bundle], reference="random:clip-tiny", out_dir=tmp_path, runs=0)
+
+
+def test_gemm_work_is_counted_from_the_layers(results):
+    # clip-tiny vision, batch 1: patch Conv 32 ch x 7x7 outputs x (3x32x32) MACs, two encoder layers of
+    # 50 tokens x (4 x 32x32 attention + 2 x 32x64 MLP) MACs, and the projection of one pooled token.
+    macs = 32 * 49 * 3 * 32 * 32 + 2 * 50 * (4 * 32 * 32 + 2 * 32 * 64) + 32 * 16
+    assert results["rows"][0]["gop"]["vision"] == pytest.approx(2 * macs / 1e9, rel=1e-9)
+    peaks = results["machine"]["measured_peaks"]
+    assert peaks["int8_gops"] > 0 and peaks["fp32_gflops"] > 0
