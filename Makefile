@@ -21,9 +21,9 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest
 
-# Rebuilds the committed CLIP report (benchmarks/reports/clip-vit-b32) on this machine.
+# Rebuilds the committed reports (benchmarks/reports/<model>) on this machine.
 report: setup
-	$(BIN)/edgevfm demo -o $(DEMO_OUT) --report-dir benchmarks/reports/clip-vit-b32
+	$(BIN)/edgevfm demo -o $(DEMO_OUT) --report-dir benchmarks/reports
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) *.egg-info .pytest_cache

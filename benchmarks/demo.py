@@ -1,41 +1,46 @@
-"""The offline demo: export -> quantize (every recipe) -> run -> bench, on a random-weight preset
-with the real architecture's sizes; ends by saying where the report is."""
+"""The offline demo: for each model, export -> quantize (every recipe of its family) -> run ->
+bench, on random-weight presets with the real architectures' sizes; says where the reports are."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from edgevfm.export.api import export
 from edgevfm.quantize.api import quantize
-from edgevfm.quantize.recipes import RECIPES
-from edgevfm.runtime import load
+from edgevfm.quantize.recipes import recipes_for
+from edgevfm.runtime import open_bundle
 
 from .api import bench
+from .families import BENCH
+
+DEFAULT_MODELS = ("random:clip-vit-b32", "random:sam-vit-b")
 
 
-def run_demo(out: str | Path = "demo-out", model: str = "random:clip-vit-b32", report_dir: str | Path | None = None,
-             runs: int = 30, threads: int = 2) -> dict:
+def run_demo(out: str | Path = "demo-out", models=DEFAULT_MODELS, report_dir: str | Path | None = None,
+             runs: int | None = None, threads: int = 2) -> list[dict]:
+    """``runs``: timed runs per figure (default: each family's ``demo_runs``)."""
     out = Path(out)
-    report_dir = Path(report_dir) if report_dir else out / "report"
-    print(f"[1/4] export {model} -> {out / 'fp32'}")
-    bundles = [export(model, out / "fp32", force=True)]
-    for name in RECIPES.names():
-        print(f"[2/4] quantize --recipe {name} -> {out / name}")
-        bundles.append(quantize(bundles[0], name, out / name, force=True))
-    print("[3/4] run: zero-shot classification of scikit-image's astronaut with each bundle")
-    import skimage.data
-
-    labels = ["an astronaut", "a cat", "a rocket", "a cup of coffee"]
-    for path in bundles:
-        ranking = load(path, threads=threads).classify(np.asarray(skimage.data.astronaut()), labels)
-        print(f"      {path.name:>13}: " + ", ".join(f"{label} {p:.3f}" for label, p in ranking))
-    print("      (random weights: the ranking is arbitrary; what matters is that every bundle agrees)")
-    command = f"edgevfm demo -o {out} --model {model} --report-dir {report_dir} --runs {runs} --threads {threads}"
-    print(f"[4/4] bench {len(bundles)} bundles against PyTorch eager FP32 ({threads} threads, {runs} runs)")
-    results = bench(bundles, reference=model, out_dir=report_dir, threads=threads, runs=runs, command=command)
-    for goal in results["goals"]:
-        print(f"      {'MET' if goal['met'] else 'MISSED'}: {goal['goal']} ({goal['measured']})")
-    print(f"report: {results['report']} (and report.html, results.json beside it)")
+    report_root = Path(report_dir) if report_dir else out / "report"
+    results = []
+    for model in models:
+        name = model.split(":")[-1].replace("/", "--")
+        folder, reports = out / name, report_root / name
+        print(f"== {model}")
+        print(f"[1/4] export -> {folder / 'fp32'}")
+        bundles = [export(model, folder / "fp32", force=True)]
+        family = open_bundle(bundles[0], verify_hashes=False).family
+        for recipe in recipes_for(family):
+            print(f"[2/4] quantize --recipe {recipe} -> {folder / recipe}")
+            bundles.append(quantize(bundles[0], recipe, folder / recipe, force=True))
+        family_bench = BENCH.get(family)
+        print("[3/4] run")
+        family_bench.demo(bundles, reports, threads)
+        n = runs or family_bench.demo_runs
+        command = f"edgevfm demo -o {out} --model {model} --report-dir {report_root} --runs {n} --threads {threads}"
+        print(f"[4/4] bench {len(bundles)} bundles against PyTorch eager FP32 ({threads} threads, {n} runs)")
+        result = bench(bundles, reference=model, out_dir=reports, threads=threads, runs=n, command=command)
+        for goal in result["goals"]:
+            print(f"      {'MET' if goal['met'] else 'MISSED'}: {goal['goal']} ({goal['measured']})")
+        print(f"report: {result['report']} (and report.html, results.json beside it)")
+        results.append(result)
     return results

@@ -41,6 +41,15 @@ def accuracy_table(results: dict) -> tuple[list[str], list[list[str]]]:
     return header, [[r["name"]] + [_fmt(r["accuracy"].get(m)) for m in metrics] for r in results["rows"]]
 
 
+def extra_table(results: dict):
+    """Family-specific figures (e.g. automatic-mask time), for the rows that have them."""
+    rows = [r for r in results["rows"] if r.get("extra")]
+    if not rows:
+        return None
+    keys = list(dict.fromkeys(k for r in rows for k in r["extra"]))
+    return ["row"] + [k.replace("_", " ") for k in keys], [[r["name"]] + [_fmt(r["extra"].get(k)) for k in keys] for r in rows]
+
+
 def _markdown_table(header, body) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in body]
@@ -103,13 +112,16 @@ def write_report(results: dict, out_dir: Path) -> Path:
     lat, acc = latency_table(results), accuracy_table(results)
     w = results["workload"]
     intro = (f"Reference: `{results['reference']}` in PyTorch eager FP32. Accuracy columns compare each row "
-             f"with that reference on the same inputs ({w['images']} images, {w['texts']} texts). "
+             "with that reference on the same inputs (see Workload). "
              "With random-weight presets they measure agreement with FP32, not task accuracy.")
     md = [f"# {results['family']} benchmark", "", f"Produced by `{results['command']}` on {results['created']}.",
           "", intro, "", "## Latency, size and memory", "", _markdown_table(*lat), ""]
     if picture:
         md += [f"![latency]({picture.name})", ""]
     md += ["## Accuracy against the FP32 PyTorch reference", "", _markdown_table(*acc), ""]
+    extra = extra_table(results)
+    if extra:
+        md += ["## Other measurements", "", _markdown_table(*extra), ""]
     if results["goals"]:
         md += ["## Goals", ""] + [f"- {line}" for line in _goal_lines(results["goals"])] + [""]
     md += ["## Machine", ""] + [f"- {line}" for line in _machine_lines(results["machine"])]
@@ -138,6 +150,7 @@ def _write_html(results, out_dir, lat, acc, intro, picture) -> None:
             f"<p>Produced by <code>{html.escape(results['command'])}</code> on {results['created']}.</p>"
             f"<p>{html.escape(intro)}</p><h2>Latency, size and memory</h2>{_html_table(*lat)}{img}"
             f"<h2>Accuracy against the FP32 PyTorch reference</h2>{_html_table(*acc)}"
+            + (f"<h2>Other measurements</h2>{_html_table(*extra_table(results))}" if extra_table(results) else "")
             + (f"<h2>Goals</h2><ul>{goals}</ul>" if goals else "")
             + f"<h2>Machine</h2><ul>{machine}</ul></body></html>")
     (out_dir / "report.html").write_text(page)

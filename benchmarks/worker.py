@@ -22,7 +22,7 @@ def measure_row(task: dict) -> dict:
     else:
         row = _open_bundle(task, bench)
     runner = row.pop("runner")
-    part_calls, throughput_call = bench.calls(runner, task["batch"])
+    part_calls, (unit, items, throughput_call) = bench.calls(runner, task["batch"])
     if task["kind"] == "pytorch":
         row["gop"] = {part: gemm_gop(runner.model, call) for part, call in part_calls.items()}
     first = next(iter(part_calls.values()))
@@ -30,9 +30,9 @@ def measure_row(task: dict) -> dict:
     row["first_call_ms"] *= 1e3
     row["latency_ms"] = {part: latency(call, task["runs"], task["warmup"]) for part, call in part_calls.items()}
     throughput = latency(throughput_call, max(3, task["runs"] // 5), 1)
-    row["throughput"] = {"part": next(iter(part_calls)), "batch": task["batch"],
-                         "items_per_s": task["batch"] / (throughput["p50"] / 1e3)}
+    row["throughput"] = {"part": unit, "batch": items, "items_per_s": items / (throughput["p50"] / 1e3)}
     row["outputs"] = bench.outputs(runner)
+    row["extra"] = bench.extra(runner) if hasattr(bench, "extra") else {}
     row["rss_before_load_mb"] = rss_before
     row["peak_rss_mb"] = peak_rss_mb()
     return row

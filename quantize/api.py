@@ -34,32 +34,39 @@ def quantize(bundle: str | Path, recipe: str, out: str | Path, calib: str | Path
     if not_fp32:
         raise BundleError(source.path, [f"quantize starts from an FP32 bundle, but parts are {not_fp32}: "
                                         "pass the bundle `edgevfm export` wrote"])
+    if chosen.families and source.family not in chosen.families:
+        raise InputError(f"recipe {chosen.name!r} is for {', '.join(chosen.families)} bundles, "
+                         f"{source.path} is a {source.family} bundle")
+    steps = chosen.steps(list(source.parts))
     feeds, calibration = {}, None
     if chosen.needs_calibration:
         images = calibration_images(calib, samples)
         pipeline = load(source.path, threads=None)
         feeds = CALIBRATION.get(source.family)(pipeline, images, samples)
         calibration = {"source": str(calib) if calib else "scikit-image photos", "samples":
-                       {part: len(f) for part, f in feeds.items()}}
+                       {part: len(f) for part, f in feeds.items() if steps.get(part) and steps[part].needs_calibration}}
     manifest = {k: v for k, v in source.manifest.items() if k not in ("files", "format_version")}
     parts = {name: dict(p) for name, p in manifest["parts"].items()}
     with staged_bundle(out, force=force) as stage:
-        part_files = {p["file"] for p in parts.values()}
+        part_files = {p["file"] for name, p in parts.items() if steps[name] is not None}
         for relative in source.manifest["files"]:
             if relative not in part_files:
                 (stage / relative).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(source.file(relative), stage / relative)
         settings = {}
         for name in progress(list(parts), desc=f"quantize {chosen.name}", enabled=show_progress):
-            src = source.file(parts[name]["file"])
+            step = steps[name]
+            if step is None:
+                settings[name] = {"kept": "fp32"}
+                continue
             try:
                 with quiet_ort_logging():
-                    settings = chosen.apply(src, stage / parts[name]["file"], feeds=feeds.get(name),
-                                            block_size=block_size)
+                    settings[name] = dict(step.apply(source.file(parts[name]["file"]), stage / parts[name]["file"],
+                                                     feeds=feeds.get(name), block_size=block_size), recipe=step.name)
             except Exception as exc:  # an ORT failure: say which part and recipe
-                raise QuantizeError(f"recipe {chosen.name!r} failed on part {name!r}: {exc}") from exc
-            parts[name]["precision"] = chosen.precision
-        manifest.update(parts=parts, recipe={"name": chosen.name, "settings": settings},
+                raise QuantizeError(f"recipe {step.name!r} failed on part {name!r}: {exc}") from exc
+            parts[name]["precision"] = step.precision
+        manifest.update(parts=parts, recipe={"name": chosen.name, "parts": settings},
                         calibration=calibration, tools=tool_versions())
         write_manifest(stage, manifest)
         _smoke_run(stage, chosen.name)

@@ -25,16 +25,27 @@ RECIPES: Registry["Recipe"] = Registry("recipe")
 INT8_OPS = ["MatMul", "Gemm", "Conv"]
 
 
+KEEP = "fp32"  # in a per-part plan: leave this part as exported
+
+
 @dataclass(frozen=True)
 class Recipe:
-    """``min_cosine``: the mean embedding cosine against FP32 this recipe promises (tested)."""
+    """One way to compress a part (``apply``), or, with ``plan``, a family's choice of one
+    recipe per part ({part: recipe name or "fp32"}), valid for ``families`` only."""
 
     name: str
     precision: str
     description: str
-    apply: Callable[..., dict]
+    apply: Callable[..., dict] | None = None
     needs_calibration: bool = False
-    min_cosine: float = 0.99
+    plan: dict[str, str] | None = None
+    families: tuple[str, ...] | None = None
+
+    def steps(self, parts: list[str]) -> dict[str, "Recipe | None"]:
+        """{part: the recipe that compresses it, or None to keep it FP32}."""
+        if self.plan is None:
+            return {part: self for part in parts}
+        return {part: None if self.plan.get(part, KEEP) == KEEP else RECIPES.get(self.plan[part]) for part in parts}
 
 
 @contextlib.contextmanager
@@ -127,9 +138,21 @@ def fp16(src: Path, dst: Path, feeds=None, **_) -> dict:
 
 
 _register(Recipe("int8-dynamic", "int8", "INT8 weights, activations quantized at run time (MatMul/Gemm/Conv)",
-                 int8_dynamic, min_cosine=0.99))
+                 int8_dynamic))
 _register(Recipe("int8-static", "int8", "INT8 QDQ calibrated on real photos (MatMul/Gemm/Conv, U8S8)",
-                 int8_static, needs_calibration=True, min_cosine=0.99))
-_register(Recipe("int4", "int4", "4-bit weight-only MatMulNBits, int8 compute", int4, min_cosine=0.98))
-_register(Recipe("fp16", "fp16", "float16 weights and compute, float32 I/O and normalisation",
-                 fp16, min_cosine=0.999))
+                 int8_static, needs_calibration=True))
+_register(Recipe("int4", "int4", "4-bit weight-only MatMulNBits, int8 compute", int4))
+_register(Recipe("fp16", "fp16", "float16 weights and compute, float32 I/O and normalisation", fp16))
+
+
+def register_family_recipe(name: str, family: str, description: str, plan: dict[str, str]) -> Recipe:
+    """A family's own recipe: one existing recipe (or "fp32") per part."""
+    steps = [RECIPES.get(r) for r in plan.values() if r != KEEP]
+    precision = "/".join(sorted({s.precision for s in steps} | ({"fp32"} if KEEP in plan.values() else set())))
+    return _register(Recipe(name, precision, description, plan=plan, families=(family,),
+                            needs_calibration=any(s.needs_calibration for s in steps)))
+
+
+def recipes_for(family: str) -> list[str]:
+    """Names of the recipes that apply to ``family``'s bundles: the generic ones and its own."""
+    return [name for name, recipe in RECIPES.items() if recipe.families is None or family in recipe.families]

@@ -39,25 +39,16 @@ def cmd_quantize(args) -> None:
 
 
 def cmd_run(args) -> None:
+    from .errors import InputError
     from .pipeline import load
+    from .tasks import TASKS, tasks_of
 
     pipeline = load(args.bundle, threads=args.threads)
-    if args.task == "classify":
-        for label, prob in pipeline.classify(args.image, args.labels):
-            print(f"{prob:8.4f}  {label}")
-    elif args.task == "retrieve":
-        from .families.clip import is_text
-
-        if args.images:
-            from .image import list_images
-
-            gallery = list_images(args.images)
-        else:
-            gallery = list(args.texts or [])
-        if args.images and not is_text(args.query) or args.texts and is_text(args.query):
-            raise SystemExit("error: a text --query searches --images, an image --query searches --texts")
-        for match in pipeline.retrieve(args.query, gallery, k=args.k):
-            print(f"{match.score:8.4f}  {match.item}")
+    task = TASKS.get(args.task)
+    if pipeline.family != task.family:
+        raise InputError(f"task {task.name!r} answers {task.family} bundles, but {args.bundle} is a {pipeline.family} "
+                         f"bundle: its tasks are {', '.join(tasks_of(pipeline.family))}")
+    task.run(pipeline, args)
 
 
 def cmd_bench(args) -> None:
@@ -80,7 +71,8 @@ def cmd_info(args) -> None:
 
 def cmd_demo(args) -> None:
     demo = _heavy("edgevfm.benchmarks.demo", "bench", "edgevfm demo")
-    demo.run_demo(args.output, model=args.model, report_dir=args.report_dir, runs=args.runs, threads=args.threads)
+    demo.run_demo(args.output, models=args.model or demo.DEFAULT_MODELS, report_dir=args.report_dir, runs=args.runs,
+                  threads=args.threads)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,18 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_quantize)
 
-    p = sub.add_parser("run", help="run a bundle: classify an image or retrieve")
+    p = sub.add_parser("run", help="run a bundle: classify, retrieve, segment, masks")
     p.add_argument("bundle", type=Path, metavar="BUNDLE")
     p.add_argument("--threads", type=int, help="intra-op threads (default: one per core)")
     tasks = p.add_subparsers(dest="task", required=True, metavar="TASK")
-    t = tasks.add_parser("classify", help="zero-shot ranking of --labels for IMAGE")
-    t.add_argument("image", metavar="IMAGE")
-    t.add_argument("--labels", nargs="+", required=True)
-    t = tasks.add_parser("retrieve", help="text -> images (--images DIR) or image -> texts (--texts ...)")
-    t.add_argument("--query", required=True, help="a text, or the path of an image")
-    t.add_argument("--images", type=Path, help="folder of images to search")
-    t.add_argument("--texts", nargs="+", help="texts to search")
-    t.add_argument("-k", type=int, default=5)
+    from . import families  # noqa: F401  (registers each family's tasks; numpy only)
+    from .tasks import TASKS
+
+    for name, task in TASKS.items():
+        task.add_arguments(tasks.add_parser(name, help=f"[{task.family}] {task.help}", description=task.help))
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("bench", help="latency, memory, size and accuracy against the FP32 PyTorch reference",
@@ -138,9 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="offline: export -> quantize (every recipe) -> run -> bench, with a report")
     p.add_argument("-o", "--output", type=Path, default=Path("demo-out"))
-    p.add_argument("--model", default="random:clip-vit-b32")
-    p.add_argument("--report-dir", type=Path, help="where the report goes (default OUTPUT/report)")
-    p.add_argument("--runs", type=int, default=30)
+    p.add_argument("--model", action="append", help="model to run (repeatable; default: random:clip-vit-b32 and "
+                   "random:sam-vit-b)")
+    p.add_argument("--report-dir", type=Path, help="reports go to REPORT_DIR/<model> (default OUTPUT/report)")
+    p.add_argument("--runs", type=int, help="timed runs per figure (default: 30 for CLIP, 10 for SAM)")
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(func=cmd_demo)
     return parser

@@ -43,6 +43,10 @@ class InputError(EdgeVfmError, ValueError):
     """Bad user input to a pipeline: an image that is not an image, an empty label list, ..."""
 
 
+class StateError(EdgeVfmError, RuntimeError):
+    """A call made out of order, e.g. ``predict`` before ``set_image``; the message says the fix."""
+
+
 class CheckpointError(EdgeVfmError, ValueError):
     """A checkpoint that is missing, corrupt or of an unsupported architecture."""
 

@@ -1,7 +1,8 @@
 """Torch-free image loading and preprocessing, driven by the manifest's ``preprocessing`` data.
 
 Reproduces transformers' Pillow image-processor path: convert to RGB (alpha composited on white),
-resize the shortest edge with Pillow, centre-crop, rescale (in float64, then float32), normalise.
+resize with Pillow (``shortest_edge``, ``longest_edge`` or fixed ``height``/``width``), centre-crop,
+rescale (in float64, then float32), normalise, then zero-pad bottom-right to ``pad`` if given.
 """
 
 from __future__ import annotations
@@ -83,6 +84,21 @@ def shortest_edge_size(height: int, width: int, shortest: int) -> tuple[int, int
     return shortest, int(shortest * width / height)
 
 
+def longest_edge_size(height: int, width: int, longest: int) -> tuple[int, int]:
+    """(height, width) after scaling the longest edge to ``longest`` (rounded half up), as SAM does."""
+    scale = longest / max(height, width)
+    return int(height * scale + 0.5), int(width * scale + 0.5)
+
+
+def resized_size(height: int, width: int, resize: dict) -> tuple[int, int]:
+    """(height, width) an image of (height, width) has after the manifest's ``resize`` step."""
+    if "shortest_edge" in resize:
+        return shortest_edge_size(height, width, int(resize["shortest_edge"]))
+    if "longest_edge" in resize:
+        return longest_edge_size(height, width, int(resize["longest_edge"]))
+    return int(resize["height"]), int(resize["width"])
+
+
 def center_crop(array: np.ndarray, height: int, width: int) -> np.ndarray:
     """Centre crop of an HWC array, zero-padding first where it is smaller than the crop."""
     h, w = array.shape[:2]
@@ -105,11 +121,7 @@ def preprocess(images: Sequence[ImageLike], spec: dict[str, Any]) -> np.ndarray:
 
 def _preprocess_one(image: Image.Image, spec: dict[str, Any]) -> np.ndarray:
     resample = INTERPOLATION[spec["interpolation"]]
-    resize = spec["resize"]
-    if "shortest_edge" in resize:
-        height, width = shortest_edge_size(image.height, image.width, int(resize["shortest_edge"]))
-    else:
-        height, width = int(resize["height"]), int(resize["width"])
+    height, width = resized_size(image.height, image.width, spec["resize"])
     if (height, width) != (image.height, image.width):
         image = image.resize((width, height), resample=resample)
     array = np.asarray(image)
@@ -119,4 +131,9 @@ def _preprocess_one(image: Image.Image, spec: dict[str, Any]) -> np.ndarray:
     pixels = (array.astype(np.float64) * float(spec["rescale"])).astype(np.float32)
     mean = np.asarray(spec["mean"], dtype=np.float32)
     std = np.asarray(spec["std"], dtype=np.float32)
-    return ((pixels - mean) / std).transpose(2, 0, 1)
+    pixels = ((pixels - mean) / std).transpose(2, 0, 1)
+    pad = spec.get("pad")
+    if pad:
+        _, h, w = pixels.shape
+        pixels = np.pad(pixels, ((0, 0), (0, int(pad["height"]) - h), (0, int(pad["width"]) - w)))
+    return pixels

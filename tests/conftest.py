@@ -31,11 +31,11 @@ def clip_bundle(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def clip_recipe_bundles(clip_bundle, tmp_path_factory) -> dict[str, Path]:
     from edgevfm.quantize.api import quantize
-    from edgevfm.quantize.recipes import RECIPES
+    from edgevfm.quantize.recipes import recipes_for
 
     root = tmp_path_factory.mktemp("clip-quantized")
     return {name: quantize(clip_bundle, name, root / name, samples=8, show_progress=False)
-            for name in RECIPES.names()}
+            for name in recipes_for("clip")}
 
 
 @pytest.fixture(scope="session")
@@ -43,3 +43,29 @@ def photos():
     from edgevfm.quantize.calibration import skimage_photos
 
     return skimage_photos()
+
+
+TINY_SAM = "random:sam-tiny"
+
+
+@pytest.fixture(scope="session")
+def sam_checkpoint():
+    from edgevfm.export.checkpoint import load_checkpoint
+
+    return load_checkpoint(TINY_SAM)
+
+
+@pytest.fixture(scope="session")
+def sam_bundle(tmp_path_factory) -> Path:
+    from edgevfm.export.api import export
+
+    return export(TINY_SAM, tmp_path_factory.mktemp("sam") / "fp32", show_progress=False)
+
+
+@pytest.fixture(scope="session")
+def sam_recipe_bundles(sam_bundle, tmp_path_factory) -> dict[str, Path]:
+    from edgevfm.quantize.api import quantize
+
+    root = tmp_path_factory.mktemp("sam-quantized")
+    return {name: quantize(sam_bundle, name, root / name, samples=4, show_progress=False)
+            for name in ("sam-int8", "fp16")}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -66,3 +67,35 @@ def test_output_folder_with_a_bundle_needs_force(clip_bundle, capsys):
     assert "--force" in capsys.readouterr().err
     manifest = json.loads((clip_bundle / "manifest.json").read_text())
     assert manifest["source"]["id"] == "random:clip-tiny"
+
+
+def test_segment_writes_mask_and_overlay(sam_bundle, photos, tmp_path, capsys):
+    image = tmp_path / "cat.png"
+    Image.fromarray(photos[1]).save(image)
+    out = tmp_path / "out" / "mask.png"
+    assert main(["run", str(sam_bundle), "segment", str(image), "--point", "220,150", "--negative", "40,30",
+                 "--box", "80,20,330,290", "--out", str(out)]) == 0
+    assert "predicted IoU" in capsys.readouterr().out
+    mask = Image.open(out)
+    overlay = Image.open(out.with_name("mask.overlay.png"))
+    assert mask.mode == "L" and mask.size == overlay.size == (451, 300) and overlay.mode == "RGB"
+    assert set(np.unique(np.asarray(mask))) <= {0, 255}
+
+
+def test_masks_writes_rle_json(sam_bundle, photos, tmp_path, capsys):
+    image = tmp_path / "cat.png"
+    Image.fromarray(photos[1]).save(image)
+    assert main(["run", str(sam_bundle), "masks", str(image), "--points-per-side", "4", "--pred-iou-thresh", "-1000",
+                 "--stability-thresh", "0", "--out", str(tmp_path / "masks")]) == 0
+    records = json.loads((tmp_path / "masks" / "masks.json").read_text())
+    assert records and records[0]["segmentation"]["size"] == [300, 451]
+    assert (tmp_path / "masks" / "overlay.png").is_file() and (tmp_path / "masks" / "mask_000.png").is_file()
+
+
+def test_task_of_another_family_is_refused(sam_bundle, clip_bundle, tmp_path, capsys):
+    assert main(["run", str(sam_bundle), "classify", "x.png", "--labels", "a"]) == 1
+    assert "task 'classify' answers clip bundles" in capsys.readouterr().err
+    assert main(["run", str(clip_bundle), "segment", "x.png", "--point", "1,1"]) == 1
+    assert "its tasks are classify, retrieve" in capsys.readouterr().err
+    assert main(["run", str(sam_bundle), "segment", "x.png", "--point", "1"]) == 1
+    assert "--point must be 2 comma-separated numbers" in capsys.readouterr().err

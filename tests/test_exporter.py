@@ -40,3 +40,13 @@ def test_graph_that_only_matches_at_the_trace_shape_is_refused(tmp_path):
 def test_old_opset_is_refused(tmp_path):
     with pytest.raises(ValueError, match="opset 11 is too old"):
         export_part(None, _part(Log()), tmp_path / "toy.onnx", opset=11)
+
+
+class Vanishing(torch.nn.Module):
+    def forward(self, x):
+        return x * 1e-9  # what SAM's default 1e-10 initialisation does to its outputs
+
+
+def test_degenerate_reference_is_refused(tmp_path):
+    with pytest.raises(ExportError, match="~0 everywhere .* would prove nothing"):
+        export_part(None, _part(Vanishing()), tmp_path / "toy.onnx")

@@ -10,7 +10,7 @@ import pytest
 
 from edgevfm.quantize.api import quantize
 from edgevfm.quantize.calibration import calibration_images
-from edgevfm.quantize.recipes import RECIPES
+from edgevfm.quantize.recipes import recipes_for
 from edgevfm.runtime import BundleError, BundleExistsError, InputError, UnknownNameError, load
 from edgevfm.runtime.errors import CalibrationError
 
@@ -23,7 +23,7 @@ EXPECTED_OPS = {"int8-dynamic": "MatMulInteger", "int8-static": "QuantizeLinear"
 
 
 def test_every_recipe_has_a_stated_tiny_tolerance():
-    assert sorted(TINY_MIN_COSINE) == RECIPES.names()
+    assert sorted(TINY_MIN_COSINE) == recipes_for("clip")
 
 
 @pytest.mark.parametrize("recipe", sorted(TINY_MIN_COSINE))
@@ -63,7 +63,7 @@ def test_manifest_records_recipe_and_calibration(clip_recipe_bundles):
 
 def test_int4_block_size_is_configurable(clip_bundle, tmp_path):
     out = quantize(clip_bundle, "int4", tmp_path / "int4", block_size=16, show_progress=False)
-    assert json.loads((out / "manifest.json").read_text())["recipe"]["settings"]["block_size"] == 16
+    assert json.loads((out / "manifest.json").read_text())["recipe"]["parts"]["vision"]["block_size"] == 16
     with pytest.raises(InputError, match="block_size must be a power of two"):
         quantize(clip_bundle, "int4", tmp_path / "bad", block_size=24, show_progress=False)
     assert not (tmp_path / "bad").exists()
@@ -98,6 +98,12 @@ def test_empty_or_missing_calibration_folder(clip_bundle, tmp_path):
 def test_unknown_recipe(clip_bundle, tmp_path):
     with pytest.raises(UnknownNameError, match="unknown recipe 'int3': expected one of fp16, int4, int8-dynamic"):
         quantize(clip_bundle, "int3", tmp_path / "q", show_progress=False)
+
+
+def test_family_recipe_refuses_other_families(clip_bundle, tmp_path):
+    with pytest.raises(InputError, match="recipe 'sam-int8' is for sam bundles"):
+        quantize(clip_bundle, "sam-int8", tmp_path / "q", show_progress=False)
+    assert not (tmp_path / "q").exists()
 
 
 def test_quantize_needs_an_fp32_bundle(clip_recipe_bundles, tmp_path):

@@ -47,3 +47,17 @@ def test_export_without_the_extra_says_what_to_install(tmp_path):
     assert "edgevfm export needs the [export] extra" in result.stderr
     assert "pip install 'edgevfm[export]'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_full_sam_run_without_torch(sam_bundle):
+    result = _run_without_torch(f"""
+        import skimage.data
+        from edgevfm.runtime import load
+        p = load({str(sam_bundle)!r}, threads=1)
+        p.set_image(skimage.data.chelsea())
+        r = p.predict(points=[[220, 150]], labels=[1], box=[80, 20, 330, 290])
+        found = p.generate(skimage.data.chelsea(), points_per_side=2, pred_iou_thresh=-1e9, stability_score_thresh=0)
+        print(r.masks.shape, len(found) > 0)
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "(3, 300, 451) True"

@@ -46,6 +46,20 @@ def labelled_folder(data: str | None) -> tuple[list[str], list[Path], list[int]]
 @BENCH.register("clip")
 class ClipBench:
     parts = ("vision", "text")
+    demo_runs = 30
+
+    @staticmethod
+    def demo(bundles: list[Path], report_dir: Path, threads: int) -> None:
+        """Zero-shot classification of scikit-image's astronaut with each bundle."""
+        import skimage.data
+
+        from edgevfm.runtime import load
+
+        labels = ["an astronaut", "a cat", "a rocket", "a cup of coffee"]
+        for path in bundles:
+            ranking = load(path, threads=threads).classify(np.asarray(skimage.data.astronaut()), labels)
+            print(f"      {path.name:>13}: " + ", ".join(f"{label} {p:.3f}" for label, p in ranking))
+        print("      (random weights: the ranking is arbitrary; what matters is that every bundle agrees)")
 
     def __init__(self, data: str | None = None):
         self.images = evaluation_images()
@@ -60,7 +74,8 @@ class ClipBench:
         return _BundleClip(pipeline)
 
     def calls(self, runner, batch: int):
-        """({part: one call at batch 1}, one vision call at ``batch``), on pre-processed inputs."""
+        """({part: one call at batch 1}, (unit, items, one vision call at ``batch``)), on
+        pre-processed inputs."""
         return runner.calls(self.images, self.texts, batch)
 
     def outputs(self, runner) -> dict[str, np.ndarray]:
@@ -155,7 +170,7 @@ class _TorchClip:
     def calls(self, images, texts, batch):
         pixels, tokens, many = self._pixels(images[:1]), self._tokens(texts[:1]), self._pixels(images[:batch])
         return ({"vision": lambda: self._image_features(pixels), "text": lambda: self._text_features(tokens)},
-                lambda: self._image_features(many))
+                ("vision", len(many), lambda: self._image_features(many)))
 
     def embed_images(self, images):
         return _l2(np.concatenate([self._image_features(self._pixels(images[i:i + 16])).numpy()
@@ -174,7 +189,7 @@ class _BundleClip:
         p = self.pipeline
         one, tokens, many = p.image_inputs(images[:1]), p.text_inputs(texts[:1]), p.image_inputs(images[:batch])
         return ({"vision": lambda: p.run("vision", one), "text": lambda: p.run("text", tokens)},
-                lambda: p.run("vision", many))
+                ("vision", len(many["pixel_values"]), lambda: p.run("vision", many)))
 
     def embed_images(self, images):
         return self.pipeline.embed_images(images)

@@ -11,6 +11,7 @@ import numpy as np
 from ..errors import InputError
 from ..image import ImageLike, preprocess
 from ..pipeline import PIPELINES, Pipeline
+from ..tasks import Task, register_task
 from ..text import TextTokenizer
 
 
@@ -116,3 +117,36 @@ def _labels(labels: Sequence[str]) -> list[str]:
     if bad:
         raise InputError(f"labels must be non-empty strings, found {', '.join(bad)}")
     return labels
+
+
+def _classify_arguments(parser) -> None:
+    parser.add_argument("image", metavar="IMAGE")
+    parser.add_argument("--labels", nargs="+", required=True)
+
+
+def _classify(pipeline: ClipPipeline, args) -> None:
+    for label, prob in pipeline.classify(args.image, args.labels):
+        print(f"{prob:8.4f}  {label}")
+
+
+def _retrieve_arguments(parser) -> None:
+    parser.add_argument("--query", required=True, help="a text, or the path of an image")
+    parser.add_argument("--images", type=Path, help="folder of images to search (text query)")
+    parser.add_argument("--texts", nargs="+", help="texts to search (image query)")
+    parser.add_argument("-k", type=int, default=5)
+
+
+def _retrieve(pipeline: ClipPipeline, args) -> None:
+    from ..image import list_images
+
+    if bool(args.images) == bool(args.texts) or (args.images and not is_text(args.query)) or (
+            args.texts and is_text(args.query)):
+        raise InputError("a text --query searches --images DIR; an image --query searches --texts ...")
+    gallery = list_images(args.images) if args.images else list(args.texts)
+    for match in pipeline.retrieve(args.query, gallery, k=args.k):
+        print(f"{match.score:8.4f}  {match.item}")
+
+
+register_task(Task("classify", "clip", "zero-shot ranking of --labels for IMAGE", _classify_arguments, _classify))
+register_task(Task("retrieve", "clip", "text -> images (--images DIR) or image -> texts (--texts ...)",
+                   _retrieve_arguments, _retrieve))

@@ -1,0 +1,232 @@
+"""SAM benchmark: encoder latency per image, decoder latency per prompt (one point, a box, 32
+points in one call), automatic-mask time per image; accuracy against the FP32 PyTorch reference
+as mask IoU and IoU-score difference, and against ground-truth masks when a dataset is given."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgevfm.quantize.calibration import skimage_photos
+from edgevfm.runtime.image import list_images, load_image
+
+from . import BENCH
+
+GOAL_DECODER_MS, GOAL_ENCODER_SPEEDUP, GOAL_MASK_IOU = 10.0, 2.0, 0.95
+PHOTOS = 4  # astronaut, chelsea, coffee, rocket: the encoder is the slow part
+
+
+def prompts_for(height: int, width: int) -> dict[str, dict]:
+    """Prompt sets per image, in image pixels: 8 single points on a grid, 2 boxes, a point + box."""
+    grid = [(width * fx, height * fy) for fy in (0.3, 0.7) for fx in (0.2, 0.4, 0.6, 0.8)]
+    boxes = [[width * 0.1, height * 0.1, width * 0.6, height * 0.7], [width * 0.4, height * 0.3, width * 0.95, height * 0.9]]
+    return {
+        "points": {"points": np.float32(grid)[:, None, :], "labels": np.ones((len(grid), 1), np.float32)},
+        "boxes": {"boxes": np.float32(boxes)},
+        "point+box": {"points": np.float32([[grid[5]]]), "labels": np.ones((1, 1), np.float32),
+                      "boxes": np.float32(boxes[1:])},
+    }
+
+
+def ground_truth(data: str | None) -> list[tuple[Path, Path]]:
+    """(image, mask) pairs of a folder where X.png has its binary mask in X.mask.png."""
+    if not data:
+        return []
+    pairs = [(p, p.with_name(p.stem + ".mask.png")) for p in list_images(data) if not p.stem.endswith(".mask")]
+    pairs = [(image, mask) for image, mask in pairs if mask.is_file()]
+    if not pairs:
+        raise ValueError(f"no image/mask pairs under {data!r}: expected X.png with X.mask.png beside it")
+    return pairs
+
+
+@BENCH.register("sam")
+class SamBench:
+    demo_runs = 10
+
+    @staticmethod
+    def demo(bundles: list[Path], report_dir: Path, threads: int) -> None:
+        """``edgevfm run BUNDLE segment`` on chelsea the cat with each bundle; the FP32 mask and
+        its overlay go into the report folder."""
+        from edgevfm.runtime.cli import main
+
+        chelsea = report_dir / "chelsea.png"
+        report_dir.mkdir(parents=True, exist_ok=True)
+        from PIL import Image
+
+        Image.fromarray(skimage_photos()[1]).save(chelsea)
+        for path in bundles:
+            out = report_dir / f"segment-{path.name}.png" if path.name == "fp32" else path / "demo-mask.png"
+            print(f"      {path.name:>13}: ", end="", flush=True)
+            main(["run", str(path), "--threads", str(threads), "segment", str(chelsea), "--point", "220,150",
+                  "--box", "80,20,330,290", "--out", str(out)])
+    def __init__(self, data: str | None = None):
+        self.images = skimage_photos()[:PHOTOS]
+        self.truth = ground_truth(data)
+
+    def torch_runner(self, checkpoint):
+        return _TorchSam(checkpoint)
+
+    def bundle_runner(self, predictor):
+        return _BundleSam(predictor)
+
+    def calls(self, runner, batch: int):
+        image = self.images[1]
+        runner.set_image(image)
+        h, w = image.shape[:2]
+        point = {"points": np.float32([[[w / 2, h / 2]]]), "labels": np.ones((1, 1), np.float32)}
+        box = {"boxes": np.float32([[w * 0.2, h * 0.2, w * 0.8, h * 0.8]])}
+        grid = np.stack(np.meshgrid(np.linspace(0.1, 0.9, 8) * w, np.linspace(0.2, 0.8, 4) * h), -1)
+        many = {"points": grid.reshape(-1, 1, 2).astype(np.float32), "labels": np.ones((32, 1), np.float32)}
+        n = min(batch * 8, 64)
+        crowd = {"points": np.repeat(many["points"], 2, axis=0)[:n], "labels": np.ones((n, 1), np.float32)}
+        return ({"image_encoder": lambda: runner.encode(image),
+                 "decoder, 1 point": lambda: runner.decode(point),
+                 "decoder, 1 box": lambda: runner.decode(box),
+                 "decoder, 32 points": lambda: runner.decode(many)},
+                ("prompts", n, lambda: runner.decode(crowd)))
+
+    def outputs(self, runner) -> dict:
+        out = {}
+        for i, image in enumerate(self.images):
+            runner.set_image(image)
+            for kind, prompt in prompts_for(*image.shape[:2]).items():
+                masks, scores = runner.predict(prompt)
+                out[f"{i}/{kind}"] = (np.packbits(masks, axis=-1), scores, masks.shape)
+        for i, (image, mask) in enumerate(self.truth):
+            runner.set_image(load_image(image))
+            truth = np.asarray(load_image(mask))[..., 0] > 127
+            ys, xs = np.nonzero(truth)
+            masks, scores = runner.predict({"boxes": np.float32([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]])})
+            best = masks[0, int(np.argmax(scores[0]))]
+            out[f"truth/{i}"] = _iou(best, truth)
+        return out
+
+    def extra(self, runner) -> dict:
+        """Automatic-mask time on chelsea (bundles only: transformers' generator needs torchvision)."""
+        return runner.automatic_masks(self.images[1]) if isinstance(runner, _BundleSam) else {}
+
+    def accuracy(self, ref: dict, out: dict) -> dict:
+        ious, score_diffs = [], []
+        for key, value in ref.items():
+            if key.startswith("truth/"):
+                continue
+            (ref_bits, ref_scores, shape), (bits, scores, _) = value, out[key]
+            ref_masks = np.unpackbits(ref_bits, axis=-1, count=shape[-1]).astype(bool)
+            masks = np.unpackbits(bits, axis=-1, count=shape[-1]).astype(bool)
+            ious += [_iou(a, b) for a, b in zip(ref_masks.reshape(-1, *shape[-2:]), masks.reshape(-1, *shape[-2:]))]
+            score_diffs.append(np.abs(ref_scores - scores).ravel())
+        diffs = np.concatenate(score_diffs)
+        metrics = {"mask_iou_mean": float(np.mean(ious)), "mask_iou_worst": float(np.min(ious)),
+                   "iou_score_diff_mean": float(diffs.mean()), "iou_score_diff_max": float(diffs.max())}
+        truth = [v for k, v in out.items() if k.startswith("truth/")]
+        if truth:
+            metrics["ground_truth_miou"] = float(np.mean(truth))
+        return metrics
+
+    def workload(self) -> dict:
+        per_image = sum(len(p.get("boxes", p.get("points"))) for p in prompts_for(100, 100).values())
+        return {"images": len(self.images), "prompts_per_image": per_image, "masks_compared": "3 per prompt (multimask)",
+                "image_source": "scikit-image's astronaut, chelsea, coffee, rocket",
+                "prompt_source": "8 grid points, 2 boxes, 1 point + box per image", "ground_truth_pairs": len(self.truth)}
+
+    def goals(self, rows: list[dict], peaks: dict) -> list[dict]:
+        fp32 = next((r for r in rows if r["kind"] == "bundle" and r["precision"] == "fp32"), None)
+        verdicts = []
+        for row in rows:
+            if row["kind"] != "bundle":
+                continue
+            p50 = row["latency_ms"]["decoder, 1 point"]["p50"]
+            verdicts.append({"goal": f"{row['name']}: decoder p50 under {GOAL_DECODER_MS:g} ms per single-point prompt",
+                             "met": bool(p50 < GOAL_DECODER_MS), "measured": f"{p50:.2f} ms"})
+            if fp32 is not None and "int8" in row["precision"]:
+                speedup = fp32["latency_ms"]["image_encoder"]["p50"] / row["latency_ms"]["image_encoder"]["p50"]
+                iou = row["accuracy"]["mask_iou_mean"]
+                verdicts.append({
+                    "goal": f"{row['name']}: encoder at least {GOAL_ENCODER_SPEEDUP:g}x faster than FP32 ONNX, "
+                            f"mean mask IoU >= {GOAL_MASK_IOU} against FP32",
+                    "met": bool(speedup >= GOAL_ENCODER_SPEEDUP and iou >= GOAL_MASK_IOU),
+                    "measured": f"{speedup:.2f}x, mean mask IoU {iou:.4f}"})
+        return verdicts
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+class _BundleSam:
+    def __init__(self, predictor):
+        self.p = predictor
+
+    def set_image(self, image):
+        self.p.set_image(image)
+
+    def encode(self, image):
+        return self.p.run("image_encoder", {"pixel_values": self._pixels(image)})
+
+    def _pixels(self, image):
+        from edgevfm.runtime.image import preprocess
+
+        return preprocess([image], self.p.manifest["preprocessing"])
+
+    def decode(self, prompt):
+        return self.p.decode(prompt.get("points"), prompt.get("labels"), prompt.get("boxes"))
+
+    def predict(self, prompt):
+        out = self.p.predict_batch(prompt.get("points"), prompt.get("labels"), prompt.get("boxes"))
+        return out.masks, out.scores
+
+    def automatic_masks(self, image) -> dict:
+        import time
+
+        start = time.perf_counter()
+        found = self.p.generate(image, pred_iou_thresh=-1e9, stability_score_thresh=0.0)
+        return {"automatic_masks_s": time.perf_counter() - start, "automatic_masks_found": len(found),
+                "automatic_masks_settings": "16x16 points, batches of 64, no IoU/stability filter (random weights)"}
+
+
+class _TorchSam:
+    """The FP32 PyTorch reference, through transformers' SamProcessor (pre- and post-processing)."""
+
+    def __init__(self, checkpoint):
+        import torch
+        from transformers import SamProcessor
+
+        self.torch, self.model = torch, checkpoint.model
+        self.processor = SamProcessor(image_processor=checkpoint.assets["image_processor"])
+
+    def set_image(self, image):
+        inputs = self.processor(images=np.asarray(load_image(image)), return_tensors="pt")
+        self.sizes = (inputs["original_sizes"], inputs["reshaped_input_sizes"])
+        with self.torch.inference_mode():
+            self.embeddings = self.model.get_image_embeddings(inputs["pixel_values"])
+
+    def encode(self, image):
+        pixels = self.processor(images=np.asarray(load_image(image)), return_tensors="pt")["pixel_values"]
+        with self.torch.inference_mode():
+            return self.model.get_image_embeddings(pixels)
+
+    def _prompt(self, prompt):
+        t = self.torch
+        points, boxes = prompt.get("points"), prompt.get("boxes")
+        (h, w), (rh, rw) = self.sizes[0][0].tolist(), self.sizes[1][0].tolist()
+        scale = np.float32([rw / w, rh / h])
+        kwargs = {}
+        if points is not None:
+            kwargs["input_points"] = t.from_numpy(points * scale)[None]
+            kwargs["input_labels"] = t.from_numpy(prompt["labels"]).long()[None]
+        if boxes is not None:
+            kwargs["input_boxes"] = t.from_numpy(boxes * np.tile(scale, 2))[None]
+        return kwargs
+
+    def decode(self, prompt):
+        with self.torch.inference_mode():
+            return self.model(image_embeddings=self.embeddings, multimask_output=True, **self._prompt(prompt))
+
+    def predict(self, prompt):
+        kwargs = self._prompt(prompt)
+        with self.torch.inference_mode():
+            out = self.model(image_embeddings=self.embeddings, multimask_output=True, **kwargs)
+        masks = self.processor.post_process_masks(out.pred_masks, *self.sizes)[0].numpy()
+        return masks, out.iou_scores[0].numpy()

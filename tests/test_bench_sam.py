@@ -1,0 +1,48 @@
+"""The SAM benchmark: encoder and per-prompt decoder latency, automatic-mask time, mask IoU
+against the PyTorch reference, and ground-truth IoU when a dataset is given."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgevfm.benchmarks.api import bench
+
+
+@pytest.fixture(scope="module")
+def results(sam_bundle, sam_recipe_bundles, photos, tmp_path_factory):
+    data = tmp_path_factory.mktemp("sam-data")
+    Image.fromarray(photos[1]).save(data / "cat.png")
+    truth = np.zeros(photos[1].shape[:2], np.uint8)
+    truth[40:260, 90:320] = 255
+    Image.fromarray(truth).save(data / "cat.mask.png")
+    return bench([sam_bundle, sam_recipe_bundles["sam-int8"]], reference="random:sam-tiny", data=data,
+                 out_dir=tmp_path_factory.mktemp("sam-report"), runs=2, warmup=1, batch=2, threads=1,
+                 show_progress=False)
+
+
+def test_latency_parts_and_automatic_masks(results):
+    torch_row, fp32, int8 = results["rows"]
+    assert list(fp32["latency_ms"]) == ["image_encoder", "decoder, 1 point", "decoder, 1 box", "decoder, 32 points"]
+    assert fp32["throughput"]["part"] == "prompts" and fp32["throughput"]["batch"] == 16
+    assert fp32["extra"]["automatic_masks_s"] > 0 and fp32["extra"]["automatic_masks_found"] >= 1
+    assert torch_row["extra"] == {}
+    assert torch_row["gop"]["image_encoder"] > 0
+
+
+def test_mask_accuracy(results):
+    torch_row, fp32, int8 = results["rows"]
+    assert torch_row["accuracy"]["mask_iou_worst"] == 1.0
+    assert fp32["accuracy"]["mask_iou_mean"] > 0.999  # same graph, pixels at logit ~0 may flip
+    assert fp32["accuracy"]["iou_score_diff_max"] < 1e-4
+    assert 0.5 < int8["accuracy"]["mask_iou_mean"] <= 1.0
+    assert torch_row["accuracy"]["ground_truth_miou"] == pytest.approx(fp32["accuracy"]["ground_truth_miou"], abs=1e-3)
+    assert results["workload"]["ground_truth_pairs"] == 1
+
+
+def test_goals(results):
+    decoder = [g for g in results["goals"] if "decoder p50 under 10 ms" in g["goal"]]
+    encoder = [g for g in results["goals"] if "encoder at least 2x faster than FP32 ONNX" in g["goal"]]
+    assert len(decoder) == 2 and len(encoder) == 1  # every bundle's decoder; the INT8 bundle's encoder
+    assert all(isinstance(g["met"], bool) and " ms" in g["measured"] for g in decoder)
