@@ -40,9 +40,7 @@ def quantize(bundle: str | Path, recipe: str, out: str | Path, calib: str | Path
     steps = chosen.steps(list(source.parts))
     feeds, calibration = {}, None
     if chosen.needs_calibration:
-        images = calibration_images(calib, samples)
-        pipeline = load(source.path, threads=None)
-        feeds = CALIBRATION.get(source.family)(pipeline, images, samples)
+        feeds = _calibration_feeds(source, calib, samples)
         calibration = {"source": str(calib) if calib else "scikit-image photos", "samples":
                        {part: len(f) for part, f in feeds.items() if steps.get(part) and steps[part].needs_calibration}}
     manifest = {k: v for k, v in source.manifest.items() if k not in ("files", "format_version")}
@@ -71,6 +69,13 @@ def quantize(bundle: str | Path, recipe: str, out: str | Path, calib: str | Path
         write_manifest(stage, manifest)
         _smoke_run(stage, chosen.name)
     return out
+
+
+def _calibration_feeds(source, calib, samples: int) -> dict[str, list[dict]]:
+    """The family's calibration feeds, made with the FP32 bundle's own pipeline, which is released
+    on return: its sessions hold gigabytes for SAM's encoder."""
+    pipeline = load(source.path, threads=None)
+    return CALIBRATION.get(source.family)(pipeline, calibration_images(calib, samples), samples)
 
 
 def _smoke_run(stage: Path, recipe: str) -> None:

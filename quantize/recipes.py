@@ -1,8 +1,9 @@
 """Quantization recipes. Each turns one FP32 ONNX part into a compressed one with ONNX Runtime.
 
 Choices, measured on this project's CPU (2-core EPYC with AVX-512 VNNI, see FACTS.md):
-- ``int8-static`` quantizes only MatMul/Gemm/Conv (QDQ, U8 activations, S8 per-channel weights):
-  quantizing every op, or S8 activations, costs both accuracy and speed here.
+- ``int8-static`` quantizes only MatMul/Gemm/Conv with constant weights (QDQ, U8 activations, S8
+  per-channel weights): quantizing every op, or S8 activations, costs both accuracy and speed
+  here. Activation ranges come from :mod:`.calibrate`, which scales to SAM's encoder.
 - ``int8-dynamic`` quantizes MatMul/Gemm/Conv weights; activations are scaled at run time.
 - both INT8 recipes run ONNX Runtime's quantization pre-processing first (graph optimisation).
 - ``int4`` is weight-only ``MatMulNBits`` with a configurable block size, int8 compute.
@@ -103,15 +104,24 @@ def int8_dynamic(src: Path, dst: Path, feeds=None, **_) -> dict:
 
 
 def int8_static(src: Path, dst: Path, feeds=None, **_) -> dict:
+    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
+    from .calibrate import activation_ranges, weight_nodes, write_cache
+
     with pre_processed(src, dst) as pre:
-        quantize_static(str(pre), str(dst), _Reader(feeds), quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=INT8_OPS, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax)
+        tensors, excluded = weight_nodes(onnx.load(str(pre), load_external_data=False), INT8_OPS)
+        cache = write_cache(activation_ranges(pre, feeds, tensors), dst.with_name(f".{dst.stem}.calib.json"))
+        try:
+            quantize_static(str(pre), str(dst), None, quant_format=QuantFormat.QDQ,
+                            op_types_to_quantize=INT8_OPS, nodes_to_exclude=excluded, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax, calibration_cache_path=str(cache))
+        finally:
+            cache.unlink(missing_ok=True)
     return {"format": "QDQ", "activations": "uint8", "weights": "int8 per-channel", "op_types": INT8_OPS,
-            "calibrate_method": "minmax", "pre_processed": True}
+            "calibrate_method": "minmax", "pre_processed": True, "float_nodes": len(excluded),
+            "calibrated_tensors": len(tensors)}
 
 
 def int4(src: Path, dst: Path, feeds=None, block_size: int = 32, **_) -> dict:

@@ -54,13 +54,8 @@ def cmd_run(args) -> None:
 def cmd_bench(args) -> None:
     api = _heavy("edgevfm.benchmarks.api", "bench", "edgevfm bench")
     result = api.bench(args.bundles, reference=args.reference, data=args.data, threads=args.threads,
-                       runs=args.runs, batch=args.batch, out_dir=args.output,
-                       command=" ".join(["edgevfm", *(sys.argv[1:] if argv_is_cli() else ["bench", "..."])]))
+                       runs=args.runs, batch=args.batch, out_dir=args.output)
     print(f"wrote {result['report']}")
-
-
-def argv_is_cli() -> bool:
-    return Path(sys.argv[0]).name in ("edgevfm", "cli.py", "__main__.py")
 
 
 def cmd_info(args) -> None:
