@@ -17,12 +17,12 @@ from .recipes import RECIPES, quiet_ort_logging
 
 
 def quantize(bundle: str | Path, recipe: str, out: str | Path, calib: str | Path | None = None,
-             samples: int = 32, force: bool = False, block_size: int = 32, show_progress: bool = True) -> Path:
+             samples: int | None = None, force: bool = False, block_size: int = 32, show_progress: bool = True) -> Path:
     """Apply ``recipe`` to every part of the FP32 ``bundle`` and write the result to ``out``.
 
     ``calib``: a folder of real images for calibrated recipes (default: scikit-image's photos);
-    ``samples``: how many calibration samples per part. The new bundle is loaded and run once
-    before it is put in place.
+    ``samples``: how many calibration images (default: the family's, 32 for CLIP, 8 for SAM).
+    The new bundle is loaded and run once before it is put in place.
     """
     out = Path(out)
     check_out_dir(out, force)
@@ -74,8 +74,10 @@ def quantize(bundle: str | Path, recipe: str, out: str | Path, calib: str | Path
 def _calibration_feeds(source, calib, samples: int) -> dict[str, list[dict]]:
     """The family's calibration feeds, made with the FP32 bundle's own pipeline, which is released
     on return: its sessions hold gigabytes for SAM's encoder."""
-    pipeline = load(source.path, threads=None)
-    return CALIBRATION.get(source.family)(pipeline, calibration_images(calib, samples), samples)
+    make_feeds = CALIBRATION.get(source.family)
+    samples = samples if samples is not None else make_feeds.default_samples
+    pipeline = load(source.path, threads=None, low_memory=True)
+    return make_feeds(pipeline, calibration_images(calib, samples), samples)
 
 
 def _smoke_run(stage: Path, recipe: str) -> None:

@@ -62,5 +62,6 @@ class OrtBackend:
         return dict(zip(self.output_names, values))
 
 
-def open_backend(name: str, path: Path, threads: int | None = None, providers: Sequence[str] | None = None):
-    return BACKENDS.get(name)(path, threads=threads, providers=providers)
+def open_backend(name: str, path: Path, threads: int | None = None, providers: Sequence[str] | None = None,
+                 low_memory: bool = False):
+    return BACKENDS.get(name)(path, threads=threads, providers=providers, low_memory=low_memory)

@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", required=True, help="int8-dynamic, int8-static, int4 or fp16")
     p.add_argument("-o", "--output", required=True, type=Path)
     p.add_argument("--calib", type=Path, help="folder of calibration images (default: scikit-image's photos)")
-    p.add_argument("--samples", type=int, default=32, help="calibration samples per part (default 32)")
+    p.add_argument("--samples", type=int, help="calibration images (default: 32 for CLIP, 8 for SAM)")
     p.add_argument("--block-size", type=int, default=32, help="int4 block size (default 32)")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_quantize)

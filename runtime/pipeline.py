@@ -23,7 +23,8 @@ class Pipeline:
     needs: ClassVar[dict[str, tuple[tuple[str, ...], tuple[str, ...]]]]
     manifest_keys: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, bundle: Bundle, threads: int | None = None, providers: Sequence[str] | None = None):
+    def __init__(self, bundle: Bundle, threads: int | None = None, providers: Sequence[str] | None = None,
+                 low_memory: bool = False):
         problems = self.check(bundle)
         if problems:
             raise BundleError(bundle.path, problems)
@@ -31,7 +32,7 @@ class Pipeline:
         self.manifest = bundle.manifest
         self.parts = {}
         for name, part in bundle.parts.items():
-            backend = open_backend(part.backend, part.path, threads=threads, providers=providers)
+            backend = open_backend(part.backend, part.path, threads=threads, providers=providers, low_memory=low_memory)
             problems += _io_mismatch(name, part, backend)
             self.parts[name] = backend
         if problems:
@@ -70,10 +71,11 @@ def _io_mismatch(name: str, part, backend) -> list[str]:
 
 
 def load(path: str | Path, threads: int | None = None, providers: Sequence[str] | None = None,
-         verify_hashes: bool = True):
+         verify_hashes: bool = True, low_memory: bool = False):
     """Open a bundle and return its family's pipeline (``ClipPipeline`` for a CLIP bundle).
 
-    ``threads``: intra-op threads per part; ``providers``: ONNX Runtime execution providers.
+    ``threads``: intra-op threads per part; ``providers``: ONNX Runtime execution providers;
+    ``low_memory``: give memory back after every run (no arena), for small devices.
     Raises ``BundleError`` listing every problem with the bundle.
     """
     from . import families  # noqa: F401  (registers the pipelines)
@@ -83,4 +85,4 @@ def load(path: str | Path, threads: int | None = None, providers: Sequence[str] 
         cls = PIPELINES.get(bundle.family)
     except ValueError as exc:
         raise BundleError(bundle.path, [str(exc)]) from None
-    return cls(bundle, threads=threads, providers=providers)
+    return cls(bundle, threads=threads, providers=providers, low_memory=low_memory)

@@ -14,28 +14,40 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 TINY_CLIP = "random:clip-tiny"
 
 
-@pytest.fixture(scope="session")
-def clip_checkpoint():
+def _checkpoint(model: str):
     from edgevfm.export.checkpoint import load_checkpoint
 
-    return load_checkpoint(TINY_CLIP)
+    return load_checkpoint(model)
+
+
+def _bundle(model: str, factory, name: str) -> Path:
+    from edgevfm.export.api import export
+
+    return export(model, factory.mktemp(name) / "fp32", show_progress=False)
+
+
+def _quantized(bundle: Path, recipes, factory, name: str, samples: int) -> dict[str, Path]:
+    from edgevfm.quantize.api import quantize
+
+    root = factory.mktemp(name)
+    return {recipe: quantize(bundle, recipe, root / recipe, samples=samples, show_progress=False) for recipe in recipes}
+
+
+@pytest.fixture(scope="session")
+def clip_checkpoint():
+    return _checkpoint(TINY_CLIP)
 
 
 @pytest.fixture(scope="session")
 def clip_bundle(tmp_path_factory) -> Path:
-    from edgevfm.export.api import export
-
-    return export(TINY_CLIP, tmp_path_factory.mktemp("clip") / "fp32", show_progress=False)
+    return _bundle(TINY_CLIP, tmp_path_factory, "clip")
 
 
 @pytest.fixture(scope="session")
 def clip_recipe_bundles(clip_bundle, tmp_path_factory) -> dict[str, Path]:
-    from edgevfm.quantize.api import quantize
     from edgevfm.quantize.recipes import recipes_for
 
-    root = tmp_path_factory.mktemp("clip-quantized")
-    return {name: quantize(clip_bundle, name, root / name, samples=8, show_progress=False)
-            for name in recipes_for("clip")}
+    return _quantized(clip_bundle, recipes_for("clip"), tmp_path_factory, "clip-quantized", samples=8)
 
 
 @pytest.fixture(scope="session")
@@ -50,22 +62,14 @@ TINY_SAM = "random:sam-tiny"
 
 @pytest.fixture(scope="session")
 def sam_checkpoint():
-    from edgevfm.export.checkpoint import load_checkpoint
-
-    return load_checkpoint(TINY_SAM)
+    return _checkpoint(TINY_SAM)
 
 
 @pytest.fixture(scope="session")
 def sam_bundle(tmp_path_factory) -> Path:
-    from edgevfm.export.api import export
-
-    return export(TINY_SAM, tmp_path_factory.mktemp("sam") / "fp32", show_progress=False)
+    return _bundle(TINY_SAM, tmp_path_factory, "sam")
 
 
 @pytest.fixture(scope="session")
 def sam_recipe_bundles(sam_bundle, tmp_path_factory) -> dict[str, Path]:
-    from edgevfm.quantize.api import quantize
-
-    root = tmp_path_factory.mktemp("sam-quantized")
-    return {name: quantize(sam_bundle, name, root / name, samples=4, show_progress=False)
-            for name in ("sam-int8", "fp16")}
+    return _quantized(sam_bundle, ("sam-int8", "fp16"), tmp_path_factory, "sam-quantized", samples=4)

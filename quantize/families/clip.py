@@ -23,3 +23,6 @@ def calibration_feeds(pipeline, images: list, samples: int) -> dict[str, list[di
         "vision": [pipeline.image_inputs([image]) for image in images[:samples]],
         "text": [pipeline.text_inputs([text]) for text in prompts(samples)],
     }
+
+
+calibration_feeds.default_samples = 32

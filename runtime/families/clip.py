@@ -51,8 +51,8 @@ class ClipPipeline(Pipeline):
     manifest_keys = ("preprocessing", "tokenizer", "constants")
     batch_size = 16
 
-    def __init__(self, bundle, threads=None, providers=None):
-        super().__init__(bundle, threads=threads, providers=providers)
+    def __init__(self, bundle, threads=None, providers=None, low_memory=False):
+        super().__init__(bundle, threads=threads, providers=providers, low_memory=low_memory)
         settings = self.manifest["tokenizer"]
         self.tokenizer = TextTokenizer(bundle.file(settings["file"]), settings)
         self.logit_scale = float(self.manifest["constants"]["logit_scale"])

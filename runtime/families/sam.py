@@ -39,8 +39,8 @@ class SamPredictor(Pipeline):
     }
     manifest_keys = ("preprocessing", "constants")
 
-    def __init__(self, bundle, threads=None, providers=None):
-        super().__init__(bundle, threads=threads, providers=providers)
+    def __init__(self, bundle, threads=None, providers=None, low_memory=False):
+        super().__init__(bundle, threads=threads, providers=providers, low_memory=low_memory)
         constants = self.manifest["constants"]
         self.input_size = int(constants["input_size"])
         self.low_res_size = int(constants["low_res_size"])
