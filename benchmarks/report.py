@@ -127,7 +127,10 @@ def write_report(results: dict, out_dir: Path) -> Path:
     md += ["## Machine", ""] + [f"- {line}" for line in _machine_lines(results["machine"])]
     md += ["", "## Workload", ""] + [f"- {k}: {v}" for k, v in w.items()]
     s = results["settings"]
-    md += ["", f"Settings: {s['runs']} timed runs after {s['warmup']} warm-up runs per figure, {s['threads']} threads; "
+    runs = {p: st["runs"] for p, st in results["rows"][0]["latency_ms"].items()}
+    fewer = ", ".join(f"{p}: {n}" for p, n in runs.items() if n != s["runs"])
+    md += ["", f"Settings: {s['runs']} timed runs after {s['warmup']} warm-up runs per figure"
+           + (f" (fewer for slow parts - {fewer} - after 1 warm-up)" if fewer else "") + f", {s['threads']} threads; "
            "each row runs in its own process (peak RSS is that process's). Raw data: `results.json`.", ""]
     report = out_dir / "report.md"
     report.write_text("\n".join(md))

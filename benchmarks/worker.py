@@ -28,7 +28,10 @@ def measure_row(task: dict) -> dict:
     first = next(iter(part_calls.values()))
     _, row["first_call_ms"] = timed(first)
     row["first_call_ms"] *= 1e3
-    row["latency_ms"] = {part: latency(call, task["runs"], task["warmup"]) for part, call in part_calls.items()}
+    caps = getattr(bench, "max_runs", {})  # parts that take seconds per call get fewer runs
+    row["latency_ms"] = {part: latency(call, min(task["runs"], caps.get(part, task["runs"])),
+                                       min(task["warmup"], 1 if part in caps else task["warmup"]))
+                         for part, call in part_calls.items()}
     throughput = latency(throughput_call, max(3, task["runs"] // 5), 1)
     row["throughput"] = {"part": unit, "batch": items, "items_per_s": items / (throughput["p50"] / 1e3)}
     row["outputs"] = bench.outputs(runner)

@@ -42,6 +42,7 @@ class OrtBackend:
             options.intra_op_num_threads = int(threads)
             options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # errors only: FP16 graphs warn about every unfoldable Resize
         if low_memory:
             options.enable_cpu_mem_arena = False
             options.enable_mem_pattern = False
