@@ -42,7 +42,8 @@ def measure_row(task: dict) -> dict:
 
 
 def gemm_gop(model, call) -> float:
-    """Giga-operations (2 x multiply-adds) of the Linear and Conv layers in one ``call``."""
+    """Giga-operations (2 x multiply-adds) of the Linear, Conv and transposed-Conv layers in one
+    ``call`` (attention's activation x activation products are not counted)."""
     import torch
 
     total = [0]
@@ -53,9 +54,12 @@ def gemm_gop(model, call) -> float:
         elif isinstance(module, torch.nn.Conv2d):
             k = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
             total[0] += output.numel() * k
+        elif isinstance(module, torch.nn.ConvTranspose2d):
+            k = module.kernel_size[0] * module.kernel_size[1] * module.out_channels // module.groups
+            total[0] += inputs[0].numel() * k
 
     hooks = [m.register_forward_hook(count) for m in model.modules()
-             if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+             if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
     try:
         call()
     finally:
@@ -87,5 +91,6 @@ def _open_bundle(task: dict, bench) -> dict:
     backends = sorted({p.backend for p in bundle.parts.values()})
     return {"name": f"{'/'.join(backends)} {recipe or 'fp32'}", "kind": "bundle", "backend": "/".join(backends),
             "precision": "/".join(precisions), "recipe": recipe, "path": str(bundle.path),
+            "parts": {name: part.precision for name, part in bundle.parts.items()},
             "size_mb": bundle.size_bytes() / 1e6, "load_s": load_s,
             "config_sha256": bundle.manifest["source"].get("config_sha256"), "runner": bench.bundle_runner(pipeline)}

@@ -64,17 +64,18 @@ class ClipPipeline(Pipeline):
         return self.tokenizer.encode(texts)
 
     def embed_images(self, images: ImageLike | Sequence[ImageLike], normalize: bool = True) -> np.ndarray:
-        images = _as_list(images)
-        chunks = [self.run("vision", self.image_inputs(images[i : i + self.batch_size]))["image_embeds"]
-                  for i in range(0, len(images), self.batch_size)]
-        embeds = np.concatenate(chunks) if chunks else _no("images")
-        return _l2(embeds) if normalize else embeds
+        images = list(images) if isinstance(images, (list, tuple)) else [images]
+        return self._embed("vision", "image_embeds", self.image_inputs, images, "images", normalize)
 
     def embed_texts(self, texts: str | Sequence[str], normalize: bool = True) -> np.ndarray:
         texts = [texts] if isinstance(texts, str) else list(texts)
-        chunks = [self.run("text", self.text_inputs(texts[i : i + self.batch_size]))["text_embeds"]
-                  for i in range(0, len(texts), self.batch_size)]
-        embeds = np.concatenate(chunks) if chunks else _no("texts")
+        return self._embed("text", "text_embeds", self.text_inputs, texts, "texts", normalize)
+
+    def _embed(self, part: str, output: str, make_inputs, items: list, what: str, normalize: bool) -> np.ndarray:
+        if not items:
+            raise InputError(f"no {what} given: pass at least one")
+        embeds = np.concatenate([self.run(part, make_inputs(items[i : i + self.batch_size]))[output]
+                                 for i in range(0, len(items), self.batch_size)])
         return _l2(embeds) if normalize else embeds
 
     def classify(self, image: ImageLike, labels: Sequence[str]) -> list[tuple[str, float]]:
@@ -99,14 +100,6 @@ class ClipPipeline(Pipeline):
         scores = (q @ g.T)[0]
         order = np.argsort(-scores, kind="stable")[:k]
         return [Match(int(i), gallery[i], float(scores[i])) for i in order]
-
-
-def _as_list(images) -> list:
-    return list(images) if isinstance(images, (list, tuple)) else [images]
-
-
-def _no(what: str):
-    raise InputError(f"no {what} given: pass at least one")
 
 
 def _labels(labels: Sequence[str]) -> list[str]:
