@@ -13,6 +13,8 @@ from typing import Any, Callable, ClassVar
 from edgevfm.runtime.registry import Registry
 
 FAMILIES: Registry[type] = Registry("family")
+# Pillow's resampling codes, as transformers' image processors store them, by the runtime's names.
+RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..spec import FAMILIES, FamilySpec, PartSpec, Preset, TensorSpec
+from ..spec import FAMILIES, RESAMPLE_NAMES, FamilySpec, PartSpec, Preset, TensorSpec
 
 _MEAN = [0.48145466, 0.4578275, 0.40821073]
 _STD = [0.26862954, 0.26130258, 0.27577711]
-_RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 
 # A small English corpus to train the presets' BPE merges offline (CLIP's real merges are not
 # shipped with transformers). The pipeline around them - normaliser, pre-tokeniser, byte-level
@@ -173,7 +172,7 @@ class ClipSpec(FamilySpec):
         return {
             "preprocessing": {
                 "resize": resize, "crop": crop,
-                "interpolation": _RESAMPLE_NAMES[int(proc.resample)],
+                "interpolation": RESAMPLE_NAMES[int(proc.resample)],
                 "rescale": float(proc.rescale_factor) if proc.do_rescale else 1.0,
                 "mean": list(proc.image_mean) if proc.do_normalize else [0.0, 0.0, 0.0],
                 "std": list(proc.image_std) if proc.do_normalize else [1.0, 1.0, 1.0],

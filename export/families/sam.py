@@ -9,9 +9,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..spec import FAMILIES, FamilySpec, PartSpec, Preset, TensorSpec
+from ..spec import FAMILIES, RESAMPLE_NAMES, FamilySpec, PartSpec, Preset, TensorSpec
 
-_RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 MASK_OUTPUTS = 4  # mask 0: the single-mask answer; masks 1-3: the multimask answers
 
 
@@ -173,7 +172,7 @@ class SamSpec(FamilySpec):
                 "resize": {"longest_edge": int(proc.size.longest_edge if hasattr(proc.size, "longest_edge") else size)},
                 "crop": None,
                 "pad": {"height": size, "width": size} if proc.do_pad else None,
-                "interpolation": _RESAMPLE_NAMES[int(proc.resample)],
+                "interpolation": RESAMPLE_NAMES[int(proc.resample)],
                 "rescale": float(proc.rescale_factor) if proc.do_rescale else 1.0,
                 "mean": list(proc.image_mean), "std": list(proc.image_std), "convert_rgb": True,
             },
