@@ -33,7 +33,7 @@ def calibration_feeds(predictor, images: list, samples: int) -> dict[str, list[d
         points = rng.uniform([0, 0], [w, h], (PROMPTS_PER_IMAGE, 1, 2)).astype(np.float32)
         corners = np.sort(rng.uniform([0, 0], [w, h], (PROMPTS_PER_IMAGE, 2, 2)), axis=1).reshape(-1, 4)
         for boxes in (None, corners.astype(np.float32)):
-            coords, labels, prompts = predictor._prompt_points(points, np.ones((PROMPTS_PER_IMAGE, 1), np.float32), boxes)
+            coords, labels, prompts = predictor.prompt_points(points, np.ones((PROMPTS_PER_IMAGE, 1), np.float32), boxes)
             decoder.append({"image_embeddings": predictor.embeddings, "point_coords": coords, "point_labels": labels,
                             "mask_input": np.zeros((prompts, 1, low, low), np.float32),
                             "has_mask_input": np.zeros(prompts, np.float32)})

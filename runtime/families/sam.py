@@ -85,7 +85,7 @@ class SamPredictor(Pipeline):
         """The decoder alone: (low-res logits (P, K, L, L), predicted IoU (P, K))."""
         if self.embeddings is None:
             raise StateError("no image set: call set_image(image) before predict()")
-        coords, point_labels, prompts = self._prompt_points(points, labels, boxes)
+        coords, point_labels, prompts = self.prompt_points(points, labels, boxes)
         low = self.low_res_size
         if mask_input is None:
             mask_input, has_mask = np.zeros((prompts, 1, low, low), np.float32), np.zeros(prompts, np.float32)
@@ -105,7 +105,7 @@ class SamPredictor(Pipeline):
         input frame, crop its padding, resize to the original size (bilinear, as SamProcessor)."""
         return apply_resize(logits, *self._to_image)
 
-    def _prompt_points(self, points, labels, boxes):
+    def prompt_points(self, points, labels, boxes):
         """Validate prompts and turn them into the decoder's (coords, labels) in the input frame."""
         if points is None and boxes is None:
             raise InputError("empty prompt: give at least one point (with its label) or a box")
