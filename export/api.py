@@ -5,10 +5,11 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
-from edgevfm.runtime.bundle import check_out_dir, staged_bundle, write_manifest
+from edgevfm.runtime.bundle import write_manifest
+from edgevfm.runtime.output import check_out_dir, staged_bundle
 
 from .checkpoint import load_checkpoint
-from .onnx_export import DEFAULT_OPSET, export_part
+from .onnx_export import DEFAULT_OPSET, check_opset, export_part
 from .progress import progress
 
 
@@ -29,14 +30,17 @@ def export(model: str, out: str | Path, family: str | None = None, opset: int = 
     """Export ``model`` (hub id, folder or ``random:<preset>``) to an FP32 bundle at ``out``.
 
     Every part is validated against PyTorch before the bundle is written; nothing is left at
-    ``out`` if anything fails.
+    ``out`` if anything fails. ``force`` replaces an existing bundle at ``out``, never anything else
+    (see :func:`edgevfm.runtime.output.check_out_dir`).
     """
     out = Path(out)
-    check_out_dir(out, force)
+    check_opset(opset)
+    inputs = [model] if Path(model).exists() else []  # a checkpoint folder is never overwritten
+    check_out_dir(out, force, inputs)
     checkpoint = load_checkpoint(model, family=family, revision=revision)
     spec = checkpoint.spec
     parts = spec.parts(checkpoint)
-    with staged_bundle(out, force=force) as stage:
+    with staged_bundle(out, force=force, inputs=inputs) as stage:
         manifest_parts, validation = {}, {}
         for part in progress(parts, desc=f"export {spec.name}", enabled=show_progress):
             file = f"{part.name}.onnx"

@@ -10,18 +10,25 @@ import numpy as np
 import torch
 
 from edgevfm.runtime.backends import OrtBackend
-from edgevfm.runtime.errors import ExportError, NonFiniteOutputError
+from edgevfm.runtime.errors import ExportError, NonFiniteOutputError, UsageError
 
 from .spec import PartSpec
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 14  # scaled_dot_product_attention and friends need 14
+MAX_OPSET = 20  # the newest the TorchScript exporter (dynamo=False) writes
+
+
+def check_opset(opset: int) -> None:
+    """Raise ``UsageError`` for an opset the exporter cannot write, before any work runs."""
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise UsageError(f"opset {opset!r} is out of range: expected an integer from {MIN_OPSET} (attention needs "
+                         f"it) to {MAX_OPSET} (the newest torch's exporter writes); the default is {DEFAULT_OPSET}")
 
 
 def export_part(model, part: PartSpec, path: Path, opset: int = DEFAULT_OPSET) -> dict:
     """Export ``part`` of ``model`` to ``path`` and validate it; returns the validation summary."""
-    if opset < MIN_OPSET:
-        raise ValueError(f"opset {opset} is too old: expected {MIN_OPSET} or newer")
+    check_opset(opset)
     wrapper = part.wrapper(model).eval()  # the TorchScript exporter restores the training flag: eval first
     example = part.example(part.trace_batch, 0)
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():

@@ -8,8 +8,9 @@ from pathlib import Path
 from edgevfm.export.api import tool_versions
 from edgevfm.export.progress import progress
 from edgevfm.runtime import load
-from edgevfm.runtime.bundle import check_out_dir, open_bundle, staged_bundle, write_manifest
-from edgevfm.runtime.errors import BundleError, InputError, QuantizeError
+from edgevfm.runtime.bundle import open_bundle, write_manifest
+from edgevfm.runtime.errors import BundleError, CalibrationError, QuantizeError, UsageError
+from edgevfm.runtime.output import check_out_dir, staged_bundle
 
 from .calibration import calibration_images
 from .families import CALIBRATION
@@ -22,20 +23,25 @@ def quantize(bundle: str | Path, recipe: str, out: str | Path, calib: str | Path
 
     ``calib``: a folder of real images for calibrated recipes (default: scikit-image's photos);
     ``samples``: how many calibration images (default: the family's, 32 for CLIP, 8 for SAM).
-    The new bundle is loaded and run once before it is put in place.
+    The new bundle is loaded and run once before it is put in place. ``force`` replaces an existing
+    bundle at ``out``, never anything else, and never ``bundle`` itself.
     """
     out = Path(out)
-    check_out_dir(out, force)
     chosen = RECIPES.get(recipe)
-    if block_size < 16 or block_size & (block_size - 1):
-        raise InputError(f"block_size must be a power of two of at least 16 (MatMulNBits), found {block_size}")
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 16 or block_size & (block_size - 1):
+        raise UsageError(f"block_size must be a power of two of at least 16 (MatMulNBits), found {block_size!r}")
+    if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 1):
+        raise CalibrationError(f"samples must be at least 1, found {samples!r}: calibration needs data")
+    if calib is not None and not Path(calib).is_dir():
+        raise CalibrationError(f"calibration folder {str(calib)!r} does not exist: pass a folder of images")
+    check_out_dir(out, force, inputs=[bundle])
     source = open_bundle(bundle)
     not_fp32 = {n: p.precision for n, p in source.parts.items() if p.precision != "fp32"}
     if not_fp32:
         raise BundleError(source.path, [f"quantize starts from an FP32 bundle, but parts are {not_fp32}: "
                                         "pass the bundle `edgevfm export` wrote"])
     if chosen.families and source.family not in chosen.families:
-        raise InputError(f"recipe {chosen.name!r} is for {', '.join(chosen.families)} bundles, "
+        raise UsageError(f"recipe {chosen.name!r} is for {', '.join(chosen.families)} bundles, "
                          f"{source.path} is a {source.family} bundle")
     steps = chosen.steps(list(source.parts))
     feeds, calibration = {}, None
@@ -45,7 +51,7 @@ def quantize(bundle: str | Path, recipe: str, out: str | Path, calib: str | Path
                        {part: len(f) for part, f in feeds.items() if steps.get(part) and steps[part].needs_calibration}}
     manifest = {k: v for k, v in source.manifest.items() if k not in ("files", "format_version")}
     parts = {name: dict(p) for name, p in manifest["parts"].items()}
-    with staged_bundle(out, force=force) as stage:
+    with staged_bundle(out, force=force, inputs=[bundle]) as stage:
         part_files = {p["file"] for name, p in parts.items() if steps[name] is not None}
         for relative in source.manifest["files"]:
             if relative not in part_files:

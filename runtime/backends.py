@@ -11,7 +11,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from .errors import MissingExtraError
+from .errors import MissingExtraError, UsageError
 from .registry import Registry
 
 BACKENDS: Registry[type] = Registry("backend")
@@ -50,7 +50,7 @@ class OrtBackend:
         wanted = list(providers or ["CPUExecutionProvider"])
         unknown = [p for p in wanted if p not in available]
         if unknown:
-            raise ValueError(
+            raise UsageError(
                 f"execution providers {unknown} are not available in this onnxruntime build "
                 f"(available: {available}): install the matching onnxruntime package or pick one of those"
             )

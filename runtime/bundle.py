@@ -1,32 +1,54 @@
 """The bundle: a folder with ``manifest.json`` that is the only contract between export/quantize
 and the runtime.
 
-The runtime trusts nothing in it: the manifest must parse and be of a format this edgevfm reads,
-every file must stay inside the bundle and match its sha256, and the parts must carry the inputs
-and outputs the family's pipeline needs. Every problem found goes into one ``BundleError``.
+The runtime trusts nothing in it: the manifest must parse, be small, be of a format this edgevfm
+reads and pass :data:`SCHEMA` (every key the runtime reads, typed and in range); every file must
+stay inside the bundle, be listed in ``files`` and match its sha256, and the folder may hold no
+file the manifest does not list (a part could load it, ONNX external data for one, unhashed).
+Every problem found goes into one ``BundleError``, capped so that a hostile manifest cannot make
+the check slow or the error huge.
 
-Writers go through :func:`staged_bundle`: files are written to a temporary sibling folder which is
-renamed into place only once the manifest is complete, so no half-written bundle is ever left.
+Writers go through :func:`.output.staged_bundle`, which never loses a bundle.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from .errors import BundleError, BundleExistsError
+from .errors import BundleError
+from .schema import Problems, dict_of, integer, list_of, listed_file, nullable, obj, string
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-_REQUIRED_KEYS = ("format_version", "family", "source", "parts", "files")
-_PART_KEYS = ("file", "backend", "precision", "inputs", "outputs")
+MAX_MANIFEST_BYTES = 8 << 20  # a real manifest is a few kB
+MAX_FILES = 10_000
+DTYPES = ("bool", "uint8", "int8", "int32", "int64", "float16", "bfloat16", "float32", "float64")
+
+
+def _dimension(value, where, problems) -> None:
+    if isinstance(value, str):
+        string(max_length=64)(value, where, problems)
+    else:
+        integer(0)(value, where, problems)
+
+
+_TENSOR = obj({"name": string(), "dtype": string(choices=DTYPES), "shape": list_of(_dimension, max_items=8)})
+_PART = obj({"file": listed_file(), "backend": string(), "precision": string(),
+             "inputs": list_of(_TENSOR, min_items=1), "outputs": list_of(_TENSOR, min_items=1)})
+SCHEMA = obj({
+    "format_version": integer(1, FORMAT_VERSION),
+    "family": string(),
+    "source": obj({"id": string(max_length=4096)}, {"revision": nullable(string())}),
+    "parts": dict_of(_PART, min_items=1),
+    "files": dict_of(string(pattern="[0-9a-f]{64}"), key_check=string(max_length=1024), min_items=1,
+                     max_items=MAX_FILES),
+}, {"recipe": nullable(obj({"name": string()}))})
+"""The keys every bundle has, whatever its family; each family's pipeline adds its sections."""
 
 
 @dataclass(frozen=True)
@@ -81,22 +103,26 @@ def _inside(root: Path, relative: str) -> Path:
 
 
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
-    """Parse ``manifest.json`` and check its format version; raises ``BundleError``."""
+    """Parse ``manifest.json`` and check its size and format version; raises ``BundleError``."""
     root = Path(path)
     if not root.is_dir():
         raise BundleError(root, ["not a folder: expected a bundle folder made by `edgevfm export`"])
     manifest_path = root / MANIFEST
     if not manifest_path.is_file():
         raise BundleError(root, [f"no {MANIFEST}: expected a bundle made by `edgevfm export` or `edgevfm quantize`"])
+    size = manifest_path.stat().st_size
+    if size > MAX_MANIFEST_BYTES:
+        raise BundleError(root, [f"{MANIFEST} is {size} bytes, more than the {MAX_MANIFEST_BYTES} a manifest may "
+                                 "hold: it was not written by edgevfm; re-export the bundle"])
     try:
-        manifest = json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(root, [f"{MANIFEST} is not valid JSON ({exc}): re-export the bundle"]) from None
+        manifest = json.loads(manifest_path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise BundleError(root, [f"{MANIFEST} is not valid JSON ({str(exc)[:120]}): re-export the bundle"]) from None
     if not isinstance(manifest, dict):
         raise BundleError(root, [f"{MANIFEST} holds a {type(manifest).__name__}, expected an object"])
     version = manifest.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool):
-        raise BundleError(root, [f"format_version is {version!r}, expected an integer"])
+        raise BundleError(root, [f"format_version is {str(version)[:40]!r}, expected an integer"])
     if version > FORMAT_VERSION:
         raise BundleError(
             root,
@@ -105,31 +131,46 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     return manifest
 
 
+def listed_files(manifest: dict[str, Any]) -> list[str] | None:
+    """The files the manifest lists, or None when ``files`` is malformed or too long to trust."""
+    files = manifest.get("files")
+    if isinstance(files, dict) and len(files) <= MAX_FILES:
+        return list(files)
+    return None
+
+
 def check_bundle(root: Path, manifest: dict[str, Any], verify_hashes: bool = True) -> list[str]:
-    """Every structural problem of a parsed manifest: keys, paths, files, hashes."""
-    problems = [f"manifest has no {key!r}" for key in _REQUIRED_KEYS if key not in manifest]
-    if problems:
-        return problems
-    files = manifest["files"]
-    if not isinstance(files, dict) or not isinstance(manifest["parts"], dict) or not manifest["parts"]:
-        return ["'files' and 'parts' must be non-empty objects"]
-    for name, part in manifest["parts"].items():
-        missing = [k for k in _PART_KEYS if k not in part]
-        if missing:
-            problems.append(f"part {name!r} lacks {', '.join(missing)}")
-        elif part["file"] not in files:
-            problems.append(f"part {name!r} names {part['file']!r}, which is not listed in 'files'")
+    """Every problem of a parsed manifest, structure first (the file checks rely on it): keys and
+    types, then paths, unlisted files, missing files and hashes."""
+    problems = Problems(listed_files(manifest))
+    problems.run(SCHEMA, manifest, "manifest")
+    if problems.items:
+        return problems.items
+    return problems.run(lambda files, _, found: _check_files(root, files, verify_hashes, found),
+                        manifest["files"], "files")
+
+
+def _check_files(root: Path, files: dict[str, str], verify_hashes: bool, problems: Problems) -> None:
+    listed = set()
     for relative, expected in files.items():
         try:
             path = _inside(root, relative)
         except BundleError as exc:
-            problems.extend(exc.problems)
+            problems.add(exc.problems[0])
             continue
+        listed.add(path)
         if not path.is_file():
-            problems.append(f"file {relative!r} is missing")
+            problems.add(f"file {relative!r} is missing")
         elif verify_hashes and sha256_file(path) != expected:
-            problems.append(f"file {relative!r} does not match its sha256 in the manifest: it was changed or corrupted")
-    return problems
+            problems.add(f"file {relative!r} does not match its sha256 in the manifest: it was changed or corrupted")
+    resolved_root = root.resolve()
+    for folder, subfolders, names in os.walk(resolved_root):
+        names += [d for d in subfolders if os.path.islink(os.path.join(folder, d))]  # not walked: report
+        for name in names:
+            path = Path(folder) / name
+            if path.resolve() not in listed and path != resolved_root / MANIFEST:
+                problems.add(f"file {str(path.relative_to(resolved_root))!r} is in the bundle but not listed in "
+                             "'files': a part could load it unhashed; remove it, or re-export the bundle")
 
 
 def open_bundle(path: str | os.PathLike, verify_hashes: bool = True) -> Bundle:
@@ -141,35 +182,16 @@ def open_bundle(path: str | os.PathLike, verify_hashes: bool = True) -> Bundle:
     return Bundle(root, manifest)
 
 
-def check_out_dir(out: Path, force: bool) -> None:
-    if out.exists() and not force:
-        raise BundleExistsError(out)
-
-
-@contextlib.contextmanager
-def staged_bundle(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder beside ``out``; on success it replaces ``out``, on error it vanishes.
-
-    The writer must put ``manifest.json`` last (see :func:`write_manifest`).
-    """
-    out = Path(out)
-    check_out_dir(out, force)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+def not_a_bundle(path: str | os.PathLike) -> str | None:
+    """Why ``path`` is not an edgevfm bundle (no manifest, or a manifest that does not pass the
+    schema), or None when it is one. Files and hashes are not checked: a damaged bundle is still
+    a bundle, which ``--force`` may replace."""
     try:
-        yield stage
-        if not (stage / MANIFEST).is_file():
-            raise RuntimeError(f"internal error: bundle writer left no {MANIFEST}")
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-            stage.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            stage.rename(out)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        manifest = read_manifest(path)
+    except BundleError as exc:
+        return exc.problems[0]
+    problems = Problems(listed_files(manifest), cap=1).run(SCHEMA, manifest, "manifest")
+    return problems[0] if problems else None
 
 
 def write_manifest(stage: Path, manifest: dict[str, Any]) -> dict[str, Any]:

@@ -2,17 +2,36 @@
 
 Every error subclasses ``EdgeVfmError`` and a builtin (``ValueError``, ``RuntimeError``, ...), so
 callers can catch either. Validation collects every problem and raises once.
+
+Each class carries the ``edgevfm`` command's exit code for it (see :data:`EXIT_CODES`): 1 the work
+failed, 2 a bad command line, 3 bad input (a bundle, checkpoint, image, prompt or output path),
+4 an optional extra is missing.
 """
 
 from __future__ import annotations
 
 
+EXIT_FAILED, EXIT_USAGE, EXIT_INPUT, EXIT_MISSING_EXTRA, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
+EXIT_CODES = {
+    0: "success",
+    EXIT_FAILED: "the work failed: an export that does not match PyTorch, a recipe that could not quantize",
+    EXIT_USAGE: "bad command line: an unknown option, or a value out of range (checked before any work)",
+    EXIT_INPUT: "bad input: a bundle, checkpoint, image, prompt or output path that cannot be used",
+    EXIT_MISSING_EXTRA: "an optional extra is not installed: the message says which",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C): nothing half-written is left",
+}
+
+
 class EdgeVfmError(Exception):
     """Base class of every error edgevfm raises on purpose."""
+
+    exit_code = EXIT_FAILED
 
 
 class UnknownNameError(EdgeVfmError, ValueError):
     """A family, preset, recipe or backend name that is not registered."""
+
+    exit_code = EXIT_INPUT
 
     def __init__(self, kind: str, name: str, valid: list[str]):
         self.kind, self.name, self.valid = kind, name, sorted(valid)
@@ -21,6 +40,8 @@ class UnknownNameError(EdgeVfmError, ValueError):
 
 class BundleError(EdgeVfmError, ValueError):
     """A bundle that cannot be trusted: one error listing every problem found."""
+
+    exit_code = EXIT_INPUT
 
     def __init__(self, path, problems: list[str]):
         self.path, self.problems = str(path), list(problems)
@@ -31,6 +52,8 @@ class BundleError(EdgeVfmError, ValueError):
 class BundleExistsError(EdgeVfmError, FileExistsError):
     """The output folder already holds something; refused unless forced."""
 
+    exit_code = EXIT_INPUT
+
     def __init__(self, path):
         self.path = str(path)
         super().__init__(
@@ -39,16 +62,36 @@ class BundleExistsError(EdgeVfmError, FileExistsError):
         )
 
 
+class OutputError(EdgeVfmError, ValueError):
+    """An output path edgevfm refuses to write, even with --force: a file, a folder that is not a
+    bundle, the input itself or a folder holding it."""
+
+    exit_code = EXIT_INPUT
+
+
 class InputError(EdgeVfmError, ValueError):
     """Bad user input to a pipeline: an image that is not an image, an empty label list, ..."""
+
+    exit_code = EXIT_INPUT
+
+
+class UsageError(InputError):
+    """A command-line or API argument out of range (a thread count, an opset, a block size), found
+    before any work runs."""
+
+    exit_code = EXIT_USAGE
 
 
 class StateError(EdgeVfmError, RuntimeError):
     """A call made out of order, e.g. ``predict`` before ``set_image``; the message says the fix."""
 
+    exit_code = EXIT_INPUT
+
 
 class CheckpointError(EdgeVfmError, ValueError):
     """A checkpoint that is missing, corrupt or of an unsupported architecture."""
+
+    exit_code = EXIT_INPUT
 
 
 class ExportError(EdgeVfmError, RuntimeError):
@@ -62,6 +105,8 @@ class NonFiniteOutputError(ExportError):
 class CalibrationError(EdgeVfmError, ValueError):
     """Calibration data that cannot calibrate: none found, unreadable, ..."""
 
+    exit_code = EXIT_INPUT
+
 
 class QuantizeError(EdgeVfmError, RuntimeError):
     """A recipe that could not produce a runnable bundle."""
@@ -69,6 +114,8 @@ class QuantizeError(EdgeVfmError, RuntimeError):
 
 class MissingExtraError(EdgeVfmError, ImportError):
     """A subcommand that needs an optional dependency group that is not installed."""
+
+    exit_code = EXIT_MISSING_EXTRA
 
     def __init__(self, extra: str, what: str, cause: BaseException | None = None):
         self.extra = extra

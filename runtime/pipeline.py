@@ -7,24 +7,30 @@ from pathlib import Path
 from typing import ClassVar, Sequence
 
 from .backends import open_backend
-from .bundle import Bundle, open_bundle
-from .errors import BundleError
+from .bundle import Bundle, listed_files, open_bundle
+from .errors import BundleError, EdgeVfmError, UsageError
 from .registry import Registry
+from .schema import Check, Problems, obj
 
 PIPELINES: Registry[type] = Registry("family")
 
 
 class Pipeline:
     """Base of the per-family pipelines. Subclasses set ``family`` and ``needs``: for each part,
-    the input names and the output names the pipeline feeds and reads; and ``manifest_keys``, the
-    top-level manifest sections it reads."""
+    the input names and the output names the pipeline feeds and reads; and ``manifest_schema``, a
+    check (:mod:`.schema`) for each top-level manifest section it reads.
+
+    Subclasses read their manifest sections in ``setup()``, which runs after the parts are open; an
+    error there (a corrupt tokenizer file, say) becomes a ``BundleError``."""
 
     family: ClassVar[str]
     needs: ClassVar[dict[str, tuple[tuple[str, ...], tuple[str, ...]]]]
-    manifest_keys: ClassVar[tuple[str, ...]] = ()
+    manifest_schema: ClassVar[dict[str, Check]] = {}
 
     def __init__(self, bundle: Bundle, threads: int | None = None, providers: Sequence[str] | None = None,
                  low_memory: bool = False):
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise UsageError(f"threads must be a positive integer (or None for one per core), found {threads!r}")
         problems = self.check(bundle)
         if problems:
             raise BundleError(bundle.path, problems)
@@ -32,17 +38,33 @@ class Pipeline:
         self.manifest = bundle.manifest
         self.parts = {}
         for name, part in bundle.parts.items():
-            backend = open_backend(part.backend, part.path, threads=threads, providers=providers, low_memory=low_memory)
+            try:
+                backend = open_backend(part.backend, part.path, threads=threads, providers=providers,
+                                       low_memory=low_memory)
+            except UsageError:
+                raise
+            except Exception as exc:  # the backend's own errors: not a graph, an op it lacks, ...
+                problems.append(f"part {name!r} ({part.path.name}): the {part.backend} backend cannot load it: "
+                                f"{_first_line(exc)}")
+                continue
             problems += _io_mismatch(name, part, backend)
             self.parts[name] = backend
         if problems:
             raise BundleError(bundle.path, problems)
+        try:
+            self.setup()
+        except EdgeVfmError:
+            raise
+        except Exception as exc:
+            raise BundleError(bundle.path, [f"the {self.family} pipeline cannot use it: {_first_line(exc)}"]) from exc
+
+    def setup(self) -> None:
+        """Read the family's manifest sections and assets (tokenizer, constants)."""
 
     @classmethod
     def check(cls, bundle: Bundle) -> list[str]:
-        """Every way the manifest falls short of what this pipeline needs."""
-        problems = [f"manifest has no {key!r} section, which the {cls.family} pipeline reads"
-                    for key in cls.manifest_keys if key not in bundle.manifest]
+        """Every way the manifest falls short of what this pipeline needs (capped)."""
+        problems = Problems(listed_files(bundle.manifest)).run(obj(cls.manifest_schema), bundle.manifest, "manifest")
         parts = bundle.manifest["parts"]
         for name, (inputs, outputs) in cls.needs.items():
             if name not in parts:
@@ -57,6 +79,12 @@ class Pipeline:
 
     def run(self, part: str, feeds: dict) -> dict:
         return self.parts[part].run(feeds)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    line = text[0] if text else type(exc).__name__
+    return line if len(line) <= 300 else line[:297] + "..."
 
 
 def _io_mismatch(name: str, part, backend) -> list[str]:

@@ -9,7 +9,9 @@ import shutil
 import pytest
 
 from edgevfm.runtime import BundleError, BundleExistsError, FORMAT_VERSION, load, open_bundle
-from edgevfm.runtime.bundle import staged_bundle, write_manifest
+from edgevfm.runtime.bundle import write_manifest
+from edgevfm.runtime.errors import OutputError
+from edgevfm.runtime.output import staged_bundle
 
 
 @pytest.fixture
@@ -118,15 +120,36 @@ def test_staged_write_leaves_nothing_on_failure(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_existing_output_is_refused_unless_forced(tmp_path):
+def _fake_bundle(folder, marker: str):
+    """A folder with a manifest that passes the schema (files are not checked by --force)."""
+    folder.mkdir()
+    (folder / "part.onnx").write_text(marker)
+    write_manifest(folder, {"family": "clip", "source": {"id": "x"}, "parts": {"p": {
+        "file": "part.onnx", "backend": "onnxruntime", "precision": "fp32",
+        "inputs": [{"name": "x", "dtype": "float32", "shape": [1]}],
+        "outputs": [{"name": "y", "dtype": "float32", "shape": [1]}]}}})
+
+
+def test_existing_bundle_is_refused_unless_forced(tmp_path):
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "keep").write_text("old")
+    _fake_bundle(out, "old")
     with pytest.raises(BundleExistsError, match="already exists.*--force"):
         with staged_bundle(out):
             pass
-    assert (out / "keep").read_text() == "old"
+    assert (out / "part.onnx").read_text() == "old"
     with staged_bundle(out, force=True) as stage:
+        (stage / "new.onnx").write_text("new")
         write_manifest(stage, {"family": "x"})
-    assert not (out / "keep").exists() and (out / "manifest.json").is_file()
+    assert not (out / "part.onnx").exists() and (out / "new.onnx").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_force_never_replaces_a_folder_that_is_not_a_bundle(tmp_path):
+    out = tmp_path / "photos"
+    out.mkdir()
+    (out / "holiday.jpg").write_text("precious")
+    with pytest.raises(OutputError, match="is not an edgevfm bundle.*left untouched"):
+        with staged_bundle(out, force=True):
+            pass
+    assert (out / "holiday.jpg").read_text() == "precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"]
