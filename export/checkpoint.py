@@ -53,11 +53,16 @@ def load_checkpoint(model: str, family: str | None = None, revision: str | None 
         FAMILIES.get(family)  # unknown family: the error lists the valid ones
     if model.startswith(RANDOM_PREFIX):
         preset_family, preset = find_preset(model[len(RANDOM_PREFIX):])
-        spec = FAMILIES.get(family or preset_family)()
+        _check_family(model, family, preset_family)
+        spec = FAMILIES.get(preset_family)()
         torch_model, assets = spec.build_random(preset)
         revision = None
     else:
-        spec = FAMILIES.get(family or _detect_family(model, revision))()
+        detected = _detect_family(model, revision)
+        _check_family(model, family, detected)
+        spec = FAMILIES.get(detected)()
+        if Path(model).is_dir():
+            _check_files(model, spec)
         try:
             torch_model, assets = spec.load_pretrained(model, revision)
         except Exception as exc:  # transformers, safetensors and torch raise many types here
@@ -82,6 +87,23 @@ def reference_config_sha256(model: str, revision: str | None = None) -> str:
     return config_sha256(AutoConfig.from_pretrained(model, revision=revision))
 
 
+def _check_family(model: str, wanted: str | None, found: str) -> None:
+    if wanted is not None and wanted != found:
+        raise CheckpointError(f"--family {wanted} does not fit {model!r}, which is a {found} checkpoint: leave "
+                              f"--family out, or pass a {wanted} checkpoint")
+
+
+def _check_files(folder: str, spec: FamilySpec) -> None:
+    """A local folder must hold every file the family loads: transformers would otherwise build a
+    default tokenizer or processor silently (every label the same ids)."""
+    missing = [" or ".join(choice) for choice in spec.required_files
+               if not any((Path(folder) / name).is_file() for name in choice)]
+    if missing:
+        raise CheckpointError(f"checkpoint folder {folder!r} lacks {'; '.join(missing)}, which the {spec.name} "
+                              "family needs: save the tokenizer and processor beside the model "
+                              "(tokenizer.save_pretrained(folder), processor.save_pretrained(folder))")
+
+
 def _detect_family(model: str, revision: str | None) -> str:
     path = Path(model)
     looks_local = path.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1
@@ -91,9 +113,14 @@ def _detect_family(model: str, revision: str | None) -> str:
         if not (path / "config.json").is_file():
             raise CheckpointError(f"{model!r} has no config.json: expected a folder saved with save_pretrained")
         try:
-            model_type = json.loads((path / "config.json").read_text()).get("model_type")
-        except json.JSONDecodeError as exc:
+            config = json.loads((path / "config.json").read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise CheckpointError(f"{model!r}/config.json is not valid JSON ({exc}): the checkpoint is corrupt") from None
+        model_type = config.get("model_type") if isinstance(config, dict) else None
+        if not isinstance(model_type, str):
+            raise CheckpointError(f"{model!r}/config.json has no model_type string (it holds "
+                                  f"{type(config).__name__ if not isinstance(config, dict) else sorted(config)[:8]}): "
+                                  "expected a config saved by transformers' save_pretrained")
     else:
         from transformers import AutoConfig
 

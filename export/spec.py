@@ -72,6 +72,9 @@ class FamilySpec:
     name: ClassVar[str]
     model_types: ClassVar[tuple[str, ...]]  # values of config.model_type that mean this family
     presets: ClassVar[dict[str, Preset]] = {}
+    # files a local checkpoint folder must hold besides config.json and weights: each entry is a
+    # tuple of alternatives, one of which must be there
+    required_files: ClassVar[tuple[tuple[str, ...], ...]] = ()
 
     def load_pretrained(self, source: str, revision: str | None):
         """(model, assets) from a hub id or a local folder saved with ``save_pretrained``."""

@@ -7,9 +7,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from .errors import EdgeVfmError, MissingExtraError
+from .errors import EXIT_CODES, EXIT_INTERRUPTED, EdgeVfmError, MissingExtraError
+from .tasks import existing_folder, new_folder, positive_int
 
-EPILOG = "MODEL is a hub id (openai/clip-vit-base-patch32), a folder saved with save_pretrained, or random:<preset>."
+EPILOG = ("MODEL is a hub id (openai/clip-vit-base-patch32), a folder saved with save_pretrained, or random:<preset>. "
+          "Exit codes: " + "; ".join(f"{code} {meaning.split(':')[0]}" for code, meaning in EXIT_CODES.items()) + ".")
+FORCE_HELP = ("replace OUTPUT if it is an edgevfm bundle (never another folder or file, never the input); "
+              "the old bundle stays intact until the new one is complete")
 
 
 def _heavy(module: str, extra: str, what: str):
@@ -79,24 +83,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL")
     p.add_argument("-o", "--output", required=True, type=Path, help="bundle folder to create")
     p.add_argument("--family", help="family to export as (default: read from the checkpoint's config)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset, 14 to 20 (default 17)")
     p.add_argument("--revision", help="hub revision (branch, tag or commit)")
-    p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p.add_argument("--force", action="store_true", help=FORCE_HELP)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("quantize", help="FP32 bundle -> INT8 / INT4 / FP16 bundle")
     p.add_argument("bundle", type=Path, metavar="BUNDLE")
     p.add_argument("--recipe", required=True, help="int8-dynamic, int8-static, int4 or fp16")
     p.add_argument("-o", "--output", required=True, type=Path)
-    p.add_argument("--calib", type=Path, help="folder of calibration images (default: scikit-image's photos)")
-    p.add_argument("--samples", type=int, help="calibration images (default: 32 for CLIP, 8 for SAM)")
-    p.add_argument("--block-size", type=int, default=32, help="int4 block size (default 32)")
-    p.add_argument("--force", action="store_true")
+    p.add_argument("--calib", type=existing_folder, help="folder of calibration images (default: scikit-image's photos)")
+    p.add_argument("--samples", type=positive_int, help="calibration images (default: 32 for CLIP, 8 for SAM)")
+    p.add_argument("--block-size", type=int, choices=[16, 32, 64, 128, 256], default=32,
+                   help="int4 block size (default 32)")
+    p.add_argument("--force", action="store_true", help=FORCE_HELP)
     p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("run", help="run a bundle: classify, retrieve, segment, masks")
     p.add_argument("bundle", type=Path, metavar="BUNDLE")
-    p.add_argument("--threads", type=int, help="intra-op threads (default: one per core)")
+    p.add_argument("--threads", type=positive_int, help="intra-op threads (default: one per core)")
     tasks = p.add_subparsers(dest="task", required=True, metavar="TASK")
     from . import families  # noqa: F401  (registers each family's tasks; numpy only)
     from .tasks import TASKS
@@ -109,11 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=EPILOG)
     p.add_argument("bundles", nargs="+", type=Path, metavar="BUNDLE")
     p.add_argument("--reference", required=True, metavar="MODEL", help="the checkpoint the bundles came from")
-    p.add_argument("--data", type=Path, help="labelled image folder (one subfolder per class) for top-1 accuracy")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--runs", type=int, default=30, help="timed runs per measurement (default 30)")
-    p.add_argument("--batch", type=int, default=8, help="batch size for the throughput figure (default 8)")
-    p.add_argument("-o", "--output", required=True, type=Path, help="report folder")
+    p.add_argument("--data", type=existing_folder,
+                   help="labelled image folder (one subfolder per class) for top-1 accuracy")
+    p.add_argument("--threads", type=positive_int, default=2)
+    p.add_argument("--runs", type=positive_int, default=30, help="timed runs per measurement (default 30)")
+    p.add_argument("--batch", type=positive_int, default=8, help="batch size for the throughput figure (default 8)")
+    p.add_argument("-o", "--output", required=True, type=new_folder, help="report folder")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("info", help="parts, precisions, sizes and source of a bundle")
@@ -121,23 +127,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("demo", help="offline: export -> quantize (every recipe) -> run -> bench, with a report")
-    p.add_argument("-o", "--output", type=Path, default=Path("demo-out"))
+    p.add_argument("-o", "--output", type=new_folder, default=Path("demo-out"))
     p.add_argument("--model", action="append", help="model to run (repeatable; default: random:clip-vit-b32 and "
                    "random:sam-vit-b)")
-    p.add_argument("--report-dir", type=Path, help="reports go to REPORT_DIR/<model> (default OUTPUT/report)")
-    p.add_argument("--runs", type=int, help="timed runs per figure (default: 30 for CLIP, 10 for SAM)")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--report-dir", type=new_folder, help="reports go to REPORT_DIR/<model> (default OUTPUT/report)")
+    p.add_argument("--runs", type=positive_int, help="timed runs per figure (default: 30 for CLIP, 10 for SAM)")
+    p.add_argument("--threads", type=positive_int, default=2)
     p.set_defaults(func=cmd_demo)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command; returns its exit code (see ``EXIT_CODES``: argparse exits 2 by itself)."""
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
     except EdgeVfmError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, MissingExtraError) else 1
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: nothing half-written was left", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
 
 

@@ -26,3 +26,80 @@ def register_task(task: Task) -> Task:
 
 def tasks_of(family: str) -> list[str]:
     return [name for name, task in TASKS.items() if task.family == family]
+
+
+# -- argument types: argparse checks each value before any work runs (a bad one exits 2) ---------
+def positive_int(text: str) -> int:
+    return _int_at_least(text, 1)
+
+
+def nonnegative_int(text: str) -> int:
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, low: int) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {low}, found {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {low}, found {value}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    import argparse
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, found {text!r}")
+    return value
+
+
+def nonempty_text(text: str) -> str:
+    import argparse
+
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a non-empty text")
+    return text
+
+
+def existing_folder(text: str):
+    import argparse
+    from pathlib import Path
+
+    if not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a folder")
+    return Path(text)
+
+
+def new_folder(text: str):
+    """A folder to write into: missing (it is created) or a folder, never a file."""
+    import argparse
+    from pathlib import Path
+
+    path = Path(text)
+    blocker = next((p for p in [path, *path.parents] if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise argparse.ArgumentTypeError(f"{text!r} cannot be a folder: {str(blocker)!r} is a file")
+    return path
+
+
+def png_file(text: str):
+    """A PNG file to write: ends in .png, and its folder can be created."""
+    import argparse
+    from pathlib import Path
+
+    path = Path(text)
+    if path.suffix.lower() != ".png":
+        raise argparse.ArgumentTypeError(f"expected a .png file name, found {text!r}")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a folder, expected a .png file name")
+    new_folder(str(path.parent))
+    return path

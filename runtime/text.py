@@ -12,6 +12,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import InputError
+from .schema import integer, listed_file, nullable, obj, string
+
+_TOKEN_ID = integer(0, 1 << 24)
+TOKENIZER = obj({"file": listed_file(), "max_length": integer(1, 1 << 16),
+                 "padding": string(choices=("max_length", "longest")), "pad_token_id": _TOKEN_ID},
+                {"eos_token_id": nullable(_TOKEN_ID), "bos_token_id": nullable(_TOKEN_ID)})
+"""The manifest's ``tokenizer`` section, as :mod:`.schema` checks it."""
 
 
 class TextTokenizer:
@@ -22,7 +29,13 @@ class TextTokenizer:
 
         self.settings = settings
         self.max_length = int(settings["max_length"])
-        self._tok = Tokenizer.from_file(str(path))
+        try:
+            self._tok = Tokenizer.from_file(str(path))
+        except Exception as exc:  # tokenizers raises its own exception type for a corrupt file
+            raise ValueError(f"its tokenizer file {path.name!r} cannot be read ({exc})") from None
+        vocab = self._tok.get_vocab_size()
+        if int(settings["pad_token_id"]) >= vocab:
+            raise ValueError(f"pad_token_id {settings['pad_token_id']} is outside the tokenizer's {vocab} tokens")
         self._tok.no_padding()
         self._tok.enable_truncation(max_length=self.max_length)
 

@@ -54,16 +54,16 @@ def test_export_quantize_info_run(tmp_path, photos, capsys):
     assert len(capsys.readouterr().out.splitlines()) == 2
 
 
-def test_errors_are_one_line_with_exit_code_1(tmp_path, capsys):
-    assert main(["info", str(tmp_path)]) == 1
+def test_bad_input_is_one_line_with_exit_code_3(tmp_path, capsys):
+    assert main(["info", str(tmp_path)]) == 3
     err = capsys.readouterr().err
     assert err.startswith("error: invalid bundle") and "no manifest.json" in err
-    assert main(["export", "random:nope", "-o", str(tmp_path / "b")]) == 1
+    assert main(["export", "random:nope", "-o", str(tmp_path / "b")]) == 3
     assert "unknown preset 'random:nope'" in capsys.readouterr().err
 
 
 def test_output_folder_with_a_bundle_needs_force(clip_bundle, capsys):
-    assert main(["export", "random:clip-tiny", "-o", str(clip_bundle)]) == 1
+    assert main(["export", "random:clip-tiny", "-o", str(clip_bundle)]) == 3
     assert "--force" in capsys.readouterr().err
     manifest = json.loads((clip_bundle / "manifest.json").read_text())
     assert manifest["source"]["id"] == "random:clip-tiny"
@@ -93,9 +93,11 @@ def test_masks_writes_rle_json(sam_bundle, photos, tmp_path, capsys):
 
 
 def test_task_of_another_family_is_refused(sam_bundle, clip_bundle, tmp_path, capsys):
-    assert main(["run", str(sam_bundle), "classify", "x.png", "--labels", "a"]) == 1
+    assert main(["run", str(sam_bundle), "classify", "x.png", "--labels", "a"]) == 3
     assert "task 'classify' answers clip bundles" in capsys.readouterr().err
-    assert main(["run", str(clip_bundle), "segment", "x.png", "--point", "1,1"]) == 1
+    assert main(["run", str(clip_bundle), "segment", "x.png", "--point", "1,1"]) == 3
     assert "its tasks are classify, retrieve" in capsys.readouterr().err
-    assert main(["run", str(sam_bundle), "segment", "x.png", "--point", "1"]) == 1
-    assert "--point must be 2 comma-separated numbers" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # argparse: checked before anything is loaded
+        main(["run", str(sam_bundle), "segment", "x.png", "--point", "1"])
+    assert exit_info.value.code == 2
+    assert "X,Y must be 2 comma-separated finite numbers, found '1'" in capsys.readouterr().err

@@ -70,7 +70,7 @@ def test_bad_inputs(pipeline, photos):
         pipeline.classify(photos[0], ["a cat", ""])
     with pytest.raises(InputError, match="gallery is empty"):
         pipeline.retrieve("a cat", [])
-    with pytest.raises(InputError, match="k must be at least 1"):
+    with pytest.raises(InputError, match="k must be a positive integer, found 0"):
         pipeline.retrieve("a cat", photos[:2], k=0)
     with pytest.raises(InputError, match="no images given"):
         pipeline.embed_images([])

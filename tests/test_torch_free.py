@@ -43,7 +43,7 @@ def test_export_without_the_extra_says_what_to_install(tmp_path):
         from edgevfm.runtime.cli import main
         sys.exit(main(['export', 'random:clip-tiny', '-o', {str(tmp_path / 'b')!r}]))
     """)
-    assert result.returncode == 2, result.stderr
+    assert result.returncode == 4, result.stderr
     assert "edgevfm export needs the [export] extra" in result.stderr
     assert "pip install 'edgevfm[export]'" in result.stderr
     assert "Traceback" not in result.stderr

@@ -27,22 +27,23 @@ a bird flying over the sea. a car parked on the street. a person riding a bicycl
 a plate of food with vegetables. a city skyline at sunset. a boat on the river.
 there is a small house with a red roof near the mountains and the trees.
 """.split("\n")
+_MERGES = 400  # about 1,000 tokens in all: every word of the corpus becomes one token
 
 
 def _clip_tokenizer():
-    """A real CLIP tokenizer (transformers' CLIPTokenizer) with merges trained on ``_CORPUS``."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    """A real CLIP tokenizer (transformers' CLIPTokenizer) with merges trained on ``_CORPUS`` by
+    the deterministic :func:`..bpe.train_merges`: the same tokenizer in every process."""
+    from tokenizers import pre_tokenizers
     from transformers import CLIPTokenizer
 
+    from ..bpe import train_merges
+
     pipeline = CLIPTokenizer()._tokenizer
-    trainer_tok = Tokenizer(models.BPE(end_of_word_suffix="</w>", continuing_subword_prefix=""))
-    trainer_tok.normalizer = pipeline.normalizer
-    trainer_tok.pre_tokenizer = pipeline.pre_tokenizer
-    trainer = trainers.BpeTrainer(vocab_size=800, show_progress=False, end_of_word_suffix="</w>",
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    trainer_tok.train_from_iterator(_CORPUS * 4, trainer)
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m)
-              for m in json.loads(trainer_tok.to_str())["model"]["merges"]]
+    words = []
+    for line in _CORPUS:
+        for word, _ in pipeline.pre_tokenizer.pre_tokenize_str(pipeline.normalizer.normalize_str(line)):
+            words.append(tuple(word[:-1]) + (word[-1] + "</w>",))
+    merges = train_merges(words, max_merges=_MERGES)
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     tokens = alphabet + [c + "</w>" for c in alphabet]
     for a, b in merges:
@@ -51,6 +52,18 @@ def _clip_tokenizer():
     tokens += ["<|startoftext|>", "<|endoftext|>"]
     vocab = {t: i for i, t in enumerate(dict.fromkeys(tokens))}
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+
+
+def check_tokenizer(tokenizer, source: str) -> None:
+    """Refuse a tokenizer that cannot tell texts apart: transformers builds one silently from a
+    folder that lacks the tokenizer files, and every label then gets the same ids."""
+    from edgevfm.runtime.errors import CheckpointError
+
+    a, b = (tokenizer(text)["input_ids"] for text in ("a photo of a cat", "a drawing of two dogs"))
+    if a == b or len(tokenizer) < 10:
+        raise CheckpointError(f"the tokenizer of {source!r} maps different texts to the same ids (its vocabulary has "
+                              f"{len(tokenizer)} tokens): its tokenizer files are missing or broken; save the "
+                              "tokenizer beside the model")
 
 
 def _config(vision: dict, text: dict, projection_dim: int):
@@ -98,6 +111,7 @@ class TextTower(nn.Module):
 class ClipSpec(FamilySpec):
     name = "clip"
     model_types = ("clip",)
+    required_files = (("tokenizer.json", "vocab.json"), ("preprocessor_config.json",))
     presets = {
         "clip-tiny": Preset("clip-tiny", "tiny CLIP for tests (seconds)",
                             {"vision": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2),
@@ -115,6 +129,7 @@ class ClipSpec(FamilySpec):
 
         model = CLIPModel.from_pretrained(source, revision=revision, attn_implementation="eager")
         tokenizer = CLIPTokenizer.from_pretrained(source, revision=revision)
+        check_tokenizer(tokenizer, source)
         processor = CLIPImageProcessorPil.from_pretrained(source, revision=revision)
         return model, {"tokenizer": tokenizer, "image_processor": processor}
 

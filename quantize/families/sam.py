@@ -28,13 +28,14 @@ def calibration_feeds(predictor, images: list, samples: int) -> dict[str, list[d
     decoder, rng = [], np.random.default_rng(0)
     low = predictor.low_res_size
     for image in images[:max(1, samples // 4)]:  # each needs an FP32 encoder run: a quarter suffices
-        predictor.set_image(image)
-        h, w = predictor.image_size
+        embedding = predictor.embed(image)
+        h, w = embedding.image_size
         points = rng.uniform([0, 0], [w, h], (PROMPTS_PER_IMAGE, 1, 2)).astype(np.float32)
         corners = np.sort(rng.uniform([0, 0], [w, h], (PROMPTS_PER_IMAGE, 2, 2)), axis=1).reshape(-1, 4)
         for boxes in (None, corners.astype(np.float32)):
-            coords, labels, prompts = predictor.prompt_points(points, np.ones((PROMPTS_PER_IMAGE, 1), np.float32), boxes)
-            decoder.append({"image_embeddings": predictor.embeddings, "point_coords": coords, "point_labels": labels,
+            coords, labels, prompts = predictor.prompt_points(points, np.ones((PROMPTS_PER_IMAGE, 1), np.float32), boxes,
+                                                              image=embedding)
+            decoder.append({"image_embeddings": embedding.embeddings, "point_coords": coords, "point_labels": labels,
                             "mask_input": np.zeros((prompts, 1, low, low), np.float32),
                             "has_mask_input": np.zeros(prompts, np.float32)})
     return {"image_encoder": encoder, "prompt_decoder": decoder}

@@ -9,10 +9,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import InputError
-from ..image import ImageLike, preprocess
+from ..image import PREPROCESSING, ImageLike, preprocess
 from ..pipeline import PIPELINES, Pipeline
-from ..tasks import Task, register_task
-from ..text import TextTokenizer
+from ..schema import number, obj
+from ..tasks import Task, existing_folder, nonempty_text, positive_int, register_task
+from ..text import TOKENIZER, TextTokenizer
 
 
 @dataclass(frozen=True)
@@ -41,20 +42,22 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 @PIPELINES.register("clip")
 class ClipPipeline(Pipeline):
     """Embeddings are float32, L2-normalised rows (batch, projection_dim); images are paths,
-    PIL images or HWC uint8 arrays in [0, 255]."""
+    PIL images or HWC uint8 arrays in [0, 255].
+
+    Thread-safe: it holds no per-call state, so one pipeline may serve many threads at once."""
 
     family = "clip"
     needs = {
         "vision": (("pixel_values",), ("image_embeds",)),
         "text": (("input_ids", "attention_mask"), ("text_embeds",)),
     }
-    manifest_keys = ("preprocessing", "tokenizer", "constants")
+    manifest_schema = {"preprocessing": PREPROCESSING, "tokenizer": TOKENIZER,
+                       "constants": obj({"logit_scale": number(positive=True, high=1e4)})}
     batch_size = 16
 
-    def __init__(self, bundle, threads=None, providers=None, low_memory=False):
-        super().__init__(bundle, threads=threads, providers=providers, low_memory=low_memory)
+    def setup(self):
         settings = self.manifest["tokenizer"]
-        self.tokenizer = TextTokenizer(bundle.file(settings["file"]), settings)
+        self.tokenizer = TextTokenizer(self.bundle.file(settings["file"]), settings)
         self.logit_scale = float(self.manifest["constants"]["logit_scale"])
 
     def image_inputs(self, images: Sequence[ImageLike]) -> dict[str, np.ndarray]:
@@ -91,8 +94,10 @@ class ClipPipeline(Pipeline):
         gallery = list(gallery)
         if not gallery:
             raise InputError("the gallery is empty: pass at least one item to search")
-        if k < 1:
-            raise InputError(f"k must be at least 1, found {k}")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise InputError(f"k must be a positive integer, found {k!r}")
+        if isinstance(query, str) and not query.strip():
+            raise InputError("the query is empty: pass a text, or the path of an image")
         if is_text(query):
             q, g = self.embed_texts([query]), self.embed_images(gallery)
         else:
@@ -114,7 +119,7 @@ def _labels(labels: Sequence[str]) -> list[str]:
 
 def _classify_arguments(parser) -> None:
     parser.add_argument("image", metavar="IMAGE")
-    parser.add_argument("--labels", nargs="+", required=True)
+    parser.add_argument("--labels", nargs="+", required=True, type=nonempty_text)
 
 
 def _classify(pipeline: ClipPipeline, args) -> None:
@@ -123,21 +128,34 @@ def _classify(pipeline: ClipPipeline, args) -> None:
 
 
 def _retrieve_arguments(parser) -> None:
-    parser.add_argument("--query", required=True, help="a text, or the path of an image")
-    parser.add_argument("--images", type=Path, help="folder of images to search (text query)")
-    parser.add_argument("--texts", nargs="+", help="texts to search (image query)")
-    parser.add_argument("-k", type=int, default=5)
+    parser.add_argument("--query", required=True, type=nonempty_text, help="a text, or the path of an image")
+    parser.add_argument("--images", type=existing_folder, help="folder of images to search (text query); "
+                        "files that are not readable images are skipped and listed on stderr")
+    parser.add_argument("--texts", nargs="+", type=nonempty_text, help="texts to search (image query)")
+    parser.add_argument("-k", type=positive_int, default=5)
 
 
 def _retrieve(pipeline: ClipPipeline, args) -> None:
-    from ..image import list_images
+    import sys
+
+    from ..image import list_images, load_images
 
     if bool(args.images) == bool(args.texts) or (args.images and not is_text(args.query)) or (
             args.texts and is_text(args.query)):
         raise InputError("a text --query searches --images DIR; an image --query searches --texts ...")
-    gallery = list_images(args.images) if args.images else list(args.texts)
+    if args.texts:
+        gallery, names = list(args.texts), list(args.texts)
+    else:
+        paths = list_images(args.images)
+        gallery, skipped = load_images(paths)
+        for path, why in skipped:
+            print(f"skipped {path}: {why}", file=sys.stderr)
+        names = [p for p in paths if p not in {s for s, _ in skipped}]
+        if not gallery:
+            raise InputError(f"no readable images in {str(args.images)!r}"
+                             + (f" ({len(skipped)} skipped)" if skipped else ""))
     for match in pipeline.retrieve(args.query, gallery, k=args.k):
-        print(f"{match.score:8.4f}  {match.item}")
+        print(f"{match.score:8.4f}  {names[match.index]}")
 
 
 register_task(Task("classify", "clip", "zero-shot ranking of --labels for IMAGE", _classify_arguments, _classify))

@@ -10,6 +10,9 @@ from ..errors import InputError
 from ..image import ImageLike, load_image
 from ..masks import mask_boxes, mask_to_rle, nms
 
+MAX_POINTS_PER_SIDE = 128  # 16,384 prompts per crop
+MAX_CROP_LAYERS = 4  # 341 crops, each an encoder run
+
 
 def point_grid(per_side: int) -> np.ndarray:
     """(per_side**2, 2) points in [0, 1]^2 at the centres of a per_side x per_side grid."""
@@ -52,19 +55,26 @@ def generate(predictor, image: ImageLike, points_per_side: int = 16, points_per_
     ``crop_box`` XYWH, all in input-image pixels."""
     if output_mode not in ("binary_mask", "coco_rle"):
         raise InputError(f"output_mode must be 'binary_mask' or 'coco_rle', found {output_mode!r}")
-    if points_per_side < 1 or points_per_batch < 1:
-        raise InputError("points_per_side and points_per_batch must be at least 1")
+    _check_int(points_per_side, "points_per_side", 1, MAX_POINTS_PER_SIDE)
+    _check_int(points_per_batch, "points_per_batch", 1, None)
+    _check_int(crop_n_layers, "crop_n_layers", 0, MAX_CROP_LAYERS)
+    _check_int(min_mask_region_area, "min_mask_region_area", 0, None)
+    for name, value in (("pred_iou_thresh", pred_iou_thresh), ("stability_score_thresh", stability_score_thresh),
+                        ("stability_score_offset", stability_score_offset), ("box_nms_thresh", box_nms_thresh),
+                        ("crop_overlap_ratio", crop_overlap_ratio), ("crop_nms_thresh", crop_nms_thresh)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+            raise InputError(f"{name} must be a finite number, found {value!r}")
     pixels = np.asarray(load_image(image))
     height, width = pixels.shape[:2]
     found = []
     crops = crop_boxes(height, width, crop_n_layers, crop_overlap_ratio)
     for box, layer in crops:
         x0, y0, x1, y1 = box
-        predictor.set_image(pixels[y0:y1, x0:x1])
+        embedding = predictor.embed(pixels[y0:y1, x0:x1])
         grid = point_grid(max(1, points_per_side // 2 ** layer)) * np.float32([x1 - x0, y1 - y0])
         kept = []
         for start in range(0, len(grid), points_per_batch):
-            kept += _batch(predictor, grid[start:start + points_per_batch], pred_iou_thresh,
+            kept += _batch(predictor, embedding, grid[start:start + points_per_batch], pred_iou_thresh,
                            stability_score_thresh, stability_score_offset)
         kept = [kept[i] for i in _nms(kept, box_nms_thresh)] if kept else []
         for mask in kept:
@@ -82,15 +92,22 @@ def generate(predictor, image: ImageLike, points_per_side: int = 16, points_per_
     return [_record(m, output_mode) for m in found]
 
 
-def _batch(predictor, points, iou_thresh, stability_thresh, offset) -> list[dict]:
-    logits, scores = predictor.decode(points[:, None, :], np.ones((len(points), 1), np.float32))
+def _check_int(value, name: str, low: int, high: int | None) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low or (
+            high is not None and value > high):
+        wanted = f"from {low} to {high}" if high is not None else f">= {low}"
+        raise InputError(f"{name} must be an integer {wanted}, found {value!r}")
+
+
+def _batch(predictor, embedding, points, iou_thresh, stability_thresh, offset) -> list[dict]:
+    logits, scores = predictor.decode(points[:, None, :], np.ones((len(points), 1), np.float32), image=embedding)
     prompts, k = scores.shape
     logits, scores = logits.reshape(prompts * k, *logits.shape[2:]), scores.reshape(-1)
     origin = np.repeat(np.arange(prompts), k)
     keep = np.flatnonzero(scores > iou_thresh)
     out = []
     for i in keep:  # upscale only what passed the IoU filter, one mask at a time
-        full = predictor.to_image(logits[i])
+        full = predictor.to_image(logits[i], image=embedding)
         stability = float(stability_score(full, predictor.mask_threshold, offset))
         if stability < stability_thresh:
             continue
