@@ -17,9 +17,19 @@ from .registry import Registry
 BACKENDS: Registry[type] = Registry("backend")
 
 
+# ONNX type strings -> the manifest's dtype names
+ONNX_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(bfloat16)": "bfloat16",
+               "tensor(double)": "float64", "tensor(int64)": "int64", "tensor(int32)": "int32",
+               "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(bool)": "bool"}
+
+
 class Backend(Protocol):
+    """``signature``: {tensor name: (dtype, shape)} of every input and output, where a shape holds
+    ints for fixed sizes and anything else (a name, None) for dynamic ones."""
+
     input_names: list[str]
     output_names: list[str]
+    signature: dict[str, tuple[str, list]]
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
@@ -57,6 +67,8 @@ class OrtBackend:
         self.session = ort.InferenceSession(os.fspath(path), sess_options=options, providers=wanted)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
+        self.signature = {t.name: (ONNX_DTYPES.get(t.type, t.type), list(t.shape))
+                          for t in self.session.get_inputs() + self.session.get_outputs()}
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         values = self.session.run(self.output_names, feeds)

@@ -201,6 +201,16 @@ def resized_size(height: int, width: int, resize: dict) -> tuple[int, int]:
     return size
 
 
+def output_size(spec: dict[str, Any]) -> tuple[int, int] | None:
+    """(height, width) of every image :func:`preprocess` makes with ``spec``, or None where it
+    depends on the image (a resize by shortest edge with neither crop nor pad)."""
+    for step in ("pad", "crop"):
+        if spec.get(step):
+            return int(spec[step]["height"]), int(spec[step]["width"])
+    resize = spec["resize"]
+    return (int(resize["height"]), int(resize["width"])) if "height" in resize else None
+
+
 def center_crop(array: np.ndarray, height: int, width: int) -> np.ndarray:
     """Centre crop of an HWC array, zero-padding first where it is smaller than the crop."""
     h, w = array.shape[:2]

@@ -75,10 +75,29 @@ class Pipeline:
             for kind, wanted, have in (("input", inputs, have_in), ("output", outputs, have_out)):
                 for missing in sorted(set(wanted) - have):
                     problems.append(f"part {name!r} has no {kind} {missing!r} (it has {sorted(have)})")
-        return problems
+        return problems or cls.check_consistency(bundle.manifest)
+
+    @classmethod
+    def check_consistency(cls, manifest: dict) -> list[str]:
+        """The family's rules across sections (sizes that must agree); runs once the schema holds."""
+        return []
 
     def run(self, part: str, feeds: dict) -> dict:
-        return self.parts[part].run(feeds)
+        try:
+            return self.parts[part].run(feeds)
+        except Exception as exc:  # the backend's own error: a graph that cannot run what it declares
+            raise BundleError(self.bundle.path, [f"part {part!r} failed to run: {_first_line(exc)}"]) from exc
+
+
+def declared(manifest: dict, part: str, tensor: str) -> dict:
+    """The manifest's entry (name, dtype, shape) for one input or output of a part."""
+    entry = manifest["parts"][part]
+    return next(t for t in entry["inputs"] + entry["outputs"] if t["name"] == tensor)
+
+
+def mismatch(what: str, expected, found) -> list[str]:
+    """One problem line when ``found`` is not ``expected``."""
+    return [] if list(expected) == list(found) else [f"{what}: expected {list(expected)}, found {list(found)}"]
 
 
 def _first_line(exc: BaseException) -> str:
@@ -88,6 +107,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _io_mismatch(name: str, part, backend) -> list[str]:
+    """The manifest's inputs and outputs must be the graph's: names, dtypes and fixed sizes."""
     declared_in = [i["name"] for i in part.inputs]
     declared_out = [o["name"] for o in part.outputs]
     problems = []
@@ -95,6 +115,15 @@ def _io_mismatch(name: str, part, backend) -> list[str]:
         problems.append(f"part {name!r}: manifest declares inputs {declared_in}, the graph has {backend.input_names}")
     if sorted(declared_out) != sorted(backend.output_names):
         problems.append(f"part {name!r}: manifest declares outputs {declared_out}, the graph has {backend.output_names}")
+    for tensor in part.inputs + part.outputs:
+        if tensor["name"] not in backend.signature:
+            continue
+        dtype, shape = backend.signature[tensor["name"]]
+        fixed_differ = len(shape) != len(tensor["shape"]) or any(
+            isinstance(g, int) and isinstance(d, int) and g != d for g, d in zip(shape, tensor["shape"]))
+        if dtype != tensor["dtype"] or fixed_differ:
+            problems.append(f"part {name!r}: manifest declares {tensor['name']!r} as {tensor['dtype']} "
+                            f"{tensor['shape']}, the graph has {dtype} {shape}")
     return problems
 
 

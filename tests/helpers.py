@@ -27,3 +27,48 @@ def op_type_count(onnx_path) -> dict[str, int]:
     for node in onnx.load(str(onnx_path), load_external_data=False).graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return counts
+
+
+def edit_manifest(bundle, change, rehash: bool = False) -> dict:
+    """Apply ``change(manifest)`` to a bundle's manifest.json; with ``rehash``, first recompute the
+    hashes of the files it lists, as a hostile writer would, so the check under test is reached."""
+    import json
+    from pathlib import Path
+
+    from edgevfm.runtime.bundle import sha256_file
+
+    path = Path(bundle) / "manifest.json"
+    manifest = json.loads(path.read_text())
+    if rehash:
+        manifest["files"] = {f: sha256_file(Path(bundle) / f) for f in manifest["files"]}
+    change(manifest)
+    path.write_text(json.dumps(manifest))
+    return manifest
+
+
+def copy_bundle(bundle, to):
+    import shutil
+
+    shutil.copytree(bundle, to)
+    return to
+
+
+def fuzz_settings(examples: int = 40):
+    """hypothesis settings for the hostile suite: a fixed example count and seed, no saved database."""
+    from hypothesis import HealthCheck, settings
+
+    return settings(max_examples=examples, derandomize=True, deadline=None, database=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+def write_fake_bundle(folder, weights: str = "old weights", source: str = "old"):
+    """A folder whose manifest passes the bundle schema and hashes (its one part is no real graph):
+    enough for what --force and the output swap check."""
+    from edgevfm.runtime.bundle import write_manifest
+
+    folder.mkdir(parents=True)
+    (folder / "weights.onnx").write_text(weights)
+    tensor = [{"name": "x", "dtype": "float32", "shape": [1]}]
+    write_manifest(folder, {"family": "clip", "source": {"id": source}, "parts": {"p": {
+        "file": "weights.onnx", "backend": "onnxruntime", "precision": "fp32", "inputs": tensor, "outputs": tensor}}})
+    return folder

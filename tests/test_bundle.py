@@ -13,6 +13,8 @@ from edgevfm.runtime.bundle import write_manifest
 from edgevfm.runtime.errors import OutputError
 from edgevfm.runtime.output import staged_bundle
 
+from helpers import write_fake_bundle
+
 
 @pytest.fixture
 def bundle_copy(clip_bundle, tmp_path):
@@ -120,27 +122,17 @@ def test_staged_write_leaves_nothing_on_failure(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def _fake_bundle(folder, marker: str):
-    """A folder with a manifest that passes the schema (files are not checked by --force)."""
-    folder.mkdir()
-    (folder / "part.onnx").write_text(marker)
-    write_manifest(folder, {"family": "clip", "source": {"id": "x"}, "parts": {"p": {
-        "file": "part.onnx", "backend": "onnxruntime", "precision": "fp32",
-        "inputs": [{"name": "x", "dtype": "float32", "shape": [1]}],
-        "outputs": [{"name": "y", "dtype": "float32", "shape": [1]}]}}})
-
-
 def test_existing_bundle_is_refused_unless_forced(tmp_path):
     out = tmp_path / "out"
-    _fake_bundle(out, "old")
+    write_fake_bundle(out)
     with pytest.raises(BundleExistsError, match="already exists.*--force"):
         with staged_bundle(out):
             pass
-    assert (out / "part.onnx").read_text() == "old"
+    assert (out / "weights.onnx").read_text() == "old weights"
     with staged_bundle(out, force=True) as stage:
         (stage / "new.onnx").write_text("new")
         write_manifest(stage, {"family": "x"})
-    assert not (out / "part.onnx").exists() and (out / "new.onnx").read_text() == "new"
+    assert not (out / "weights.onnx").exists() and (out / "new.onnx").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 

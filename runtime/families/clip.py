@@ -9,8 +9,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import InputError
-from ..image import PREPROCESSING, ImageLike, preprocess
-from ..pipeline import PIPELINES, Pipeline
+from ..image import PREPROCESSING, ImageLike, output_size, preprocess
+from ..pipeline import PIPELINES, Pipeline, declared, mismatch
 from ..schema import number, obj
 from ..tasks import Task, existing_folder, nonempty_text, positive_int, register_task
 from ..text import TOKENIZER, TextTokenizer
@@ -54,6 +54,12 @@ class ClipPipeline(Pipeline):
     manifest_schema = {"preprocessing": PREPROCESSING, "tokenizer": TOKENIZER,
                        "constants": obj({"logit_scale": number(positive=True, high=1e4)})}
     batch_size = 16
+
+    @classmethod
+    def check_consistency(cls, manifest):
+        pixels = declared(manifest, "vision", "pixel_values")["shape"]
+        return mismatch("preprocessing makes images of (height, width), the vision part takes pixel_values of",
+                        pixels[2:], output_size(manifest["preprocessing"]) or ("any",))
 
     def setup(self):
         settings = self.manifest["tokenizer"]

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError, StateError
-from ..image import PREPROCESSING, ImageLike, load_image, preprocess, resized_size
+from ..image import PREPROCESSING, ImageLike, load_image, output_size, preprocess, resized_size
 from ..masks import apply_resize, resize_matrices
-from ..pipeline import PIPELINES, Pipeline
+from ..pipeline import PIPELINES, Pipeline, declared, mismatch
 from ..schema import integer, number, obj
 from ..tasks import Task, finite_float, new_folder, png_file, positive_int, register_task
 from .sam_masks import MAX_CROP_LAYERS, MAX_POINTS_PER_SIDE
@@ -60,6 +60,17 @@ class SamPredictor(Pipeline):
     manifest_schema = {"preprocessing": PREPROCESSING,
                        "constants": obj({"input_size": integer(1, 8192), "low_res_size": integer(1, 8192),
                                          "mask_threshold": number()})}
+
+    @classmethod
+    def check_consistency(cls, manifest):
+        constants, size = manifest["constants"], manifest["constants"]["input_size"]
+        low = constants["low_res_size"]
+        return (mismatch("constants.input_size (height, width) against the image_encoder's pixel_values",
+                         [size, size], declared(manifest, "image_encoder", "pixel_values")["shape"][2:])
+                + mismatch("preprocessing makes images of (height, width), constants.input_size says",
+                           [size, size], output_size(manifest["preprocessing"]) or ("any",))
+                + mismatch("constants.low_res_size against the prompt_decoder's mask_input",
+                           [low, low], declared(manifest, "prompt_decoder", "mask_input")["shape"][2:]))
 
     def setup(self):
         constants = self.manifest["constants"]
@@ -117,11 +128,13 @@ class SamPredictor(Pipeline):
         ``box`` (4,) XYXY; ``mask_input`` (L, L) or (1, L, L) low-res logits from an earlier
         prediction. Any mix; at least a point or a box. ``image``: an embedding to prompt instead
         of this thread's current image."""
-        points = None if points is None else _array(points, "points").reshape(-1, 2)[None]
+        points = None if points is None else _reshape(_array(points, "points"), (1, -1, 2), "(N, 2) x, y pairs")
         labels = None if labels is None else _array(labels, "labels").reshape(1, -1)
         boxes = None if box is None else _array(box, "box", size=4).reshape(1, 4)
-        masks = None if mask_input is None else _array(mask_input, "mask_input").reshape(1, 1, *np.shape(mask_input)[-2:])
-        out = self.predict_batch(points, labels, boxes, masks, multimask, image=image)
+        if mask_input is not None:
+            mask_input = _array(mask_input, "mask_input")
+            mask_input = _reshape(mask_input, (1, 1, *mask_input.shape[-2:]), "(L, L) low-res logits")
+        out = self.predict_batch(points, labels, boxes, mask_input, multimask, image=image)
         return Prediction(out.masks[0], out.scores[0], out.low_res_logits[0])
 
     def predict_batch(self, points=None, labels=None, boxes=None, mask_input=None, multimask: bool = True,
@@ -221,6 +234,13 @@ def _array(values, what: str, size: int | None = None) -> np.ndarray:
     if not np.isfinite(array).all():
         raise InputError(f"{what} holds NaN or infinity: prompts must be finite numbers")
     return array
+
+
+def _reshape(array: np.ndarray, shape: tuple, expected: str) -> np.ndarray:
+    try:
+        return array.reshape(shape)
+    except ValueError:
+        raise InputError(f"expected {expected}, found shape {array.shape}") from None
 
 
 def _check_inside(xy: np.ndarray, what: str, image_size: tuple[int, int]) -> None:
