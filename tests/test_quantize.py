@@ -18,7 +18,11 @@ from helpers import op_type_count
 
 # Tiny random models (hidden size 32) quantize worse than real ones; these are the tolerances the
 # tests hold each recipe to on them. The real-size figures are in benchmarks/reports/.
-TINY_MIN_COSINE = {"int8-dynamic": 0.999, "int8-static": 0.99, "int4": 0.90, "fp16": 0.9999}
+# Mean cosine to FP32 on random:clip-tiny (whose 32-wide random text tower magnifies quantization
+# error). Measured with the deterministic preset on an AVX-512 VNNI machine: int8-dynamic 0.9997,
+# int8-static 0.991 (text; 0.9999 image), int4 0.964, fp16 0.99999. AVX2-only CPUs run u8s8 kernels
+# that can saturate, so the floors leave room for them.
+TINY_MIN_COSINE = {"int8-dynamic": 0.999, "int8-static": 0.98, "int4": 0.90, "fp16": 0.9999}
 EXPECTED_OPS = {"int8-dynamic": "MatMulInteger", "int8-static": "QuantizeLinear", "int4": "MatMulNBits"}
 
 
