@@ -57,23 +57,15 @@ def short(value: Any) -> str:
     return text if len(text) <= _SHORT else text[: _SHORT - 3] + "..."
 
 
+_KINDS = ((bool, "a boolean"), (int, "an integer"), (float, "a number"), (str, "a string"), (list, "a list"),
+          (dict, "an object"))  # bool first: it is an int too
+
+
 def kind(value: Any) -> str:
     """The JSON name of a value's type."""
     if value is None:
         return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
+    return next((name for type_, name in _KINDS if isinstance(value, type_)), type(value).__name__)
 
 
 def bad_value(problems: Problems, where: str, value: Any, expected: str) -> None:

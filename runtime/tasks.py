@@ -30,22 +30,14 @@ def tasks_of(family: str) -> list[str]:
 
 # -- argument types: argparse checks each value before any work runs (a bad one exits 2) ---------
 def positive_int(text: str) -> int:
-    return _int_at_least(text, 1)
-
-
-def nonnegative_int(text: str) -> int:
-    return _int_at_least(text, 0)
-
-
-def _int_at_least(text: str, low: int) -> int:
     import argparse
 
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= {low}, found {text!r}") from None
-    if value < low:
-        raise argparse.ArgumentTypeError(f"expected an integer >= {low}, found {value}")
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, found {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, found {value}")
     return value
 
 
