@@ -20,6 +20,7 @@ from edgevfm.runtime.image import MAX_RESIZED_PIXELS, load_image, preprocess
 
 from helpers import fuzz_settings
 
+FAMILIES = ["clip", "sam"]
 
 @pytest.fixture(scope="module")
 def clip(clip_bundle):
@@ -31,7 +32,7 @@ def sam(sam_bundle):
     return load(sam_bundle, threads=1)
 
 
-@pytest.fixture(params=["clip", "sam"])
+@pytest.fixture(params=FAMILIES)
 def pipeline(request, clip, sam):
     return {"clip": clip, "sam": sam}[request.param]
 
@@ -201,7 +202,7 @@ ARRAYS = st.tuples(
 )
 
 
-@pytest.mark.parametrize("family", ["clip", "sam"])
+@pytest.mark.parametrize("family", FAMILIES)
 @fuzz_settings(examples=80)
 @given(array=ARRAYS, size=st.tuples(st.integers(1, 3000), st.integers(1, 40)))
 def test_fuzzed_image_preprocesses_or_is_an_input_error(family, array, size, clip, sam):
