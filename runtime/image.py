@@ -14,7 +14,6 @@ model would take more than :data:`MAX_RESIZED_PIXELS`.
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 from typing import Any, Sequence, Union
 
@@ -111,16 +110,14 @@ def load_image(image: ImageLike) -> Image.Image:
 def _open(path: Path) -> Image.Image:
     if not path.is_file():
         raise InputError(f"image {str(path)!r} does not exist: pass the path of an image file")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as opened:
-                _check_size(opened.width, opened.height, repr(str(path)))
-                opened.load()
-                return ImageOps.exif_transpose(opened)
+    try:  # Pillow warns of a bomb (and refuses one of twice the limit) at open, before decoding
+        with Image.open(path) as opened:
+            _check_size(opened.width, opened.height, repr(str(path)))
+            opened.load()
+            return ImageOps.exif_transpose(opened)
     except InputError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise InputError(f"{str(path)!r} is a decompression bomb ({exc})") from None
     except Exception as exc:  # a corrupt file: Pillow's decoders raise many types
         raise InputError(f"{str(path)!r} is not an image Pillow can read ({type(exc).__name__}: {exc}): "
