@@ -1,0 +1,359 @@
+"""The generation engine: one decoding loop for every language-model part, family-free.
+
+It drives a *decoder*: a bundle part that maps input embeddings (batch, sequence, hidden) float32,
+an attention mask (batch, total) int64 and position ids (batch, sequence) int64, plus a KV cache,
+to logits (batch, sequence, vocab) and the grown cache. Families only prepare the prompt's
+embeddings (image features merged in, a Q-Former prefix, ...) and read the text out.
+
+- :class:`KVDecoder` runs a plainly exported graph (``past_key.i`` / ``past_value.i`` in,
+  ``present_key.i`` / ``present_value.i`` out, present = past + new) through ONNX Runtime's IO
+  binding: the cache stays in ONNX Runtime's own buffers from step to step, never copied into
+  numpy. (The graph itself still concatenates past and new each step; a shared past/present
+  buffer graph would not, see the README's notes.)
+- Logits processing is a list of small steps (repetition penalty, temperature, top-k, top-p,
+  min-p), in the order transformers applies them; greedy and seeded sampling share them.
+- A batch of prompts is left-padded; each row stops on its own stop token or stop string.
+- :func:`stream_text` turns token ids into text pieces, holding back the bytes of a character
+  split across tokens and anything that may be the start of a stop string.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from .errors import InputError, UsageError
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """How to pick each next token. ``do_sample=False`` is greedy; with ``do_sample`` the
+    processors below shape the distribution and ``seed`` makes the draw reproducible."""
+
+    max_new_tokens: int = 128
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop_token_ids: tuple[int, ...] = ()
+    stop_strings: tuple[str, ...] = ()
+
+    def checked(self) -> "GenerationConfig":
+        """This config, or a ``UsageError`` naming every setting out of range."""
+        problems = []
+
+        def need(ok: bool, what: str) -> None:
+            if not ok:
+                problems.append(what)
+
+        number = (int, float)
+        need(_is_int(self.max_new_tokens) and self.max_new_tokens >= 1, f"max_new_tokens must be an integer >= 1, "
+             f"found {self.max_new_tokens!r}")
+        need(isinstance(self.temperature, number) and math.isfinite(self.temperature) and self.temperature > 0,
+             f"temperature must be a finite number above 0, found {self.temperature!r}")
+        need(_is_int(self.top_k) and self.top_k >= 0, f"top_k must be an integer >= 0, found {self.top_k!r}")
+        need(isinstance(self.top_p, number) and 0 < self.top_p <= 1, f"top_p must be in (0, 1], found {self.top_p!r}")
+        need(isinstance(self.min_p, number) and 0 <= self.min_p < 1, f"min_p must be in [0, 1), found {self.min_p!r}")
+        need(isinstance(self.repetition_penalty, number) and math.isfinite(self.repetition_penalty)
+             and self.repetition_penalty > 0, f"repetition_penalty must be a finite number above 0, "
+             f"found {self.repetition_penalty!r}")
+        need(self.seed is None or _is_int(self.seed), f"seed must be an integer, found {self.seed!r}")
+        need(all(_is_int(t) and t >= 0 for t in self.stop_token_ids), f"stop_token_ids must be token ids, found "
+             f"{list(self.stop_token_ids)!r}")
+        need(all(isinstance(s, str) and s for s in self.stop_strings), f"stop_strings must be non-empty strings, "
+             f"found {list(self.stop_strings)!r}")
+        if problems:
+            raise UsageError("generation settings out of range: " + "; ".join(problems))
+        return self
+
+    def with_options(self, **options) -> "GenerationConfig":
+        """A copy with ``options`` set; an unknown name is a ``UsageError`` listing the valid ones."""
+        unknown = sorted(set(options) - set(self.__dataclass_fields__))
+        if unknown:
+            raise UsageError(f"unknown generation settings {unknown}: expected some of "
+                             f"{', '.join(self.__dataclass_fields__)}")
+        for key in ("stop_token_ids", "stop_strings"):
+            if key in options and options[key] is not None and not isinstance(options[key], tuple):
+                options[key] = tuple([options[key]] if isinstance(options[key], (str, int)) else options[key])
+        return replace(self, **{k: v for k, v in options.items() if v is not None}).checked()
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+# -- logits processors: (scores (B, V) float32, seen ids per row) -> scores ----------------------
+Processor = Callable[[np.ndarray, list], np.ndarray]
+
+
+def repetition_penalty(penalty: float) -> Processor:
+    """transformers' rule: a seen token's score is divided by ``penalty`` if positive, else multiplied."""
+    def apply(scores, seen):
+        for row, ids in enumerate(seen):
+            if ids:
+                unique = np.unique(np.asarray(ids))
+                picked = scores[row, unique]
+                scores[row, unique] = np.where(picked > 0, picked / penalty, picked * penalty)
+        return scores
+
+    return apply
+
+
+def temperature(value: float) -> Processor:
+    return lambda scores, seen: scores / np.float32(value)
+
+
+def top_k(k: int) -> Processor:
+    def apply(scores, seen):
+        if k >= scores.shape[-1]:
+            return scores
+        kth = np.partition(scores, -k, axis=-1)[:, -k][:, None]
+        return np.where(scores < kth, -np.inf, scores).astype(np.float32)
+
+    return apply
+
+
+def top_p(p: float) -> Processor:
+    """Keep the smallest set of most probable tokens whose probability reaches ``p`` (at least one)."""
+    def apply(scores, seen):
+        order = np.argsort(scores, axis=-1, kind="stable")  # ascending, as transformers
+        probs = softmax(np.take_along_axis(scores, order, axis=-1))
+        remove_sorted = np.cumsum(probs, axis=-1) <= (1 - p)
+        remove_sorted[:, -1] = False
+        remove = np.zeros_like(remove_sorted)
+        np.put_along_axis(remove, order, remove_sorted, axis=-1)
+        return np.where(remove, -np.inf, scores).astype(np.float32)
+
+    return apply
+
+
+def min_p(p: float) -> Processor:
+    """Drop tokens less probable than ``p`` times the most probable one."""
+    def apply(scores, seen):
+        probs = softmax(scores)
+        return np.where(probs < p * probs.max(axis=-1, keepdims=True), -np.inf, scores).astype(np.float32)
+
+    return apply
+
+
+def processors(config: GenerationConfig) -> list[Processor]:
+    """The steps for ``config``, in transformers' order (penalty first, then the warpers)."""
+    steps = []
+    if config.repetition_penalty != 1.0:
+        steps.append(repetition_penalty(config.repetition_penalty))
+    if config.do_sample:
+        if config.temperature != 1.0:
+            steps.append(temperature(config.temperature))
+        if config.top_k:
+            steps.append(top_k(config.top_k))
+        if config.top_p < 1.0:
+            steps.append(top_p(config.top_p))
+        if config.min_p > 0.0:
+            steps.append(min_p(config.min_p))
+    return steps
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    shifted = np.exp(x - x.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+# -- the decoder ----------------------------------------------------------------------------------
+class KVDecoder:
+    """A plainly exported decoder part on ONNX Runtime, its cache kept in ORT's buffers."""
+
+    def __init__(self, backend, num_layers: int, kv_heads: int, head_dim: int):
+        self.backend, self.num_layers = backend, num_layers
+        self.kv_heads, self.head_dim = kv_heads, head_dim
+        self.past_names = [f"past_{kv}.{i}" for i in range(num_layers) for kv in ("key", "value")]
+        self.present_names = [f"present_{kv}.{i}" for i in range(num_layers) for kv in ("key", "value")]
+
+    def empty_cache(self, batch: int):
+        import onnxruntime as ort
+
+        empty = np.zeros((batch, self.kv_heads, 0, self.head_dim), np.float32)
+        return [ort.OrtValue.ortvalue_from_numpy(empty) for _ in self.past_names]
+
+    def step(self, embeds: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray, cache):
+        """(logits of the last position (B, V) float32, all positions' logits (B, S, V), new cache)."""
+        session = self.backend.session
+        binding = session.io_binding()
+        binding.bind_cpu_input("inputs_embeds", np.ascontiguousarray(embeds, dtype=np.float32))
+        binding.bind_cpu_input("attention_mask", np.ascontiguousarray(attention_mask, dtype=np.int64))
+        binding.bind_cpu_input("position_ids", np.ascontiguousarray(position_ids, dtype=np.int64))
+        for name, value in zip(self.past_names, cache):
+            binding.bind_ortvalue_input(name, value)
+        binding.bind_output("logits")  # first: outputs come back in binding order
+        for name in self.present_names:
+            binding.bind_output(name)
+        session.run_with_iobinding(binding)
+        outputs = binding.get_outputs()
+        logits = outputs[0].numpy()
+        return logits[:, -1], logits, list(outputs[1:])
+
+
+@dataclass
+class Generation:
+    """What :func:`generate` made: ``tokens`` per row (stop token excluded), and timings in
+    seconds: ``prefill``, ``decode`` (all later steps), ``backend`` (inside the decoder),
+    ``steps`` (decoder calls after the prefill)."""
+
+    tokens: list[list[int]]
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def loop_overhead_per_token(self) -> float:
+        """Seconds per decode step spent outside the decoder: the loop's own cost."""
+        steps = max(1, self.stats.get("steps", 0))
+        return max(0.0, self.stats["decode"] - self.stats["decode_backend"]) / steps
+
+
+def left_pad(prompts: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Prompt embeddings (S_i, H) -> (embeds (B, S, H), attention mask (B, S), position ids (B, S)),
+    padded on the left as transformers' generate expects."""
+    longest = max(len(p) for p in prompts)
+    hidden = prompts[0].shape[-1]
+    embeds = np.zeros((len(prompts), longest, hidden), np.float32)
+    mask = np.zeros((len(prompts), longest), np.int64)
+    for row, prompt in enumerate(prompts):
+        embeds[row, longest - len(prompt):] = prompt
+        mask[row, longest - len(prompt):] = 1
+    positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
+    return embeds, mask, positions
+
+
+def generate_tokens(decoder: KVDecoder, embed: Callable[[np.ndarray], np.ndarray], prompts: Sequence[np.ndarray],
+                    prompt_ids: Sequence[Sequence[int]], config: GenerationConfig,
+                    stop_check: Callable[[int, list[int]], bool] | None = None) -> Iterator[list[int | None]]:
+    """Decode step by step; yields, per step, the new token of each row (None for a finished row).
+    ``embed(ids (B, 1)) -> (B, 1, H)`` embeds the tokens picked; ``prompt_ids`` feed the repetition
+    penalty; ``stop_check(row, tokens)`` may end a row early (stop strings). Timings go to
+    ``generate_tokens.stats`` of the returned generator's last run (see :func:`generate`)."""
+    config = config.checked()
+    rng = np.random.default_rng(config.seed)
+    steps = processors(config)
+    embeds, mask, positions = left_pad(prompts)
+    batch = len(prompts)
+    cache = decoder.empty_cache(batch)
+    seen = [list(ids) for ids in prompt_ids]
+    done = [False] * batch
+    made: list[list[int]] = [[] for _ in range(batch)]
+    stop_ids = set(config.stop_token_ids)
+    for step in range(config.max_new_tokens):
+        scores, _, cache = decoder.step(embeds, mask, positions, cache)
+        scores = scores.astype(np.float32, copy=True)
+        for process in steps:
+            scores = process(scores, seen)
+        if config.do_sample:
+            probs = softmax(scores.astype(np.float64))
+            picked = [int(rng.choice(len(p), p=p / p.sum())) for p in probs]
+        else:
+            picked = [int(i) for i in np.argmax(scores, axis=-1)]
+        out: list[int | None] = []
+        for row, token in enumerate(picked):
+            if done[row]:
+                out.append(None)
+                continue
+            if token in stop_ids:
+                done[row] = True
+                out.append(None)
+                continue
+            made[row].append(token)
+            seen[row].append(token)
+            out.append(token)
+            if stop_check is not None and stop_check(row, made[row]):
+                done[row] = True
+        yield out
+        if all(done):
+            return
+        ids = np.asarray(picked, np.int64)[:, None]
+        embeds = embed(ids)
+        positions = positions[:, -1:] + 1
+        mask = np.concatenate([mask, np.ones((batch, 1), np.int64)], axis=1)
+
+
+def generate(decoder: KVDecoder, embed: Callable[[np.ndarray], np.ndarray], prompts: Sequence[np.ndarray],
+             prompt_ids: Sequence[Sequence[int]], config: GenerationConfig,
+             stop_check: Callable[[int, list[int]], bool] | None = None) -> Generation:
+    """Run :func:`generate_tokens` to the end, timing the prefill, the decode steps and the share
+    of both spent inside the decoder."""
+    timed = _TimedDecoder(decoder)
+    tokens: list[list[int]] = [[] for _ in prompts]
+    start = time.perf_counter()
+    prefill = None
+    for step, picked in enumerate(generate_tokens(timed, embed, prompts, prompt_ids, config, stop_check)):
+        if step == 0:
+            prefill = time.perf_counter() - start
+            prefill_backend = timed.seconds
+        for row, token in enumerate(picked):
+            if token is not None:
+                tokens[row].append(token)
+    total = time.perf_counter() - start
+    prefill = total if prefill is None else prefill
+    return Generation(tokens, {"prefill": prefill, "decode": total - prefill, "steps": max(0, timed.calls - 1),
+                               "decode_backend": timed.seconds - prefill_backend, "backend": timed.seconds})
+
+
+class _TimedDecoder:
+    def __init__(self, decoder):
+        self.decoder, self.seconds, self.calls = decoder, 0.0, 0
+
+    def empty_cache(self, batch):
+        return self.decoder.empty_cache(batch)
+
+    def step(self, *args):
+        start = time.perf_counter()
+        try:
+            return self.decoder.step(*args)
+        finally:
+            self.seconds += time.perf_counter() - start
+            self.calls += 1
+
+
+# -- text -----------------------------------------------------------------------------------------
+def stream_text(tokens: Iterator[int], decode: Callable[[list[int]], str],
+                stop_strings: Sequence[str] = ()) -> Iterator[str]:
+    """Text pieces for a stream of token ids. A piece is given out only once it is final: not the
+    half of a character whose bytes span tokens (decoded as U+FFFD until complete), not a tail that
+    may grow into a stop string; the text ends before the first stop string."""
+    ids: list[int] = []
+    sent = 0
+    hold = max((len(s) for s in stop_strings), default=1) - 1
+    text = ""
+    for token in tokens:
+        ids.append(token)
+        text = decode(ids)
+        cut = first_stop(text, stop_strings)
+        if cut is not None:
+            if cut > sent:
+                yield text[sent:cut]
+            return
+        ready = len(text) - hold
+        while ready > sent and text[ready - 1] == "\ufffd":  # an unfinished character
+            ready -= 1
+        if ready > sent:
+            yield text[sent:ready]
+            sent = ready
+    if len(text) > sent:
+        yield text[sent:]
+
+
+def first_stop(text: str, stop_strings: Sequence[str]) -> int | None:
+    """Where the first stop string starts in ``text``, or None."""
+    found = [i for i in (text.find(s) for s in stop_strings) if i >= 0]
+    return min(found) if found else None
+
+
+def check_prompt_fits(length: int, max_new_tokens: int, context: int) -> None:
+    if length + max_new_tokens > context:
+        over = length + max_new_tokens - context
+        raise InputError(f"the prompt has {length} tokens and asks for up to {max_new_tokens} new ones: "
+                         f"{over} over the model's context of {context}; shorten the conversation "
+                         "(start a new chat) or lower max_new_tokens")
