@@ -29,10 +29,10 @@ def run_demo(out: str | Path = "demo-out", models=DEFAULT_MODELS, report_dir: st
         print(f"[1/4] export -> {folder / 'fp32'}")
         bundles = [export(model, folder / "fp32", force=True)]
         family = open_bundle(bundles[0], verify_hashes=False).family
-        for recipe in recipes_for(family):
+        family_bench = BENCH.get(family)
+        for recipe in getattr(family_bench, "demo_recipes", None) or recipes_for(family):
             print(f"[2/4] quantize --recipe {recipe} -> {folder / recipe}")
             bundles.append(quantize(bundles[0], recipe, folder / recipe, force=True))
-        family_bench = BENCH.get(family)
         print("[3/4] run")
         family_bench.demo(bundles, reports, threads)
         n = runs or family_bench.demo_runs

@@ -11,6 +11,19 @@ from __future__ import annotations
 from collections import Counter
 from typing import Iterable
 
+# A small English corpus to train the presets' BPE merges offline (real merges are not shipped
+# with transformers); each family's tokenizer pipeline around them is the model's own.
+ENGLISH = """a photo of a cat. a photo of a dog. a picture of an astronaut in a space suit.
+a cup of coffee on a table. a rocket on the launch pad. a horse in a field. a camera man.
+the moon at night. a pile of coins. a page of printed text. a brick wall. green grass.
+a close up photo of the retina. a microscope image of tissue. the hubble deep field.
+an orange tabby cat looking at the camera. a black and white photograph of a man.
+a colourful wheel of colours. a logo on a white background. gravel on the ground.
+a bird flying over the sea. a car parked on the street. a person riding a bicycle.
+a plate of food with vegetables. a city skyline at sunset. a boat on the river.
+there is a small house with a red roof near the mountains and the trees.
+""".split("\n")
+
 
 def train_merges(words: Iterable[tuple[str, ...]], max_merges: int) -> list[tuple[str, str]]:
     """Merges learnt from ``words`` (each a tuple of initial symbols, repeated as often as it

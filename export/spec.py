@@ -34,9 +34,10 @@ class PartSpec:
     """One graph of a family's split.
 
     ``wrapper`` turns the loaded model into the module that is traced (tracing hacks live there);
-    ``example(batch, variant)`` builds inputs: variant 0 is the trace example, variant 1 the
-    validation inputs, whose dynamic sizes differ from the trace's. Outputs must match PyTorch
-    within ``atol + rtol * |reference|``.
+    ``example(batch, variant)`` builds inputs: variant 0 is the trace example, the
+    ``check_variants`` the validation inputs, whose dynamic sizes differ from the trace's (a
+    decoder checks past length 0 and > 0). Outputs must match PyTorch within
+    ``atol + rtol * |reference|``.
     """
 
     name: str
@@ -48,6 +49,7 @@ class PartSpec:
     rtol: float = 1e-3
     trace_batch: int = 2
     check_batch: int = 3
+    check_variants: tuple[int, ...] = (1,)
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
         return {t.name: {i: d for i, d in enumerate(t.shape) if isinstance(d, str)}

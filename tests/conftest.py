@@ -73,3 +73,27 @@ def sam_bundle(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def sam_recipe_bundles(sam_bundle, tmp_path_factory) -> dict[str, Path]:
     return _quantized(sam_bundle, ("sam-int8", "fp16"), tmp_path_factory, "sam-quantized", samples=4)
+
+
+TINY_LLAVA = "random:llava-tiny"
+TINY_LLAVA_QWEN2 = "random:llava-tiny-qwen2"
+
+
+@pytest.fixture(scope="session")
+def llava_checkpoint():
+    return _checkpoint(TINY_LLAVA)
+
+
+@pytest.fixture(scope="session")
+def llava_bundle(tmp_path_factory) -> Path:
+    return _bundle(TINY_LLAVA, tmp_path_factory, "llava")
+
+
+@pytest.fixture(scope="session")
+def llava_qwen2_checkpoint():
+    return _checkpoint(TINY_LLAVA_QWEN2)
+
+
+@pytest.fixture(scope="session")
+def llava_qwen2_bundle(tmp_path_factory) -> Path:
+    return _bundle(TINY_LLAVA_QWEN2, tmp_path_factory, "llava-qwen2")

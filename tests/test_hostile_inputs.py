@@ -20,7 +20,7 @@ from edgevfm.runtime.image import MAX_RESIZED_PIXELS, load_image, preprocess
 
 from helpers import fuzz_settings
 
-FAMILIES = ["clip", "sam"]
+FAMILIES = ["clip", "llava", "sam"]
 
 @pytest.fixture(scope="module")
 def clip(clip_bundle):
@@ -32,9 +32,28 @@ def sam(sam_bundle):
     return load(sam_bundle, threads=1)
 
 
+@pytest.fixture(scope="module")
+def llava(llava_bundle):
+    return load(llava_bundle, threads=1)
+
+
+@pytest.fixture
+def pipelines(clip, llava, sam):
+    return {"clip": clip, "llava": llava, "sam": sam}
+
+
+def _take(pipeline, image):
+    """Give ``image`` to a pipeline the way its users do."""
+    if pipeline.family == "clip":
+        return pipeline.embed_images(image)
+    if pipeline.family == "llava":
+        return pipeline.image_features([image])
+    return pipeline.set_image(image)
+
+
 @pytest.fixture(params=FAMILIES)
-def pipeline(request, clip, sam):
-    return {"clip": clip, "sam": sam}[request.param]
+def pipeline(request, pipelines):
+    return pipelines[request.param]
 
 
 def _rotated_photo(tmp_path, photo) -> tuple:
@@ -70,7 +89,7 @@ def test_exif_photo_embeds_upright(clip, tmp_path, photos):
                          ids=["pil-0x0", "pil-5x0", "array-0x0", "array-4x0"])
 def test_empty_image(pipeline, image):
     with pytest.raises(InputError, match="empty"):
-        pipeline.embed_images(image) if pipeline.family == "clip" else pipeline.set_image(image)
+        _take(pipeline, image)
 
 
 @pytest.mark.parametrize("side", [10_000, 13_000], ids=["over-the-limit", "over-twice-the-limit"])
@@ -85,7 +104,7 @@ def test_decompression_bomb(tmp_path, side):
 def test_extreme_aspect_ratio_is_refused_before_resizing(pipeline):
     thin = np.zeros((1, 50_000, 3), np.uint8)
     with pytest.raises(InputError, match=f"at most {MAX_RESIZED_PIXELS} pixels.*aspect ratio is too extreme"):
-        pipeline.embed_images(thin) if pipeline.family == "clip" else pipeline.set_image(thin)
+        _take(pipeline, thin)
 
 
 def test_retrieve_skips_bad_files_and_says_so(clip_bundle, photos, tmp_path, capsys):
@@ -205,11 +224,11 @@ ARRAYS = st.tuples(
 @pytest.mark.parametrize("family", FAMILIES)
 @fuzz_settings(examples=80)
 @given(array=ARRAYS, size=st.tuples(st.integers(1, 3000), st.integers(1, 40)))
-def test_fuzzed_image_preprocesses_or_is_an_input_error(family, array, size, clip, sam):
+def test_fuzzed_image_preprocesses_or_is_an_input_error(family, array, size, pipelines):
     """Arrays of any dtype and shape, and images of any aspect ratio, through each family's own
     preprocessing: the model's input shape, finite, or an InputError."""
-    spec = {"clip": clip, "sam": sam}[family].manifest["preprocessing"]
-    expected = {"clip": (1, 3, 224, 224), "sam": (1, 3, 128, 128)}[family]
+    spec = pipelines[family].manifest["preprocessing"]
+    expected = {"clip": (1, 3, 224, 224), "llava": (1, 3, 56, 56), "sam": (1, 3, 128, 128)}[family]
     dtype, shape = array
     candidates = [np.zeros(shape, dtype), np.full((size[1], size[0], 3), 200, np.uint8),
                   np.full((size[0], size[1]), 7, np.uint8)]
@@ -256,3 +275,16 @@ def test_fuzzed_point_argument_parses_to_finite_numbers_or_a_usage_error(text):
     except argparse.ArgumentTypeError:
         return
     assert len(values) == 2 and np.isfinite(values).all()
+
+
+@fuzz_settings(examples=40)
+@given(question=st.text(max_size=40), options=st.fixed_dictionaries({}, optional={
+    "max_new_tokens": st.integers(-2, 6), "temperature": st.floats(allow_nan=True), "top_p": st.floats(-1, 2),
+    "top_k": st.integers(-3, 100), "seed": st.integers(0, 2**31) | st.text(max_size=2),
+    "stop_strings": st.lists(st.text(max_size=3), max_size=2), "do_sample": st.booleans()}))
+def test_fuzzed_llava_question_and_settings_are_an_answer_or_a_typed_error(question, options, llava, photos):
+    try:
+        answer = llava.answer(photos[1], question, **options)
+    except InputError:  # UsageError is one too
+        return
+    assert isinstance(answer, str)

@@ -17,13 +17,18 @@ from edgevfm.runtime.schema import MAX_PROBLEMS
 
 from helpers import copy_bundle, edit_manifest, fuzz_settings
 
-FAMILIES = ["clip", "sam"]
+FAMILIES = ["clip", "llava", "sam"]
+
+
+@pytest.fixture
+def bundles(clip_bundle, llava_bundle, sam_bundle):
+    return {"clip": clip_bundle, "llava": llava_bundle, "sam": sam_bundle}
 
 
 @pytest.fixture(params=FAMILIES)
-def family_bundle(request, clip_bundle, sam_bundle, tmp_path):
+def family_bundle(request, bundles, tmp_path):
     """A private copy of each family's FP32 bundle, free to damage."""
-    return request.param, copy_bundle({"clip": clip_bundle, "sam": sam_bundle}[request.param], tmp_path / "b")
+    return request.param, copy_bundle(bundles[request.param], tmp_path / "b")
 
 
 def _first_part(bundle) -> str:
@@ -42,6 +47,8 @@ def _use(pipeline, photos) -> None:
     """The first call a user makes: it must work whenever load did."""
     if pipeline.family == "clip":
         assert len(pipeline.classify(photos[1], ["a cat", "a dog"])) == 2
+    elif pipeline.family == "llava":
+        assert isinstance(pipeline.answer(photos[1], "What is this?", max_new_tokens=3), str)
     else:
         pipeline.set_image(photos[1])
         assert pipeline.predict(points=[[200, 150]], labels=[1]).masks.shape == (3, 300, 451)
@@ -214,9 +221,8 @@ def _mutate(manifest: dict, path: tuple, action: str, value) -> None:
 @pytest.mark.parametrize("family", FAMILIES)
 @fuzz_settings(examples=60)
 @given(data=st.data())
-def test_fuzzed_manifest_loads_and_works_or_is_one_bundle_error(family, data, clip_bundle, sam_bundle, photos,
-                                                                tmp_path_factory):
-    bundle = copy_bundle({"clip": clip_bundle, "sam": sam_bundle}[family], tmp_path_factory.mktemp("fuzz") / "b")
+def test_fuzzed_manifest_loads_and_works_or_is_one_bundle_error(family, data, bundles, photos, tmp_path_factory):
+    bundle = copy_bundle(bundles[family], tmp_path_factory.mktemp("fuzz") / "b")
     manifest = json.loads((bundle / "manifest.json").read_text())
     for _ in range(data.draw(st.integers(1, 3), label="mutations")):
         paths = [p for p in _paths(manifest) if p]

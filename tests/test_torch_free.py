@@ -61,3 +61,17 @@ def test_full_sam_run_without_torch(sam_bundle):
     """)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "(3, 300, 451) True"
+
+
+def test_llava_chat_without_torch(llava_bundle):
+    result = _run_without_torch(f"""
+        import skimage.data
+        from edgevfm.runtime import load
+        p = load({str(llava_bundle)!r}, threads=1)
+        chat = p.chat(skimage.data.chelsea(), max_new_tokens=5)
+        streamed = ''.join(chat.send('What is unusual about this image?', stream=True))
+        print(len(chat.history), streamed == p.answer(skimage.data.chelsea(), 'What is unusual about this image?',
+                                                      max_new_tokens=5))
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["2", "True"]

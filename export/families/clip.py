@@ -14,19 +14,6 @@ from ..spec import FAMILIES, RESAMPLE_NAMES, FamilySpec, PartSpec, Preset, Tenso
 _MEAN = [0.48145466, 0.4578275, 0.40821073]
 _STD = [0.26862954, 0.26130258, 0.27577711]
 
-# A small English corpus to train the presets' BPE merges offline (CLIP's real merges are not
-# shipped with transformers). The pipeline around them - normaliser, pre-tokeniser, byte-level
-# alphabet, </w> suffix, specials - is CLIP's own, built by transformers' CLIPTokenizer.
-_CORPUS = """a photo of a cat. a photo of a dog. a picture of an astronaut in a space suit.
-a cup of coffee on a table. a rocket on the launch pad. a horse in a field. a camera man.
-the moon at night. a pile of coins. a page of printed text. a brick wall. green grass.
-a close up photo of the retina. a microscope image of tissue. the hubble deep field.
-an orange tabby cat looking at the camera. a black and white photograph of a man.
-a colourful wheel of colours. a logo on a white background. gravel on the ground.
-a bird flying over the sea. a car parked on the street. a person riding a bicycle.
-a plate of food with vegetables. a city skyline at sunset. a boat on the river.
-there is a small house with a red roof near the mountains and the trees.
-""".split("\n")
 _MERGES = 400  # about 1,000 tokens in all: every word of the corpus becomes one token
 
 
@@ -36,11 +23,11 @@ def _clip_tokenizer():
     from tokenizers import pre_tokenizers
     from transformers import CLIPTokenizer
 
-    from ..bpe import train_merges
+    from ..bpe import ENGLISH, train_merges
 
     pipeline = CLIPTokenizer()._tokenizer
     words = []
-    for line in _CORPUS:
+    for line in ENGLISH:
         for word, _ in pipeline.pre_tokenizer.pre_tokenize_str(pipeline.normalizer.normalize_str(line)):
             words.append(tuple(word[:-1]) + (word[-1] + "</w>",))
     merges = train_merges(words, max_merges=_MERGES)

@@ -1,0 +1,304 @@
+"""LLaVA: three parts, driven by the runtime's generation engine.
+
+- ``vision``: pixels -> projected image features (batch, image tokens, text hidden), honouring
+  ``vision_feature_layer`` (one layer or a list, concatenated) and
+  ``vision_feature_select_strategy`` ("default" drops the CLS token, "full" keeps it).
+- ``embed``: token ids -> input embeddings (one Gather: an ONNX part, so recipes can quantize it).
+- ``llm``: input embeddings + attention mask + position ids + past keys/values of every layer ->
+  logits + present keys/values (present = past + new), dynamic batch, sequence and past length;
+  Llama and Qwen2 text models with grouped-query attention.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..spec import FAMILIES, RESAMPLE_NAMES, FamilySpec, PartSpec, Preset, TensorSpec
+from .clip import _size
+
+IMAGE_TOKEN = "<image>"
+# LLaVA-1.5's conversation format ("USER: <image>\n... ASSISTANT:"), as llava-hf's processors
+# render it; messages are {"role", "content": [{"type": "image"} | {"type": "text", "text"}]}.
+LLAVA_15_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'][0]['text'] + ' ' }}"
+    "{% else %}{{ message['role'].upper() + ': ' }}"
+    "{% for part in message['content'] if part['type'] == 'image' %}{{ '<image>\n' }}{% endfor %}"
+    "{% for part in message['content'] if part['type'] == 'text' %}{{ part['text'] }}{% endfor %}"
+    "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}{{ ' ' }}"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+# ChatML, as Qwen2 and SmolLM2 chat, with LLaVA's image placeholder before the text.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% for part in message['content'] if part['type'] == 'image' %}{{ '<image>\n' }}{% endfor %}"
+    "{% for part in message['content'] if part['type'] == 'text' %}{{ part['text'] }}{% endfor %}"
+    "{{ '<|im_end|>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+CHAT_CORPUS = """user: what is unusual about this image? assistant: the man is ironing clothes on the back of a taxi.
+describe the picture in one sentence. what colour is the cat? how many people are there in the photo?
+the image shows a dog sitting on the grass next to a red ball. yes, it is. no, it is not. it is a photo.
+""".split("\n")
+
+
+class VisionFeatures(nn.Module):
+    """pixel_values (batch, 3, S, S) float32 -> image_features (batch, tokens, text hidden)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.tower, self.projector = model.model.vision_tower, model.model.multi_modal_projector
+        self.layer = model.config.vision_feature_layer
+        self.drop_cls = model.config.vision_feature_select_strategy == "default"
+
+    def forward(self, pixel_values):
+        hidden = self.tower(pixel_values, output_hidden_states=True).hidden_states
+        layers = [self.layer] if isinstance(self.layer, int) else list(self.layer)
+        picked = [hidden[i][:, 1:] if self.drop_cls else hidden[i] for i in layers]
+        return self.projector(torch.cat(picked, dim=-1))
+
+
+class TokenEmbeddings(nn.Module):
+    """input_ids (batch, sequence) int64 -> inputs_embeds (batch, sequence, hidden) float32."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.embed = model.get_input_embeddings()
+
+    def forward(self, input_ids):
+        return self.embed(input_ids)
+
+
+class LanguageModelStep(nn.Module):
+    """One decoder call with a KV cache: inputs_embeds (batch, sequence, hidden), attention_mask
+    (batch, past + sequence) int64 with 0 at left padding, position_ids (batch, sequence) int64,
+    then past_key.i, past_value.i (batch, kv heads, past, head dim) for every layer ->
+    logits (batch, sequence, vocab), present_key.i, present_value.i (batch, kv heads, past +
+    sequence, head dim)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.lm, self.head = model.model.language_model, model.lm_head
+        self.layers = model.config.text_config.num_hidden_layers
+
+    def forward(self, inputs_embeds, attention_mask, position_ids, *past):
+        from transformers.cache_utils import DynamicCache
+
+        cache = DynamicCache(ddp_cache_data=[(past[2 * i], past[2 * i + 1]) for i in range(self.layers)])
+        out = self.lm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+                      cache=cache, use_cache=True)
+        presents = []
+        for layer in out.cache.layers:
+            presents += [layer.keys, layer.values]
+        return (self.head(out.last_hidden_state), *presents)
+
+
+def _vision(size: int, patch: int, **sizes) -> dict:
+    return dict(sizes, image_size=size, patch_size=patch, model_type="clip_vision_model")
+
+
+_TINY_VISION = _vision(56, 14, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+_TINY_TEXT = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=512)
+
+
+@FAMILIES.register("llava")
+class LlavaSpec(FamilySpec):
+    name = "llava"
+    model_types = ("llava",)
+    required_files = (("tokenizer.json", "tokenizer.model", "vocab.json"), ("preprocessor_config.json",))
+    presets = {
+        "llava-tiny": Preset("llava-tiny", "tiny LLaVA (CLIP tower, Llama text with GQA) for tests",
+                             {"vision": _TINY_VISION, "text": dict(_TINY_TEXT, model_type="llama"), "chat": "llava"}),
+        "llava-tiny-qwen2": Preset("llava-tiny-qwen2", "tiny LLaVA with a Qwen2 text model, as llava-interleave-qwen",
+                                   {"vision": _TINY_VISION, "text": dict(_TINY_TEXT, model_type="qwen2"),
+                                    "chat": "chatml"}),
+        "llava-1b": Preset("llava-1b", "TinyLLaVA sizes: CLIP ViT-L/14-336 tower, TinyLlama-1.1B-sized Llama",
+                           {"vision": _vision(336, 14, hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                                              num_attention_heads=16),
+                            "text": dict(model_type="llama", hidden_size=2048, intermediate_size=5632,
+                                         num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4,
+                                         max_position_embeddings=2048, vocab_size=32064),
+                            "chat": "llava"}),
+    }
+
+    # -- loading ------------------------------------------------------------------------------
+    def load_pretrained(self, source, revision):
+        from transformers import AutoTokenizer, CLIPImageProcessorPil, LlavaForConditionalGeneration
+
+        from .clip import check_tokenizer
+
+        model = LlavaForConditionalGeneration.from_pretrained(source, revision=revision, attn_implementation="eager")
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
+        check_tokenizer(tokenizer, source)
+        processor = CLIPImageProcessorPil.from_pretrained(source, revision=revision)
+        template = getattr(tokenizer, "chat_template", None) or _processor_template(source, revision)
+        if not isinstance(template, str) or not template:
+            from edgevfm.runtime.errors import CheckpointError
+
+            raise CheckpointError(f"{source!r} has no chat template (tokenizer_config.json, chat_template.jinja or "
+                                  "chat_template.json): save the processor or tokenizer with its chat_template")
+        return model, {"tokenizer": tokenizer, "image_processor": processor, "chat_template": template}
+
+    def random_config(self, preset):
+        from transformers import AutoConfig, LlavaConfig
+
+        tokenizer = _tokenizer(preset.config["chat"])
+        text = dict(preset.config["text"])
+        text.setdefault("vocab_size", len(tokenizer))
+        text.update(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                    pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+        model_type = text.pop("model_type")
+        vision = dict(preset.config["vision"])
+        vision.pop("model_type")
+        config = LlavaConfig(vision_config=AutoConfig.for_model("clip_vision_model", **vision),
+                             text_config=AutoConfig.for_model(model_type, **text),
+                             image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+                             image_seq_length=(vision["image_size"] // vision["patch_size"]) ** 2,
+                             vision_feature_layer=-2, vision_feature_select_strategy="default")
+        config._attn_implementation = "eager"
+        template = LLAVA_15_TEMPLATE if preset.config["chat"] == "llava" else CHATML_TEMPLATE
+        return config, {"tokenizer": tokenizer, "chat_template": template}
+
+    def build_random(self, preset):
+        from transformers import CLIPImageProcessorPil, LlavaForConditionalGeneration
+
+        config, assets = self.random_config(preset)
+        torch.manual_seed(preset.seed)
+        model = LlavaForConditionalGeneration(config)
+        size = config.vision_config.image_size
+        processor = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+        return model, dict(assets, image_processor=processor)
+
+    # -- parts --------------------------------------------------------------------------------
+    def parts(self, checkpoint):
+        config = checkpoint.model.config
+        text = config.text_config
+        size = config.vision_config.image_size
+        hidden, vocab, layers = text.hidden_size, text.vocab_size, text.num_hidden_layers
+        kv_heads = text.num_key_value_heads
+        head_dim = getattr(text, "head_dim", None) or hidden // text.num_attention_heads
+        tokens = image_tokens(checkpoint.model)
+
+        def pixels(batch, variant):
+            return {"pixel_values": torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(variant))}
+
+        def ids(batch, variant):
+            length = 5 if variant == 0 else 9
+            return {"input_ids": torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(variant))}
+
+        def step(batch, variant):
+            """variant 0 (trace): past 3, sequence 4; variant 1: past 0, a prompt of 6 with left
+            padding; variant 2: past 7, one new token."""
+            past, length = {0: (3, 4), 1: (0, 6), 2: (7, 1)}[variant]
+            g = torch.Generator().manual_seed(variant)
+            mask = torch.ones(batch, past + length, dtype=torch.int64)
+            if variant == 1:
+                mask[0, :2] = 0
+            positions = (mask.cumsum(1) - 1).clamp(min=0)[:, past:]
+            feeds = {"inputs_embeds": torch.randn(batch, length, hidden, generator=g), "attention_mask": mask,
+                     "position_ids": positions}
+            for i in range(layers):
+                for kv in ("key", "value"):
+                    feeds[f"past_{kv}.{i}"] = torch.randn(batch, kv_heads, past, head_dim, generator=g)
+            return feeds
+
+        kv = [TensorSpec(f"past_{kv}.{i}", "float32", ("batch", kv_heads, "past", head_dim))
+              for i in range(layers) for kv in ("key", "value")]
+        present = [TensorSpec(f"present_{kv}.{i}", "float32", ("batch", kv_heads, "total", head_dim))
+                   for i in range(layers) for kv in ("key", "value")]
+        return [
+            PartSpec("vision", VisionFeatures, [TensorSpec("pixel_values", "float32", ("batch", 3, size, size))],
+                     [TensorSpec("image_features", "float32", ("batch", tokens, hidden))], pixels, atol=1e-4),
+            PartSpec("embed", TokenEmbeddings, [TensorSpec("input_ids", "int64", ("batch", "sequence"))],
+                     [TensorSpec("inputs_embeds", "float32", ("batch", "sequence", hidden))], ids),
+            PartSpec("llm", LanguageModelStep,
+                     [TensorSpec("inputs_embeds", "float32", ("batch", "sequence", hidden)),
+                      TensorSpec("attention_mask", "int64", ("batch", "total")),
+                      TensorSpec("position_ids", "int64", ("batch", "sequence"))] + kv,
+                     [TensorSpec("logits", "float32", ("batch", "sequence", vocab))] + present, step,
+                     atol=1e-4, rtol=1e-3, check_variants=(1, 2)),
+        ]
+
+    def manifest_sections(self, checkpoint):
+        proc, tok, config = checkpoint.assets["image_processor"], checkpoint.assets["tokenizer"], checkpoint.model.config
+        text = config.text_config
+        stop = sorted({i for i in (tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")) if isinstance(i, int)
+                       and i != tok.unk_token_id})
+        return {
+            "preprocessing": {
+                "resize": _size(proc.size), "crop": _size(proc.crop_size) if proc.do_center_crop else None,
+                "interpolation": RESAMPLE_NAMES[int(proc.resample)],
+                "rescale": float(proc.rescale_factor) if proc.do_rescale else 1.0,
+                "mean": list(proc.image_mean), "std": list(proc.image_std), "convert_rgb": True,
+            },
+            "tokenizer": {"file": "tokenizer.json", "bos_token": tok.bos_token, "eos_token": tok.eos_token,
+                          "add_bos": bool(getattr(tok, "add_bos_token", False) and tok.bos_token_id is not None)},
+            "chat": {"template": checkpoint.assets["chat_template"], "image_token": IMAGE_TOKEN,
+                     "image_token_id": int(config.image_token_id),
+                     "image_seq_length": image_tokens(checkpoint.model),
+                     "stop_token_ids": stop},
+            "llm": {"num_layers": text.num_hidden_layers, "kv_heads": text.num_key_value_heads,
+                    "head_dim": getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads,
+                    "hidden_size": text.hidden_size, "vocab_size": text.vocab_size,
+                    "context_length": text.max_position_embeddings},
+        }
+
+    def write_assets(self, checkpoint, stage: Path):
+        checkpoint.assets["tokenizer"].backend_tokenizer.save(str(stage / "tokenizer.json"))
+
+
+def image_tokens(model) -> int:
+    """How many features (and so image tokens in the prompt) one image gives."""
+    config = model.config
+    size = config.vision_config.image_size
+    with torch.no_grad():
+        return int(VisionFeatures(model)(torch.zeros(1, 3, size, size)).shape[1])
+
+
+def _processor_template(source: str, revision: str | None) -> str | None:
+    """llava-hf checkpoints keep the chat template beside the processor (chat_template.json)."""
+    import json
+
+    from transformers.utils import cached_file
+
+    try:
+        path = cached_file(source, "chat_template.json", revision=revision, _raise_exceptions_for_missing_entries=False)
+    except OSError:
+        return None
+    return json.loads(Path(path).read_text())["chat_template"] if path else None
+
+
+def _tokenizer(style: str):
+    """A real tokenizer built offline with deterministic merges: Llama's (Metaspace, byte
+    fallback) for LLaVA-1.5, Qwen2's (byte-level BPE) for ChatML models; both with ``<image>``."""
+    from tokenizers import pre_tokenizers
+
+    from ..bpe import ENGLISH, train_merges
+
+    corpus = ENGLISH + CHAT_CORPUS
+    if style == "llava":
+        from transformers import LlamaTokenizer
+
+        words = [tuple("▁" + w) for line in corpus for w in line.split()]
+        merges = train_merges(words, max_merges=500)
+        tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+        tokens += sorted({c for w in words for c in w}) + [a + b for a, b in merges]
+        tokenizer = LlamaTokenizer(vocab={t: i for i, t in enumerate(dict.fromkeys(tokens))}, merges=merges)
+        tokenizer.add_tokens([IMAGE_TOKEN, "<pad>"], special_tokens=True)
+        tokenizer.pad_token = "<pad>"
+        return tokenizer
+    from transformers import Qwen2Tokenizer
+
+    splitter = Qwen2Tokenizer()._tokenizer.pre_tokenizer
+    words = [tuple(w) for line in corpus for w, _ in splitter.pre_tokenize_str(line)]
+    merges = train_merges(words, max_merges=500)
+    tokens = sorted(pre_tokenizers.ByteLevel.alphabet()) + [a + b for a, b in merges]
+    tokenizer = Qwen2Tokenizer(vocab={t: i for i, t in enumerate(dict.fromkeys(tokens))}, merges=merges)
+    tokenizer.add_tokens(["<|endoftext|>", "<|im_start|>", "<|im_end|>", IMAGE_TOKEN], special_tokens=True)
+    tokenizer.pad_token = tokenizer.eos_token = "<|im_end|>"
+    return tokenizer

@@ -1,0 +1,44 @@
+"""The LLaVA benchmark: vision, prefill and decode latency, generation throughput, and accuracy
+against the PyTorch reference (next-token agreement and KL, greedy agreement, perplexity)."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgevfm.benchmarks.api import bench
+
+
+@pytest.fixture(scope="module")
+def results(llava_bundle, tmp_path_factory):
+    from edgevfm.quantize.api import quantize
+
+    int4 = quantize(llava_bundle, "llava-int4", tmp_path_factory.mktemp("llava-int4") / "b", show_progress=False)
+    return bench([llava_bundle, int4], reference="random:llava-tiny", out_dir=tmp_path_factory.mktemp("llava-report"),
+                 runs=2, warmup=1, batch=1, threads=1, show_progress=False)
+
+
+def test_rows_and_latency_parts(results):
+    torch_row, fp32, int4 = results["rows"]
+    for row in (torch_row, fp32, int4):
+        assert list(row["latency_ms"]) == ["vision", "prefill", "decode"]
+        assert row["throughput"]["part"] == "tokens" and row["throughput"]["items_per_s"] > 0
+    assert int4["recipe"] == "llava-int4" and int4["parts"]["llm"] == "int4"
+
+
+def test_fp32_bundle_agrees_with_pytorch(results):
+    torch_row, fp32, int4 = results["rows"]
+    assert torch_row["accuracy"]["next_token_top1_agreement"] == 1.0
+    accuracy = fp32["accuracy"]
+    assert accuracy["next_token_top1_agreement"] == 1.0 and accuracy["kl_divergence_mean"] < 1e-6
+    assert accuracy["greedy_prefix_agreement"] == 1.0
+    assert abs(accuracy["perplexity"] / accuracy["fp32_perplexity"] - 1) < 1e-4
+    assert 0 <= int4["accuracy"]["kl_divergence_mean"] and "fp32_top1_margin" in int4["accuracy"]
+
+
+def test_goals_say_what_was_not_measured(results):
+    goals = {g["goal"].split(": ", 1)[1][:30]: g for g in results["goals"]}
+    assert len(results["goals"]) == 3
+    llama_cpp = next(g for g in results["goals"] if "llama.cpp" in g["goal"])
+    assert llama_cpp["met"] is False and "builds from source" in llama_cpp["measured"]
+    accuracy = next(g for g in results["goals"] if "top-1 agreement" in g["goal"])
+    assert "near-tied logits" in accuracy["measured"] and goals

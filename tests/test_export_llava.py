@@ -1,0 +1,74 @@
+"""LLaVA export: three parts whose parity with PyTorch was proven at past length 0 and > 0, at
+sequence lengths other than the trace's, with grouped-query attention; hub-shaped folders of both
+text models (Llama, Qwen2) load."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from edgevfm.export.api import export
+from edgevfm.export.checkpoint import load_checkpoint
+from edgevfm.runtime import load
+from edgevfm.runtime.errors import CheckpointError
+
+
+def test_parts_and_their_validation(llava_bundle, llava_checkpoint):
+    manifest = json.loads((llava_bundle / "manifest.json").read_text())
+    assert sorted(manifest["parts"]) == ["embed", "llm", "vision"]
+    text = llava_checkpoint.model.config.text_config
+    assert text.num_key_value_heads < text.num_attention_heads  # grouped-query attention
+    variants = manifest["export"]["validation"]["llm"]["variants"]
+    pasts = [v["inputs"]["past_key.0"][2] for v in variants]
+    lengths = [v["inputs"]["inputs_embeds"][1] for v in variants]
+    assert pasts == [0, 7] and 4 not in lengths  # the trace example had past 3, sequence 4
+    for variant in variants:
+        assert variant["logits"]["max_abs_diff"] < 1e-4
+    assert manifest["chat"]["image_seq_length"] == 16 and manifest["llm"]["kv_heads"] == 2
+
+
+def _hub_folder(checkpoint, folder):
+    """A folder as `save_pretrained` writes it for llava-hf checkpoints."""
+    checkpoint.model.save_pretrained(folder)
+    tokenizer = checkpoint.assets["tokenizer"]
+    tokenizer.chat_template = checkpoint.assets["chat_template"]
+    tokenizer.save_pretrained(folder)
+    checkpoint.assets["image_processor"].save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("which", ["llama", "qwen2"])
+def test_hub_shaped_folder_exports(which, llava_checkpoint, llava_qwen2_checkpoint, llava_bundle, llava_qwen2_bundle,
+                                   tmp_path):
+    checkpoint, preset_bundle = {"llama": (llava_checkpoint, llava_bundle),
+                                 "qwen2": (llava_qwen2_checkpoint, llava_qwen2_bundle)}[which]
+    folder = _hub_folder(checkpoint, tmp_path / "ckpt")
+    bundle = export(str(folder), tmp_path / "bundle", show_progress=False)
+    ours, preset = json.loads((bundle / "manifest.json").read_text()), json.loads((preset_bundle / "manifest.json").read_text())
+    assert ours["chat"] == preset["chat"] and ours["llm"] == preset["llm"]
+    assert ours["source"]["config_sha256"] == preset["source"]["config_sha256"]
+    question = "what is unusual about this image?"
+    assert load(bundle).answer(None, question, max_new_tokens=6) == load(preset_bundle).answer(None, question,
+                                                                                                max_new_tokens=6)
+
+
+def test_folder_without_a_chat_template_is_refused(llava_checkpoint, tmp_path):
+    folder = _hub_folder(llava_checkpoint, tmp_path / "ckpt")
+    for name in ("chat_template.jinja", "chat_template.json"):
+        (folder / name).unlink(missing_ok=True)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="has no chat template"):
+        load_checkpoint(str(folder))
+
+
+def test_folder_without_its_tokenizer_is_refused(llava_checkpoint, tmp_path):
+    folder = _hub_folder(llava_checkpoint, tmp_path / "ckpt")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (folder / name).unlink()
+    shutil.rmtree(tmp_path / "none", ignore_errors=True)
+    with pytest.raises(CheckpointError, match="lacks tokenizer.json or tokenizer.model or vocab.json"):
+        load_checkpoint(str(folder))

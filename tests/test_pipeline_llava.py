@@ -1,0 +1,187 @@
+"""LlavaPipeline on the shared engine: greedy generation equals transformers' generate token for
+token (Llama and Qwen2 text models), seeded sampling repeats, streaming equals the plain answer,
+conversations keep (and a new one drops) their history, a batch equals its rows, and every bad
+input is a typed error."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from edgevfm.runtime import InputError, load
+from edgevfm.runtime.errors import UsageError
+from edgevfm.runtime.families.llava import _message
+from edgevfm.runtime.generate import GenerationConfig, generate
+
+QUESTION = "What is unusual about this image?"
+
+
+@pytest.fixture(scope="module")
+def llava(llava_bundle):
+    return load(llava_bundle, threads=1)
+
+
+def _transformers_greedy(checkpoint, pipeline, image, question, new_tokens):
+    """transformers' generate on the same prompt ids and pixels."""
+    prompt = pipeline.prompt([_message("user", question, with_image=True)], pipeline.image_features([image]))
+    pixels = torch.from_numpy(pipeline.image_inputs([image]))
+    ids = torch.tensor([prompt.ids])
+    with torch.no_grad():
+        out = checkpoint.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pixels,
+                                        max_new_tokens=new_tokens, do_sample=False, eos_token_id=None,
+                                        pad_token_id=0, min_new_tokens=new_tokens)
+    return prompt, out[0, ids.shape[1]:].tolist()
+
+
+@pytest.mark.parametrize("which", ["llama", "qwen2"])
+def test_greedy_equals_transformers_token_for_token(which, llava_checkpoint, llava_qwen2_checkpoint, llava_bundle,
+                                                    llava_qwen2_bundle, photos):
+    checkpoint, bundle = {"llama": (llava_checkpoint, llava_bundle),
+                          "qwen2": (llava_qwen2_checkpoint, llava_qwen2_bundle)}[which]
+    pipeline = load(bundle, threads=1)
+    for image in photos[:2]:
+        prompt, expected = _transformers_greedy(checkpoint, pipeline, image, QUESTION, 24)
+        ours = generate(pipeline.decoder, pipeline.embed, [prompt.embeds], [prompt.ids],
+                        GenerationConfig(max_new_tokens=24))
+        assert ours.tokens[0] == expected
+
+
+def test_image_features_are_merged_like_transformers(llava_checkpoint, llava, photos):
+    prompt = llava.prompt([_message("user", QUESTION, with_image=True)], llava.image_features([photos[1]]))
+    ids = torch.tensor([prompt.ids])
+    with torch.no_grad():
+        model = llava_checkpoint.model.model
+        features = model.get_image_features(pixel_values=torch.from_numpy(llava.image_inputs([photos[1]])),
+                                            vision_feature_layer=-2, vision_feature_select_strategy="default")
+        embeds = model.get_input_embeddings()(ids)
+        mask = (ids == llava.image_token_id)[..., None].expand_as(embeds)
+        expected = embeds.masked_scatter(mask, torch.cat(list(features.pooler_output)))[0].numpy()
+    assert (np.asarray(prompt.ids) == llava.image_token_id).sum() == 16
+    np.testing.assert_allclose(prompt.embeds, expected, atol=1e-4)
+
+
+def test_seeded_sampling_repeats_and_seeds_differ(llava, photos):
+    options = dict(do_sample=True, temperature=0.9, top_p=0.95, top_k=50, max_new_tokens=16)
+    a = llava.answer(photos[0], QUESTION, seed=7, **options)
+    assert a == llava.answer(photos[0], QUESTION, seed=7, **options)
+    assert {llava.answer(photos[0], QUESTION, seed=s, **options) for s in range(4)} != {a}
+
+
+def test_streaming_yields_the_same_text(llava, photos):
+    plain = llava.answer(photos[1], QUESTION, max_new_tokens=20)
+    pieces = list(llava.chat(photos[1]).send(QUESTION, stream=True, max_new_tokens=20))
+    assert "".join(pieces) == plain and len(pieces) > 1
+
+
+def test_history_and_a_new_conversation(llava, photos):
+    chat = llava.chat(photos[1], max_new_tokens=8)
+    first = chat.send("Hello there")
+    second = chat.send("And then?")
+    assert [m["role"] for m in chat.history] == ["user", "assistant", "user", "assistant"]
+    assert chat.history[1]["content"][0]["text"] == first
+    rendered = llava.render(chat.history)
+    assert rendered.count("USER:") == 2 and rendered.count("<image>") == 1  # the image goes with the first turn
+    assert chat.history[3]["content"][0]["text"] == second
+    fresh = llava.chat(photos[1], max_new_tokens=8)
+    assert fresh.history == []
+    fresh.send("And then?")
+    rendered = llava.render(fresh.history)
+    assert rendered.count("USER:") == 1 and "Hello there" not in rendered  # no history leaks into a new chat
+
+
+def test_stop_string_ends_the_answer(llava, photos):
+    full = llava.answer(photos[1], QUESTION, max_new_tokens=20)
+    stop = full.strip()[2:5]
+    assert stop and stop in full
+    cut = llava.answer(photos[1], QUESTION, max_new_tokens=20, stop_strings=(stop,))
+    assert cut == full[:full.index(stop)]
+
+
+def test_batch_equals_each_row_alone(llava, photos):
+    questions = ["What is this?", QUESTION]
+    together = llava.answer_batch(photos[:2], questions, max_new_tokens=10)
+    assert together == [llava.answer(im, q, max_new_tokens=10) for im, q in zip(photos[:2], questions)]
+
+
+def test_timings_and_loop_overhead(llava, photos):
+    prompt = llava.prompt([_message("user", QUESTION, with_image=True)], llava.image_features([photos[0]]))
+    result = generate(llava.decoder, llava.embed, [prompt.embeds], [prompt.ids], GenerationConfig(max_new_tokens=12))
+    stats = result.stats
+    assert stats["steps"] == len(result.tokens[0]) - 1 == 11
+    assert 0 < stats["decode_backend"] <= stats["decode"] and 0 <= result.loop_overhead_per_token < stats["decode"]
+
+
+def test_int4_recipe_runs_and_says_what_each_part_got(llava_bundle, tmp_path, photos):
+    import json
+
+    from edgevfm.quantize.api import quantize
+
+    out = quantize(llava_bundle, "llava-int4", tmp_path / "int4", show_progress=False)
+    recipe = json.loads((out / "manifest.json").read_text())["recipe"]
+    assert recipe["parts"]["llm"]["bits"] == 4 and recipe["parts"]["vision"] == {"kept": "fp32"}
+    assert isinstance(load(out).answer(photos[0], QUESTION, max_new_tokens=5), str)
+
+
+# -- bad input -------------------------------------------------------------------------------
+def test_prompt_longer_than_the_context(llava, photos):
+    with pytest.raises(InputError, match=r"over the model's context of 512.*start a new chat"):
+        llava.answer(photos[0], "the cat " * 300, max_new_tokens=10)
+
+
+def test_not_an_image(llava, tmp_path):
+    (tmp_path / "x.png").write_text("not an image")
+    with pytest.raises(InputError, match="not an image Pillow can read"):
+        llava.answer(tmp_path / "x.png", QUESTION)
+
+
+def test_more_images_than_image_tokens(llava, photos):
+    with pytest.raises(InputError, match="1 image token\\(s\\) and 2 image\\(s\\)"):
+        llava.prompt([_message("user", QUESTION, with_image=True)], llava.image_features(photos[:2]))
+
+
+@pytest.mark.parametrize("options, message", [(dict(max_new_tokens=0), "max_new_tokens"),
+                                              (dict(temperature=-1, do_sample=True), "temperature"),
+                                              (dict(beams=3), "unknown generation settings")])
+def test_generation_settings_out_of_range(llava, photos, options, message):
+    with pytest.raises(UsageError, match=message):
+        llava.answer(photos[0], QUESTION, **options)
+
+
+def test_empty_message(llava):
+    with pytest.raises(InputError, match="must be a non-empty string"):
+        llava.chat().send("   ")
+
+
+def test_hostile_template_is_sandboxed(llava_bundle, tmp_path):
+    from helpers import copy_bundle, edit_manifest
+
+    bundle = copy_bundle(llava_bundle, tmp_path / "b")
+    edit_manifest(bundle, lambda m: m["chat"].update(template="{{ ''.__class__.__mro__[1].__subclasses__() }}"))
+    with pytest.raises(InputError, match="chat template cannot render"):
+        load(bundle).answer(None, QUESTION)
+
+
+# -- the command line ----------------------------------------------------------------------------
+def test_chat_prompt_prints_one_answer(llava_bundle, llava, photos, tmp_path, capsys):
+    from PIL import Image
+
+    from edgevfm.runtime.cli import main
+
+    Image.fromarray(photos[1]).save(tmp_path / "cat.png")
+    assert main(["run", str(llava_bundle), "chat", str(tmp_path / "cat.png"), "--prompt", QUESTION,
+                 "--max-new-tokens", "12"]) == 0
+    assert capsys.readouterr().out == llava.answer(photos[1], QUESTION, max_new_tokens=12) + "\n"
+
+
+def test_interactive_chat_keeps_history_and_starts_over(llava_bundle, llava, monkeypatch, capsys):
+    import io
+
+    from edgevfm.runtime.cli import main
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("Hello there\nAnd then?\n/new\nAnd then?\n"))
+    assert main(["run", str(llava_bundle), "chat", "--max-new-tokens", "6"]) == 0
+    first, second, third = capsys.readouterr().out.splitlines()
+    chat = llava.chat(max_new_tokens=6)
+    assert [first, second] == [chat.send("Hello there"), chat.send("And then?")]
+    assert third == llava.chat(max_new_tokens=6).send("And then?")
