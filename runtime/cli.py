@@ -128,8 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="offline: export -> quantize (every recipe) -> run -> bench, with a report")
     p.add_argument("-o", "--output", type=new_folder, default=Path("demo-out"))
-    p.add_argument("--model", action="append", help="model to run (repeatable; default: random:clip-vit-b32 and "
-                   "random:sam-vit-b)")
+    p.add_argument("--model", action="append", help="model to run (repeatable; default: random:clip-vit-b32, "
+                   "random:sam-tiny and trained:llava-smol; make report runs random:sam-vit-b)")
     p.add_argument("--report-dir", type=new_folder, help="reports go to REPORT_DIR/<model> (default OUTPUT/report)")
     p.add_argument("--runs", type=positive_int, help="timed runs per figure (default: 30 for CLIP, 10 for SAM)")
     p.add_argument("--threads", type=positive_int, default=2)

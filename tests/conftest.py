@@ -97,3 +97,9 @@ def llava_qwen2_checkpoint():
 @pytest.fixture(scope="session")
 def llava_qwen2_bundle(tmp_path_factory) -> Path:
     return _bundle(TINY_LLAVA_QWEN2, tmp_path_factory, "llava-qwen2")
+
+
+@pytest.fixture(scope="session")
+def smol_bundle(tmp_path_factory) -> Path:
+    """trained:llava-smol: a random vision tower before the trained SmolLM2-135M-Instruct."""
+    return _bundle("trained:llava-smol", tmp_path_factory, "llava-smol")

@@ -185,3 +185,19 @@ def test_interactive_chat_keeps_history_and_starts_over(llava_bundle, llava, mon
     chat = llava.chat(max_new_tokens=6)
     assert [first, second] == [chat.send("Hello there"), chat.send("And then?")]
     assert third == llava.chat(max_new_tokens=6).send("And then?")
+
+
+# -- a trained language model: answers are real English ------------------------------------------
+def test_trained_preset_answers_and_int4_keeps_the_answer(smol_bundle, tmp_path):
+    """trained:llava-smol's LLM is SmolLM2-135M-Instruct (its Q4_1 weights, dequantized): greedy
+    "Paris" from the FP32 bundle, and from the 4-bit one."""
+    from edgevfm.quantize.api import quantize
+
+    question = "What is the capital of France?"
+    assert "Paris" in load(smol_bundle, threads=2).answer(None, question, max_new_tokens=12)
+    int4 = quantize(smol_bundle, "llava-int4", tmp_path / "int4", show_progress=False)
+    assert "Paris" in load(int4, threads=2).answer(None, question, max_new_tokens=12)
+    with pytest.raises(Exception, match="unknown preset 'random:llava-smol'.*trained:llava-smol"):
+        from edgevfm.export.checkpoint import load_checkpoint
+
+        load_checkpoint("random:llava-smol")

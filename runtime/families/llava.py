@@ -60,7 +60,7 @@ class Chat:
                 said.append(piece)
                 yield piece
         finally:
-            self.history += [user, _message("assistant", "".join(said))]
+            self.history += [user, {"role": "assistant", "content": [{"type": "text", "text": "".join(said)}]}]
 
 
 def _message(role: str, text: str, with_image: bool = False) -> dict:
