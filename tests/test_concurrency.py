@@ -1,6 +1,6 @@
-"""The concurrency contract (README, "Threads"): CLIP is stateless and safe to share; SAM's current
-image belongs to the thread that set it, and an ImageEmbedding may be shared. Many threads at once
-give exactly the answers of one thread alone."""
+"""The concurrency contract (README, "Threads"): CLIP and LLaVA are stateless and safe to share;
+SAM's current image belongs to the thread that set it, and an ImageEmbedding may be shared. Many
+threads at once give exactly the answers of one thread alone."""
 
 from __future__ import annotations
 
@@ -77,3 +77,11 @@ def test_automatic_masks_leave_the_current_image_alone(sam_bundle, photos):
     before = sam.predict(points=[[100, 100]], labels=[1]).low_res_logits
     sam.generate(photos[0], points_per_side=2, pred_iou_thresh=-1e9, stability_score_thresh=0)
     np.testing.assert_array_equal(sam.predict(points=[[100, 100]], labels=[1]).low_res_logits, before)
+
+
+def test_llava_shared_by_many_threads(llava_bundle, photos):
+    llava = load(llava_bundle, threads=1)
+    jobs = [(i % 3, q) for i, q in enumerate(["What is this?", "Describe it.", "Why?"] * 4)]
+    alone = {job: llava.answer(photos[job[0]], job[1], max_new_tokens=8) for job in set(jobs)}
+    together = _run_in_threads(lambda job: (job, llava.answer(photos[job[0]], job[1], max_new_tokens=8)), jobs)
+    assert all(answer == alone[job] for job, answer in together)
