@@ -136,15 +136,12 @@ class _TorchLlava:
     def __init__(self, checkpoint):
         import torch
 
+        from edgevfm.export.families.llava import image_tokens
+
         self.torch, self.model = torch, checkpoint.model
         self.tokenizer, self.processor = checkpoint.assets["tokenizer"], checkpoint.assets["image_processor"]
         self.template = checkpoint.assets["chat_template"]
-        config = self.model.config
-        size = config.vision_config.image_size
-        with torch.no_grad():
-            self.image_tokens = self.model.model.get_image_features(
-                torch.zeros(1, 3, size, size), vision_feature_layer=config.vision_feature_layer,
-                vision_feature_select_strategy=config.vision_feature_select_strategy).pooler_output[0].shape[0]
+        self.image_tokens = image_tokens(self.model)
 
     def inputs(self, image, question):
         from edgevfm.runtime.image import load_image

@@ -72,6 +72,18 @@ def _size(size) -> dict:
     return {k: int(get(k)) for k in keys if get(k) is not None}
 
 
+def clip_preprocessing(proc) -> dict:
+    """A CLIPImageProcessor's steps as the manifest's ``preprocessing`` data (CLIP, LLaVA's tower)."""
+    return {
+        "resize": _size(proc.size), "crop": _size(proc.crop_size) if proc.do_center_crop else None,
+        "interpolation": RESAMPLE_NAMES[int(proc.resample)],
+        "rescale": float(proc.rescale_factor) if proc.do_rescale else 1.0,
+        "mean": list(proc.image_mean) if proc.do_normalize else [0.0, 0.0, 0.0],
+        "std": list(proc.image_std) if proc.do_normalize else [1.0, 1.0, 1.0],
+        "convert_rgb": True,
+    }
+
+
 class VisionTower(nn.Module):
     """pixel_values (batch, 3, H, W) float32 -> image_embeds (batch, projection_dim), unnormalised."""
 
@@ -169,17 +181,9 @@ class ClipSpec(FamilySpec):
 
     def manifest_sections(self, checkpoint):
         proc, tok = checkpoint.assets["image_processor"], checkpoint.assets["tokenizer"]
-        resize, crop = _size(proc.size), _size(proc.crop_size) if proc.do_center_crop else None
         max_length = min(int(tok.model_max_length), checkpoint.model.config.text_config.max_position_embeddings)
         return {
-            "preprocessing": {
-                "resize": resize, "crop": crop,
-                "interpolation": RESAMPLE_NAMES[int(proc.resample)],
-                "rescale": float(proc.rescale_factor) if proc.do_rescale else 1.0,
-                "mean": list(proc.image_mean) if proc.do_normalize else [0.0, 0.0, 0.0],
-                "std": list(proc.image_std) if proc.do_normalize else [1.0, 1.0, 1.0],
-                "convert_rgb": True,
-            },
+            "preprocessing": clip_preprocessing(proc),
             "tokenizer": {"file": "tokenizer.json", "max_length": max_length, "padding": "max_length",
                           "pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id,
                           "bos_token_id": tok.bos_token_id},

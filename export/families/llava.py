@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..spec import FAMILIES, RESAMPLE_NAMES, FamilySpec, PartSpec, Preset, TensorSpec
-from .clip import _size
+from ..spec import FAMILIES, FamilySpec, PartSpec, Preset, TensorSpec
+from .clip import clip_preprocessing
 
 IMAGE_TOKEN = "<image>"
 # LLaVA-1.5's conversation format ("USER: <image>\n... ASSISTANT:"), as llava-hf's processors
@@ -150,7 +150,7 @@ class LlavaSpec(FamilySpec):
         return model, {"tokenizer": tokenizer, "image_processor": processor, "chat_template": template}
 
     def random_config(self, preset):
-        from transformers import AutoConfig, LlavaConfig
+        from transformers import AutoConfig
 
         if preset.config.get("llm") == "smollm2":
             return _smol_config(preset)
@@ -160,14 +160,7 @@ class LlavaSpec(FamilySpec):
         text.update(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                     pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
         model_type = text.pop("model_type")
-        vision = dict(preset.config["vision"])
-        vision.pop("model_type")
-        config = LlavaConfig(vision_config=AutoConfig.for_model("clip_vision_model", **vision),
-                             text_config=AutoConfig.for_model(model_type, **text),
-                             image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-                             image_seq_length=(vision["image_size"] // vision["patch_size"]) ** 2,
-                             vision_feature_layer=-2, vision_feature_select_strategy="default")
-        config._attn_implementation = "eager"
+        config = _llava_config(preset.config["vision"], AutoConfig.for_model(model_type, **text), tokenizer)
         template = LLAVA_15_TEMPLATE if preset.config["chat"] == "llava" else CHATML_TEMPLATE
         return config, {"tokenizer": tokenizer, "chat_template": template}
 
@@ -243,12 +236,7 @@ class LlavaSpec(FamilySpec):
         stop = sorted({i for i in (tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")) if isinstance(i, int)
                        and i != tok.unk_token_id})
         return {
-            "preprocessing": {
-                "resize": _size(proc.size), "crop": _size(proc.crop_size) if proc.do_center_crop else None,
-                "interpolation": RESAMPLE_NAMES[int(proc.resample)],
-                "rescale": float(proc.rescale_factor) if proc.do_rescale else 1.0,
-                "mean": list(proc.image_mean), "std": list(proc.image_std), "convert_rgb": True,
-            },
+            "preprocessing": clip_preprocessing(proc),
             "tokenizer": {"file": "tokenizer.json", "bos_token": tok.bos_token, "eos_token": tok.eos_token,
                           "add_bos": bool(getattr(tok, "add_bos_token", False) and tok.bos_token_id is not None)},
             "chat": {"template": checkpoint.assets["chat_template"], "image_token": IMAGE_TOKEN,
@@ -304,21 +292,28 @@ def _smollm2_folder() -> Path:
 
 def _smol_config(preset):
     """LLaVA around SmolLM2's own config and tokenizer (with ``<image>`` added after its vocabulary)."""
-    from transformers import AutoConfig, AutoTokenizer, LlavaConfig
+    from transformers import AutoConfig, AutoTokenizer
 
     folder = _smollm2_folder()
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_FILE)
     tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)
     text = AutoConfig.from_pretrained(folder, gguf_file=SMOLLM2_FILE)
     text.vocab_size, text.tie_word_embeddings = len(tokenizer), False
-    vision = dict(preset.config["vision"])
-    vision.pop("model_type")
-    config = LlavaConfig(vision_config=AutoConfig.for_model("clip_vision_model", **vision), text_config=text,
+    return _llava_config(preset.config["vision"], text, tokenizer), {"tokenizer": tokenizer,
+                                                                   "chat_template": CHATML_TEMPLATE}
+
+
+def _llava_config(vision: dict, text_config, tokenizer):
+    """LLaVA-1.5's wiring (feature layer -2, CLS dropped) around a CLIP tower and a text config."""
+    from transformers import AutoConfig, LlavaConfig
+
+    vision = {k: v for k, v in vision.items() if k != "model_type"}
+    config = LlavaConfig(vision_config=AutoConfig.for_model("clip_vision_model", **vision), text_config=text_config,
                          image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
                          image_seq_length=(vision["image_size"] // vision["patch_size"]) ** 2,
                          vision_feature_layer=-2, vision_feature_select_strategy="default")
     config._attn_implementation = "eager"
-    return config, {"tokenizer": tokenizer, "chat_template": CHATML_TEMPLATE}
+    return config
 
 
 def _load_smollm2(model, vocab: int) -> None:
