@@ -11,7 +11,7 @@ import torch
 
 from edgevfm.runtime import InputError, load
 from edgevfm.runtime.errors import UsageError
-from edgevfm.runtime.families.llava import _message
+from edgevfm.runtime.families.llava import message
 from edgevfm.runtime.generate import GenerationConfig, generate
 
 QUESTION = "What is unusual about this image?"
@@ -24,7 +24,7 @@ def llava(llava_bundle):
 
 def _transformers_greedy(checkpoint, pipeline, image, question, new_tokens):
     """transformers' generate on the same prompt ids and pixels."""
-    prompt = pipeline.prompt([_message("user", question, with_image=True)], pipeline.image_features([image]))
+    prompt = pipeline.prompt([message("user", question, with_image=True)], pipeline.image_features([image]))
     pixels = torch.from_numpy(pipeline.image_inputs([image]))
     ids = torch.tensor([prompt.ids])
     with torch.no_grad():
@@ -48,7 +48,7 @@ def test_greedy_equals_transformers_token_for_token(which, llava_checkpoint, lla
 
 
 def test_image_features_are_merged_like_transformers(llava_checkpoint, llava, photos):
-    prompt = llava.prompt([_message("user", QUESTION, with_image=True)], llava.image_features([photos[1]]))
+    prompt = llava.prompt([message("user", QUESTION, with_image=True)], llava.image_features([photos[1]]))
     ids = torch.tensor([prompt.ids])
     with torch.no_grad():
         model = llava_checkpoint.model.model
@@ -105,7 +105,7 @@ def test_batch_equals_each_row_alone(llava, photos):
 
 
 def test_timings_and_loop_overhead(llava, photos):
-    prompt = llava.prompt([_message("user", QUESTION, with_image=True)], llava.image_features([photos[0]]))
+    prompt = llava.prompt([message("user", QUESTION, with_image=True)], llava.image_features([photos[0]]))
     result = generate(llava.decoder, llava.embed, [prompt.embeds], [prompt.ids], GenerationConfig(max_new_tokens=12))
     stats = result.stats
     assert stats["steps"] == len(result.tokens[0]) - 1 == 11
@@ -137,7 +137,7 @@ def test_not_an_image(llava, tmp_path):
 
 def test_more_images_than_image_tokens(llava, photos):
     with pytest.raises(InputError, match="1 image token\\(s\\) and 2 image\\(s\\)"):
-        llava.prompt([_message("user", QUESTION, with_image=True)], llava.image_features(photos[:2]))
+        llava.prompt([message("user", QUESTION, with_image=True)], llava.image_features(photos[:2]))
 
 
 @pytest.mark.parametrize("options, message", [(dict(max_new_tokens=0), "max_new_tokens"),

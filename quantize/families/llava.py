@@ -24,13 +24,13 @@ register_family_recipe("llava-int4", "llava", "LLaVA: 4-bit weight-only LLM (blo
 
 @CALIBRATION.register("llava")
 def calibration_feeds(pipeline, images: list, samples: int) -> dict[str, list[dict]]:
-    from edgevfm.runtime.families.llava import _message
+    from edgevfm.runtime.families.llava import message
 
     vision, embed, llm = [], [], []
     for i, image in enumerate(images[:samples]):
         pixels = {"pixel_values": pipeline.image_inputs([image])}
         features = pipeline.run("vision", pixels)["image_features"]
-        prompt = pipeline.prompt([_message("user", QUESTIONS[i % len(QUESTIONS)], with_image=True)], features)
+        prompt = pipeline.prompt([message("user", QUESTIONS[i % len(QUESTIONS)], with_image=True)], features)
         ids = np.asarray([prompt.ids], np.int64)
         vision.append(pixels)
         embed.append({"input_ids": ids})

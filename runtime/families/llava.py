@@ -43,8 +43,8 @@ class Chat:
         """The answer to ``text`` (with the image in the first turn), or with ``stream`` an
         iterator of text pieces; either way the turn joins the history."""
         config = self.generation.with_options(**generation)
-        user = _message("user", text, with_image=self.image is not None and not self.history)
-        messages = ([_message("system", self.system)] if self.system else []) + self.history + [user]
+        user = message("user", text, with_image=self.image is not None and not self.history)
+        messages = ([message("system", self.system)] if self.system else []) + self.history + [user]
         if self.image is not None and self._features is None:
             self._features = self.pipeline.image_features([self.image])
         prompt = self.pipeline.prompt(messages, self._features)
@@ -63,7 +63,8 @@ class Chat:
             self.history += [user, {"role": "assistant", "content": [{"type": "text", "text": "".join(said)}]}]
 
 
-def _message(role: str, text: str, with_image: bool = False) -> dict:
+def message(role: str, text: str, with_image: bool = False) -> dict:
+    """A chat message as templates take it: {"role", "content": [{"type": "image"}?, {"type": "text"}]}."""
     if not isinstance(text, str) or not text.strip():
         raise InputError(f"a {role} message must be a non-empty string, found {text!r}")
     return {"role": role, "content": ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": text}]}
@@ -140,7 +141,7 @@ class LlavaPipeline(Pipeline):
             raise InputError(f"answer_batch needs as many images as questions (at least one), found "
                              f"{len(images)} and {len(questions)}")
         config = self.generation.with_options(**generation)
-        prompts = [self.prompt([_message("user", q, with_image=True)], self.image_features([im]))
+        prompts = [self.prompt([message("user", q, with_image=True)], self.image_features([im]))
                    for im, q in zip(images, questions)]
         for p in prompts:
             check_prompt_fits(len(p.ids), config.max_new_tokens, self.context_length)
