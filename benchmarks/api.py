@@ -16,7 +16,7 @@ from .families import BENCH
 from .machine import machine_info
 from .report import write_report
 from .roofline import gemm_peaks
-from .worker import measure_row
+from .worker import measure_peers, measure_row
 
 SCHEMA = "edgevfm.bench/1"
 
@@ -50,6 +50,11 @@ def bench(bundles: list[str | Path], reference: str, out_dir: str | Path, data: 
     for task in progress(tasks, desc=f"bench {family}", enabled=show_progress):
         with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
             rows.append(pool.submit(measure_row, task).result())
+    peers = {}
+    if hasattr(family_bench, "peers"):
+        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+            peers = pool.submit(measure_peers, dict(base, target=reference)).result()
+    family_bench.peer_results = peers
     reference_row = rows[0]
     for row in rows[1:]:
         if row["config_sha256"] != reference_row["config_sha256"]:
@@ -69,6 +74,7 @@ def bench(bundles: list[str | Path], reference: str, out_dir: str | Path, data: 
         "workload": family_bench.workload(),
         "machine": dict(machine_info(threads), measured_peaks=peaks),
         "rows": rows,
+        "peers": peers,
         "goals": family_bench.goals(rows, peaks),
     }
     results["report"] = str(write_report(results, Path(out_dir)))

@@ -41,6 +41,16 @@ def accuracy_table(results: dict) -> tuple[list[str], list[list[str]]]:
     return header, [[r["name"]] + [_fmt(r["accuracy"].get(m)) for m in metrics] for r in results["rows"]]
 
 
+def peers_table(results: dict):
+    """Other runtimes measured on the same weights (or why they are absent)."""
+    peers = results.get("peers") or {}
+    if not peers:
+        return None
+    keys = list(dict.fromkeys(k for found in peers.values() for k in found))
+    return ["peer"] + [k.replace("_", " ") for k in keys], [[name] + [_fmt(found.get(k)) for k in keys]
+                                                             for name, found in peers.items()]
+
+
 def extra_table(results: dict):
     """Family-specific figures (e.g. automatic-mask time), for the rows that have them."""
     rows = [r for r in results["rows"] if r.get("extra")]
@@ -66,7 +76,8 @@ def _machine_lines(m: dict) -> list[str]:
     libs = ", ".join(f"{k} {v}" for k, v in m["libraries"].items())
     peaks = m.get("measured_peaks")
     measured = ([f"Measured peaks ({peaks['how']}, {peaks['size']}^3, {peaks['threads']} threads): "
-                 f"FP32 GEMM {peaks['fp32_gflops']:.0f} GFLOP/s, INT8 GEMM {peaks['int8_gops']:.0f} GOP/s"]
+                 f"FP32 GEMM {peaks['fp32_gflops']:.0f} GFLOP/s, INT8 GEMM {peaks['int8_gops']:.0f} GOP/s"
+                 + (f"; memory read {peaks['memory_gbps']:.1f} GB/s (torch sum of 512 MB)" if "memory_gbps" in peaks else "")]
                 if peaks else [])
     return measured + [f"CPU: {m['cpu']} ({m['architecture']}), {m['usable_cores']} usable cores, {m['threads']} threads used",
             f"Instruction sets: {', '.join(m['instruction_sets']) or 'none of interest'}",
@@ -122,6 +133,9 @@ def write_report(results: dict, out_dir: Path) -> Path:
     extra = extra_table(results)
     if extra:
         md += ["## Other measurements", "", _markdown_table(*extra), ""]
+    peers = peers_table(results)
+    if peers:
+        md += ["## Peers on the same weights", "", _markdown_table(*peers), ""]
     if results["goals"]:
         md += ["## Goals", ""] + [f"- {line}" for line in _goal_lines(results["goals"])] + [""]
     md += ["## Machine", ""] + [f"- {line}" for line in _machine_lines(results["machine"])]
@@ -154,6 +168,7 @@ def _write_html(results, out_dir, lat, acc, intro, picture) -> None:
             f"<p>{html.escape(intro)}</p><h2>Latency, size and memory</h2>{_html_table(*lat)}{img}"
             f"<h2>Accuracy against the FP32 PyTorch reference</h2>{_html_table(*acc)}"
             + (f"<h2>Other measurements</h2>{_html_table(*extra_table(results))}" if extra_table(results) else "")
+            + (f"<h2>Peers on the same weights</h2>{_html_table(*peers_table(results))}" if peers_table(results) else "")
             + (f"<h2>Goals</h2><ul>{goals}</ul>" if goals else "")
             + f"<h2>Machine</h2><ul>{machine}</ul></body></html>")
     (out_dir / "report.html").write_text(page)

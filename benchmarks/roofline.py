@@ -1,6 +1,7 @@
 """This machine's measured peaks, so that a report can say how close a part runs to them:
 FP32 GEMM and INT8 GEMM (ONNX Runtime ``MatMul`` and ``MatMulInteger``, U8 x S8) at a square
-size, on the benchmark's thread count."""
+size, and memory read bandwidth (the limit of a decode step, which reads every weight once), on
+the benchmark's thread count."""
 
 from __future__ import annotations
 
@@ -44,7 +45,23 @@ def gemm_peaks(threads: int, n: int = 2048, runs: int = 5) -> dict:
             backend.run({"a": a})
             best = min(_time(lambda: backend.run({"a": a})) for _ in range(runs))
             found[key] = 2 * n**3 / best / 1e9
+    found["memory_gbps"] = memory_bandwidth(threads, runs=runs)
     return found
+
+
+def memory_bandwidth(threads: int, megabytes: int = 512, runs: int = 5) -> float:
+    """GB/s reading a ``megabytes`` float32 array (torch sum, ``threads`` threads), best of ``runs``."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        data = torch.ones(megabytes * (1 << 20) // 4)
+        data.sum()
+        best = min(_time(data.sum) for _ in range(runs))
+    finally:
+        torch.set_num_threads(previous)
+    return megabytes * (1 << 20) / best / 1e9
 
 
 def _time(fn) -> float:

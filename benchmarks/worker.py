@@ -41,6 +41,14 @@ def measure_row(task: dict) -> dict:
     return row
 
 
+def measure_peers(task: dict) -> dict:
+    """The family's peers (other runtimes on the same weights), in their own process."""
+    from .families import BENCH
+
+    bench = BENCH.get(task["family"])(task["data"])
+    return bench.peers(task["target"], task["threads"], task["runs"])
+
+
 def gemm_gop(model, call) -> float:
     """Giga-operations (2 x multiply-adds) of the Linear, Conv and transposed-Conv layers in one
     ``call`` (attention's activation x activation products are not counted)."""

@@ -3,9 +3,11 @@
 Calibration: real photos through the bundle's preprocessing for ``vision``; for ``embed`` and
 ``llm``, prompts about those photos as the runtime builds them (image features merged in, empty
 cache), so a calibrated recipe sees the activations of a real prefill.
-Recipe ``llava-int4``: the recipe people ship, a 4-bit weight-only ``llm`` (MatMulNBits, block 32,
-RTN, LM head included) with the vision tower and the embedding table kept FP32 (VLM vision towers
-are known to suffer at INT8; the embedding table is a gather, read one row per token).
+Recipes, chosen by measurement on ``trained:llava-smol`` (benchmarks/reports/llava-smol):
+``llava-int4`` is the one to ship: ``llm`` 4-bit weight-only (MatMulNBits, block 32, RTN) with the
+down/v projections and the LM head at 8 bits, the embedding table at 4 bits, the vision tower FP32
+(VLM vision towers are known to suffer at INT8, and random towers cannot show it).
+``llava-int4-rtn``, every LLM MatMul at 4 bits and the rest FP32, is the plain baseline.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from . import CALIBRATION
 QUESTIONS = ("What is unusual about this image?", "Describe the picture in one sentence.",
              "What colour is the main object?", "How many people are there?")
 
-register_family_recipe("llava-int4", "llava", "LLaVA: 4-bit weight-only LLM (block 32), FP32 vision tower and embeddings",
+register_family_recipe("llava-int4", "llava", "LLaVA: 4-bit LLM (down/v projections, LM head 8-bit), 4-bit "
+                       "embeddings, FP32 vision tower", {"vision": "fp32", "embed": "int4-embed", "llm": "int4-mixed"})
+register_family_recipe("llava-int4-rtn", "llava", "LLaVA: every LLM MatMul 4-bit RTN, FP32 vision tower and embeddings",
                        {"vision": "fp32", "embed": "fp32", "llm": "int4"})
 
 
