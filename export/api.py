@@ -26,12 +26,14 @@ def tool_versions() -> dict[str, str]:
 
 
 def export(model: str, out: str | Path, family: str | None = None, opset: int = DEFAULT_OPSET,
-           force: bool = False, revision: str | None = None, show_progress: bool = True) -> Path:
+           force: bool = False, revision: str | None = None, show_progress: bool = True,
+           external_data: bool | None = None) -> Path:
     """Export ``model`` (hub id, folder or ``random:<preset>``) to an FP32 bundle at ``out``.
 
     Every part is validated against PyTorch before the bundle is written; nothing is left at
     ``out`` if anything fails. ``force`` replaces an existing bundle at ``out``, never anything else
-    (see :func:`edgevfm.runtime.output.check_out_dir`).
+    (see :func:`edgevfm.runtime.output.check_out_dir`). A part over 2 GB keeps its weights in
+    ``<part>.onnx.data`` (``external_data=True``: every part does), listed as the part's ``data``.
     """
     out = Path(out)
     check_opset(opset)
@@ -44,9 +46,10 @@ def export(model: str, out: str | Path, family: str | None = None, opset: int = 
         manifest_parts, validation = {}, {}
         for part in progress(parts, desc=f"export {spec.name}", enabled=show_progress):
             file = f"{part.name}.onnx"
-            validation[part.name] = export_part(checkpoint.model, part, stage / file, opset=opset)
+            validation[part.name], data = export_part(checkpoint.model, part, stage / file, opset=opset,
+                                                      external_data=external_data)
             manifest_parts[part.name] = {
-                "file": file, "backend": "onnxruntime", "precision": "fp32",
+                "file": file, "data": data, "backend": "onnxruntime", "precision": "fp32",
                 "inputs": [t.as_manifest() for t in part.inputs],
                 "outputs": [t.as_manifest() for t in part.outputs],
             }

@@ -26,8 +26,12 @@ def check_opset(opset: int) -> None:
                          f"it) to {MAX_OPSET} (the newest torch's exporter writes); the default is {DEFAULT_OPSET}")
 
 
-def export_part(model, part: PartSpec, path: Path, opset: int = DEFAULT_OPSET) -> dict:
-    """Export ``part`` of ``model`` to ``path`` and validate it; returns the validation summary."""
+def export_part(model, part: PartSpec, path: Path, opset: int = DEFAULT_OPSET,
+                external_data: bool | None = None) -> tuple[dict, list[str]]:
+    """Export ``part`` of ``model`` to ``path`` and validate it; returns the validation summary and
+    the external-data files written beside it (weights over 2 GB, or all with ``external_data``)."""
+    from .external import consolidate
+
     check_opset(opset)
     wrapper = part.wrapper(model).eval()  # the TorchScript exporter restores the training flag: eval first
     example = part.example(part.trace_batch, 0)
@@ -43,7 +47,8 @@ def export_part(model, part: PartSpec, path: Path, opset: int = DEFAULT_OPSET) -
             opset_version=opset,
             dynamo=False,
         )
-    return validate_part(wrapper.eval(), part, path)
+    data = consolidate(path, external_data)
+    return validate_part(wrapper.eval(), part, path), data
 
 
 def validate_part(wrapper, part: PartSpec, path: Path) -> dict:

@@ -52,7 +52,7 @@ def quantize(bundle: str | Path, recipe: str, out: str | Path, calib: str | Path
     manifest = {k: v for k, v in source.manifest.items() if k not in ("files", "format_version")}
     parts = {name: dict(p) for name, p in manifest["parts"].items()}
     with staged_bundle(out, force=force, inputs=[bundle]) as stage:
-        part_files = {p["file"] for name, p in parts.items() if steps[name] is not None}
+        part_files = {f for name, p in parts.items() if steps[name] is not None for f in [p["file"], *p.get("data", [])]}
         for relative in source.manifest["files"]:
             if relative not in part_files:
                 (stage / relative).parent.mkdir(parents=True, exist_ok=True)
@@ -70,6 +70,8 @@ def quantize(bundle: str | Path, recipe: str, out: str | Path, calib: str | Path
             except Exception as exc:  # an ORT failure: say which part and recipe
                 raise QuantizeError(f"recipe {step.name!r} failed on part {name!r}: {exc}") from exc
             parts[name]["precision"] = step.precision
+            data = stage / (parts[name]["file"] + ".data")  # where save_onnx puts weights over 2 GB
+            parts[name]["data"] = [data.name] if data.is_file() else []
         manifest.update(parts=parts, recipe={"name": chosen.name, "parts": settings},
                         calibration=calibration, tools=tool_versions())
         write_manifest(stage, manifest)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from edgevfm.export.external import save_onnx
 from edgevfm.runtime.registry import Registry
 
 RECIPES: Registry["Recipe"] = Registry("recipe")
@@ -131,7 +132,7 @@ def int4(src: Path, dst: Path, feeds=None, block_size: int = 32, **_) -> dict:
     quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), bits=4, block_size=block_size,
                                      is_symmetric=True, accuracy_level=4)
     quantizer.process()
-    quantizer.model.save_model_to_file(str(dst), use_external_data_format=False)
+    save_onnx(quantizer.model.model, dst)
     return {"bits": 4, "block_size": block_size, "symmetric": True, "accuracy_level": 4}
 
 
@@ -157,7 +158,7 @@ def int4_mixed(src: Path, dst: Path, feeds=None, block_size: int = 32, **_) -> d
                                          accuracy_level=4, **chosen)
         quantizer.process()
         model = quantizer.model.model
-    onnx.save(model, str(dst))
+    save_onnx(model, dst)
     return {"bits": 4, "block_size": block_size, "symmetric": True, "accuracy_level": 4,
             "8_bit": {"patterns": list(SENSITIVE_MATMULS) + ["LM head"], "matmuls": len(wide)}}
 
@@ -170,7 +171,7 @@ def int4_gather(src: Path, dst: Path, feeds=None, block_size: int = 32, **_) -> 
     quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), bits=4, block_size=block_size, is_symmetric=True,
                                      op_types_to_quantize=("Gather",), quant_axes=(("Gather", 1),))
     quantizer.process()
-    onnx.save(quantizer.model.model, str(dst))
+    save_onnx(quantizer.model.model, dst)
     return {"bits": 4, "block_size": block_size, "symmetric": True, "op": "GatherBlockQuantized"}
 
 
@@ -182,7 +183,7 @@ def fp16(src: Path, dst: Path, feeds=None, **_) -> dict:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True, op_block_list=FP16_KEEP_FP32)
-    onnx.save(model, str(dst))
+    save_onnx(model, dst)
     return {"kept_fp32": FP16_KEEP_FP32}
 
 

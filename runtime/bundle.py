@@ -39,7 +39,8 @@ def _dimension(value, where, problems) -> None:
 
 _TENSOR = obj({"name": string(), "dtype": string(choices=DTYPES), "shape": list_of(_dimension, max_items=8)})
 _PART = obj({"file": listed_file(), "backend": string(), "precision": string(),
-             "inputs": list_of(_TENSOR, min_items=1), "outputs": list_of(_TENSOR, min_items=1)})
+             "inputs": list_of(_TENSOR, min_items=1), "outputs": list_of(_TENSOR, min_items=1)},
+            {"data": list_of(listed_file(), max_items=16)})  # external-data files the graph loads
 SCHEMA = obj({
     "format_version": integer(1, FORMAT_VERSION),
     "family": string(),

@@ -72,3 +72,23 @@ def test_folder_without_its_tokenizer_is_refused(llava_checkpoint, tmp_path):
     shutil.rmtree(tmp_path / "none", ignore_errors=True)
     with pytest.raises(CheckpointError, match="lacks tokenizer.json or tokenizer.model or vocab.json"):
         load_checkpoint(str(folder))
+
+
+def test_external_data_is_one_listed_file_and_quantize_drops_it(llava_bundle, tmp_path, photos):
+    """What a part over 2 GB does (LLaVA-7B's llm), forced on the tiny model: the weights go to one
+    `<part>.onnx.data` listed and hashed in the manifest, and a quantized bundle does not carry the
+    FP32 data of the parts it quantized."""
+    from edgevfm.quantize.api import quantize
+
+    bundle = export("random:llava-tiny", tmp_path / "external", show_progress=False, external_data=True)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["parts"]["llm"]["data"] == ["llm.onnx.data"] and "llm.onnx.data" in manifest["files"]
+    assert sorted(p.name for p in bundle.iterdir() if p.name.endswith(".data")) == [
+        "embed.onnx.data", "llm.onnx.data", "vision.onnx.data"]
+    question = "What is unusual about this image?"
+    assert load(bundle).answer(photos[1], question, max_new_tokens=8) == load(llava_bundle).answer(
+        photos[1], question, max_new_tokens=8)
+    int4 = quantize(bundle, "llava-int4", tmp_path / "int4", show_progress=False)
+    files = json.loads((int4 / "manifest.json").read_text())["files"]
+    assert "llm.onnx.data" not in files and "embed.onnx.data" not in files and "vision.onnx.data" in files
+    assert isinstance(load(int4).answer(photos[1], question, max_new_tokens=4), str)
