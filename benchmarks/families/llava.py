@@ -73,16 +73,27 @@ class LlavaBench:
     def peers(self, reference: str, threads: int, runs: int) -> dict:
         """llama.cpp decoding the same trained weights (trained:llava-smol's SmolLM2 GGUF, requantized
         to Q4_0), where llama-cpp-python is installed; otherwise why it is absent."""
+        found = {}
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            found["pytorch bitsandbytes nf4"] = {"absent": "bitsandbytes is not installed (an optional extra: pip "
+                                                           "install bitsandbytes)"}
+        else:
+            found["pytorch bitsandbytes nf4"] = _attempt(lambda: bitsandbytes_nf4(reference, threads, runs, self))
         if reference != "trained:llava-smol":
-            return {"llama.cpp": {"absent": f"llama.cpp was not measured: {reference} has no GGUF weights (only "
-                                            "trained:llava-smol ships them; converting others is not built yet)"}}
+            found["llama.cpp"] = {"absent": f"llama.cpp was not measured: {reference} has no GGUF weights (only "
+                                            "trained:llava-smol ships them; converting others is not built yet)"}
+            return found
         try:
             import llama_cpp  # noqa: F401
         except ImportError:
-            return {"llama.cpp": {"absent": "llama.cpp was not measured: llama-cpp-python is not installed (it builds "
+            found["llama.cpp"] = {"absent": "llama.cpp was not measured: llama-cpp-python is not installed (it builds "
                                             "from source, 30+ minutes on 2 cores: an optional extra, "
-                                            "pip install llama-cpp-python)"}}
-        return {"llama.cpp": llama_cpp_decode(threads, runs, past=PEER_PAST)}
+                                            "pip install llama-cpp-python)"}
+        else:
+            found["llama.cpp"] = _attempt(lambda: llama_cpp_decode(threads, runs, past=PEER_PAST))
+        return found
 
     def extra(self, runner) -> dict:
         """The generation loop's own figures (bundles): decode tokens/s over a greedy answer and the
@@ -163,6 +174,15 @@ class LlavaBench:
         return verdicts
 
 
+def _attempt(measure) -> dict:
+    """A peer's figures, or why it failed: another runtime's failure must not end the benchmark."""
+    try:
+        return measure()
+    except Exception as exc:  # bitsandbytes and llama.cpp raise their own types
+        line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        return {"absent": f"failed here: {type(exc).__name__}: {line}"}
+
+
 PEER_PAST = 220  # about the llava-smol prompt: 196 image tokens and a question
 
 
@@ -199,6 +219,37 @@ def llama_cpp_decode(threads: int, runs: int, past: int) -> dict:
     return {"decode_ms": float(np.median(times[3:]) * 1e3), "prefill_ms": prefill * 1e3, "weights": weights,
             "threads": threads, "past": past, "version": llama_cpp.__version__,
             "size_mb": path.stat().st_size / 1e6}
+
+
+def bitsandbytes_nf4(reference: str, threads: int, runs: int, bench: "LlavaBench") -> dict:
+    """What people try first on a CPU: transformers with bitsandbytes NF4 (language model 4-bit,
+    vision tower, projector and LM head kept), timed like the PyTorch row; its perplexity on the
+    benchmark's English text."""
+    import tempfile
+
+    import torch
+    from transformers import BitsAndBytesConfig, LlavaForConditionalGeneration
+
+    from edgevfm.export.checkpoint import load_checkpoint
+
+    from ..timing import latency
+
+    torch.set_num_threads(threads)
+    checkpoint = load_checkpoint(reference)
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32,
+                                llm_int8_skip_modules=["vision_tower", "multi_modal_projector", "lm_head"])
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint.model.save_pretrained(folder)
+        checkpoint.model = LlavaForConditionalGeneration.from_pretrained(
+            folder, quantization_config=config, device_map={"": "cpu"}, attn_implementation="eager").eval()
+    runner = _TorchLlava(checkpoint)
+    calls, _ = runner.calls(bench.images[0], bench.questions[0])
+    ids, logits = runner.text_logits(ENGLISH_TEXT)
+    return {"decode_ms": latency(calls["decode"], runs, 1)["p50"], "prefill_ms": latency(calls["prefill"], 2, 1)["p50"],
+            "weights": "NF4 language model, FP32 vision tower and LM head", "threads": threads,
+            "past": len(runner.inputs(bench.images[0], bench.questions[0])[0][0]),
+            "perplexity": _perplexity({"text_ids": ids, "text_logits": logits}),
+            "size_mb": checkpoint.model.get_memory_footprint() / 1e6}
 
 
 def _perplexity(outputs: dict) -> float:
