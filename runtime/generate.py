@@ -234,8 +234,8 @@ def generate_tokens(decoder: KVDecoder, embed: Callable[[np.ndarray], np.ndarray
                     stop_check: Callable[[int, list[int]], bool] | None = None) -> Iterator[list[int | None]]:
     """Decode step by step; yields, per step, the new token of each row (None for a finished row).
     ``embed(ids (B, 1)) -> (B, 1, H)`` embeds the tokens picked; ``prompt_ids`` feed the repetition
-    penalty; ``stop_check(row, tokens)`` may end a row early (stop strings). Timings go to
-    ``generate_tokens.stats`` of the returned generator's last run (see :func:`generate`)."""
+    penalty; ``stop_check(row, tokens)`` may end a row early (stop strings); :func:`generate`
+    runs it to the end and times it."""
     config = config.checked()
     rng = np.random.default_rng(config.seed)
     steps = processors(config)

@@ -4,8 +4,6 @@ every process."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import subprocess
 import sys
 import textwrap

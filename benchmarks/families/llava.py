@@ -396,11 +396,7 @@ class _BundleLlava:
         return last[0]
 
     def greedy(self, image, question, tokens: int) -> list[int]:
-        from edgevfm.runtime.generate import GenerationConfig, generate
-
-        prompt = self._prompt(image, question)
-        return generate(self.p.decoder, self.p.embed, [prompt.embeds], [prompt.ids],
-                        GenerationConfig(max_new_tokens=tokens)).tokens[0]
+        return self.generation(image, question, tokens).tokens[0]
 
     def generation(self, image, question, tokens: int):
         from edgevfm.runtime.generate import GenerationConfig, generate

@@ -3,7 +3,6 @@ projected text embeddings), each with a dynamic batch (and sequence, for text)."
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
