@@ -8,16 +8,22 @@ from pathlib import Path
 from edgevfm.runtime.bundle import write_manifest
 from edgevfm.runtime.output import check_out_dir, staged_bundle
 
+from edgevfm.runtime.errors import UsageError
+
 from .checkpoint import load_checkpoint
 from .onnx_export import DEFAULT_OPSET, check_opset, export_part
 from .progress import progress
+
+
+LLM_GRAPHS = ("builder", "plain")
 
 
 def tool_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     found = {"python": platform.python_version()}
-    for name in ("edgevfm", "torch", "transformers", "onnx", "onnxruntime", "tokenizers", "numpy"):
+    for name in ("edgevfm", "torch", "transformers", "onnx", "onnxruntime", "onnxruntime-genai", "tokenizers",
+                 "numpy"):
         try:
             found[name] = version(name)
         except PackageNotFoundError:
@@ -27,19 +33,24 @@ def tool_versions() -> dict[str, str]:
 
 def export(model: str, out: str | Path, family: str | None = None, opset: int = DEFAULT_OPSET,
            force: bool = False, revision: str | None = None, show_progress: bool = True,
-           external_data: bool | None = None) -> Path:
+           external_data: bool | None = None, llm_graph: str = "builder") -> Path:
     """Export ``model`` (hub id, folder or ``random:<preset>``) to an FP32 bundle at ``out``.
 
     Every part is validated against PyTorch before the bundle is written; nothing is left at
     ``out`` if anything fails. ``force`` replaces an existing bundle at ``out``, never anything else
     (see :func:`edgevfm.runtime.output.check_out_dir`). A part over 2 GB keeps its weights in
     ``<part>.onnx.data`` (``external_data=True``: every part does), listed as the part's ``data``.
+    ``llm_graph`` chooses a language-model part's graph: "builder" (onnxruntime-genai's model
+    builder: fused attention, shared KV buffer; the faster) or "plain" (torch's exporter).
     """
     out = Path(out)
     check_opset(opset)
+    if llm_graph not in LLM_GRAPHS:
+        raise UsageError(f"llm_graph must be one of {', '.join(LLM_GRAPHS)}, found {llm_graph!r}")
     inputs = [model] if Path(model).exists() else []  # a checkpoint folder is never overwritten
     check_out_dir(out, force, inputs)
     checkpoint = load_checkpoint(model, family=family, revision=revision)
+    checkpoint.options["llm_graph"] = llm_graph
     spec = checkpoint.spec
     parts = spec.parts(checkpoint)
     with staged_bundle(out, force=force, inputs=inputs) as stage:
@@ -61,7 +72,7 @@ def export(model: str, out: str | Path, family: str | None = None, opset: int = 
             **spec.manifest_sections(checkpoint),
             "recipe": None,
             "calibration": None,
-            "export": {"opset": opset, "validation": validation},
+            "export": {"opset": opset, "options": checkpoint.options, "validation": validation},
             "tools": tool_versions(),
         })
     return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,8 @@ class Checkpoint:
     model: Any
     assets: dict[str, Any]
     source: dict[str, Any]
+    # export choices a family reads in ``parts`` (llm_graph: "builder" or "plain")
+    options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def family(self) -> str:

@@ -34,6 +34,9 @@ def export_part(model, part: PartSpec, path: Path, opset: int = DEFAULT_OPSET,
 
     check_opset(opset)
     wrapper = part.wrapper(model).eval()  # the TorchScript exporter restores the training flag: eval first
+    if part.build is not None:
+        part.build(model, path)
+        return validate_part(wrapper, part, path), consolidate(path, external_data)
     example = part.example(part.trace_batch, 0)
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -50,6 +50,9 @@ class PartSpec:
     trace_batch: int = 2
     check_batch: int = 3
     check_variants: tuple[int, ...] = (1,)
+    # writes the graph at a path from the loaded model instead of torch's exporter (a builder
+    # graph); it is validated against ``wrapper`` all the same
+    build: Callable[[Any, Path], None] | None = None
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
         return {t.name: {i: d for i, d in enumerate(t.shape) if isinstance(d, str)}

@@ -8,8 +8,14 @@ embeddings (image features merged in, a Q-Former prefix, ...) and read the text 
 - :class:`KVDecoder` runs a plainly exported graph (``past_key.i`` / ``past_value.i`` in,
   ``present_key.i`` / ``present_value.i`` out, present = past + new) through ONNX Runtime's IO
   binding: the cache stays in ONNX Runtime's own buffers from step to step, never copied into
-  numpy. (The graph itself still concatenates past and new each step; a shared past/present
-  buffer graph would not, see the README's notes.)
+  numpy (the graph itself still concatenates past and new each step).
+- :class:`SharedKVDecoder` runs a graph with one buffer per layer for past and present
+  (``past_key_values.i.key`` in, ``present.i.key`` out, as onnxruntime-genai's model builder
+  writes with GroupQueryAttention): one preallocated (batch, kv heads, capacity, head dim) buffer
+  is bound as both, and each step writes only its new positions. Such graphs take no position
+  ids and no padding (GroupQueryAttention assumes right padding), so a batch of prompts of
+  different lengths runs row by row.
+- :func:`decoder_for` picks the one that fits a part's input names.
 - Logits processing is a list of small steps (repetition penalty, temperature, top-k, top-p,
   min-p), in the order transformers applies them; greedy and seeded sampling share them.
 - A batch of prompts is left-padded; each row stops on its own stop token or stop string.
@@ -175,11 +181,23 @@ class KVDecoder:
         self.past_names = [f"past_{kv}.{i}" for i in range(num_layers) for kv in ("key", "value")]
         self.present_names = [f"present_{kv}.{i}" for i in range(num_layers) for kv in ("key", "value")]
 
-    def empty_cache(self, batch: int):
+    pads_left = True  # takes left-padded batches (0 in the attention mask)
+
+    def empty_cache(self, batch: int, capacity: int | None = None):
+        """The cache before the first step; ``capacity`` (positions) is for decoders that preallocate."""
         import onnxruntime as ort
 
         empty = np.zeros((batch, self.kv_heads, 0, self.head_dim), np.float32)
         return [ort.OrtValue.ortvalue_from_numpy(empty) for _ in self.past_names]
+
+    def prefill_feeds(self, embeds: np.ndarray) -> dict[str, np.ndarray]:
+        """Plain feeds for a prefill of ``embeds`` (B, S, H) with no padding and an empty cache
+        (calibration runs the part with these)."""
+        batch, length = embeds.shape[:2]
+        feeds = {"inputs_embeds": embeds.astype(np.float32), "attention_mask": np.ones((batch, length), np.int64),
+                 "position_ids": np.tile(np.arange(length, dtype=np.int64), (batch, 1))}
+        empty = np.zeros((batch, self.kv_heads, 0, self.head_dim), np.float32)
+        return feeds | {name: empty for name in self.past_names}
 
     def step(self, embeds: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray, cache):
         """(logits of the last position (B, V) float32, all positions' logits (B, S, V), new cache)."""
@@ -197,6 +215,76 @@ class KVDecoder:
         outputs = binding.get_outputs()
         logits = outputs[0].numpy()
         return logits[:, -1], logits, list(outputs[1:])
+
+
+@dataclass(frozen=True)
+class SharedCache:
+    """The KV buffers of a :class:`SharedKVDecoder` and how many positions hold values."""
+
+    buffers: list
+    length: int
+    capacity: int
+
+
+class SharedKVDecoder:
+    """A decoder graph whose past and present share one buffer per layer (onnxruntime-genai's
+    builder graphs): the buffers are allocated once per generation at ``capacity`` positions and
+    bound as both input and output, so a step copies nothing but its new keys and values."""
+
+    pads_left = False
+
+    def __init__(self, backend, num_layers: int, kv_heads: int, head_dim: int):
+        self.backend, self.num_layers = backend, num_layers
+        self.kv_heads, self.head_dim = kv_heads, head_dim
+        self.past_names = [f"past_key_values.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
+        self.present_names = [f"present.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
+
+    def empty_cache(self, batch: int, capacity: int | None = None) -> SharedCache:
+        import onnxruntime as ort
+
+        if capacity is None or capacity < 1:
+            raise UsageError(f"a shared-buffer decoder needs the cache capacity (prompt + new tokens), found "
+                             f"{capacity!r}")
+        shape = (batch, self.kv_heads, capacity, self.head_dim)
+        return SharedCache([ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32) for _ in self.past_names],
+                           0, capacity)
+
+    def prefill_feeds(self, embeds: np.ndarray) -> dict[str, np.ndarray]:
+        batch, length = embeds.shape[:2]
+        empty = np.zeros((batch, self.kv_heads, 0, self.head_dim), np.float32)
+        return ({"inputs_embeds": embeds.astype(np.float32), "attention_mask": np.ones((batch, length), np.int64)}
+                | {name: empty for name in self.past_names})
+
+    def step(self, embeds: np.ndarray, attention_mask: np.ndarray, position_ids, cache: SharedCache):
+        """As :meth:`KVDecoder.step`; ``position_ids`` are implied by the cache (GroupQueryAttention
+        applies rotary embeddings itself) and the attention mask may hold no padding."""
+        total = cache.length + embeds.shape[1]
+        if total > cache.capacity:
+            raise InputError(f"the KV cache holds {cache.capacity} positions and this step needs {total}: "
+                             "allocate it for the prompt plus max_new_tokens")
+        if attention_mask.shape != (embeds.shape[0], total) or not attention_mask.all():
+            raise UsageError(f"a shared-buffer decoder takes no padding: expected an attention mask of ones shaped "
+                             f"{(embeds.shape[0], total)}, found {attention_mask.shape} with "
+                             f"{int((attention_mask == 0).sum())} zeros; run prompts of different lengths one by one")
+        session = self.backend.session
+        binding = session.io_binding()
+        binding.bind_cpu_input("inputs_embeds", np.ascontiguousarray(embeds, dtype=np.float32))
+        binding.bind_cpu_input("attention_mask", np.ascontiguousarray(attention_mask, dtype=np.int64))
+        for name, value in zip(self.past_names, cache.buffers):
+            binding.bind_ortvalue_input(name, value)
+        binding.bind_output("logits")
+        for name, value in zip(self.present_names, cache.buffers):
+            binding.bind_ortvalue_output(name, value)
+        session.run_with_iobinding(binding)
+        logits = binding.get_outputs()[0].numpy()
+        return logits[:, -1], logits, replace(cache, length=total)
+
+
+def decoder_for(backend, inputs: Sequence[str], num_layers: int, kv_heads: int, head_dim: int):
+    """The decoder that drives a part with these input names: a shared-buffer graph takes
+    ``past_key_values.0.key``, a plain one ``past_key.0``."""
+    kind = SharedKVDecoder if "past_key_values.0.key" in inputs else KVDecoder
+    return kind(backend, num_layers, kv_heads, head_dim)
 
 
 @dataclass
@@ -239,9 +327,11 @@ def generate_tokens(decoder: KVDecoder, embed: Callable[[np.ndarray], np.ndarray
     config = config.checked()
     rng = np.random.default_rng(config.seed)
     steps = processors(config)
+    if not decoder.pads_left and len({len(p) for p in prompts}) > 1:
+        raise UsageError("this decoder takes no padding: generate() runs prompts of different lengths one by one")
     embeds, mask, positions = left_pad(prompts)
     batch = len(prompts)
-    cache = decoder.empty_cache(batch)
+    cache = decoder.empty_cache(batch, embeds.shape[1] + config.max_new_tokens)
     seen = [list(ids) for ids in prompt_ids]
     done = [False] * batch
     made: list[list[int]] = [[] for _ in range(batch)]
@@ -283,7 +373,14 @@ def generate(decoder: KVDecoder, embed: Callable[[np.ndarray], np.ndarray], prom
              prompt_ids: Sequence[Sequence[int]], config: GenerationConfig,
              stop_check: Callable[[int, list[int]], bool] | None = None) -> Generation:
     """Run :func:`generate_tokens` to the end, timing the prefill, the decode steps and the share
-    of both spent inside the decoder."""
+    of both spent inside the decoder. Prompts of different lengths on a decoder that takes no
+    padding run one by one (their timings add up)."""
+    if not decoder.pads_left and len({len(p) for p in prompts}) > 1:
+        rows = [generate(decoder, embed, [p], [ids], config, None if stop_check is None else
+                         (lambda row, tokens, i=i: stop_check(i, tokens)))
+                for i, (p, ids) in enumerate(zip(prompts, prompt_ids))]
+        stats = {key: sum(r.stats[key] for r in rows) for key in rows[0].stats}
+        return Generation([r.tokens[0] for r in rows], stats)
     timed = _TimedDecoder(decoder)
     tokens: list[list[int]] = [[] for _ in prompts]
     start = time.perf_counter()
@@ -304,9 +401,10 @@ def generate(decoder: KVDecoder, embed: Callable[[np.ndarray], np.ndarray], prom
 class _TimedDecoder:
     def __init__(self, decoder):
         self.decoder, self.seconds, self.calls = decoder, 0.0, 0
+        self.pads_left = decoder.pads_left
 
-    def empty_cache(self, batch):
-        return self.decoder.empty_cache(batch)
+    def empty_cache(self, batch, capacity=None):
+        return self.decoder.empty_cache(batch, capacity)
 
     def step(self, *args):
         start = time.perf_counter()

@@ -20,10 +20,10 @@ def _checkpoint(model: str):
     return load_checkpoint(model)
 
 
-def _bundle(model: str, factory, name: str) -> Path:
+def _bundle(model: str, factory, name: str, **options) -> Path:
     from edgevfm.export.api import export
 
-    return export(model, factory.mktemp(name) / "fp32", show_progress=False)
+    return export(model, factory.mktemp(name) / "fp32", show_progress=False, **options)
 
 
 def _quantized(bundle: Path, recipes, factory, name: str, samples: int) -> dict[str, Path]:
@@ -87,6 +87,12 @@ def llava_checkpoint():
 @pytest.fixture(scope="session")
 def llava_bundle(tmp_path_factory) -> Path:
     return _bundle(TINY_LLAVA, tmp_path_factory, "llava")
+
+
+@pytest.fixture(scope="session")
+def llava_plain_bundle(tmp_path_factory) -> Path:
+    """The LLM part from torch's exporter (past_key.i, position ids, left padding), not the builder."""
+    return _bundle(TINY_LLAVA, tmp_path_factory, "llava-plain", llm_graph="plain")
 
 
 @pytest.fixture(scope="session")

@@ -14,18 +14,48 @@ from edgevfm.runtime import load
 from edgevfm.runtime.errors import CheckpointError
 
 
-def test_parts_and_their_validation(llava_bundle, llava_checkpoint):
-    manifest = json.loads((llava_bundle / "manifest.json").read_text())
+@pytest.mark.parametrize("graph, past", [("builder", "past_key_values.0.key"), ("plain", "past_key.0")])
+def test_parts_and_their_validation(graph, past, llava_bundle, llava_plain_bundle, llava_checkpoint):
+    bundle = {"builder": llava_bundle, "plain": llava_plain_bundle}[graph]
+    manifest = json.loads((bundle / "manifest.json").read_text())
     assert sorted(manifest["parts"]) == ["embed", "llm", "vision"]
+    assert manifest["export"]["options"] == {"llm_graph": graph}
     text = llava_checkpoint.model.config.text_config
     assert text.num_key_value_heads < text.num_attention_heads  # grouped-query attention
     variants = manifest["export"]["validation"]["llm"]["variants"]
-    pasts = [v["inputs"]["past_key.0"][2] for v in variants]
+    pasts = [v["inputs"][past][2] for v in variants]
     lengths = [v["inputs"]["inputs_embeds"][1] for v in variants]
     assert pasts == [0, 7] and 4 not in lengths  # the trace example had past 3, sequence 4
     for variant in variants:
         assert variant["logits"]["max_abs_diff"] < 1e-4
     assert manifest["chat"]["image_seq_length"] == 16 and manifest["llm"]["kv_heads"] == 2
+
+
+def test_builder_graph_is_fused_and_the_plain_graph_is_not(llava_bundle, llava_plain_bundle):
+    """What makes the builder graph faster: attention fused with rotary inside (no position ids)."""
+    import onnx
+
+    def ops_and_inputs(bundle):
+        graph = onnx.load(str(bundle / "llm.onnx"), load_external_data=False).graph
+        return {n.op_type for n in graph.node}, {i.name for i in graph.input}
+
+    ops, inputs = ops_and_inputs(llava_bundle)
+    assert {"GroupQueryAttention", "SkipSimplifiedLayerNormalization"} <= ops and "position_ids" not in inputs
+    ops, inputs = ops_and_inputs(llava_plain_bundle)
+    assert "GroupQueryAttention" not in ops and "position_ids" in inputs
+
+
+def test_what_the_builder_cannot_write_is_refused_before_any_work(tmp_path):
+    from edgevfm.export.genai_builder import check_builder
+    from edgevfm.runtime.errors import ExportError, UsageError
+
+    with pytest.raises(ExportError, match=r"multiple of 8, found 12: export with --llm-graph plain"):
+        check_builder("llama", 12)
+    with pytest.raises(ExportError, match=r"found 'opt': export with --llm-graph plain"):
+        check_builder("opt", 64)
+    with pytest.raises(UsageError, match=r"llm_graph must be one of builder, plain, found 'fused'"):
+        export("random:llava-tiny", tmp_path / "b", llm_graph="fused", show_progress=False)
+    assert not (tmp_path / "b").exists()
 
 
 def _hub_folder(checkpoint, folder):

@@ -34,11 +34,12 @@ def _transformers_greedy(checkpoint, pipeline, image, question, new_tokens):
     return prompt, out[0, ids.shape[1]:].tolist()
 
 
-@pytest.mark.parametrize("which", ["llama", "qwen2"])
+@pytest.mark.parametrize("which", ["llama", "qwen2", "llama-plain-graph"])
 def test_greedy_equals_transformers_token_for_token(which, llava_checkpoint, llava_qwen2_checkpoint, llava_bundle,
-                                                    llava_qwen2_bundle, photos):
+                                                    llava_qwen2_bundle, llava_plain_bundle, photos):
     checkpoint, bundle = {"llama": (llava_checkpoint, llava_bundle),
-                          "qwen2": (llava_qwen2_checkpoint, llava_qwen2_bundle)}[which]
+                          "qwen2": (llava_qwen2_checkpoint, llava_qwen2_bundle),
+                          "llama-plain-graph": (llava_checkpoint, llava_plain_bundle)}[which]
     pipeline = load(bundle, threads=1)
     for image in photos[:2]:
         prompt, expected = _transformers_greedy(checkpoint, pipeline, image, QUESTION, 24)
@@ -98,10 +99,29 @@ def test_stop_string_ends_the_answer(llava, photos):
     assert cut == full[:full.index(stop)]
 
 
-def test_batch_equals_each_row_alone(llava, photos):
+@pytest.mark.parametrize("graph", ["builder", "plain"])
+def test_batch_equals_each_row_alone(graph, llava_bundle, llava_plain_bundle, photos):
+    """The plain graph decodes the two prompts as one left-padded batch; the builder graph (no
+    padding) runs rows of different lengths one by one. Either way each row is its answer alone."""
+    llava = load({"builder": llava_bundle, "plain": llava_plain_bundle}[graph], threads=1)
     questions = ["What is this?", QUESTION]
     together = llava.answer_batch(photos[:2], questions, max_new_tokens=10)
     assert together == [llava.answer(im, q, max_new_tokens=10) for im, q in zip(photos[:2], questions)]
+    assert llava.decoder.pads_left == (graph == "plain")
+
+
+def test_a_shared_buffer_decoder_refuses_padding_and_overflow(llava, photos):
+    prompt = llava.prompt([message("user", QUESTION, with_image=True)], llava.image_features([photos[0]]))
+    length = len(prompt.ids)
+    embeds, ones = prompt.embeds[None], np.ones((1, length), np.int64)
+    padded = ones.copy()
+    padded[0, 0] = 0
+    with pytest.raises(UsageError, match=r"takes no padding: expected an attention mask of ones .* with 1 zeros"):
+        llava.decoder.step(embeds, padded, None, llava.decoder.empty_cache(1, length))
+    with pytest.raises(InputError, match=rf"holds {length - 1} positions and this step needs {length}"):
+        llava.decoder.step(embeds, ones, None, llava.decoder.empty_cache(1, length - 1))
+    with pytest.raises(UsageError, match="needs the cache capacity"):
+        llava.decoder.empty_cache(1)
 
 
 def test_timings_and_loop_overhead(llava, photos):

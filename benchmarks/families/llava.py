@@ -372,11 +372,11 @@ class _BundleLlava:
         prompt = self._prompt(image, question)
         length = len(prompt.ids)
         embeds, mask, positions = prompt.embeds[None], np.ones((1, length), np.int64), np.arange(length)[None]
-        _, _, cache = decoder.step(embeds, mask, positions, decoder.empty_cache(1))
+        _, _, cache = decoder.step(embeds, mask, positions, decoder.empty_cache(1, length + 1))
         one = p.embed(np.asarray([[prompt.ids[-1]]]))
 
         def prefill():
-            return decoder.step(embeds, mask, positions, decoder.empty_cache(1))
+            return decoder.step(embeds, mask, positions, decoder.empty_cache(1, length + 1))
 
         def decode():
             return decoder.step(one, np.ones((1, length + 1), np.int64), np.asarray([[length]]), cache)
@@ -392,7 +392,7 @@ class _BundleLlava:
         prompt = self._prompt(image, question)
         length = len(prompt.ids)
         last, _, _ = self.p.decoder.step(prompt.embeds[None], np.ones((1, length), np.int64), np.arange(length)[None],
-                                         self.p.decoder.empty_cache(1))
+                                         self.p.decoder.empty_cache(1, length))
         return last[0]
 
     def greedy(self, image, question, tokens: int) -> list[int]:
@@ -408,5 +408,5 @@ class _BundleLlava:
     def text_logits(self, text: str) -> tuple[list[int], np.ndarray]:
         ids = self.p.tokenizer.encode(text).ids
         _, logits, _ = self.p.decoder.step(self.p.embed(np.asarray([ids])), np.ones((1, len(ids)), np.int64),
-                                           np.arange(len(ids))[None], self.p.decoder.empty_cache(1))
+                                           np.arange(len(ids))[None], self.p.decoder.empty_cache(1, len(ids)))
         return ids, logits[0]

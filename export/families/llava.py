@@ -4,9 +4,13 @@
   ``vision_feature_layer`` (one layer or a list, concatenated) and
   ``vision_feature_select_strategy`` ("default" drops the CLS token, "full" keeps it).
 - ``embed``: token ids -> input embeddings (one Gather: an ONNX part, so recipes can quantize it).
-- ``llm``: input embeddings + attention mask + position ids + past keys/values of every layer ->
-  logits + present keys/values (present = past + new), dynamic batch, sequence and past length;
-  Llama and Qwen2 text models with grouped-query attention.
+- ``llm``: input embeddings + attention mask + past keys/values of every layer -> logits + present
+  keys/values, dynamic batch, sequence and past length; Llama and Qwen2 text models with
+  grouped-query attention. Two graphs (``export(..., llm_graph=)``):
+  ``builder`` (default) is onnxruntime-genai's model builder graph (``past_key_values.i.key`` ->
+  ``present.i.key``, one shared buffer, no position ids, no padding), the faster: measured on
+  trained:llava-smol, see :mod:`..genai_builder`; ``plain`` is torch's export (``past_key.i`` ->
+  ``present_key.i``, present = past + new, position ids, left padding), for any text model.
 """
 
 from __future__ import annotations
@@ -97,12 +101,32 @@ class LanguageModelStep(nn.Module):
         return (self.head(out.last_hidden_state), *presents)
 
 
+class BuilderLanguageModelStep(LanguageModelStep):
+    """The reference for the builder graph's signature: inputs_embeds, attention_mask (no padding),
+    then past keys/values; positions follow from the mask."""
+
+    def forward(self, inputs_embeds, attention_mask, *past):
+        positions = (attention_mask.cumsum(1) - 1)[:, -inputs_embeds.shape[1]:]
+        return super().forward(inputs_embeds, attention_mask, positions, *past)
+
+
+def causal_lm(model):
+    """The text model and LM head of a LLaVA model as a transformers ``*ForCausalLM`` (what the
+    builder reads), sharing its weights."""
+    from transformers import AutoModelForCausalLM
+
+    lm = AutoModelForCausalLM.from_config(model.config.text_config)
+    lm.model, lm.lm_head = model.model.language_model, model.lm_head
+    return lm.eval()
+
+
 def _vision(size: int, patch: int, **sizes) -> dict:
     return dict(sizes, image_size=size, patch_size=patch, model_type="clip_vision_model")
 
 
 _TINY_VISION = _vision(56, 14, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
-_TINY_TEXT = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+# head size 16: ONNX Runtime's GroupQueryAttention (the builder graph) takes multiples of 8
+_TINY_TEXT = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=512)
 
 
@@ -211,23 +235,49 @@ class LlavaSpec(FamilySpec):
                     feeds[f"past_{kv}.{i}"] = torch.randn(batch, kv_heads, past, head_dim, generator=g)
             return feeds
 
-        kv = [TensorSpec(f"past_{kv}.{i}", "float32", ("batch", kv_heads, "past", head_dim))
+        builder = checkpoint.options.get("llm_graph", "builder") == "builder"
+        if builder:
+            from ..genai_builder import build_decoder, check_builder
+
+            check_builder(text.model_type, head_dim)
+        past_name = "past_key_values.{i}.{kv}" if builder else "past_{kv}.{i}"
+        present_name = "present.{i}.{kv}" if builder else "present_{kv}.{i}"
+        kv = [TensorSpec(past_name.format(i=i, kv=kv), "float32", ("batch", kv_heads, "past", head_dim))
               for i in range(layers) for kv in ("key", "value")]
-        present = [TensorSpec(f"present_{kv}.{i}", "float32", ("batch", kv_heads, "total", head_dim))
+        present = [TensorSpec(present_name.format(i=i, kv=kv), "float32", ("batch", kv_heads, "total", head_dim))
                    for i in range(layers) for kv in ("key", "value")]
+
+        def builder_step(batch, variant):
+            """The plain step's inputs without position ids and padding (the builder graph takes none)."""
+            feeds = step(batch, variant)
+            feeds["attention_mask"] = torch.ones_like(feeds["attention_mask"])
+            del feeds["position_ids"]
+            return {(past_name.format(i=k.split(".")[1], kv=k.split(".")[0][5:]) if k.startswith("past_") else k): v
+                    for k, v in feeds.items()}
+
+        if builder:
+            tokenizer = checkpoint.assets["tokenizer"]
+            llm = PartSpec("llm", BuilderLanguageModelStep,
+                           [TensorSpec("inputs_embeds", "float32", ("batch", "sequence", hidden)),
+                            TensorSpec("attention_mask", "int64", ("batch", "total"))] + kv,
+                           [TensorSpec("logits", "float32", ("batch", "sequence", vocab))] + present, builder_step,
+                           atol=1e-3, rtol=1e-3, check_variants=(1, 2),
+                           build=lambda model, path: build_decoder(causal_lm(model), tokenizer, path))
+        else:
+            llm = PartSpec("llm", LanguageModelStep,
+                           [TensorSpec("inputs_embeds", "float32", ("batch", "sequence", hidden)),
+                            TensorSpec("attention_mask", "int64", ("batch", "total")),
+                            TensorSpec("position_ids", "int64", ("batch", "sequence"))] + kv,
+                           [TensorSpec("logits", "float32", ("batch", "sequence", vocab))] + present, step,
+                           # float32 accumulation through many layers: the trained 30-layer SmolLM2's
+                           # logits (magnitude ~20) differ from PyTorch by ~5e-4; tiny models by ~1e-7
+                           atol=1e-3, rtol=1e-3, check_variants=(1, 2))
         return [
             PartSpec("vision", VisionFeatures, [TensorSpec("pixel_values", "float32", ("batch", 3, size, size))],
                      [TensorSpec("image_features", "float32", ("batch", tokens, hidden))], pixels, atol=1e-4),
             PartSpec("embed", TokenEmbeddings, [TensorSpec("input_ids", "int64", ("batch", "sequence"))],
                      [TensorSpec("inputs_embeds", "float32", ("batch", "sequence", hidden))], ids),
-            PartSpec("llm", LanguageModelStep,
-                     [TensorSpec("inputs_embeds", "float32", ("batch", "sequence", hidden)),
-                      TensorSpec("attention_mask", "int64", ("batch", "total")),
-                      TensorSpec("position_ids", "int64", ("batch", "sequence"))] + kv,
-                     [TensorSpec("logits", "float32", ("batch", "sequence", vocab))] + present, step,
-                     # float32 accumulation through many layers: the trained 30-layer SmolLM2's logits
-                     # (magnitude ~20) differ from PyTorch by ~5e-4; tiny models by ~1e-7
-                     atol=1e-3, rtol=1e-3, check_variants=(1, 2)),
+            llm,
         ]
 
     def manifest_sections(self, checkpoint):

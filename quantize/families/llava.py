@@ -38,11 +38,7 @@ def calibration_feeds(pipeline, images: list, samples: int) -> dict[str, list[di
         ids = np.asarray([prompt.ids], np.int64)
         vision.append(pixels)
         embed.append({"input_ids": ids})
-        feeds = {"inputs_embeds": prompt.embeds[None], "attention_mask": np.ones_like(ids),
-                 "position_ids": np.arange(ids.shape[1], dtype=np.int64)[None]}
-        for name in pipeline.decoder.past_names:
-            feeds[name] = np.zeros((1, pipeline.decoder.kv_heads, 0, pipeline.decoder.head_dim), np.float32)
-        llm.append(feeds)
+        llm.append(pipeline.decoder.prefill_feeds(prompt.embeds[None]))
     return {"vision": vision, "embed": embed, "llm": llm}
 
 

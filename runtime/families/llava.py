@@ -17,7 +17,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from ..errors import InputError
-from ..generate import GenerationConfig, KVDecoder, check_prompt_fits, first_stop, generate, generate_tokens, stream_text
+from ..generate import GenerationConfig, check_prompt_fits, decoder_for, first_stop, generate, generate_tokens, stream_text
 from ..image import PREPROCESSING, ImageLike, output_size, preprocess
 from ..pipeline import PIPELINES, Pipeline, declared, mismatch
 from ..schema import integer, list_of, listed_file, nullable, obj, string
@@ -84,7 +84,7 @@ class LlavaPipeline(Pipeline):
     needs = {
         "vision": (("pixel_values",), ("image_features",)),
         "embed": (("input_ids",), ("inputs_embeds",)),
-        "llm": (("inputs_embeds", "attention_mask", "position_ids"), ("logits",)),
+        "llm": (("inputs_embeds", "attention_mask"), ("logits",)),
     }
     manifest_schema = {
         "preprocessing": PREPROCESSING,
@@ -101,9 +101,9 @@ class LlavaPipeline(Pipeline):
     def check_consistency(cls, manifest):
         llm, chat = manifest["llm"], manifest["chat"]
         inputs = {t["name"] for t in manifest["parts"]["llm"]["inputs"]}
-        expected_past = {f"past_{kv}.{i}" for i in range(llm["num_layers"]) for kv in ("key", "value")}
+        decoder = decoder_for(None, inputs, llm["num_layers"], llm["kv_heads"], llm["head_dim"])
         features = declared(manifest, "vision", "image_features")["shape"]
-        return (mismatch("the llm part's past inputs (layers) against llm.num_layers", sorted(expected_past),
+        return (mismatch("the llm part's past inputs (layers) against llm.num_layers", sorted(decoder.past_names),
                          sorted(inputs - {"inputs_embeds", "attention_mask", "position_ids"}))
                 + mismatch("the vision part's image_features (tokens, hidden) against chat.image_seq_length and "
                            "llm.hidden_size", [chat["image_seq_length"], llm["hidden_size"]], features[1:])
@@ -123,7 +123,8 @@ class LlavaPipeline(Pipeline):
         self.template = ImmutableSandboxedEnvironment(trim_blocks=False).from_string(chat["template"])
         self.image_token_id, self.image_seq_length = chat["image_token_id"], chat["image_seq_length"]
         self.context_length = llm["context_length"]
-        self.decoder = KVDecoder(self.parts["llm"], llm["num_layers"], llm["kv_heads"], llm["head_dim"])
+        inputs = [t["name"] for t in self.manifest["parts"]["llm"]["inputs"]]
+        self.decoder = decoder_for(self.parts["llm"], inputs, llm["num_layers"], llm["kv_heads"], llm["head_dim"])
         self.generation = GenerationConfig(max_new_tokens=256, stop_token_ids=tuple(chat["stop_token_ids"]))
 
     # -- conversations -------------------------------------------------------------------------
