@@ -20,8 +20,10 @@ DEFAULT_MODELS = ("random:clip-vit-b32", "random:sam-tiny", "trained:llava-smol"
 
 
 def run_demo(out: str | Path = "demo-out", models=DEFAULT_MODELS, report_dir: str | Path | None = None,
-             runs: int | None = None, threads: int = 2) -> list[dict]:
-    """``runs``: timed runs per figure (default: each family's ``demo_runs``)."""
+             runs: int | None = None, threads: int = 2, variants: bool = False) -> list[dict]:
+    """``runs``: timed runs per figure (default: each family's ``demo_runs``). ``variants`` also
+    exports the family's ``export_variants`` (other export choices, e.g. LLaVA's plain llm graph)
+    and quantizes each with ``variant_recipes``, so the report measures the choice."""
     out = Path(out)
     report_root = Path(report_dir) if report_dir else out / "report"
     results = []
@@ -36,10 +38,18 @@ def run_demo(out: str | Path = "demo-out", models=DEFAULT_MODELS, report_dir: st
         for recipe in getattr(family_bench, "demo_recipes", None) or recipes_for(family):
             print(f"[2/4] quantize --recipe {recipe} -> {folder / recipe}")
             bundles.append(quantize(bundles[0], recipe, folder / recipe, force=True))
+        for label, options in (getattr(family_bench, "export_variants", {}) if variants else {}).items():
+            print(f"[1/4] export ({label}) -> {folder / ('fp32-' + label)}")
+            variant = export(model, folder / f"fp32-{label}", force=True, **options)
+            bundles.append(variant)
+            for recipe in family_bench.variant_recipes:
+                print(f"[2/4] quantize ({label}) --recipe {recipe} -> {folder / (recipe + '-' + label)}")
+                bundles.append(quantize(variant, recipe, folder / f"{recipe}-{label}", force=True))
         print("[3/4] run")
         family_bench.demo(bundles, reports, threads)
         n = runs or family_bench.demo_runs
-        command = f"edgevfm demo -o {out} --model {model} --report-dir {report_root} --runs {n} --threads {threads}"
+        command = (f"edgevfm demo -o {out} --model {model} --report-dir {report_root} --runs {n} --threads {threads}"
+                   + (" --variants" if variants else ""))
         print(f"[4/4] bench {len(bundles)} bundles against PyTorch eager FP32 ({threads} threads, {n} runs)")
         result = bench(bundles, reference=model, out_dir=reports, threads=threads, runs=n, command=command)
         for goal in result["goals"]:

@@ -89,6 +89,9 @@ def _open_torch(task: dict, bench) -> dict:
             "config_sha256": checkpoint.source["config_sha256"], "runner": bench.torch_runner(checkpoint)}
 
 
+DEFAULT_EXPORT_OPTIONS = {"llm_graph": "builder"}
+
+
 def _open_bundle(task: dict, bench) -> dict:
     from edgevfm.runtime import load
 
@@ -97,8 +100,12 @@ def _open_bundle(task: dict, bench) -> dict:
     recipe = (bundle.manifest.get("recipe") or {}).get("name")
     precisions = sorted({p.precision for p in bundle.parts.values()})
     backends = sorted({p.backend for p in bundle.parts.values()})
-    return {"name": f"{'/'.join(backends)} {recipe or 'fp32'}", "kind": "bundle", "backend": "/".join(backends),
-            "precision": "/".join(precisions), "recipe": recipe, "path": str(bundle.path),
+    # an export choice other than the default names itself (LLaVA's plain llm graph)
+    choices = {k: v for k, v in ((bundle.manifest.get("export") or {}).get("options") or {}).items()
+               if DEFAULT_EXPORT_OPTIONS.get(k) != v}
+    label = "".join(f" ({k}={v})" for k, v in sorted(choices.items()))
+    return {"name": f"{'/'.join(backends)} {recipe or 'fp32'}{label}", "kind": "bundle", "backend": "/".join(backends),
+            "precision": "/".join(precisions), "recipe": recipe, "path": str(bundle.path), "export_choices": choices,
             "parts": {name: part.precision for name, part in bundle.parts.items()},
             "size_mb": bundle.size_bytes() / 1e6, "load_s": load_s,
             "config_sha256": bundle.manifest["source"].get("config_sha256"), "runner": bench.bundle_runner(pipeline)}

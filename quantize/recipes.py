@@ -136,31 +136,67 @@ def int4(src: Path, dst: Path, feeds=None, block_size: int = 32, **_) -> dict:
     return {"bits": 4, "block_size": block_size, "symmetric": True, "accuracy_level": 4}
 
 
-# Decoder weights that 4 bits hurt most (k-quants keep them wider for the same reason): measured on
-# trained:llava-smol (SmolLM2-135M), 4-bit RTN everywhere costs +33% perplexity and KL 0.40 to FP32;
-# these at 8 bits with 4 elsewhere, +12% / 0.10, for 34% more bytes than all-4-bit.
-SENSITIVE_MATMULS = ("down_proj", "v_proj")
+# Which decoder MatMuls stay at 8 bits in ``int4-mixed``, measured on trained:llava-smol
+# (SmolLM2-135M, builder graph, 302-token English text; KL to FP32 / perplexity change / llm MB):
+#   all 4-bit RTN b32                                      0.371 / +17.8% /  87
+#   + LM head, q/k/v and down projections at 8 bits         0.081 / +11.2% / 122
+#   + o projections too (only gate/up at 4 bits)            0.070 /  +9.5% / 127
+#   + every MatMul of the first and last two layers         0.044 /  +4.2% / 131   <- int4-mixed
+#   every MatMul at 8 bits (int8-weights)                   0.004 /  +0.7% / 154
+# (the FP32 reference is SmolLM2's Q4_1 GGUF dequantized: an integer 4-bit grid cannot land on
+# Q4_1's float-offset grid, which is why 4 bits cost more here than on weights trained in FP32).
+WIDE_MATMULS = ("q_proj", "k_proj", "v_proj", "o_proj", "down_proj")  # qkv_proj (the builder's) contains v_proj
+WIDE_EDGE_LAYERS = 2
+
+
+def _layer(name: str) -> int | None:
+    import re
+
+    found = re.search(r"layers\.(\d+)[./]", name)
+    return int(found.group(1)) if found else None
+
+
+def wide_matmuls(model) -> list[str]:
+    """The MatMuls ``int4-mixed`` keeps at 8 bits: attention and down projections, the LM head (the
+    MatMul that makes ``logits``) and everything in the first and last ``WIDE_EDGE_LAYERS`` layers."""
+    matmuls = [n for n in model.graph.node if n.op_type == "MatMul"]
+    layers = [i for i in (_layer(n.name) for n in matmuls) if i is not None]
+    last = max(layers, default=-1)
+    edge = set(range(WIDE_EDGE_LAYERS)) | set(range(last - WIDE_EDGE_LAYERS + 1, last + 1))
+    return [n.name for n in matmuls if any(k in n.name for k in WIDE_MATMULS) or "logits" in n.output
+            or _layer(n.name) in edge]
+
+
+def _nbits(model, bits: int, block_size: int, **chosen):
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=True, accuracy_level=4,
+                                     **chosen)
+    quantizer.process()
+    return quantizer.model.model
 
 
 def int4_mixed(src: Path, dst: Path, feeds=None, block_size: int = 32, **_) -> dict:
-    """4-bit weight-only MatMulNBits, with the sensitive projections and the LM head (the MatMul
-    that makes ``logits``) at 8 bits."""
+    """4-bit weight-only MatMulNBits (RTN) where it costs least, 8 bits where it costs most."""
     import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     model = onnx.load(str(src))
-    wide = [n.name for n in model.graph.node if n.op_type == "MatMul"
-            and (any(k in n.name for k in SENSITIVE_MATMULS) or "logits" in n.output)]
-    for bits, chosen in ((4, dict(nodes_to_exclude=wide)), (8, dict(nodes_to_include=wide))):
-        if bits == 8 and not wide:
-            continue
-        quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=True,
-                                         accuracy_level=4, **chosen)
-        quantizer.process()
-        model = quantizer.model.model
+    wide = wide_matmuls(model)
+    model = _nbits(model, 4, block_size, nodes_to_exclude=wide)
+    if wide:
+        model = _nbits(model, 8, block_size, nodes_to_include=wide)
     save_onnx(model, dst)
     return {"bits": 4, "block_size": block_size, "symmetric": True, "accuracy_level": 4,
-            "8_bit": {"patterns": list(SENSITIVE_MATMULS) + ["LM head"], "matmuls": len(wide)}}
+            "8_bit": {"patterns": list(WIDE_MATMULS) + ["LM head", f"first and last {WIDE_EDGE_LAYERS} layers"],
+                      "matmuls": len(wide)}}
+
+
+def int8_weights(src: Path, dst: Path, feeds=None, block_size: int = 32, **_) -> dict:
+    """Every MatMul weight at 8 bits (MatMulNBits, int8 compute): the accurate choice for an LLM."""
+    import onnx
+
+    save_onnx(_nbits(onnx.load(str(src)), 8, block_size), dst)
+    return {"bits": 8, "block_size": block_size, "symmetric": True, "accuracy_level": 4}
 
 
 def int4_gather(src: Path, dst: Path, feeds=None, block_size: int = 32, **_) -> dict:
@@ -194,7 +230,9 @@ _register(Recipe("int8-static", "int8", "INT8 QDQ calibrated on real photos (Mat
 _register(Recipe("int4", "int4", "4-bit weight-only MatMulNBits, int8 compute", int4))
 _register(Recipe("fp16", "fp16", "float16 weights and compute, float32 I/O and normalisation", fp16))
 # language-model steps: family recipes name them per part (see quantize/families/llava.py)
-_register(Recipe("int4-mixed", "int4", "4-bit weight-only, down/v projections and LM head at 8 bits", int4_mixed,
+_register(Recipe("int4-mixed", "int4", "4-bit weight-only MLP gate/up projections; attention, down projections, LM "
+                 "head and the first and last two layers at 8 bits", int4_mixed, families=("llava",)))
+_register(Recipe("int8-weights", "int8", "8-bit weight-only MatMulNBits, every MatMul", int8_weights,
                  families=("llava",)))
 _register(Recipe("int4-embed", "int4", "4-bit embedding table (GatherBlockQuantized)", int4_gather,
                  families=("llava",)))

@@ -71,7 +71,7 @@ def cmd_info(args) -> None:
 def cmd_demo(args) -> None:
     demo = _heavy("edgevfm.benchmarks.demo", "bench", "edgevfm demo")
     demo.run_demo(args.output, models=args.model or demo.DEFAULT_MODELS, report_dir=args.report_dir, runs=args.runs,
-                  threads=args.threads)
+                  threads=args.threads, variants=args.variants)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-dir", type=new_folder, help="reports go to REPORT_DIR/<model> (default OUTPUT/report)")
     p.add_argument("--runs", type=positive_int, help="timed runs per figure (default: 30 for CLIP, 10 for SAM)")
     p.add_argument("--threads", type=positive_int, default=2)
+    p.add_argument("--variants", action="store_true", help="also export and bench each family's other export "
+                   "choices (LLaVA: the plain llm graph against the builder's); make report does")
     p.set_defaults(func=cmd_demo)
     return parser
 

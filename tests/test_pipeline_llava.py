@@ -217,6 +217,15 @@ def test_trained_preset_answers_and_int4_keeps_the_answer(smol_bundle, tmp_path)
     assert "Paris" in load(smol_bundle, threads=2).answer(None, question, max_new_tokens=12)
     int4 = quantize(smol_bundle, "llava-int4", tmp_path / "int4", show_progress=False)
     assert "Paris" in load(int4, threads=2).answer(None, question, max_new_tokens=12)
+    # what int4-mixed chose, on the builder graph's names: 4 bits for the MLP gate/up projections
+    # of the middle layers (2..27 of 30), 8 bits for everything else
+    import onnx
+
+    bits = {n.name: next(a.i for a in n.attribute if a.name == "bits")
+            for n in onnx.load(str(int4 / "llm.onnx"), load_external_data=False).graph.node if n.op_type == "MatMulNBits"}
+    four = sorted(name for name, b in bits.items() if b == 4)
+    assert four == sorted(f"/model/layers.{i}/mlp/{p}_proj/MatMul_Q4" for i in range(2, 28) for p in ("gate", "up"))
+    assert len(bits) == 151 and set(bits.values()) == {4, 8}
     with pytest.raises(Exception, match="unknown preset 'random:llava-smol'.*trained:llava-smol"):
         from edgevfm.export.checkpoint import load_checkpoint
 
