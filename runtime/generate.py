@@ -50,6 +50,10 @@ class GenerationConfig:
     seed: int | None = None
     stop_token_ids: tuple[int, ...] = ()
     stop_strings: tuple[str, ...] = ()
+    no_repeat_ngram_size: int = 0  # 0: off
+    num_beams: int = 1  # > 1: beam search (with do_sample False), as transformers' generate
+    length_penalty: float = 1.0  # beam search: a finished beam scores sum(log p) / length ** length_penalty
+    early_stopping: bool | str = False  # beam search: True, False or "never", as transformers
 
     def checked(self) -> "GenerationConfig":
         """This config, or a ``UsageError`` naming every setting out of range."""
@@ -75,6 +79,16 @@ class GenerationConfig:
              f"{list(self.stop_token_ids)!r}")
         need(all(isinstance(s, str) and s for s in self.stop_strings), f"stop_strings must be non-empty strings, "
              f"found {list(self.stop_strings)!r}")
+        need(_is_int(self.no_repeat_ngram_size) and self.no_repeat_ngram_size >= 0,
+             f"no_repeat_ngram_size must be an integer >= 0, found {self.no_repeat_ngram_size!r}")
+        need(_is_int(self.num_beams) and self.num_beams >= 1, f"num_beams must be an integer >= 1, found "
+             f"{self.num_beams!r}")
+        need(not (self.num_beams != 1 and self.do_sample), "beam search is deterministic here: set do_sample=False "
+             "with num_beams > 1")
+        need(isinstance(self.length_penalty, number) and math.isfinite(self.length_penalty),
+             f"length_penalty must be a finite number, found {self.length_penalty!r}")
+        need(self.early_stopping in (True, False, "never"), f"early_stopping must be True, False or 'never', found "
+             f"{self.early_stopping!r}")
         if problems:
             raise UsageError("generation settings out of range: " + "; ".join(problems))
         return self
@@ -149,11 +163,29 @@ def min_p(p: float) -> Processor:
     return apply
 
 
+def no_repeat_ngram(size: int) -> Processor:
+    """transformers' rule: a token that would repeat an n-gram already in the row (prompt included)
+    gets -inf."""
+    def apply(scores, seen):
+        for row, ids in enumerate(seen):
+            if len(ids) + 1 < size:
+                continue
+            prefix = tuple(ids[len(ids) - size + 1:]) if size > 1 else ()
+            banned = [ids[i + size - 1] for i in range(len(ids) - size + 1) if tuple(ids[i:i + size - 1]) == prefix]
+            if banned:
+                scores[row, banned] = -np.inf
+        return scores
+
+    return apply
+
+
 def processors(config: GenerationConfig) -> list[Processor]:
     """The steps for ``config``, in transformers' order (penalty first, then the warpers)."""
     steps = []
     if config.repetition_penalty != 1.0:
         steps.append(repetition_penalty(config.repetition_penalty))
+    if config.no_repeat_ngram_size:
+        steps.append(no_repeat_ngram(config.no_repeat_ngram_size))
     if config.do_sample:
         if config.temperature != 1.0:
             steps.append(temperature(config.temperature))
@@ -189,6 +221,12 @@ class KVDecoder:
 
         empty = np.zeros((batch, self.kv_heads, 0, self.head_dim), np.float32)
         return [ort.OrtValue.ortvalue_from_numpy(empty) for _ in self.past_names]
+
+    def reorder(self, cache, rows: np.ndarray):
+        """The cache with its batch rows picked by ``rows`` (beam search): one copy per layer."""
+        import onnxruntime as ort
+
+        return [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v.numpy()[rows])) for v in cache]
 
     def prefill_feeds(self, embeds: np.ndarray) -> dict[str, np.ndarray]:
         """Plain feeds for a prefill of ``embeds`` (B, S, H) with no padding and an empty cache
@@ -248,6 +286,12 @@ class SharedKVDecoder:
         shape = (batch, self.kv_heads, capacity, self.head_dim)
         return SharedCache([ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32) for _ in self.past_names],
                            0, capacity)
+
+    def reorder(self, cache: SharedCache, rows: np.ndarray) -> SharedCache:
+        import onnxruntime as ort
+
+        buffers = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v.numpy()[rows])) for v in cache.buffers]
+        return replace(cache, buffers=buffers)
 
     def prefill_feeds(self, embeds: np.ndarray) -> dict[str, np.ndarray]:
         batch, length = embeds.shape[:2]
@@ -325,6 +369,9 @@ def generate_tokens(decoder: KVDecoder, embed: Callable[[np.ndarray], np.ndarray
     penalty; ``stop_check(row, tokens)`` may end a row early (stop strings); :func:`generate`
     runs it to the end and times it."""
     config = config.checked()
+    if config.num_beams > 1:
+        raise UsageError(f"beam search (num_beams={config.num_beams}) picks its answer at the end and cannot stream: "
+                         "use generate(), or num_beams=1")
     rng = np.random.default_rng(config.seed)
     steps = processors(config)
     if not decoder.pads_left and len({len(p) for p in prompts}) > 1:
@@ -374,7 +421,7 @@ def generate(decoder: KVDecoder, embed: Callable[[np.ndarray], np.ndarray], prom
              stop_check: Callable[[int, list[int]], bool] | None = None) -> Generation:
     """Run :func:`generate_tokens` to the end, timing the prefill, the decode steps and the share
     of both spent inside the decoder. Prompts of different lengths on a decoder that takes no
-    padding run one by one (their timings add up)."""
+    padding run one by one (their timings add up). ``num_beams > 1`` runs :func:`beam_search`."""
     if not decoder.pads_left and len({len(p) for p in prompts}) > 1:
         rows = [generate(decoder, embed, [p], [ids], config, None if stop_check is None else
                          (lambda row, tokens, i=i: stop_check(i, tokens)))
@@ -382,6 +429,13 @@ def generate(decoder: KVDecoder, embed: Callable[[np.ndarray], np.ndarray], prom
         stats = {key: sum(r.stats[key] for r in rows) for key in rows[0].stats}
         return Generation([r.tokens[0] for r in rows], stats)
     timed = _TimedDecoder(decoder)
+    if config.checked().num_beams > 1:
+        start = time.perf_counter()
+        tokens = beam_search(timed, embed, prompts, prompt_ids, config)
+        total = time.perf_counter() - start
+        return Generation(tokens, {"prefill": timed.first, "decode": total - timed.first,
+                                   "steps": max(0, timed.calls - 1), "decode_backend": timed.seconds - timed.first,
+                                   "backend": timed.seconds})
     tokens: list[list[int]] = [[] for _ in prompts]
     start = time.perf_counter()
     prefill = None
@@ -400,11 +454,14 @@ def generate(decoder: KVDecoder, embed: Callable[[np.ndarray], np.ndarray], prom
 
 class _TimedDecoder:
     def __init__(self, decoder):
-        self.decoder, self.seconds, self.calls = decoder, 0.0, 0
+        self.decoder, self.seconds, self.calls, self.first = decoder, 0.0, 0, 0.0
         self.pads_left = decoder.pads_left
 
     def empty_cache(self, batch, capacity=None):
         return self.decoder.empty_cache(batch, capacity)
+
+    def reorder(self, cache, rows):
+        return self.decoder.reorder(cache, rows)
 
     def step(self, *args):
         start = time.perf_counter()
@@ -413,6 +470,92 @@ class _TimedDecoder:
         finally:
             self.seconds += time.perf_counter() - start
             self.calls += 1
+            if self.calls == 1:
+                self.first = self.seconds
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    shifted = x - x.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def beam_search(decoder, embed: Callable[[np.ndarray], np.ndarray], prompts: Sequence[np.ndarray],
+                prompt_ids: Sequence[Sequence[int]], config: GenerationConfig) -> list[list[int]]:
+    """The best of ``num_beams`` hypotheses per prompt, as transformers' beam search picks it: each
+    step keeps the 2 x beams best continuations of all beams (sum of log-probabilities after the
+    processors), moves those ending in a stop token (or at ``max_new_tokens``) among the finished
+    ones scored by length ** ``length_penalty``, continues the best ``num_beams`` others, and stops
+    when no running beam can beat the finished ones (``early_stopping``). The prompt is prefilled
+    once per row and its cache copied to each beam. Returns tokens per row, stop token excluded."""
+    config = config.checked()
+    beams, steps = config.num_beams, processors(config)
+    stop_ids = set(config.stop_token_ids)
+    keep = max(2, 1 + len(stop_ids)) * beams
+    embeds, mask, positions = left_pad(prompts)
+    batch, longest = len(prompts), embeds.shape[1]
+    cache = decoder.empty_cache(batch, longest + config.max_new_tokens)
+    scores, _, cache = decoder.step(embeds, mask, positions, cache)
+    rows = np.repeat(np.arange(batch), beams)  # row b's beams are b * beams ... b * beams + beams - 1
+    cache, mask, positions = decoder.reorder(cache, rows), mask[rows], positions[rows]
+    scores = scores[rows]
+    running = [[list(prompt_ids[b]) for _ in range(beams)] for b in range(batch)]  # prompt + generated
+    running_scores = np.zeros((batch, beams), np.float32)  # float32 throughout, as transformers
+    running_scores[:, 1:] = -1e9  # the first step continues beam 0 only: the beams start identical
+    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(batch)]  # (score, sequence), best first
+    improvable = np.ones(batch, bool)
+    for step in range(config.max_new_tokens):
+        logp = log_softmax(scores.astype(np.float32))
+        for process in steps:
+            logp = process(logp, [seq for row in running for seq in row])
+        total = (logp.reshape(batch, beams, -1) + running_scores[:, :, None]).reshape(batch, -1)
+        vocab = logp.shape[-1]
+        top = np.argsort(-total, axis=-1, kind="stable")[:, :keep]
+        top_scores = np.take_along_axis(total, top, axis=-1)
+        origin, token = top // vocab, top % vocab
+        last = step + 1 == config.max_new_tokens
+        hits = np.isin(token, list(stop_ids)) | last
+        generated = step + 1
+        next_rows, next_scores, next_seqs = [], np.zeros((batch, beams), np.float32), []
+        for b in range(batch):
+            # finished: the top `beams` candidates that hit a stop, if improvement is still possible
+            full = len(finished[b]) == beams and config.early_stopping is True
+            for j in range(beams):
+                if hits[b, j] and improvable[b] and not full:
+                    score = top_scores[b, j] / (generated ** config.length_penalty)
+                    seq = running[b][origin[b, j]] + [int(token[b, j])]
+                    finished[b].append((float(score), seq))
+            finished[b] = sorted(finished[b], key=lambda f: -f[0])[:beams]
+            alive = [j for j in range(keep) if not hits[b, j]][:beams]
+            while len(alive) < beams:  # every continuation hit a stop: the loop ends below
+                alive.append(alive[-1] if alive else 0)
+            next_rows += [b * beams + origin[b, j] for j in alive]
+            next_scores[b] = [top_scores[b, j] if not hits[b, j] else -1e9 for j in alive]
+            next_seqs.append([running[b][origin[b, j]] + [int(token[b, j])] for j in alive])
+        running, running_scores = next_seqs, next_scores
+        if last or hits.all():
+            break
+        # can a running beam still beat the worst finished one?
+        length = generated if not (config.early_stopping == "never" and config.length_penalty > 0) \
+            else config.max_new_tokens
+        best_possible = running_scores[:, 0] / (length ** config.length_penalty)
+        for b in range(batch):
+            if len(finished[b]) == beams:
+                improvable[b] &= bool(best_possible[b] > finished[b][-1][0])
+        if not improvable.any() or (config.early_stopping is True and all(len(f) == beams for f in finished)):
+            break
+        picked = np.asarray(next_rows)
+        if not np.array_equal(picked, np.arange(len(picked))):
+            cache, mask, positions = decoder.reorder(cache, picked), mask[picked], positions[picked]
+        ids = np.asarray([seq[-1] for row in running for seq in row], np.int64)[:, None]
+        mask = np.concatenate([mask, np.ones((len(picked), 1), np.int64)], axis=1)
+        positions = positions[:, -1:] + 1
+        scores, _, cache = decoder.step(embed(ids), mask, positions, cache)
+    out = []
+    for b in range(batch):
+        best = finished[b][0][1] if finished[b] else running[b][0]
+        tokens = best[len(prompt_ids[b]):]
+        out.append(tokens[:-1] if tokens and tokens[-1] in stop_ids else tokens)
+    return out
 
 
 # -- text -----------------------------------------------------------------------------------------

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from edgevfm.runtime.errors import UsageError
-from edgevfm.runtime.generate import (GenerationConfig, left_pad, min_p, processors, repetition_penalty,
-                                      stream_text, temperature, top_k, top_p)
+from edgevfm.runtime.generate import (GenerationConfig, left_pad, min_p, no_repeat_ngram, processors,
+                                      repetition_penalty, stream_text, temperature, top_k, top_p)
 
 from helpers import assert_close
 
@@ -39,6 +39,17 @@ def test_processor_matches_transformers(ours, theirs, scores):
                  what=theirs)
 
 
+@pytest.mark.parametrize("size", [1, 2, 3])
+def test_no_repeat_ngram_matches_transformers(size, scores):
+    from transformers import NoRepeatNGramLogitsProcessor
+
+    rows = [[1, 2, 3, 1, 2, 3, 1, 2], [4, 4, 4, 4, 4, 4, 4, 4], [5, 6, 7, 8, 9, 10, 11, 6]]
+    reference = NoRepeatNGramLogitsProcessor(size)(torch.tensor(rows), torch.tensor(scores.copy())).numpy()
+    got = no_repeat_ngram(size)(scores.copy(), rows)
+    assert np.isinf(reference).any() and np.array_equal(np.isinf(got), np.isinf(reference))
+    assert np.array_equal(np.where(np.isinf(got), 0, got), np.where(np.isinf(reference), 0, reference))
+
+
 def test_greedy_uses_no_warpers():
     assert processors(GenerationConfig(temperature=0.5, top_k=3)) == []
     assert len(processors(GenerationConfig(do_sample=True, temperature=0.5, top_k=3, top_p=0.9, min_p=0.05,
@@ -55,6 +66,11 @@ def test_greedy_uses_no_warpers():
     (dict(repetition_penalty=-1), "repetition_penalty must be a finite number above 0"),
     (dict(stop_strings=("",)), "stop_strings must be non-empty strings"),
     (dict(nucleus=0.9), "unknown generation settings \\['nucleus'\\]"),
+    (dict(num_beams=0), "num_beams must be an integer >= 1"),
+    (dict(num_beams=3, do_sample=True), "set do_sample=False with num_beams > 1"),
+    (dict(no_repeat_ngram_size=-2), "no_repeat_ngram_size must be an integer >= 0"),
+    (dict(early_stopping="sometimes"), "early_stopping must be True, False or 'never'"),
+    (dict(length_penalty=float("inf")), "length_penalty must be a finite number"),
 ])
 def test_settings_out_of_range(options, message):
     with pytest.raises(UsageError, match=message):

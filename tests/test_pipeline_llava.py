@@ -12,7 +12,7 @@ import torch
 from edgevfm.runtime import InputError, load
 from edgevfm.runtime.errors import UsageError
 from edgevfm.runtime.families.llava import message
-from edgevfm.runtime.generate import GenerationConfig, generate
+from edgevfm.runtime.generate import GenerationConfig, generate, generate_tokens
 
 QUESTION = "What is unusual about this image?"
 
@@ -46,6 +46,43 @@ def test_greedy_equals_transformers_token_for_token(which, llava_checkpoint, lla
         ours = generate(pipeline.decoder, pipeline.embed, [prompt.embeds], [prompt.ids],
                         GenerationConfig(max_new_tokens=24))
         assert ours.tokens[0] == expected
+
+
+@pytest.mark.parametrize("graph, settings", [
+    ("builder", dict(num_beams=3)),
+    ("builder", dict(num_beams=4, length_penalty=0.5, no_repeat_ngram_size=2)),
+    ("builder", dict(num_beams=2, early_stopping=True, length_penalty=1.5)),
+    ("builder", dict(num_beams=3, early_stopping="never")),
+    ("plain", dict(num_beams=3, no_repeat_ngram_size=3)),
+])
+def test_beam_search_equals_transformers_token_for_token(graph, settings, llava_checkpoint, llava_bundle,
+                                                         llava_plain_bundle, photos):
+    """A stop token the model does emit (its 4th greedy token) makes beams finish at different
+    lengths, so the finished-beam bookkeeping, length penalty and early stopping all take part."""
+    pipeline = load({"builder": llava_bundle, "plain": llava_plain_bundle}[graph], threads=1)
+    for image in photos[:2]:
+        prompt = pipeline.prompt([message("user", QUESTION, with_image=True)], pipeline.image_features([image]))
+        stop = generate(pipeline.decoder, pipeline.embed, [prompt.embeds], [prompt.ids],
+                        GenerationConfig(max_new_tokens=4)).tokens[0][3]
+        ids = torch.tensor([prompt.ids])
+        with torch.no_grad():
+            out = llava_checkpoint.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                                  pixel_values=torch.from_numpy(pipeline.image_inputs([image])),
+                                                  max_new_tokens=16, do_sample=False, eos_token_id=stop,
+                                                  pad_token_id=0, **settings)
+        expected = out[0, ids.shape[1]:].tolist()
+        expected = expected[:-1] if expected[-1] == stop else expected
+        ours = generate(pipeline.decoder, pipeline.embed, [prompt.embeds], [prompt.ids],
+                        GenerationConfig(max_new_tokens=16, stop_token_ids=(stop,), **settings))
+        assert ours.tokens[0] == expected
+
+
+def test_beam_search_answers_at_once(llava, photos):
+    beams = llava.answer(photos[0], QUESTION, max_new_tokens=8, num_beams=3)
+    assert list(llava.chat(photos[0], num_beams=3).send(QUESTION, stream=True, max_new_tokens=8)) == [beams]
+    with pytest.raises(UsageError, match=r"beam search \(num_beams=3\) .* cannot stream"):
+        next(generate_tokens(llava.decoder, llava.embed, [np.zeros((2, 64), np.float32)], [[1, 2]],
+                             GenerationConfig(num_beams=3)))
 
 
 def test_image_features_are_merged_like_transformers(llava_checkpoint, llava, photos):
@@ -192,6 +229,12 @@ def test_chat_prompt_prints_one_answer(llava_bundle, llava, photos, tmp_path, ca
     assert main(["run", str(llava_bundle), "chat", str(tmp_path / "cat.png"), "--prompt", QUESTION,
                  "--max-new-tokens", "12"]) == 0
     assert capsys.readouterr().out == llava.answer(photos[1], QUESTION, max_new_tokens=12) + "\n"
+    assert main(["run", str(llava_bundle), "chat", str(tmp_path / "cat.png"), "--prompt", QUESTION,
+                 "--max-new-tokens", "12", "--beams", "3"]) == 0
+    assert capsys.readouterr().out == llava.answer(photos[1], QUESTION, max_new_tokens=12, num_beams=3) + "\n"
+    with pytest.raises(SystemExit) as exited:
+        main(["run", str(llava_bundle), "chat", "--prompt", QUESTION, "--beams", "0"])
+    assert exited.value.code == 2 and "--beams: expected an integer >= 1, found 0" in capsys.readouterr().err
 
 
 def test_interactive_chat_keeps_history_and_starts_over(llava_bundle, llava, monkeypatch, capsys):

@@ -202,6 +202,9 @@ class LlavaPipeline(Pipeline):
 
     def _stream(self, prompt: Prompt, config: GenerationConfig) -> Iterator[str]:
         check_prompt_fits(len(prompt.ids), config.max_new_tokens, self.context_length)
+        if config.num_beams > 1:  # beam search picks the answer at the end: one piece
+            tokens = generate(self.decoder, self.embed, [prompt.embeds], [prompt.ids], config).tokens[0]
+            return iter([self.decode_text(tokens, config)])
         steps = generate_tokens(self.decoder, self.embed, [prompt.embeds], [prompt.ids], config,
                                 self._stop_check(config))
         tokens = (picked[0] for picked in steps if picked[0] is not None)
@@ -217,12 +220,14 @@ def _chat_arguments(parser) -> None:
     parser.add_argument("--temperature", type=finite_float, help="sample at this temperature (default: greedy)")
     parser.add_argument("--top-p", type=finite_float)
     parser.add_argument("--seed", type=int, help="seed for sampling, for reproducible answers")
+    parser.add_argument("--beams", type=positive_int, default=1, help="beam search with this many beams (default 1: "
+                        "greedy or sampled); the answer comes at once")
 
 
 def _chat(pipeline: LlavaPipeline, args) -> None:
     import sys
 
-    options = {"max_new_tokens": args.max_new_tokens, "seed": args.seed}
+    options = {"max_new_tokens": args.max_new_tokens, "seed": args.seed, "num_beams": args.beams}
     if args.temperature is not None or args.top_p is not None:
         options.update(do_sample=True, temperature=args.temperature, top_p=args.top_p)
     chat = pipeline.chat(args.image, **options)
