@@ -222,6 +222,12 @@ class KVDecoder:
         empty = np.zeros((batch, self.kv_heads, 0, self.head_dim), np.float32)
         return [ort.OrtValue.ortvalue_from_numpy(empty) for _ in self.past_names]
 
+    def resume(self, cache, length: int, capacity: int):
+        """The cache cut to its first ``length`` positions (a conversation's shared prefix)."""
+        import onnxruntime as ort
+
+        return [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v.numpy()[:, :, :length])) for v in cache]
+
     def reorder(self, cache, rows: np.ndarray):
         """The cache with its batch rows picked by ``rows`` (beam search): one copy per layer."""
         import onnxruntime as ort
@@ -287,6 +293,20 @@ class SharedKVDecoder:
         return SharedCache([ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32) for _ in self.past_names],
                            0, capacity)
 
+    def resume(self, cache: SharedCache, length: int, capacity: int) -> SharedCache:
+        """The cache holding its first ``length`` positions, with room for ``capacity`` (the old
+        buffers when they are large enough: nothing is copied)."""
+        import onnxruntime as ort
+
+        if capacity <= cache.capacity:
+            return replace(cache, length=length)
+        grown = self.empty_cache(cache.buffers[0].shape()[0], capacity)
+        for old, new in zip(cache.buffers, grown.buffers):
+            data = new.numpy()  # a view of the new buffer
+            data[:, :, :length] = old.numpy()[:, :, :length]
+            new.update_inplace(data)
+        return replace(grown, length=length)
+
     def reorder(self, cache: SharedCache, rows: np.ndarray) -> SharedCache:
         import onnxruntime as ort
 
@@ -347,6 +367,26 @@ class Generation:
         return max(0.0, self.stats["decode"] - self.stats["decode_backend"]) / steps
 
 
+@dataclass
+class Session:
+    """A conversation's KV cache between turns: ``ids`` are the tokens whose keys and values it
+    holds. A new turn whose prompt starts with the same tokens prefills only the rest;
+    ``prefilled`` is how many tokens the last turn prefilled."""
+
+    ids: list[int] = field(default_factory=list)
+    cache: object = None
+    prefilled: int = 0
+
+
+def shared_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 def left_pad(prompts: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Prompt embeddings (S_i, H) -> (embeds (B, S, H), attention mask (B, S), position ids (B, S)),
     padded on the left as transformers' generate expects."""
@@ -363,11 +403,13 @@ def left_pad(prompts: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.
 
 def generate_tokens(decoder: KVDecoder, embed: Callable[[np.ndarray], np.ndarray], prompts: Sequence[np.ndarray],
                     prompt_ids: Sequence[Sequence[int]], config: GenerationConfig,
-                    stop_check: Callable[[int, list[int]], bool] | None = None) -> Iterator[list[int | None]]:
+                    stop_check: Callable[[int, list[int]], bool] | None = None,
+                    session: Session | None = None) -> Iterator[list[int | None]]:
     """Decode step by step; yields, per step, the new token of each row (None for a finished row).
     ``embed(ids (B, 1)) -> (B, 1, H)`` embeds the tokens picked; ``prompt_ids`` feed the repetition
     penalty; ``stop_check(row, tokens)`` may end a row early (stop strings); :func:`generate`
-    runs it to the end and times it."""
+    runs it to the end and times it. With a ``session`` (one prompt), the cache of its previous
+    turn is reused for the tokens this prompt shares with it, and the session keeps this turn's."""
     config = config.checked()
     if config.num_beams > 1:
         raise UsageError(f"beam search (num_beams={config.num_beams}) picks its answer at the end and cannot stream: "
@@ -378,13 +420,26 @@ def generate_tokens(decoder: KVDecoder, embed: Callable[[np.ndarray], np.ndarray
         raise UsageError("this decoder takes no padding: generate() runs prompts of different lengths one by one")
     embeds, mask, positions = left_pad(prompts)
     batch = len(prompts)
-    cache = decoder.empty_cache(batch, embeds.shape[1] + config.max_new_tokens)
+    capacity = embeds.shape[1] + config.max_new_tokens
+    reused = 0
+    if session is not None and len(prompts) == 1 and session.cache is not None:
+        reused = min(shared_prefix(session.ids, prompt_ids[0]), len(prompt_ids[0]) - 1)
+    if reused:
+        cache = decoder.resume(session.cache, reused, capacity)
+        embeds, positions = embeds[:, reused:], positions[:, reused:]
+    else:
+        cache = decoder.empty_cache(batch, capacity)
+    if session is not None:
+        session.ids, session.cache, session.prefilled = [], None, embeds.shape[1]
     seen = [list(ids) for ids in prompt_ids]
     done = [False] * batch
     made: list[list[int]] = [[] for _ in range(batch)]
     stop_ids = set(config.stop_token_ids)
+    fed = list(prompt_ids[0]) if session is not None else []
     for step in range(config.max_new_tokens):
         scores, _, cache = decoder.step(embeds, mask, positions, cache)
+        if session is not None:  # the cache now holds every token fed so far
+            session.ids, session.cache = list(fed), cache
         scores = scores.astype(np.float32, copy=True)
         for process in steps:
             scores = process(scores, seen)
@@ -414,6 +469,7 @@ def generate_tokens(decoder: KVDecoder, embed: Callable[[np.ndarray], np.ndarray
         embeds = embed(ids)
         positions = positions[:, -1:] + 1
         mask = np.concatenate([mask, np.ones((batch, 1), np.int64)], axis=1)
+        fed += picked[:1]
 
 
 def generate(decoder: KVDecoder, embed: Callable[[np.ndarray], np.ndarray], prompts: Sequence[np.ndarray],

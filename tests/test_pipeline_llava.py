@@ -128,6 +128,39 @@ def test_history_and_a_new_conversation(llava, photos):
     assert rendered.count("USER:") == 1 and "Hello there" not in rendered  # no history leaks into a new chat
 
 
+def _second_turn(llava, image, cached: bool) -> tuple[str, int]:
+    """The answer to a second message, with the chat's cache of the first turn or, for
+    ``cached=False``, from a chat given the same history and no cache (a full prefill)."""
+    chat = llava.chat(image, max_new_tokens=8)
+    chat.send("Hello there")
+    if not cached:
+        history, chat = chat.history, llava.chat(image, max_new_tokens=8)
+        chat.history = list(history)
+    return chat.send("And then?"), chat.session.prefilled
+
+
+@pytest.mark.parametrize("graph", ["builder", "plain"])
+def test_a_chat_prefills_only_what_a_turn_adds(graph, llava_bundle, llava_plain_bundle, photos):
+    llava = load({"builder": llava_bundle, "plain": llava_plain_bundle}[graph], threads=1)
+    chat = llava.chat(photos[1], max_new_tokens=8)
+    chat.send("Hello there")
+    first = chat.session.prefilled
+    assert first > llava.image_seq_length  # the image and the message
+    chat.send("And then?")
+    full = _second_turn(llava, photos[1], cached=False)[1]  # the whole second prompt
+    # the first prompt's cache is reused whole; what is prefilled is the rest (the first answer as
+    # the template renders it back, which random weights' odd text may tokenize differently)
+    assert 0 < chat.session.prefilled <= full - first
+
+
+def test_a_cached_turn_answers_as_a_full_prefill(smol_bundle, photos):
+    """On the trained SmolLM2 (clear margins between tokens), reusing the cache changes no token."""
+    llava = load(smol_bundle, threads=2)
+    cached, prefilled = _second_turn(llava, photos[1], cached=True)
+    full, full_prefilled = _second_turn(llava, photos[1], cached=False)
+    assert cached == full and cached.strip() and prefilled < full_prefilled / 5
+
+
 def test_stop_string_ends_the_answer(llava, photos):
     full = llava.answer(photos[1], QUESTION, max_new_tokens=20)
     stop = full.strip()[2:5]

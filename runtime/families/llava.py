@@ -17,7 +17,8 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from ..errors import InputError
-from ..generate import GenerationConfig, check_prompt_fits, decoder_for, first_stop, generate, generate_tokens, stream_text
+from ..generate import (GenerationConfig, Session, check_prompt_fits, decoder_for, first_stop, generate,
+                        generate_tokens, stream_text)
 from ..image import PREPROCESSING, ImageLike, output_size, preprocess
 from ..pipeline import PIPELINES, Pipeline, declared, mismatch
 from ..schema import integer, list_of, listed_file, nullable, obj, string
@@ -38,6 +39,8 @@ class Chat:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     history: list[dict] = field(default_factory=list)
     _features: np.ndarray | None = None
+    # the KV cache of the turns so far: a new turn prefills only what its prompt adds
+    session: Session = field(default_factory=Session)
 
     def send(self, text: str, stream: bool = False, **generation) -> str | Iterator[str]:
         """The answer to ``text`` (with the image in the first turn), or with ``stream`` an
@@ -48,7 +51,7 @@ class Chat:
         if self.image is not None and self._features is None:
             self._features = self.pipeline.image_features([self.image])
         prompt = self.pipeline.prompt(messages, self._features)
-        pieces = self.pipeline._stream(prompt, config)
+        pieces = self.pipeline._stream(prompt, config, self.session)
         if stream:
             return self._record(user, pieces)
         return "".join(self._record(user, pieces))
@@ -200,13 +203,15 @@ class LlavaPipeline(Pipeline):
         return lambda row, tokens: first_stop(self.tokenizer.decode(tokens, skip_special_tokens=True),
                                               config.stop_strings) is not None
 
-    def _stream(self, prompt: Prompt, config: GenerationConfig) -> Iterator[str]:
+    def _stream(self, prompt: Prompt, config: GenerationConfig, session: Session | None = None) -> Iterator[str]:
         check_prompt_fits(len(prompt.ids), config.max_new_tokens, self.context_length)
         if config.num_beams > 1:  # beam search picks the answer at the end: one piece
+            if session is not None:
+                session.ids, session.cache = [], None  # its cache held other beams: start afresh next turn
             tokens = generate(self.decoder, self.embed, [prompt.embeds], [prompt.ids], config).tokens[0]
             return iter([self.decode_text(tokens, config)])
         steps = generate_tokens(self.decoder, self.embed, [prompt.embeds], [prompt.ids], config,
-                                self._stop_check(config))
+                                self._stop_check(config), session)
         tokens = (picked[0] for picked in steps if picked[0] is not None)
         return stream_text(tokens, lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True),
                            config.stop_strings)
