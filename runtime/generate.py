@@ -296,8 +296,6 @@ class SharedKVDecoder:
     def resume(self, cache: SharedCache, length: int, capacity: int) -> SharedCache:
         """The cache holding its first ``length`` positions, with room for ``capacity`` (the old
         buffers when they are large enough: nothing is copied)."""
-        import onnxruntime as ort
-
         if capacity <= cache.capacity:
             return replace(cache, length=length)
         grown = self.empty_cache(cache.buffers[0].shape()[0], capacity)
