@@ -25,6 +25,7 @@ embeddings (image features merged in, a Q-Former prefix, ...) and read the text 
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -205,28 +206,43 @@ def softmax(x: np.ndarray) -> np.ndarray:
 
 # -- the decoder ----------------------------------------------------------------------------------
 class KVDecoder:
-    """A plainly exported decoder part on ONNX Runtime, its cache kept in ORT's buffers."""
+    """A plainly exported decoder part on ONNX Runtime, its cache kept in ORT's buffers.
 
-    def __init__(self, backend, num_layers: int, kv_heads: int, head_dim: int):
+    ``token_input`` names the input that takes what ``embed`` makes of the tokens (embeddings, or
+    the ids themselves for a decoder that embeds them, as BLIP's). :meth:`with_constants` binds
+    per-generation inputs (an encoder's cross-attention keys and values, computed once per image):
+    they ride in the cache, so beam search reorders them with it."""
+
+    def __init__(self, backend, num_layers: int, kv_heads: int, head_dim: int, token_input: str = "inputs_embeds"):
         self.backend, self.num_layers = backend, num_layers
-        self.kv_heads, self.head_dim = kv_heads, head_dim
+        self.kv_heads, self.head_dim, self.token_input = kv_heads, head_dim, token_input
         self.past_names = [f"past_{kv}.{i}" for i in range(num_layers) for kv in ("key", "value")]
         self.present_names = [f"present_{kv}.{i}" for i in range(num_layers) for kv in ("key", "value")]
+        self.constants: dict[str, np.ndarray] = {}
 
     pads_left = True  # takes left-padded batches (0 in the attention mask)
+
+    def with_constants(self, constants: dict[str, np.ndarray]) -> "KVDecoder":
+        """This decoder with ``constants`` (name -> (batch, ...) array) fed at every step."""
+        bound = copy.copy(self)
+        bound.constants = dict(constants)
+        return bound
 
     def empty_cache(self, batch: int, capacity: int | None = None):
         """The cache before the first step; ``capacity`` (positions) is for decoders that preallocate."""
         import onnxruntime as ort
 
         empty = np.zeros((batch, self.kv_heads, 0, self.head_dim), np.float32)
-        return [ort.OrtValue.ortvalue_from_numpy(empty) for _ in self.past_names]
+        return ([ort.OrtValue.ortvalue_from_numpy(empty) for _ in self.past_names]
+                + [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v)) for v in self.constants.values()])
 
     def resume(self, cache, length: int, capacity: int):
         """The cache cut to its first ``length`` positions (a conversation's shared prefix)."""
         import onnxruntime as ort
 
-        return [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v.numpy()[:, :, :length])) for v in cache]
+        past = len(self.past_names)
+        return [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v.numpy()[:, :, :length])) for v in cache[:past]
+                ] + list(cache[past:])
 
     def reorder(self, cache, rows: np.ndarray):
         """The cache with its batch rows picked by ``rows`` (beam search): one copy per layer."""
@@ -238,19 +254,21 @@ class KVDecoder:
         """Plain feeds for a prefill of ``embeds`` (B, S, H) with no padding and an empty cache
         (calibration runs the part with these)."""
         batch, length = embeds.shape[:2]
-        feeds = {"inputs_embeds": embeds.astype(np.float32), "attention_mask": np.ones((batch, length), np.int64),
+        tokens = embeds.astype(np.int64) if self.token_input == "input_ids" else embeds.astype(np.float32)
+        feeds = {self.token_input: tokens, "attention_mask": np.ones((batch, length), np.int64),
                  "position_ids": np.tile(np.arange(length, dtype=np.int64), (batch, 1))}
         empty = np.zeros((batch, self.kv_heads, 0, self.head_dim), np.float32)
-        return feeds | {name: empty for name in self.past_names}
+        return feeds | {name: empty for name in self.past_names} | self.constants
 
     def step(self, embeds: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray, cache):
         """(logits of the last position (B, V) float32, all positions' logits (B, S, V), new cache)."""
         session = self.backend.session
         binding = session.io_binding()
-        binding.bind_cpu_input("inputs_embeds", np.ascontiguousarray(embeds, dtype=np.float32))
+        tokens = embeds.astype(np.int64) if self.token_input == "input_ids" else embeds.astype(np.float32)
+        binding.bind_cpu_input(self.token_input, np.ascontiguousarray(tokens))
         binding.bind_cpu_input("attention_mask", np.ascontiguousarray(attention_mask, dtype=np.int64))
         binding.bind_cpu_input("position_ids", np.ascontiguousarray(position_ids, dtype=np.int64))
-        for name, value in zip(self.past_names, cache):
+        for name, value in zip(self.past_names + list(self.constants), cache):
             binding.bind_ortvalue_input(name, value)
         binding.bind_output("logits")  # first: outputs come back in binding order
         for name in self.present_names:
@@ -258,7 +276,7 @@ class KVDecoder:
         session.run_with_iobinding(binding)
         outputs = binding.get_outputs()
         logits = outputs[0].numpy()
-        return logits[:, -1], logits, list(outputs[1:])
+        return logits[:, -1], logits, list(outputs[1:]) + list(cache[len(self.past_names):])
 
 
 @dataclass(frozen=True)
@@ -387,10 +405,9 @@ def shared_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 def left_pad(prompts: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Prompt embeddings (S_i, H) -> (embeds (B, S, H), attention mask (B, S), position ids (B, S)),
-    padded on the left as transformers' generate expects."""
+    padded on the left as transformers' generate expects; prompts of token ids (S_i,) give (B, S)."""
     longest = max(len(p) for p in prompts)
-    hidden = prompts[0].shape[-1]
-    embeds = np.zeros((len(prompts), longest, hidden), np.float32)
+    embeds = np.zeros((len(prompts), longest, *prompts[0].shape[1:]), prompts[0].dtype)
     mask = np.zeros((len(prompts), longest), np.int64)
     for row, prompt in enumerate(prompts):
         embeds[row, longest - len(prompt):] = prompt

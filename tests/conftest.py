@@ -109,3 +109,13 @@ def llava_qwen2_bundle(tmp_path_factory) -> Path:
 def smol_bundle(tmp_path_factory) -> Path:
     """trained:llava-smol: a random vision tower before the trained SmolLM2-135M-Instruct."""
     return _bundle("trained:llava-smol", tmp_path_factory, "llava-smol")
+
+
+@pytest.fixture(scope="session")
+def blip_checkpoint():
+    return _checkpoint("random:blip-tiny")
+
+
+@pytest.fixture(scope="session")
+def blip_bundle(tmp_path_factory) -> Path:
+    return _bundle("random:blip-tiny", tmp_path_factory, "blip")

@@ -75,3 +75,16 @@ def test_llava_chat_without_torch(llava_bundle):
     """)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["2", "True"]
+
+
+def test_blip_caption_without_torch(blip_bundle):
+    result = _run_without_torch(f"""
+        import skimage.data
+        from edgevfm.runtime import load
+        p = load({str(blip_bundle)!r}, threads=1)
+        greedy = p.caption(skimage.data.chelsea(), max_new_tokens=6)
+        beams = p.caption(skimage.data.chelsea(), max_new_tokens=6, num_beams=3)
+        print(isinstance(greedy, str) and len(greedy) > 0, isinstance(beams, str))
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "True"]

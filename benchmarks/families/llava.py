@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from edgevfm.quantize.calibration import skimage_photos
+from edgevfm.runtime.generate import shared_prefix
 from edgevfm.quantize.families.llava import QUESTIONS
 
 from . import BENCH
@@ -131,7 +132,7 @@ class LlavaBench:
         stack = lambda o: np.concatenate([o["next_logits"], o["text_logits"][:-1]]).astype(np.float64)
         p, q = softmax(stack(ref)), softmax(stack(out))
         top2 = np.sort(p, axis=-1)[:, -2:]
-        agree = [_prefix(a, b) / max(1, len(a)) for a, b in zip(ref["greedy"], out["greedy"])]
+        agree = [shared_prefix(a, b) / max(1, len(a)) for a, b in zip(ref["greedy"], out["greedy"])]
         return {"next_token_top1_agreement": float(np.mean(p.argmax(-1) == q.argmax(-1))),
                 "kl_divergence_mean": float(np.mean(np.sum(p * (np.log(p + 1e-12) - np.log(q + 1e-12)), -1))),
                 "fp32_top1_margin": float(np.mean(top2[:, 1] - top2[:, 0])),
@@ -307,14 +308,6 @@ def _perplexity(outputs: dict) -> float:
     targets = np.asarray(outputs["text_ids"][1:])
     return float(np.exp(-logp[np.arange(len(targets)), targets].mean()))
 
-
-def _prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 class _TorchLlava:

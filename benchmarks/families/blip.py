@@ -1,0 +1,173 @@
+"""BLIP captioning benchmark (work in progress: VQA and ITM/ITC still to come).
+
+Latency: the vision encoder, and a whole caption of a fixed length (``CAPTION_TOKENS`` tokens, no
+early stop, so every row does the same work). Accuracy against the FP32 PyTorch model: the
+captions' token agreement, and teacher-forced next-token agreement and KL along a fixed caption,
+overall and at the positions where the FP32 top-1 margin is clear (random weights leave most
+logits near-tied: the margin is printed beside every agreement figure).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgevfm.quantize.calibration import skimage_photos
+from edgevfm.runtime.generate import shared_prefix
+
+from . import BENCH
+
+CAPTION_TOKENS = 20
+REFERENCE_CAPTION = "a photo of a cat sitting on a couch next to a cup of coffee"
+CLEAR_MARGIN = 0.1  # FP32 top-1 minus top-2 probability at which a position counts as clear
+GOAL_SPEEDUP, GOAL_AGREEMENT = 2.0, 0.90
+
+
+@BENCH.register("blip")
+class BlipBench:
+    parts = ("vision", "caption")
+    demo_runs = 5
+    max_runs = {"caption": 5}
+
+    @staticmethod
+    def demo(bundles: list[Path], report_dir: Path, threads: int) -> None:
+        """Prints each bundle's caption of scikit-image's cat."""
+        import skimage.data
+
+        from edgevfm.runtime import load
+
+        for path in bundles:
+            print(f"      {path.name:>13}: {load(path, threads=threads).caption(skimage.data.chelsea())}")
+
+    def __init__(self, data: str | None = None):
+        self.images = skimage_photos()[:3]
+
+    def torch_runner(self, checkpoint):
+        return _TorchBlip(checkpoint)
+
+    def bundle_runner(self, pipeline):
+        return _BundleBlip(pipeline)
+
+    def calls(self, runner, batch: int):
+        return runner.calls(self.images[0])
+
+    def outputs(self, runner) -> dict:
+        return {"captions": [runner.caption_ids(image) for image in self.images],
+                "logits": np.stack([runner.teacher_logits(image, REFERENCE_CAPTION) for image in self.images])}
+
+    def accuracy(self, ref: dict, out: dict) -> dict:
+        from edgevfm.runtime.generate import softmax
+
+        vocab = ref["logits"].shape[-1]
+        p = softmax(ref["logits"].reshape(-1, vocab).astype(np.float64))
+        q = softmax(out["logits"].reshape(-1, vocab).astype(np.float64))
+        top2 = np.sort(p, axis=-1)[:, -2:]
+        margin = top2[:, 1] - top2[:, 0]
+        clear = margin >= CLEAR_MARGIN
+        agree = p.argmax(-1) == q.argmax(-1)
+        prefix = [shared_prefix(a, b) / max(1, len(a)) for a, b in zip(ref["captions"], out["captions"])]
+        return {"next_token_top1_agreement": float(agree.mean()),
+                "clear_margin_top1_agreement": float(agree[clear].mean()) if clear.any() else None,
+                "clear_margin_positions": f"{int(clear.sum())} of {len(clear)}",
+                "fp32_top1_margin": float(margin.mean()),
+                "kl_divergence_mean": float(np.mean(np.sum(p * (np.log(p + 1e-12) - np.log(q + 1e-12)), -1))),
+                "caption_exact_match": float(np.mean([a == b for a, b in zip(ref["captions"], out["captions"])])),
+                "caption_prefix_agreement": float(np.mean(prefix))}
+
+    def workload(self) -> dict:
+        return {"images": len(self.images), "caption_tokens": CAPTION_TOKENS,
+                "teacher_forced_caption": REFERENCE_CAPTION, "clear_margin": CLEAR_MARGIN,
+                "note": "latency at batch 1: vision is one image; caption is the whole greedy caption of "
+                        f"{CAPTION_TOKENS} tokens (vision, cross keys/values and every decoder step)"}
+
+    def goals(self, rows: list[dict], peaks: dict) -> list[dict]:
+        torch_row = next(r for r in rows if r["kind"] == "pytorch")
+        verdicts = []
+        for row in rows:
+            if row["kind"] != "bundle" or row["recipe"] is None:
+                continue
+            speedup = torch_row["latency_ms"]["caption"]["p50"] / row["latency_ms"]["caption"]["p50"]
+            verdicts.append({"goal": f"{row['name']}: a caption at least {GOAL_SPEEDUP:.0f}x faster than PyTorch eager "
+                                     "FP32", "met": bool(speedup >= GOAL_SPEEDUP),
+                             "measured": f"{speedup:.2f}x ({row['latency_ms']['caption']['p50']:.1f} ms vs "
+                                         f"{torch_row['latency_ms']['caption']['p50']:.1f} ms)"})
+            acc = row["accuracy"]
+            clear = acc["clear_margin_top1_agreement"]
+            verdicts.append({"goal": f"{row['name']}: teacher-forced next-token agreement >= {GOAL_AGREEMENT:.0%} "
+                                     f"where the FP32 top-1 margin is >= {CLEAR_MARGIN}",
+                             "met": bool(clear is not None and clear >= GOAL_AGREEMENT),
+                             "measured": (f"{clear:.0%}" if clear is not None else "no clear positions")
+                                         + f" at {acc['clear_margin_positions']} positions; overall "
+                                         f"{acc['next_token_top1_agreement']:.0%} (FP32 top-1 margin "
+                                         f"{acc['fp32_top1_margin']:.3f})"})
+        return verdicts
+
+
+
+class _TorchBlip:
+    """The FP32 PyTorch reference: transformers' processor and generate."""
+
+    def __init__(self, checkpoint):
+        import torch
+
+        self.torch, self.model = torch, checkpoint.model
+        self.processor, self.tokenizer = checkpoint.assets["image_processor"], checkpoint.assets["tokenizer"]
+        self.config = checkpoint.model.config.text_config
+
+    def pixels(self, image):
+        from edgevfm.runtime.image import load_image
+
+        return self.processor([np.asarray(load_image(image))], return_tensors="pt")["pixel_values"]
+
+    def calls(self, image):
+        torch, model, pixels = self.torch, self.model, self.pixels(image)
+
+        def vision():
+            with torch.inference_mode():
+                return model.vision_model(pixel_values=pixels)
+
+        def caption():
+            with torch.inference_mode():
+                return model.generate(pixel_values=pixels, max_new_tokens=CAPTION_TOKENS,
+                                      min_new_tokens=CAPTION_TOKENS)
+
+        return {"vision": vision, "caption": caption}, ("tokens", CAPTION_TOKENS, caption)
+
+    def caption_ids(self, image) -> list[int]:
+        with self.torch.inference_mode():
+            out = self.model.generate(pixel_values=self.pixels(image), max_new_tokens=CAPTION_TOKENS)[0, 1:].tolist()
+        return out[:-1] if out and out[-1] == self.config.sep_token_id else out
+
+    def teacher_logits(self, image, text: str) -> np.ndarray:
+        ids = [self.config.bos_token_id] + self.tokenizer(text, add_special_tokens=False).input_ids
+        with self.torch.inference_mode():
+            embeds = self.model.vision_model(pixel_values=self.pixels(image))[0]
+            return self.model.text_decoder(input_ids=self.torch.tensor([ids]),
+                                           encoder_hidden_states=embeds).logits[0].float().numpy()
+
+
+class _BundleBlip:
+    def __init__(self, pipeline):
+        self.p = pipeline
+
+    def calls(self, image):
+        from edgevfm.runtime.image import preprocess
+
+        p = self.p
+        pixels = {"pixel_values": preprocess([image], p.manifest["preprocessing"])}
+
+        def caption():
+            return p.caption_tokens([image], max_new_tokens=CAPTION_TOKENS, stop_token_ids=())
+
+        return {"vision": lambda: p.run("vision", pixels), "caption": caption}, ("tokens", CAPTION_TOKENS, caption)
+
+    def caption_ids(self, image) -> list[int]:
+        return self.p.caption_tokens([image], max_new_tokens=CAPTION_TOKENS)[0]
+
+    def teacher_logits(self, image, text: str) -> np.ndarray:
+        ids = self.p.prompt_ids(text)
+        decoder = self.p.image_decoder([image])
+        _, logits, _ = decoder.step(np.asarray([ids], np.int64), np.ones((1, len(ids)), np.int64),
+                                    np.arange(len(ids))[None], decoder.empty_cache(1))
+        return logits[0]
