@@ -119,3 +119,13 @@ def blip_checkpoint():
 @pytest.fixture(scope="session")
 def blip_bundle(tmp_path_factory) -> Path:
     return _bundle("random:blip-tiny", tmp_path_factory, "blip")
+
+
+@pytest.fixture(scope="session")
+def blip_vqa_checkpoint():
+    return _checkpoint("random:blip-vqa-tiny")
+
+
+@pytest.fixture(scope="session")
+def blip_vqa_bundle(tmp_path_factory) -> Path:
+    return _bundle("random:blip-vqa-tiny", tmp_path_factory, "blip-vqa")

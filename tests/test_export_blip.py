@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 
 def test_parts_and_their_validation(blip_bundle):
     manifest = json.loads((blip_bundle / "manifest.json").read_text())
@@ -14,17 +16,39 @@ def test_parts_and_their_validation(blip_bundle):
     assert all(v["logits"]["max_abs_diff"] < 1e-4 for v in variants)
 
 
-def test_hub_shaped_folder_exports_and_captions_alike(blip_checkpoint, blip_bundle, tmp_path, photos):
-    """A folder as `save_pretrained` writes Salesforce/blip-image-captioning-* exports to the
-    same bundle as the preset it was saved from."""
+@pytest.mark.parametrize("task", ["caption", "vqa"])
+def test_hub_shaped_folder_exports_and_runs_alike(task, blip_checkpoint, blip_bundle, blip_vqa_checkpoint,
+                                                  blip_vqa_bundle, tmp_path, photos):
+    """A folder as `save_pretrained` writes Salesforce/blip-image-captioning-* (or blip-vqa-base)
+    exports to the same bundle as the preset it was saved from."""
     from edgevfm.export.api import export
     from edgevfm.runtime import load
+
+    checkpoint, preset_bundle = {"caption": (blip_checkpoint, blip_bundle), "vqa": (blip_vqa_checkpoint,
+                                                                                    blip_vqa_bundle)}[task]
+    folder = tmp_path / "ckpt"
+    checkpoint.model.save_pretrained(folder)
+    checkpoint.assets["tokenizer"].save_pretrained(folder)
+    checkpoint.assets["image_processor"].save_pretrained(folder)
+    bundle = export(str(folder), tmp_path / "bundle", show_progress=False)
+    ours, preset = (json.loads((b / "manifest.json").read_text()) for b in (bundle, preset_bundle))
+    assert ours["task"] == preset["task"] == task and ours["text"] == preset["text"]
+    assert ours["preprocessing"] == preset["preprocessing"]
+    run = (lambda p: p.caption(photos[1], max_new_tokens=8)) if task == "caption" else (
+        lambda p: p.answer(photos[1], "what is it?"))
+    assert run(load(bundle)) == run(load(preset_bundle))
+
+
+def test_a_retrieval_checkpoint_is_refused_with_what_is_built(blip_checkpoint, tmp_path):
+    from edgevfm.export.checkpoint import load_checkpoint
+    from edgevfm.runtime.errors import CheckpointError
 
     folder = tmp_path / "ckpt"
     blip_checkpoint.model.save_pretrained(folder)
     blip_checkpoint.assets["tokenizer"].save_pretrained(folder)
     blip_checkpoint.assets["image_processor"].save_pretrained(folder)
-    bundle = export(str(folder), tmp_path / "bundle", show_progress=False)
-    ours, preset = (json.loads((b / "manifest.json").read_text()) for b in (bundle, blip_bundle))
-    assert ours["text"] == preset["text"] and ours["preprocessing"] == preset["preprocessing"]
-    assert load(bundle).caption(photos[1], max_new_tokens=8) == load(blip_bundle).caption(photos[1], max_new_tokens=8)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | {"architectures": ["BlipForImageTextRetrieval"]}))
+    with pytest.raises(CheckpointError, match="is a BlipForImageTextRetrieval: edgevfm exports BLIP as "
+                                              "BlipForConditionalGeneration or BlipForQuestionAnswering so far"):
+        load_checkpoint(str(folder))

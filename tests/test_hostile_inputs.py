@@ -313,3 +313,17 @@ def test_fuzzed_blip_prompt_and_settings_are_a_caption_or_a_typed_error(prompt, 
     except InputError:  # UsageError is one too
         return
     assert isinstance(caption, str)
+
+
+@fuzz_settings(examples=30)
+@given(question=st.text(max_size=30), options=st.fixed_dictionaries({}, optional={
+    "max_new_tokens": st.integers(-2, 6), "num_beams": st.integers(-1, 3), "repetition_penalty": st.floats(-1, 3),
+    "do_sample": st.booleans(), "seed": st.integers(0, 2**31) | st.text(max_size=2)}))
+def test_fuzzed_blip_question_and_settings_are_an_answer_or_a_typed_error(question, options, blip_vqa_bundle,
+                                                                         photos):
+    vqa = load(blip_vqa_bundle, threads=1)
+    try:
+        answer = vqa.answer(photos[1], question, **options)
+    except InputError:  # UsageError is one too
+        return
+    assert isinstance(answer, str)

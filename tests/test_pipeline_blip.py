@@ -45,3 +45,68 @@ def test_caption_command(blip_bundle, blip, photos, tmp_path, capsys):
         main(["run", str(blip_bundle), "caption", str(tmp_path / "cat.png"), "--beams", "0"])
     assert exited.value.code == 2 and "--beams: expected an integer >= 1, found 0" in capsys.readouterr().err
     assert main(["run", str(blip_bundle), "caption", str(tmp_path / "missing.png")]) == 3
+
+
+# -- visual question answering ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def vqa(blip_vqa_bundle):
+    return load(blip_vqa_bundle, threads=1)
+
+
+QUESTIONS = ("what colour is the cat?", "how many people are there?")
+
+
+@pytest.mark.parametrize("settings", [dict(), dict(num_beams=3)], ids=["greedy", "beams"])
+def test_answer_equals_transformers(settings, vqa, blip_vqa_checkpoint, photos):
+    tokenizer = blip_vqa_checkpoint.assets["tokenizer"]
+    for image in photos[:2]:
+        pixels = torch.from_numpy(preprocess([image], vqa.manifest["preprocessing"]))
+        for question in QUESTIONS:
+            encoded = tokenizer(question, return_tensors="pt")
+            with torch.no_grad():
+                out = blip_vqa_checkpoint.model.generate(input_ids=encoded.input_ids, pixel_values=pixels,
+                                                         attention_mask=encoded.attention_mask, max_new_tokens=6,
+                                                         **settings)
+            assert vqa.answer(image, question, max_new_tokens=6, **settings) == tokenizer.decode(
+                out[0], skip_special_tokens=True)
+
+
+def test_question_states_equal_the_pytorch_encoder(vqa, blip_vqa_checkpoint, photos):
+    """The answer decoder attends to these: they differ by question and match PyTorch's."""
+    import numpy as np
+
+    model, tokenizer = blip_vqa_checkpoint.model, blip_vqa_checkpoint.assets["tokenizer"]
+    embeds = vqa.image_embeds([photos[1]])
+    states = []
+    for question in QUESTIONS:
+        ids = np.asarray([vqa.tokenizer.encode(question).ids])
+        assert ids[0].tolist() == tokenizer(question).input_ids
+        ours = vqa.run("question", {"input_ids": ids, "attention_mask": np.ones_like(ids), "image_embeds": embeds})
+        with torch.no_grad():
+            theirs = model.text_encoder(input_ids=torch.from_numpy(ids), encoder_hidden_states=torch.from_numpy(embeds))[0]
+        np.testing.assert_allclose(ours["question_embeds"], theirs.numpy(), atol=1e-4)
+        states.append(ours["question_embeds"][0, 0])
+    assert np.abs(states[0] - states[1]).max() > 1e-3
+
+
+def test_each_bundle_does_its_task_and_says_so(blip, vqa, photos):
+    from edgevfm.runtime.errors import UsageError
+
+    with pytest.raises(UsageError, match="task is 'caption': to answer questions, export a BlipForQuestionAnswering"):
+        blip.answer(photos[0], "what is it?")
+    with pytest.raises(UsageError, match="task is 'vqa': to caption images, export a BlipForConditionalGeneration"):
+        vqa.caption(photos[0])
+    with pytest.raises(InputError, match="a question must be a non-empty string"):
+        vqa.answer(photos[0], " ")
+    with pytest.raises(InputError, match=r"the question has \d+ tokens: \d+ over the model's context of 64"):
+        vqa.answer(photos[0], "the cat " * 60)
+
+
+def test_ask_command(blip_vqa_bundle, vqa, photos, tmp_path, capsys):
+    from PIL import Image
+
+    from edgevfm.runtime.cli import main
+
+    Image.fromarray(photos[1]).save(tmp_path / "cat.png")
+    assert main(["run", str(blip_vqa_bundle), "ask", str(tmp_path / "cat.png"), QUESTIONS[0]]) == 0
+    assert capsys.readouterr().out == vqa.answer(photos[1], QUESTIONS[0]) + "\n"

@@ -37,6 +37,20 @@ class VisionEncoder(nn.Module):
         return self.vision(pixel_values=pixel_values)[0]
 
 
+class QuestionEncoder(nn.Module):
+    """VQA: input_ids, attention_mask (batch, question) and image_embeds -> question_embeds
+    (batch, question, text hidden): the text encoder attending to the image."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.encoder = model.text_encoder
+
+    def forward(self, input_ids, attention_mask, image_embeds):
+        image_mask = torch.ones(image_embeds.shape[:2], dtype=torch.int64)
+        return self.encoder(input_ids=input_ids, attention_mask=attention_mask, encoder_hidden_states=image_embeds,
+                            encoder_attention_mask=image_mask)[0]
+
+
 class CrossKeysValues(nn.Module):
     """image_embeds -> cross_key.i, cross_value.i of every decoder layer (batch, heads, tokens, head dim)."""
 
@@ -101,6 +115,11 @@ class BlipSpec(FamilySpec):
                                                num_attention_heads=2),
                              "text": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                           num_attention_heads=2, max_position_embeddings=64)}),
+        "blip-vqa-tiny": Preset("blip-vqa-tiny", "tiny BLIP question answerer for tests",
+                                {"vision": _vision(64, 16, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                                   num_attention_heads=2),
+                                 "text": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                              num_attention_heads=2, max_position_embeddings=64), "task": "vqa"}),
         "blip-base": Preset("blip-base", "BLIP base sizes: ViT-B/16 at 384 px, BERT-base text decoder",
                             {"vision": _vision(384, 16, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                                                num_attention_heads=12),
@@ -109,11 +128,18 @@ class BlipSpec(FamilySpec):
     }
 
     def load_pretrained(self, source, revision):
-        from transformers import AutoTokenizer, BlipForConditionalGeneration, BlipImageProcessorPil
+        from transformers import AutoConfig, AutoTokenizer, BlipImageProcessorPil
+
+        from edgevfm.runtime.errors import CheckpointError
 
         from .clip import check_tokenizer
 
-        model = BlipForConditionalGeneration.from_pretrained(source, revision=revision, attn_implementation="eager")
+        architecture = (AutoConfig.from_pretrained(source, revision=revision).architectures or [None])[0]
+        if architecture not in TASKS:
+            raise CheckpointError(f"{source!r} is a {architecture}: edgevfm exports BLIP as "
+                                  f"{' or '.join(TASKS)} so far (image-text retrieval is not built yet)")
+        model = _model_class(TASKS[architecture]).from_pretrained(source, revision=revision,
+                                                                  attn_implementation="eager")
         tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
         check_tokenizer(tokenizer, source)
         processor = BlipImageProcessorPil.from_pretrained(source, revision=revision)
@@ -131,11 +157,11 @@ class BlipSpec(FamilySpec):
         return config, {"tokenizer": tokenizer}
 
     def build_random(self, preset):
-        from transformers import BlipForConditionalGeneration, BlipImageProcessorPil
+        from transformers import BlipImageProcessorPil
 
         config, assets = self.random_config(preset)
         torch.manual_seed(preset.seed)
-        model = BlipForConditionalGeneration(config)
+        model = _model_class(preset.config.get("task", "caption"))(config)
         size = config.vision_config.image_size
         return model, dict(assets, image_processor=BlipImageProcessorPil(size={"height": size, "width": size}))
 
@@ -145,6 +171,9 @@ class BlipSpec(FamilySpec):
         size, layers, heads = vision.image_size, text.num_hidden_layers, text.num_attention_heads
         head_dim, vocab = text.hidden_size // heads, text.vocab_size
         tokens = (size // vision.patch_size) ** 2 + 1
+        vqa = task_of(checkpoint.model) == "vqa"
+        # the decoder cross-attends to the image (captions) or to the question's states (VQA)
+        encoder = "question" if vqa else tokens
 
         def pixels(batch, variant):
             return {"pixel_values": torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(variant))}
@@ -167,21 +196,44 @@ class BlipSpec(FamilySpec):
                 for kv in ("key", "value"):
                     feeds[f"past_{kv}.{i}"] = torch.randn(batch, heads, past, head_dim, generator=g)
             with torch.no_grad():
-                cross = CrossKeysValues(checkpoint.model)(embeds(batch, variant)["image_embeds"])
+                states = embeds(batch, variant)["image_embeds"]
+                if vqa:
+                    states = QuestionEncoder(checkpoint.model)(**question(batch, variant))
+                cross = CrossKeysValues(checkpoint.model)(states)
             for i in range(layers):
                 feeds[f"cross_key.{i}"], feeds[f"cross_value.{i}"] = cross[2 * i], cross[2 * i + 1]
             return feeds
+
+        def question(batch, variant):
+            length = 5 if variant == 0 else 8
+            g = torch.Generator().manual_seed(variant + 10)
+            mask = torch.ones(batch, length, dtype=torch.int64)
+            if variant == 1:
+                mask[0, -3:] = 0  # a shorter question, right-padded as the tokenizer pads
+            return {"input_ids": torch.randint(0, vocab, (batch, length), generator=g), "attention_mask": mask,
+                    "image_embeds": embeds(batch, variant)["image_embeds"]}
+
+        def question_states(batch, variant):
+            with torch.no_grad():
+                return {"question_embeds": QuestionEncoder(checkpoint.model)(**question(batch, variant))}
 
         def kv(prefix, length):
             return [TensorSpec(f"{prefix}_{kv}.{i}", "float32", ("batch", heads, length, head_dim))
                     for i in range(layers) for kv in ("key", "value")]
 
-        cross = kv("cross", tokens)
-        return [
-            PartSpec("vision", VisionEncoder, [TensorSpec("pixel_values", "float32", ("batch", 3, size, size))],
-                     [TensorSpec("image_embeds", "float32", ("batch", tokens, vision.hidden_size))], pixels),
-            PartSpec("cross_kv", CrossKeysValues, [TensorSpec("image_embeds", "float32",
-                                                              ("batch", tokens, vision.hidden_size))], cross, embeds),
+        cross = kv("cross", encoder)
+        image = TensorSpec("image_embeds", "float32", ("batch", tokens, vision.hidden_size))
+        parts = [PartSpec("vision", VisionEncoder, [TensorSpec("pixel_values", "float32", ("batch", 3, size, size))],
+                          [image], pixels)]
+        if vqa:
+            states = TensorSpec("question_embeds", "float32", ("batch", "question", text.hidden_size))
+            parts += [PartSpec("question", QuestionEncoder, [TensorSpec("input_ids", "int64", ("batch", "question")),
+                                                             TensorSpec("attention_mask", "int64", ("batch", "question")),
+                                                             image], [states], question),
+                      PartSpec("cross_kv", CrossKeysValues, [states], cross, question_states)]
+        else:
+            parts.append(PartSpec("cross_kv", CrossKeysValues, [image], cross, embeds))
+        return parts + [
             PartSpec("text_decoder", TextDecoderStep,
                      [TensorSpec("input_ids", "int64", ("batch", "sequence")),
                       TensorSpec("attention_mask", "int64", ("batch", "total")),
@@ -193,6 +245,7 @@ class BlipSpec(FamilySpec):
     def manifest_sections(self, checkpoint):
         proc, text = checkpoint.assets["image_processor"], checkpoint.model.config.text_config
         return {
+            "task": task_of(checkpoint.model),
             "preprocessing": {"resize": _size(proc.size), "interpolation": RESAMPLE_NAMES[int(proc.resample)],
                               "rescale": float(proc.rescale_factor) if proc.do_rescale else 1.0,
                               "mean": list(proc.image_mean) if proc.do_normalize else [0.0, 0.0, 0.0],
@@ -207,6 +260,19 @@ class BlipSpec(FamilySpec):
 
     def write_assets(self, checkpoint, stage: Path):
         checkpoint.assets["tokenizer"].backend_tokenizer.save(str(stage / "tokenizer.json"))
+
+
+TASKS = {"BlipForConditionalGeneration": "caption", "BlipForQuestionAnswering": "vqa"}
+
+
+def _model_class(task: str):
+    import transformers
+
+    return getattr(transformers, next(name for name, t in TASKS.items() if t == task))
+
+
+def task_of(model) -> str:
+    return TASKS[type(model).__name__]
 
 
 def _tokenizer():

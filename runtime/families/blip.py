@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, UsageError
 from ..generate import GenerationConfig, KVDecoder, check_prompt_fits, generate
 from ..image import PREPROCESSING, ImageLike, preprocess
-from ..pipeline import PIPELINES, Pipeline
-from ..schema import integer, listed_file, obj
-from ..tasks import Task, positive_int, register_task
+from ..pipeline import PIPELINES, Pipeline, mismatch
+from ..schema import integer, listed_file, obj, string
+from ..tasks import Task, nonempty_text, positive_int, register_task
 
 _ID = integer(0, 1 << 24)
+CAPTION_TOKENS, ANSWER_TOKENS = 30, 10  # default max_new_tokens: answers are short
 
 
 @PIPELINES.register("blip")
@@ -26,16 +27,31 @@ class BlipPipeline(Pipeline):
     family = "blip"
     needs = {
         "vision": (("pixel_values",), ("image_embeds",)),
-        "cross_kv": (("image_embeds",), ()),
+        "cross_kv": ((), ()),  # image_embeds (captions) or question_embeds (VQA): check_consistency
         "text_decoder": (("input_ids", "attention_mask", "position_ids"), ("logits",)),
     }
     manifest_schema = {
+        "task": string(choices=("caption", "vqa")),
         "preprocessing": PREPROCESSING,
         "tokenizer": obj({"file": listed_file()}),
         "text": obj({"num_layers": integer(1, 1024), "heads": integer(1, 1024), "head_dim": integer(1, 4096),
                      "vocab_size": integer(1, 1 << 24), "context_length": integer(1, 1 << 20), "bos_token_id": _ID,
                      "sep_token_id": _ID, "pad_token_id": _ID}),
     }
+
+    @classmethod
+    def check_consistency(cls, manifest):
+        parts = manifest["parts"]
+        vqa = manifest["task"] == "vqa"
+        problems = []
+        if vqa and "question" not in parts:
+            problems.append("part 'question' is missing: a VQA bundle (task vqa) encodes the question with it")
+        elif vqa:
+            problems += mismatch("the question part's inputs", ["attention_mask", "image_embeds", "input_ids"],
+                                 sorted(t["name"] for t in parts["question"]["inputs"]))
+        states = "question_embeds" if vqa else "image_embeds"
+        return problems + mismatch(f"the cross_kv part's input (task {manifest['task']})", [states],
+                                   [t["name"] for t in parts["cross_kv"]["inputs"]])
 
     def setup(self):
         from tokenizers import Tokenizer
@@ -48,7 +64,7 @@ class BlipPipeline(Pipeline):
         self.text = text
         self.decoder = KVDecoder(self.parts["text_decoder"], text["num_layers"], text["heads"], text["head_dim"],
                                  token_input="input_ids")
-        self.generation = GenerationConfig(max_new_tokens=30, stop_token_ids=(text["sep_token_id"],))
+        self.generation = GenerationConfig(max_new_tokens=CAPTION_TOKENS, stop_token_ids=(text["sep_token_id"],))
 
     def image_embeds(self, images) -> np.ndarray:
         pixels = preprocess(list(images), self.manifest["preprocessing"])
@@ -74,6 +90,8 @@ class BlipPipeline(Pipeline):
 
     def caption_tokens(self, images, prompt: str | None = None, **generation) -> list[list[int]]:
         """The generated token ids of each image's caption (the prompt's and ``[SEP]`` excluded)."""
+        self._need("caption", "caption images", "BlipForConditionalGeneration, e.g. "
+                   "Salesforce/blip-image-captioning-base")
         config = self.generation.with_options(**generation)
         ids = self.prompt_ids(prompt)
         check_prompt_fits(len(ids), config.max_new_tokens, self.text["context_length"])
@@ -86,6 +104,34 @@ class BlipPipeline(Pipeline):
         cross = self.run("cross_kv", {"image_embeds": self.image_embeds(images)})
         return self.decoder.with_constants({name: cross[name] for name in self._cross_names()})
 
+    def answer(self, image: ImageLike, question: str, **generation) -> str:
+        """The answer to ``question`` about ``image`` (a VQA bundle): the question is encoded
+        against the image, and the answer decoded against the question, as transformers'
+        ``BlipForQuestionAnswering.generate`` does."""
+        return self.tokenizer.decode(self.answer_tokens(image, question, **generation), skip_special_tokens=True)
+
+    def answer_tokens(self, image: ImageLike, question: str, **generation) -> list[int]:
+        self._need("vqa", "answer questions", "BlipForQuestionAnswering, e.g. Salesforce/blip-vqa-base")
+        if not isinstance(question, str) or not question.strip():
+            raise InputError(f"a question must be a non-empty string, found {question!r}")
+        config = self.generation.with_options(**({"max_new_tokens": ANSWER_TOKENS} | generation))
+        ids = self.tokenizer.encode(question).ids  # [CLS] question [SEP]
+        if len(ids) > self.text["context_length"]:
+            raise InputError(f"the question has {len(ids)} tokens: {len(ids) - self.text['context_length']} over the "
+                             f"model's context of {self.text['context_length']}; shorten it")
+        check_prompt_fits(1, config.max_new_tokens, self.text["context_length"])
+        states = self.run("question", {"input_ids": np.asarray([ids], np.int64),
+                                       "attention_mask": np.ones((1, len(ids)), np.int64),
+                                       "image_embeds": self.image_embeds([image])})["question_embeds"]
+        cross = self.run("cross_kv", {"question_embeds": states})
+        decoder = self.decoder.with_constants({name: cross[name] for name in self._cross_names()})
+        start = [self.text["bos_token_id"]]
+        return generate(decoder, lambda tokens: tokens, [np.asarray(start, np.int64)], [start], config).tokens[0]
+
+    def _need(self, task: str, what: str, kind: str) -> None:
+        if self.manifest["task"] != task:
+            raise UsageError(f"this BLIP bundle's task is {self.manifest['task']!r}: to {what}, export a {kind}")
+
     def _cross_names(self) -> list[str]:
         return [f"cross_{kv}.{i}" for i in range(self.text["num_layers"]) for kv in ("key", "value")]
 
@@ -96,12 +142,24 @@ def _caption_arguments(parser) -> None:
     parser.add_argument("--prompt", help="the caption's start, which the model continues (\"a picture of\")")
     parser.add_argument("--beams", type=positive_int, default=1, help="beam search with this many beams (default 1: "
                         "greedy)")
-    parser.add_argument("--max-new-tokens", type=positive_int, default=30)
+    parser.add_argument("--max-new-tokens", type=positive_int, default=CAPTION_TOKENS)
 
 
 def _caption(pipeline: BlipPipeline, args) -> None:
     print(pipeline.caption(args.image, args.prompt, num_beams=args.beams, max_new_tokens=args.max_new_tokens))
 
 
+def _ask_arguments(parser) -> None:
+    parser.add_argument("image", metavar="IMAGE", help="the image the question is about")
+    parser.add_argument("question", metavar="QUESTION", type=nonempty_text, help="the question")
+    parser.add_argument("--beams", type=positive_int, default=1, help="beam search with this many beams")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=ANSWER_TOKENS)
+
+
+def _ask(pipeline: BlipPipeline, args) -> None:
+    print(pipeline.answer(args.image, args.question, num_beams=args.beams, max_new_tokens=args.max_new_tokens))
+
+
+register_task(Task("ask", "blip", "answer QUESTION about IMAGE (a VQA bundle)", _ask_arguments, _ask))
 register_task(Task("caption", "blip", "a caption of IMAGE (--prompt to start it, --beams N for beam search)",
                    _caption_arguments, _caption))
