@@ -41,6 +41,8 @@ def bench(bundles: list[str | Path], reference: str, out_dir: str | Path, data: 
     family = families[0]
     _check_reference(opened, reference)
     family_bench = BENCH.get(family)(str(data) if data else None)
+    if hasattr(family_bench, "check_bundles"):
+        family_bench.check_bundles(opened)
     base = {"family": family, "data": str(data) if data else None, "threads": threads, "runs": runs,
             "warmup": warmup if warmup is not None else max(3, runs // 5), "batch": batch}
     tasks = [dict(base, kind="pytorch", target=reference)] + [dict(base, kind="bundle", target=str(b.path)) for b in opened]

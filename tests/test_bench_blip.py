@@ -30,3 +30,11 @@ def test_goals_name_the_margin(results):
     goals = [g for g in results["goals"] if "teacher-forced" in g["goal"]]
     assert len(goals) == 1 and "FP32 top-1 margin" in goals[0]["measured"] and "margin is >= 0.1" in goals[0]["goal"]
     assert any("faster than PyTorch eager" in g["goal"] for g in results["goals"])
+
+
+def test_a_vqa_bundle_is_refused_until_its_benchmark_exists(blip_vqa_bundle, tmp_path):
+    from edgevfm.runtime.errors import InputError
+
+    with pytest.raises(InputError, match="measures captioning bundles so far; .* is a vqa bundle"):
+        bench([blip_vqa_bundle], reference="random:blip-vqa-tiny", out_dir=tmp_path / "r", runs=1, warmup=0,
+              batch=1, threads=1, show_progress=False)

@@ -110,3 +110,15 @@ def test_ask_command(blip_vqa_bundle, vqa, photos, tmp_path, capsys):
     Image.fromarray(photos[1]).save(tmp_path / "cat.png")
     assert main(["run", str(blip_vqa_bundle), "ask", str(tmp_path / "cat.png"), QUESTIONS[0]]) == 0
     assert capsys.readouterr().out == vqa.answer(photos[1], QUESTIONS[0]) + "\n"
+
+
+@pytest.mark.parametrize("which", ["caption", "vqa"])
+def test_static_int8_calibrates_each_task(which, blip_bundle, blip_vqa_bundle, photos, tmp_path):
+    """Calibration feeds every part as the runtime does (a VQA bundle's question part too)."""
+    from edgevfm.quantize.api import quantize
+
+    bundle = {"caption": blip_bundle, "vqa": blip_vqa_bundle}[which]
+    out = load(quantize(bundle, "int8-static", tmp_path / "int8", samples=2, show_progress=False), threads=1)
+    result = out.caption(photos[1], max_new_tokens=4) if which == "caption" else out.answer(photos[1], "what is it?")
+    assert isinstance(result, str)
+    assert set(out.manifest["calibration"]["samples"]) == set(out.manifest["parts"])

@@ -46,6 +46,16 @@ class BlipBench:
     def torch_runner(self, checkpoint):
         return _TorchBlip(checkpoint)
 
+    @staticmethod
+    def check_bundles(bundles) -> None:
+        """Refuse, before measuring anything, bundles this benchmark cannot measure yet."""
+        from edgevfm.runtime.errors import InputError
+
+        for bundle in bundles:
+            if bundle.manifest.get("task") != "caption":
+                raise InputError(f"the BLIP benchmark measures captioning bundles so far; {bundle.path} is a "
+                                 f"{bundle.manifest.get('task')} bundle")
+
     def bundle_runner(self, pipeline):
         return _BundleBlip(pipeline)
 
