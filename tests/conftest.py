@@ -129,3 +129,13 @@ def blip_vqa_checkpoint():
 @pytest.fixture(scope="session")
 def blip_vqa_bundle(tmp_path_factory) -> Path:
     return _bundle("random:blip-vqa-tiny", tmp_path_factory, "blip-vqa")
+
+
+@pytest.fixture(scope="session")
+def blip_itm_checkpoint():
+    return _checkpoint("random:blip-itm-tiny")
+
+
+@pytest.fixture(scope="session")
+def blip_itm_bundle(tmp_path_factory) -> Path:
+    return _bundle("random:blip-itm-tiny", tmp_path_factory, "blip-itm")

@@ -39,7 +39,7 @@ def test_hub_shaped_folder_exports_and_runs_alike(task, blip_checkpoint, blip_bu
     assert run(load(bundle)) == run(load(preset_bundle))
 
 
-def test_a_retrieval_checkpoint_is_refused_with_what_is_built(blip_checkpoint, tmp_path):
+def test_an_unknown_blip_architecture_is_refused_with_what_is_built(blip_checkpoint, tmp_path):
     from edgevfm.export.checkpoint import load_checkpoint
     from edgevfm.runtime.errors import CheckpointError
 
@@ -48,7 +48,8 @@ def test_a_retrieval_checkpoint_is_refused_with_what_is_built(blip_checkpoint, t
     blip_checkpoint.assets["tokenizer"].save_pretrained(folder)
     blip_checkpoint.assets["image_processor"].save_pretrained(folder)
     config = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps(config | {"architectures": ["BlipForImageTextRetrieval"]}))
-    with pytest.raises(CheckpointError, match="is a BlipForImageTextRetrieval: edgevfm exports BLIP as "
-                                              "BlipForConditionalGeneration or BlipForQuestionAnswering so far"):
+    (folder / "config.json").write_text(json.dumps(config | {"architectures": ["BlipModel"]}))
+    with pytest.raises(CheckpointError, match="is a BlipModel: edgevfm exports BLIP as one of "
+                                              "BlipForConditionalGeneration, BlipForQuestionAnswering, "
+                                              "BlipForImageTextRetrieval"):
         load_checkpoint(str(folder))

@@ -112,13 +112,73 @@ def test_ask_command(blip_vqa_bundle, vqa, photos, tmp_path, capsys):
     assert capsys.readouterr().out == vqa.answer(photos[1], QUESTIONS[0]) + "\n"
 
 
-@pytest.mark.parametrize("which", ["caption", "vqa"])
-def test_static_int8_calibrates_each_task(which, blip_bundle, blip_vqa_bundle, photos, tmp_path):
+@pytest.mark.parametrize("which", ["caption", "vqa", "retrieval"])
+def test_static_int8_calibrates_each_task(which, blip_bundle, blip_vqa_bundle, blip_itm_bundle, photos, tmp_path):
     """Calibration feeds every part as the runtime does (a VQA bundle's question part too)."""
     from edgevfm.quantize.api import quantize
 
-    bundle = {"caption": blip_bundle, "vqa": blip_vqa_bundle}[which]
+    bundle = {"caption": blip_bundle, "vqa": blip_vqa_bundle, "retrieval": blip_itm_bundle}[which]
     out = load(quantize(bundle, "int8-static", tmp_path / "int8", samples=2, show_progress=False), threads=1)
-    result = out.caption(photos[1], max_new_tokens=4) if which == "caption" else out.answer(photos[1], "what is it?")
+    result = {"caption": lambda: out.caption(photos[1], max_new_tokens=4),
+              "vqa": lambda: out.answer(photos[1], "what is it?"),
+              "retrieval": lambda: str(out.match(photos[1], "a cat"))}[which]()
     assert isinstance(result, str)
     assert set(out.manifest["calibration"]["samples"]) == set(out.manifest["parts"])
+
+
+# -- image-text matching and retrieval ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def itm(blip_itm_bundle):
+    return load(blip_itm_bundle, threads=1)
+
+
+TEXTS = ("a photo of a cat", "an astronaut in a space suit")
+
+
+def test_match_equals_the_pytorch_heads(itm, blip_itm_checkpoint, photos):
+    model, tokenizer = blip_itm_checkpoint.model, blip_itm_checkpoint.assets["tokenizer"]
+    seen = set()
+    for image in photos[:2]:
+        pixels = torch.from_numpy(preprocess([image], itm.manifest["preprocessing"]))
+        for text in TEXTS:
+            encoded = tokenizer(text, return_tensors="pt")
+            with torch.no_grad():
+                logits = model(input_ids=encoded.input_ids, attention_mask=encoded.attention_mask, pixel_values=pixels)
+                cosine = model(input_ids=encoded.input_ids, attention_mask=encoded.attention_mask,
+                               pixel_values=pixels, use_itm_head=False).itm_score[0, 0].item()
+            ours = itm.match(image, text)
+            assert ours["itm"] == pytest.approx(torch.softmax(logits.itm_score, -1)[0, 1].item(), abs=1e-5)
+            assert ours["itc"] == pytest.approx(cosine, abs=1e-5)
+            seen.add(round(ours["itc"], 4))
+    assert len(seen) == 4  # every pair scores differently: the comparison is not of constants
+
+
+def test_retrieve_both_ways_ranks_by_itc(itm, photos):
+    images = photos[:3]
+    ranked = itm.retrieve(TEXTS[0], images, k=3)
+    cosines = [itm.match(image, TEXTS[0])["itc"] for image in images]
+    assert [i for i, _ in ranked] == sorted(range(3), key=lambda i: -cosines[i])
+    assert [s for _, s in ranked] == pytest.approx(sorted(cosines, reverse=True), abs=1e-6)
+    texts = itm.retrieve(photos[0], list(TEXTS), k=1)
+    assert len(texts) == 1 and texts[0][0] in (0, 1)
+    with pytest.raises(InputError, match="k must be an integer >= 1"):
+        itm.retrieve(TEXTS[0], images, k=0)
+    with pytest.raises(InputError, match="a text must be a non-empty string"):
+        itm.match(photos[0], "")
+
+
+def test_match_command_and_the_other_tasks_refused(blip_itm_bundle, itm, blip, photos, tmp_path, capsys):
+    from PIL import Image
+
+    from edgevfm.runtime.cli import main
+    from edgevfm.runtime.errors import UsageError
+
+    Image.fromarray(photos[1]).save(tmp_path / "cat.png")
+    assert main(["run", str(blip_itm_bundle), "match", str(tmp_path / "cat.png"), TEXTS[0]]) == 0
+    scores = itm.match(photos[1], TEXTS[0])
+    assert capsys.readouterr().out == f"itm {scores['itm']:.4f}  itc {scores['itc']:.4f}\n"
+    with pytest.raises(UsageError, match="task is 'retrieval': to caption images"):
+        itm.caption(photos[0])
+    with pytest.raises(UsageError, match="task is 'caption': to match images and texts, export a "
+                                         "BlipForImageTextRetrieval"):
+        blip.match(photos[0], TEXTS[0])

@@ -51,6 +51,41 @@ class QuestionEncoder(nn.Module):
                             encoder_attention_mask=image_mask)[0]
 
 
+class MatchHead(nn.Module):
+    """ITM: input_ids, attention_mask (batch, text) and image_embeds -> itm_logits (batch, 2)
+    (no match, match): the text encoder attending to the image, its [CLS] state through the head."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.encoder, self.head = QuestionEncoder(model), model.itm_head
+
+    def forward(self, input_ids, attention_mask, image_embeds):
+        return self.head(self.encoder(input_ids, attention_mask, image_embeds)[:, 0])
+
+
+class ImageFeature(nn.Module):
+    """ITC: image_embeds -> image_feat (batch, projection), unit length."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.proj = model.vision_proj
+
+    def forward(self, image_embeds):
+        return nn.functional.normalize(self.proj(image_embeds[:, 0]), dim=-1)
+
+
+class TextFeature(nn.Module):
+    """ITC: input_ids, attention_mask -> text_feat (batch, projection), unit length (no image)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.encoder, self.proj = model.text_encoder, model.text_proj
+
+    def forward(self, input_ids, attention_mask):
+        states = self.encoder(input_ids=input_ids, attention_mask=attention_mask)[0]
+        return nn.functional.normalize(self.proj(states[:, 0]), dim=-1)
+
+
 class CrossKeysValues(nn.Module):
     """image_embeds -> cross_key.i, cross_value.i of every decoder layer (batch, heads, tokens, head dim)."""
 
@@ -120,6 +155,12 @@ class BlipSpec(FamilySpec):
                                                    num_attention_heads=2),
                                  "text": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                               num_attention_heads=2, max_position_embeddings=64), "task": "vqa"}),
+        "blip-itm-tiny": Preset("blip-itm-tiny", "tiny BLIP image-text matcher (ITM and ITC heads) for tests",
+                                {"vision": _vision(64, 16, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                                   num_attention_heads=2),
+                                 "text": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                              num_attention_heads=2, max_position_embeddings=64),
+                                 "task": "retrieval", "projection": 16}),
         "blip-base": Preset("blip-base", "BLIP base sizes: ViT-B/16 at 384 px, BERT-base text decoder",
                             {"vision": _vision(384, 16, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                                                num_attention_heads=12),
@@ -136,8 +177,8 @@ class BlipSpec(FamilySpec):
 
         architecture = (AutoConfig.from_pretrained(source, revision=revision).architectures or [None])[0]
         if architecture not in TASKS:
-            raise CheckpointError(f"{source!r} is a {architecture}: edgevfm exports BLIP as "
-                                  f"{' or '.join(TASKS)} so far (image-text retrieval is not built yet)")
+            raise CheckpointError(f"{source!r} is a {architecture}: edgevfm exports BLIP as one of "
+                                  f"{', '.join(TASKS)}")
         model = _model_class(TASKS[architecture]).from_pretrained(source, revision=revision,
                                                                   attn_implementation="eager")
         tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
@@ -152,7 +193,8 @@ class BlipSpec(FamilySpec):
         text = dict(preset.config["text"], vocab_size=len(tokenizer), encoder_hidden_size=preset.config["vision"][
             "hidden_size"], bos_token_id=tokenizer.convert_tokens_to_ids("[DEC]"),
             sep_token_id=tokenizer.sep_token_id, eos_token_id=tokenizer.sep_token_id, pad_token_id=tokenizer.pad_token_id)
-        config = BlipConfig(vision_config=preset.config["vision"], text_config=text)
+        config = BlipConfig(vision_config=preset.config["vision"], text_config=text,
+                            image_text_hidden_size=preset.config.get("projection", 256))
         config._attn_implementation = "eager"
         return config, {"tokenizer": tokenizer}
 
@@ -225,6 +267,23 @@ class BlipSpec(FamilySpec):
         image = TensorSpec("image_embeds", "float32", ("batch", tokens, vision.hidden_size))
         parts = [PartSpec("vision", VisionEncoder, [TensorSpec("pixel_values", "float32", ("batch", 3, size, size))],
                           [image], pixels)]
+        if task_of(checkpoint.model) == "retrieval":
+            text_in = [TensorSpec("input_ids", "int64", ("batch", "text")),
+                       TensorSpec("attention_mask", "int64", ("batch", "text"))]
+            projection = checkpoint.model.config.image_text_hidden_size
+
+            def texts(batch, variant):
+                found = question(batch, variant)
+                return {"input_ids": found["input_ids"], "attention_mask": found["attention_mask"]}
+
+            return parts + [
+                PartSpec("itm", MatchHead, text_in + [image], [TensorSpec("itm_logits", "float32", ("batch", 2))],
+                         question),
+                PartSpec("image_proj", ImageFeature, [image],
+                         [TensorSpec("image_feat", "float32", ("batch", projection))], embeds),
+                PartSpec("text_proj", TextFeature, text_in,
+                         [TensorSpec("text_feat", "float32", ("batch", projection))], texts),
+            ]
         if vqa:
             states = TensorSpec("question_embeds", "float32", ("batch", "question", text.hidden_size))
             parts += [PartSpec("question", QuestionEncoder, [TensorSpec("input_ids", "int64", ("batch", "question")),
@@ -243,14 +302,13 @@ class BlipSpec(FamilySpec):
         ]
 
     def manifest_sections(self, checkpoint):
-        proc, text = checkpoint.assets["image_processor"], checkpoint.model.config.text_config
+        text = checkpoint.model.config.text_config
+        if task_of(checkpoint.model) == "retrieval":
+            return {"task": "retrieval", "preprocessing": self._preprocessing(checkpoint), "tokenizer":
+                    {"file": "tokenizer.json"}, "text": {"context_length": text.max_position_embeddings}}
         return {
             "task": task_of(checkpoint.model),
-            "preprocessing": {"resize": _size(proc.size), "interpolation": RESAMPLE_NAMES[int(proc.resample)],
-                              "rescale": float(proc.rescale_factor) if proc.do_rescale else 1.0,
-                              "mean": list(proc.image_mean) if proc.do_normalize else [0.0, 0.0, 0.0],
-                              "std": list(proc.image_std) if proc.do_normalize else [1.0, 1.0, 1.0],
-                              "convert_rgb": True},
+            "preprocessing": self._preprocessing(checkpoint),
             "tokenizer": {"file": "tokenizer.json"},
             "text": {"num_layers": text.num_hidden_layers, "heads": text.num_attention_heads,
                      "head_dim": text.hidden_size // text.num_attention_heads, "vocab_size": text.vocab_size,
@@ -258,11 +316,20 @@ class BlipSpec(FamilySpec):
                      "sep_token_id": int(text.sep_token_id), "pad_token_id": int(text.pad_token_id)},
         }
 
+    @staticmethod
+    def _preprocessing(checkpoint) -> dict:
+        proc = checkpoint.assets["image_processor"]
+        return {"resize": _size(proc.size), "interpolation": RESAMPLE_NAMES[int(proc.resample)],
+                "rescale": float(proc.rescale_factor) if proc.do_rescale else 1.0,
+                "mean": list(proc.image_mean) if proc.do_normalize else [0.0, 0.0, 0.0],
+                "std": list(proc.image_std) if proc.do_normalize else [1.0, 1.0, 1.0], "convert_rgb": True}
+
     def write_assets(self, checkpoint, stage: Path):
         checkpoint.assets["tokenizer"].backend_tokenizer.save(str(stage / "tokenizer.json"))
 
 
-TASKS = {"BlipForConditionalGeneration": "caption", "BlipForQuestionAnswering": "vqa"}
+TASKS = {"BlipForConditionalGeneration": "caption", "BlipForQuestionAnswering": "vqa",
+         "BlipForImageTextRetrieval": "retrieval"}
 
 
 def _model_class(task: str):

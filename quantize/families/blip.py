@@ -14,6 +14,7 @@ import numpy as np
 from . import CALIBRATION
 
 
+TEXTS = ("a photo of a cat", "an astronaut in a space suit", "a cup of coffee on a table", "a rocket on the pad")
 QUESTIONS = ("what is in the picture?", "what colour is it?", "how many people are there?", "is it outside?")
 
 
@@ -21,6 +22,8 @@ QUESTIONS = ("what is in the picture?", "what colour is it?", "how many people a
 def calibration_feeds(pipeline, images: list, samples: int) -> dict[str, list[dict]]:
     from edgevfm.runtime.image import preprocess
 
+    if pipeline.manifest["task"] == "retrieval":
+        return _retrieval_feeds(pipeline, images[:samples])
     vqa = pipeline.manifest["task"] == "vqa"
     feeds: dict[str, list[dict]] = {"vision": [], "cross_kv": [], "text_decoder": []} | ({"question": []} if vqa else {})
     for i, image in enumerate(images[:samples]):
@@ -44,3 +47,20 @@ def calibration_feeds(pipeline, images: list, samples: int) -> dict[str, list[di
 
 
 calibration_feeds.default_samples = 8
+
+
+def _retrieval_feeds(pipeline, images: list) -> dict[str, list[dict]]:
+    """ITM and ITC: each photo with a caption-like text, as ``match`` feeds them."""
+    from edgevfm.runtime.image import preprocess
+
+    feeds: dict[str, list[dict]] = {"vision": [], "itm": [], "image_proj": [], "text_proj": []}
+    for i, image in enumerate(images):
+        pixels = {"pixel_values": preprocess([image], pipeline.manifest["preprocessing"])}
+        embeds = pipeline.run("vision", pixels)["image_embeds"]
+        ids = np.asarray([pipeline.tokenizer.encode(TEXTS[i % len(TEXTS)]).ids], np.int64)
+        text = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+        feeds["vision"].append(pixels)
+        feeds["itm"].append(text | {"image_embeds": embeds})
+        feeds["image_proj"].append({"image_embeds": embeds})
+        feeds["text_proj"].append(text)
+    return feeds

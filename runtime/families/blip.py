@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InputError, UsageError
-from ..generate import GenerationConfig, KVDecoder, check_prompt_fits, generate
+from ..generate import GenerationConfig, KVDecoder, check_prompt_fits, generate, softmax
 from ..image import PREPROCESSING, ImageLike, preprocess
-from ..pipeline import PIPELINES, Pipeline, mismatch
+from ..pipeline import PIPELINES, Pipeline
 from ..schema import integer, listed_file, obj, string
 from ..tasks import Task, nonempty_text, positive_int, register_task
 
@@ -25,33 +25,47 @@ CAPTION_TOKENS, ANSWER_TOKENS = 30, 10  # default max_new_tokens: answers are sh
 @PIPELINES.register("blip")
 class BlipPipeline(Pipeline):
     family = "blip"
-    needs = {
-        "vision": (("pixel_values",), ("image_embeds",)),
-        "cross_kv": ((), ()),  # image_embeds (captions) or question_embeds (VQA): check_consistency
-        "text_decoder": (("input_ids", "attention_mask", "position_ids"), ("logits",)),
+    needs = {"vision": (("pixel_values",), ("image_embeds",))}  # the rest depends on the task: check_consistency
+    # each task's parts: (inputs, outputs) as ``needs``
+    TASK_PARTS = {
+        "caption": {"cross_kv": (("image_embeds",), ()),
+                    "text_decoder": (("input_ids", "attention_mask", "position_ids"), ("logits",))},
+        "vqa": {"question": (("input_ids", "attention_mask", "image_embeds"), ("question_embeds",)),
+                "cross_kv": (("question_embeds",), ()),
+                "text_decoder": (("input_ids", "attention_mask", "position_ids"), ("logits",))},
+        "retrieval": {"itm": (("input_ids", "attention_mask", "image_embeds"), ("itm_logits",)),
+                      "image_proj": (("image_embeds",), ("image_feat",)),
+                      "text_proj": (("input_ids", "attention_mask"), ("text_feat",))},
     }
+    DECODER_KEYS = ("num_layers", "heads", "head_dim", "vocab_size", "bos_token_id", "sep_token_id", "pad_token_id")
     manifest_schema = {
-        "task": string(choices=("caption", "vqa")),
+        "task": string(choices=tuple(TASK_PARTS)),
         "preprocessing": PREPROCESSING,
         "tokenizer": obj({"file": listed_file()}),
-        "text": obj({"num_layers": integer(1, 1024), "heads": integer(1, 1024), "head_dim": integer(1, 4096),
-                     "vocab_size": integer(1, 1 << 24), "context_length": integer(1, 1 << 20), "bos_token_id": _ID,
-                     "sep_token_id": _ID, "pad_token_id": _ID}),
+        "text": obj({"context_length": integer(1, 1 << 20)},
+                    {"num_layers": integer(1, 1024), "heads": integer(1, 1024), "head_dim": integer(1, 4096),
+                     "vocab_size": integer(1, 1 << 24), "bos_token_id": _ID, "sep_token_id": _ID,
+                     "pad_token_id": _ID}),
     }
 
     @classmethod
     def check_consistency(cls, manifest):
-        parts = manifest["parts"]
-        vqa = manifest["task"] == "vqa"
+        parts, task = manifest["parts"], manifest["task"]
         problems = []
-        if vqa and "question" not in parts:
-            problems.append("part 'question' is missing: a VQA bundle (task vqa) encodes the question with it")
-        elif vqa:
-            problems += mismatch("the question part's inputs", ["attention_mask", "image_embeds", "input_ids"],
-                                 sorted(t["name"] for t in parts["question"]["inputs"]))
-        states = "question_embeds" if vqa else "image_embeds"
-        return problems + mismatch(f"the cross_kv part's input (task {manifest['task']})", [states],
-                                   [t["name"] for t in parts["cross_kv"]["inputs"]])
+        for name, (inputs, outputs) in cls.TASK_PARTS[task].items():
+            if name not in parts:
+                problems.append(f"part {name!r} is missing: a BLIP {task} bundle needs {sorted(cls.TASK_PARTS[task])}")
+                continue
+            have_in = {t["name"] for t in parts[name]["inputs"]}
+            have_out = {t["name"] for t in parts[name]["outputs"]}
+            problems += [f"part {name!r} lacks input {i!r} (a BLIP {task} bundle feeds it)" for i in inputs
+                         if i not in have_in]
+            problems += [f"part {name!r} lacks output {o!r} (a BLIP {task} bundle reads it)" for o in outputs
+                         if o not in have_out]
+        if task != "retrieval":
+            problems += [f"manifest.text lacks {key!r} (a {task} bundle's decoder needs it)" for key in cls.DECODER_KEYS
+                         if key not in manifest["text"]]
+        return problems
 
     def setup(self):
         from tokenizers import Tokenizer
@@ -62,6 +76,8 @@ class BlipPipeline(Pipeline):
         except Exception as exc:
             raise ValueError(f"its tokenizer file {settings['file']!r} cannot be read ({exc})") from None
         self.text = text
+        if self.manifest["task"] == "retrieval":
+            return
         self.decoder = KVDecoder(self.parts["text_decoder"], text["num_layers"], text["heads"], text["head_dim"],
                                  token_input="input_ids")
         self.generation = GenerationConfig(max_new_tokens=CAPTION_TOKENS, stop_token_ids=(text["sep_token_id"],))
@@ -84,9 +100,9 @@ class BlipPipeline(Pipeline):
         return self.caption_batch([image], prompt, **generation)[0]
 
     def caption_batch(self, images, prompt: str | None = None, **generation) -> list[str]:
-        ids = self.prompt_ids(prompt)
-        return [self.tokenizer.decode(ids[1:] + tokens, skip_special_tokens=True)
-                for tokens in self.caption_tokens(images, prompt, **generation)]
+        captions = self.caption_tokens(images, prompt, **generation)
+        start = self.prompt_ids(prompt)[1:]  # the prompt is part of the caption, as transformers decodes it
+        return [self.tokenizer.decode(start + tokens, skip_special_tokens=True) for tokens in captions]
 
     def caption_tokens(self, images, prompt: str | None = None, **generation) -> list[list[int]]:
         """The generated token ids of each image's caption (the prompt's and ``[SEP]`` excluded)."""
@@ -128,6 +144,60 @@ class BlipPipeline(Pipeline):
         start = [self.text["bos_token_id"]]
         return generate(decoder, lambda tokens: tokens, [np.asarray(start, np.int64)], [start], config).tokens[0]
 
+    # -- image-text matching (ITM) and contrastive similarity (ITC) --------------------------------
+    def match(self, image: ImageLike, text: str) -> dict[str, float]:
+        """How well ``text`` describes ``image`` (a retrieval bundle): ``itm`` the matching head's
+        probability of a match, ``itc`` the cosine of the contrastive features."""
+        self._need("retrieval", "match images and texts", "BlipForImageTextRetrieval, e.g. "
+                   "Salesforce/blip-itm-base-coco")
+        ids = self._text_ids([text])
+        embeds = self.image_embeds([image])
+        logits = self.run("itm", {"input_ids": ids, "attention_mask": np.ones_like(ids), "image_embeds": embeds})
+        probability = softmax(logits["itm_logits"].astype(np.float64))[0, 1]
+        similarity = float(self.text_features([text])[0] @ self.image_features_of(embeds)[0])
+        return {"itm": float(probability), "itc": similarity}
+
+    def image_features(self, images) -> np.ndarray:
+        """(N, projection) unit ITC features of images."""
+        self._need("retrieval", "embed images for retrieval", "BlipForImageTextRetrieval")
+        return self.image_features_of(self.image_embeds(images))
+
+    def image_features_of(self, embeds: np.ndarray) -> np.ndarray:
+        return self.run("image_proj", {"image_embeds": embeds})["image_feat"]
+
+    def text_features(self, texts) -> np.ndarray:
+        """(N, projection) unit ITC features of texts (each alone: no padding to another's length)."""
+        self._need("retrieval", "embed texts for retrieval", "BlipForImageTextRetrieval")
+        rows = []
+        for text in texts:
+            ids = self._text_ids([text])
+            rows.append(self.run("text_proj", {"input_ids": ids, "attention_mask": np.ones_like(ids)})["text_feat"][0])
+        return np.stack(rows)
+
+    def retrieve(self, query, gallery, k: int = 5) -> list[tuple[int, float]]:
+        """The ``k`` best (index, ITC cosine) of ``gallery`` for ``query``: a text query ranks
+        images, an image query ranks texts (as CLIP's retrieve)."""
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise InputError(f"k must be an integer >= 1, found {k!r}")
+        if not len(gallery):
+            raise InputError("the gallery is empty: pass at least one image or text")
+        if isinstance(query, str):
+            scores = self.image_features(list(gallery)) @ self.text_features([query])[0]
+        else:
+            scores = self.text_features(list(gallery)) @ self.image_features([query])[0]
+        order = np.argsort(-scores, kind="stable")[:k]
+        return [(int(i), float(scores[i])) for i in order]
+
+    def _text_ids(self, texts) -> np.ndarray:
+        for text in texts:
+            if not isinstance(text, str) or not text.strip():
+                raise InputError(f"a text must be a non-empty string, found {text!r}")
+        ids = self.tokenizer.encode(texts[0]).ids
+        if len(ids) > self.text["context_length"]:
+            raise InputError(f"the text has {len(ids)} tokens: {len(ids) - self.text['context_length']} over the "
+                             f"model's context of {self.text['context_length']}; shorten it")
+        return np.asarray([ids], np.int64)
+
     def _need(self, task: str, what: str, kind: str) -> None:
         if self.manifest["task"] != task:
             raise UsageError(f"this BLIP bundle's task is {self.manifest['task']!r}: to {what}, export a {kind}")
@@ -160,6 +230,18 @@ def _ask(pipeline: BlipPipeline, args) -> None:
     print(pipeline.answer(args.image, args.question, num_beams=args.beams, max_new_tokens=args.max_new_tokens))
 
 
+def _match_arguments(parser) -> None:
+    parser.add_argument("image", metavar="IMAGE", help="the image")
+    parser.add_argument("text", metavar="TEXT", type=nonempty_text, help="the text to match against it")
+
+
+def _match(pipeline: BlipPipeline, args) -> None:
+    scores = pipeline.match(args.image, args.text)
+    print(f"itm {scores['itm']:.4f}  itc {scores['itc']:.4f}")
+
+
+register_task(Task("match", "blip", "how well TEXT describes IMAGE: ITM probability and ITC cosine (a retrieval "
+                   "bundle)", _match_arguments, _match))
 register_task(Task("ask", "blip", "answer QUESTION about IMAGE (a VQA bundle)", _ask_arguments, _ask))
 register_task(Task("caption", "blip", "a caption of IMAGE (--prompt to start it, --beams N for beam search)",
                    _caption_arguments, _caption))
