@@ -54,6 +54,14 @@ def finite_float(text: str) -> float:
     return value
 
 
+def decoding_arguments(parser, max_new_tokens: int) -> None:
+    """``--max-new-tokens`` and ``--beams``, as every generating task takes them (the engine's
+    ``max_new_tokens`` and ``num_beams``)."""
+    parser.add_argument("--max-new-tokens", type=positive_int, default=max_new_tokens)
+    parser.add_argument("--beams", type=positive_int, default=1, help="beam search with this many beams (default 1: "
+                        "greedy or sampled); the answer comes at once")
+
+
 def nonempty_text(text: str) -> str:
     import argparse
 

@@ -153,15 +153,19 @@ def test_match_equals_the_pytorch_heads(itm, blip_itm_checkpoint, photos):
     assert len(seen) == 4  # every pair scores differently: the comparison is not of constants
 
 
-def test_retrieve_both_ways_ranks_by_itc(itm, photos):
+def test_retrieve_both_ways_ranks_by_itc(itm, photos, tmp_path):
+    from PIL import Image
+
     images = photos[:3]
     ranked = itm.retrieve(TEXTS[0], images, k=3)
     cosines = [itm.match(image, TEXTS[0])["itc"] for image in images]
-    assert [i for i, _ in ranked] == sorted(range(3), key=lambda i: -cosines[i])
-    assert [s for _, s in ranked] == pytest.approx(sorted(cosines, reverse=True), abs=1e-6)
+    assert [m.index for m in ranked] == sorted(range(3), key=lambda i: -cosines[i])
+    assert [m.score for m in ranked] == pytest.approx(sorted(cosines, reverse=True), abs=1e-6)
     texts = itm.retrieve(photos[0], list(TEXTS), k=1)
-    assert len(texts) == 1 and texts[0][0] in (0, 1)
-    with pytest.raises(InputError, match="k must be an integer >= 1"):
+    assert len(texts) == 1 and texts[0].item == TEXTS[texts[0].index]
+    Image.fromarray(photos[0]).save(tmp_path / "query.png")  # a path is an image query, as for CLIP
+    assert itm.retrieve(str(tmp_path / "query.png"), list(TEXTS), k=2) == itm.retrieve(photos[0], list(TEXTS), k=2)
+    with pytest.raises(InputError, match="k must be a positive integer"):
         itm.retrieve(TEXTS[0], images, k=0)
     with pytest.raises(InputError, match="a text must be a non-empty string"):
         itm.match(photos[0], "")

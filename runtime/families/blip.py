@@ -15,8 +15,9 @@ from ..errors import InputError, UsageError
 from ..generate import GenerationConfig, KVDecoder, check_prompt_fits, generate, softmax
 from ..image import PREPROCESSING, ImageLike, preprocess
 from ..pipeline import PIPELINES, Pipeline
+from ..retrieval import Match, rank
 from ..schema import integer, listed_file, obj, string
-from ..tasks import Task, nonempty_text, positive_int, register_task
+from ..tasks import Task, decoding_arguments, nonempty_text, register_task
 
 _ID = integer(0, 1 << 24)
 CAPTION_TOKENS, ANSWER_TOKENS = 30, 10  # default max_new_tokens: answers are short
@@ -117,8 +118,13 @@ class BlipPipeline(Pipeline):
 
     def image_decoder(self, images):
         """The text decoder bound to these images' cross-attention keys and values (one per row)."""
-        cross = self.run("cross_kv", {"image_embeds": self.image_embeds(images)})
-        return self.decoder.with_constants({name: cross[name] for name in self._cross_names()})
+        return self._attending_to({"image_embeds": self.image_embeds(images)})
+
+    def _attending_to(self, states: dict[str, np.ndarray]):
+        """The text decoder bound to the cross-attention keys and values ``cross_kv`` makes of ``states``."""
+        cross = self.run("cross_kv", states)
+        names = [f"cross_{kv}.{i}" for i in range(self.text["num_layers"]) for kv in ("key", "value")]
+        return self.decoder.with_constants({name: cross[name] for name in names})
 
     def answer(self, image: ImageLike, question: str, **generation) -> str:
         """The answer to ``question`` about ``image`` (a VQA bundle): the question is encoded
@@ -128,19 +134,12 @@ class BlipPipeline(Pipeline):
 
     def answer_tokens(self, image: ImageLike, question: str, **generation) -> list[int]:
         self._need("vqa", "answer questions", "BlipForQuestionAnswering, e.g. Salesforce/blip-vqa-base")
-        if not isinstance(question, str) or not question.strip():
-            raise InputError(f"a question must be a non-empty string, found {question!r}")
+        ids = self._encode(question, "question")
         config = self.generation.with_options(**({"max_new_tokens": ANSWER_TOKENS} | generation))
-        ids = self.tokenizer.encode(question).ids  # [CLS] question [SEP]
-        if len(ids) > self.text["context_length"]:
-            raise InputError(f"the question has {len(ids)} tokens: {len(ids) - self.text['context_length']} over the "
-                             f"model's context of {self.text['context_length']}; shorten it")
         check_prompt_fits(1, config.max_new_tokens, self.text["context_length"])
-        states = self.run("question", {"input_ids": np.asarray([ids], np.int64),
-                                       "attention_mask": np.ones((1, len(ids)), np.int64),
+        states = self.run("question", {"input_ids": ids, "attention_mask": np.ones_like(ids),
                                        "image_embeds": self.image_embeds([image])})["question_embeds"]
-        cross = self.run("cross_kv", {"question_embeds": states})
-        decoder = self.decoder.with_constants({name: cross[name] for name in self._cross_names()})
+        decoder = self._attending_to({"question_embeds": states})
         start = [self.text["bos_token_id"]]
         return generate(decoder, lambda tokens: tokens, [np.asarray(start, np.int64)], [start], config).tokens[0]
 
@@ -150,11 +149,11 @@ class BlipPipeline(Pipeline):
         probability of a match, ``itc`` the cosine of the contrastive features."""
         self._need("retrieval", "match images and texts", "BlipForImageTextRetrieval, e.g. "
                    "Salesforce/blip-itm-base-coco")
-        ids = self._text_ids([text])
+        ids = self._encode(text, "text")
         embeds = self.image_embeds([image])
         logits = self.run("itm", {"input_ids": ids, "attention_mask": np.ones_like(ids), "image_embeds": embeds})
         probability = softmax(logits["itm_logits"].astype(np.float64))[0, 1]
-        similarity = float(self.text_features([text])[0] @ self.image_features_of(embeds)[0])
+        similarity = float(self._text_feature(ids) @ self.image_features_of(embeds)[0])
         return {"itm": float(probability), "itc": similarity}
 
     def image_features(self, images) -> np.ndarray:
@@ -168,33 +167,23 @@ class BlipPipeline(Pipeline):
     def text_features(self, texts) -> np.ndarray:
         """(N, projection) unit ITC features of texts (each alone: no padding to another's length)."""
         self._need("retrieval", "embed texts for retrieval", "BlipForImageTextRetrieval")
-        rows = []
-        for text in texts:
-            ids = self._text_ids([text])
-            rows.append(self.run("text_proj", {"input_ids": ids, "attention_mask": np.ones_like(ids)})["text_feat"][0])
-        return np.stack(rows)
+        return np.stack([self._text_feature(self._encode(text, "text")) for text in texts])
 
-    def retrieve(self, query, gallery, k: int = 5) -> list[tuple[int, float]]:
-        """The ``k`` best (index, ITC cosine) of ``gallery`` for ``query``: a text query ranks
-        images, an image query ranks texts (as CLIP's retrieve)."""
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise InputError(f"k must be an integer >= 1, found {k!r}")
-        if not len(gallery):
-            raise InputError("the gallery is empty: pass at least one image or text")
-        if isinstance(query, str):
-            scores = self.image_features(list(gallery)) @ self.text_features([query])[0]
-        else:
-            scores = self.text_features(list(gallery)) @ self.image_features([query])[0]
-        order = np.argsort(-scores, kind="stable")[:k]
-        return [(int(i), float(scores[i])) for i in order]
+    def _text_feature(self, ids: np.ndarray) -> np.ndarray:
+        return self.run("text_proj", {"input_ids": ids, "attention_mask": np.ones_like(ids)})["text_feat"][0]
 
-    def _text_ids(self, texts) -> np.ndarray:
-        for text in texts:
-            if not isinstance(text, str) or not text.strip():
-                raise InputError(f"a text must be a non-empty string, found {text!r}")
-        ids = self.tokenizer.encode(texts[0]).ids
+    def retrieve(self, query, gallery, k: int = 5) -> list[Match]:
+        """The ``k`` best matches (index, item, ITC cosine) of ``gallery`` for ``query``: a text
+        query ranks images, an image (or an image's path) ranks texts, as CLIP's retrieve."""
+        return rank(query, gallery, k, self.text_features, self.image_features)
+
+    def _encode(self, text: str, what: str) -> np.ndarray:
+        """``[CLS] text [SEP]`` ids (1, length), or an ``InputError`` for an empty or too long text."""
+        if not isinstance(text, str) or not text.strip():
+            raise InputError(f"a {what} must be a non-empty string, found {text!r}")
+        ids = self.tokenizer.encode(text).ids
         if len(ids) > self.text["context_length"]:
-            raise InputError(f"the text has {len(ids)} tokens: {len(ids) - self.text['context_length']} over the "
+            raise InputError(f"the {what} has {len(ids)} tokens: {len(ids) - self.text['context_length']} over the "
                              f"model's context of {self.text['context_length']}; shorten it")
         return np.asarray([ids], np.int64)
 
@@ -202,17 +191,12 @@ class BlipPipeline(Pipeline):
         if self.manifest["task"] != task:
             raise UsageError(f"this BLIP bundle's task is {self.manifest['task']!r}: to {what}, export a {kind}")
 
-    def _cross_names(self) -> list[str]:
-        return [f"cross_{kv}.{i}" for i in range(self.text["num_layers"]) for kv in ("key", "value")]
-
 
 # -- the command line -------------------------------------------------------------------------
 def _caption_arguments(parser) -> None:
     parser.add_argument("image", metavar="IMAGE", help="the image to caption")
     parser.add_argument("--prompt", help="the caption's start, which the model continues (\"a picture of\")")
-    parser.add_argument("--beams", type=positive_int, default=1, help="beam search with this many beams (default 1: "
-                        "greedy)")
-    parser.add_argument("--max-new-tokens", type=positive_int, default=CAPTION_TOKENS)
+    decoding_arguments(parser, max_new_tokens=CAPTION_TOKENS)
 
 
 def _caption(pipeline: BlipPipeline, args) -> None:
@@ -222,8 +206,7 @@ def _caption(pipeline: BlipPipeline, args) -> None:
 def _ask_arguments(parser) -> None:
     parser.add_argument("image", metavar="IMAGE", help="the image the question is about")
     parser.add_argument("question", metavar="QUESTION", type=nonempty_text, help="the question")
-    parser.add_argument("--beams", type=positive_int, default=1, help="beam search with this many beams")
-    parser.add_argument("--max-new-tokens", type=positive_int, default=ANSWER_TOKENS)
+    decoding_arguments(parser, max_new_tokens=ANSWER_TOKENS)
 
 
 def _ask(pipeline: BlipPipeline, args) -> None:

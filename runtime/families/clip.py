@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -11,23 +9,10 @@ import numpy as np
 from ..errors import InputError
 from ..image import PREPROCESSING, ImageLike, output_size, preprocess
 from ..pipeline import PIPELINES, Pipeline, declared, mismatch
+from ..retrieval import Match, is_text, rank
 from ..schema import number, obj
 from ..tasks import Task, existing_folder, nonempty_text, positive_int, register_task
 from ..text import TOKENIZER, TextTokenizer
-
-
-@dataclass(frozen=True)
-class Match:
-    """One retrieval hit: its index in the gallery, the item itself and its cosine similarity."""
-
-    index: int
-    item: Any = field(repr=False)
-    score: float
-
-
-def is_text(query: Any) -> bool:
-    """A query is a text when it is a str that names no existing file (paths are images)."""
-    return isinstance(query, str) and not Path(query).is_file()
 
 
 def _l2(x: np.ndarray) -> np.ndarray:
@@ -97,20 +82,7 @@ class ClipPipeline(Pipeline):
     def retrieve(self, query: Any, gallery: Sequence[Any], k: int = 5) -> list[Match]:
         """Text -> images when ``query`` is a text (see :func:`is_text`), image -> texts otherwise.
         Returns the ``k`` best matches of ``gallery``, best first."""
-        gallery = list(gallery)
-        if not gallery:
-            raise InputError("the gallery is empty: pass at least one item to search")
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise InputError(f"k must be a positive integer, found {k!r}")
-        if isinstance(query, str) and not query.strip():
-            raise InputError("the query is empty: pass a text, or the path of an image")
-        if is_text(query):
-            q, g = self.embed_texts([query]), self.embed_images(gallery)
-        else:
-            q, g = self.embed_images([query]), self.embed_texts(_labels(gallery))
-        scores = (q @ g.T)[0]
-        order = np.argsort(-scores, kind="stable")[:k]
-        return [Match(int(i), gallery[i], float(scores[i])) for i in order]
+        return rank(query, gallery, k, self.embed_texts, self.embed_images, _labels)
 
 
 def _labels(labels: Sequence[str]) -> list[str]:

@@ -22,7 +22,7 @@ from ..generate import (GenerationConfig, Session, check_prompt_fits, decoder_fo
 from ..image import PREPROCESSING, ImageLike, output_size, preprocess
 from ..pipeline import PIPELINES, Pipeline, declared, mismatch
 from ..schema import integer, list_of, listed_file, nullable, obj, string
-from ..tasks import Task, finite_float, positive_int, register_task
+from ..tasks import Task, decoding_arguments, finite_float, register_task
 
 _ID = integer(0, 1 << 24)
 _SIZE = integer(1, 1 << 20)
@@ -221,12 +221,10 @@ class LlavaPipeline(Pipeline):
 def _chat_arguments(parser) -> None:
     parser.add_argument("image", metavar="IMAGE", nargs="?", help="the image to talk about (optional)")
     parser.add_argument("--prompt", help="ask this once and print the answer (no standard input needed)")
-    parser.add_argument("--max-new-tokens", type=positive_int, default=256)
+    decoding_arguments(parser, max_new_tokens=256)
     parser.add_argument("--temperature", type=finite_float, help="sample at this temperature (default: greedy)")
     parser.add_argument("--top-p", type=finite_float)
     parser.add_argument("--seed", type=int, help="seed for sampling, for reproducible answers")
-    parser.add_argument("--beams", type=positive_int, default=1, help="beam search with this many beams (default 1: "
-                        "greedy or sampled); the answer comes at once")
 
 
 def _chat(pipeline: LlavaPipeline, args) -> None:
