@@ -89,9 +89,6 @@ def _open_torch(task: dict, bench) -> dict:
             "config_sha256": checkpoint.source["config_sha256"], "runner": bench.torch_runner(checkpoint)}
 
 
-DEFAULT_EXPORT_OPTIONS = {"llm_graph": "builder"}
-
-
 def _open_bundle(task: dict, bench) -> dict:
     from edgevfm.runtime import load
 
@@ -101,6 +98,8 @@ def _open_bundle(task: dict, bench) -> dict:
     precisions = sorted({p.precision for p in bundle.parts.values()})
     backends = sorted({p.backend for p in bundle.parts.values()})
     # an export choice other than the default names itself (LLaVA's plain llm graph)
+    from edgevfm.export.spec import DEFAULT_EXPORT_OPTIONS
+
     choices = {k: v for k, v in ((bundle.manifest.get("export") or {}).get("options") or {}).items()
                if DEFAULT_EXPORT_OPTIONS.get(k) != v}
     label = "".join(f" ({k}={v})" for k, v in sorted(choices.items()))

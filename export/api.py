@@ -13,9 +13,7 @@ from edgevfm.runtime.errors import UsageError
 from .checkpoint import load_checkpoint
 from .onnx_export import DEFAULT_OPSET, check_opset, export_part
 from .progress import progress
-
-
-LLM_GRAPHS = ("builder", "plain")
+from .spec import DEFAULT_EXPORT_OPTIONS, LLM_GRAPHS
 
 
 def tool_versions() -> dict[str, str]:
@@ -33,7 +31,7 @@ def tool_versions() -> dict[str, str]:
 
 def export(model: str, out: str | Path, family: str | None = None, opset: int = DEFAULT_OPSET,
            force: bool = False, revision: str | None = None, show_progress: bool = True,
-           external_data: bool | None = None, llm_graph: str = "builder") -> Path:
+           external_data: bool | None = None, llm_graph: str = DEFAULT_EXPORT_OPTIONS["llm_graph"]) -> Path:
     """Export ``model`` (hub id, folder or ``random:<preset>``) to an FP32 bundle at ``out``.
 
     Every part is validated against PyTorch before the bundle is written; nothing is left at

@@ -13,6 +13,10 @@ from typing import Any, Callable, ClassVar
 from edgevfm.runtime.registry import Registry
 
 FAMILIES: Registry[type] = Registry("family")
+# export choices a family may read in ``parts`` (``Checkpoint.options``), with their defaults:
+# llm_graph, a language model's graph: onnxruntime-genai's "builder" graph or torch's "plain" export
+LLM_GRAPHS = ("builder", "plain")
+DEFAULT_EXPORT_OPTIONS = {"llm_graph": "builder"}
 # Pillow's resampling codes, as transformers' image processors store them, by the runtime's names.
 RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 

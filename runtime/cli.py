@@ -31,7 +31,7 @@ def _heavy(module: str, extra: str, what: str):
 def cmd_export(args) -> None:
     api = _heavy("edgevfm.export.api", "export", "edgevfm export")
     out = api.export(args.model, args.output, family=args.family, opset=args.opset, force=args.force,
-                     revision=args.revision, llm_graph=args.llm_graph)
+                     revision=args.revision, **({"llm_graph": args.llm_graph} if args.llm_graph else {}))
     print(f"wrote {out}")
 
 
@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--family", help="family to export as (default: read from the checkpoint's config)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset, 14 to 20 (default 17)")
     p.add_argument("--revision", help="hub revision (branch, tag or commit)")
-    p.add_argument("--llm-graph", choices=("builder", "plain"), default="builder",
+    p.add_argument("--llm-graph", choices=("builder", "plain"),
                    help="a language model's graph (LLaVA): onnxruntime-genai's builder (fused attention, shared KV "
                         "buffer, the faster; default) or plain (torch's exporter, any text model)")
     p.add_argument("--force", action="store_true", help=FORCE_HELP)

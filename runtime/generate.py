@@ -250,11 +250,16 @@ class KVDecoder:
 
         return [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v.numpy()[rows])) for v in cache]
 
+    def _tokens(self, embeds: np.ndarray) -> np.ndarray:
+        """What the token input takes: int64 ids or float32 embeddings (no copy when already so)."""
+        dtype = np.int64 if self.token_input == "input_ids" else np.float32
+        return np.ascontiguousarray(embeds, dtype=dtype)
+
     def prefill_feeds(self, embeds: np.ndarray) -> dict[str, np.ndarray]:
         """Plain feeds for a prefill of ``embeds`` (B, S, H) with no padding and an empty cache
         (calibration runs the part with these)."""
         batch, length = embeds.shape[:2]
-        tokens = embeds.astype(np.int64) if self.token_input == "input_ids" else embeds.astype(np.float32)
+        tokens = self._tokens(embeds)
         feeds = {self.token_input: tokens, "attention_mask": np.ones((batch, length), np.int64),
                  "position_ids": np.tile(np.arange(length, dtype=np.int64), (batch, 1))}
         empty = np.zeros((batch, self.kv_heads, 0, self.head_dim), np.float32)
@@ -264,8 +269,7 @@ class KVDecoder:
         """(logits of the last position (B, V) float32, all positions' logits (B, S, V), new cache)."""
         session = self.backend.session
         binding = session.io_binding()
-        tokens = embeds.astype(np.int64) if self.token_input == "input_ids" else embeds.astype(np.float32)
-        binding.bind_cpu_input(self.token_input, np.ascontiguousarray(tokens))
+        binding.bind_cpu_input(self.token_input, self._tokens(embeds))
         binding.bind_cpu_input("attention_mask", np.ascontiguousarray(attention_mask, dtype=np.int64))
         binding.bind_cpu_input("position_ids", np.ascontiguousarray(position_ids, dtype=np.int64))
         for name, value in zip(self.past_names + list(self.constants), cache):

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..spec import FAMILIES, FamilySpec, PartSpec, Preset, TensorSpec
+from ..spec import DEFAULT_EXPORT_OPTIONS, FAMILIES, FamilySpec, PartSpec, Preset, TensorSpec
 from .clip import clip_preprocessing
 
 IMAGE_TOKEN = "<image>"
@@ -235,7 +235,7 @@ class LlavaSpec(FamilySpec):
                     feeds[f"past_{kv}.{i}"] = torch.randn(batch, kv_heads, past, head_dim, generator=g)
             return feeds
 
-        builder = checkpoint.options.get("llm_graph", "builder") == "builder"
+        builder = checkpoint.options.get("llm_graph", DEFAULT_EXPORT_OPTIONS["llm_graph"]) == "builder"
         if builder:
             from ..genai_builder import build_decoder, check_builder
 
