@@ -13,7 +13,7 @@ from edgevfm.runtime.errors import UsageError
 from .checkpoint import load_checkpoint
 from .onnx_export import DEFAULT_OPSET, check_opset, export_part
 from .progress import progress
-from .spec import DEFAULT_EXPORT_OPTIONS, LLM_GRAPHS
+from .spec import LLM_GRAPHS
 
 
 def tool_versions() -> dict[str, str]:
@@ -31,7 +31,7 @@ def tool_versions() -> dict[str, str]:
 
 def export(model: str, out: str | Path, family: str | None = None, opset: int = DEFAULT_OPSET,
            force: bool = False, revision: str | None = None, show_progress: bool = True,
-           external_data: bool | None = None, llm_graph: str = DEFAULT_EXPORT_OPTIONS["llm_graph"]) -> Path:
+           external_data: bool | None = None, llm_graph: str | None = None) -> Path:
     """Export ``model`` (hub id, folder or ``random:<preset>``) to an FP32 bundle at ``out``.
 
     Every part is validated against PyTorch before the bundle is written; nothing is left at
@@ -39,16 +39,19 @@ def export(model: str, out: str | Path, family: str | None = None, opset: int = 
     (see :func:`edgevfm.runtime.output.check_out_dir`). A part over 2 GB keeps its weights in
     ``<part>.onnx.data`` (``external_data=True``: every part does), listed as the part's ``data``.
     ``llm_graph`` chooses a language-model part's graph: "builder" (onnxruntime-genai's model
-    builder: fused attention, shared KV buffer; the faster) or "plain" (torch's exporter).
+    builder: fused attention, shared KV buffer; the faster) or "plain" (torch's exporter); None
+    is the family's default (``DEFAULT_EXPORT_OPTIONS``, or plain where the builder cannot write
+    the text model: BLIP-2's OPT). The manifest records only choices that were made.
     """
     out = Path(out)
     check_opset(opset)
-    if llm_graph not in LLM_GRAPHS:
+    if llm_graph is not None and llm_graph not in LLM_GRAPHS:
         raise UsageError(f"llm_graph must be one of {', '.join(LLM_GRAPHS)}, found {llm_graph!r}")
     inputs = [model] if Path(model).exists() else []  # a checkpoint folder is never overwritten
     check_out_dir(out, force, inputs)
     checkpoint = load_checkpoint(model, family=family, revision=revision)
-    checkpoint.options["llm_graph"] = llm_graph
+    if llm_graph is not None:
+        checkpoint.options["llm_graph"] = llm_graph
     spec = checkpoint.spec
     parts = spec.parts(checkpoint)
     with staged_bundle(out, force=force, inputs=inputs) as stage:

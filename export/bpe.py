@@ -43,6 +43,17 @@ def train_merges(words: Iterable[tuple[str, ...]], max_merges: int) -> list[tupl
     return merges
 
 
+def byte_level(corpus: Iterable[str], splitter, max_merges: int = 500) -> tuple[list[str], list[tuple[str, str]]]:
+    """A byte-level BPE vocabulary (the 256 byte symbols, then each merge) and its merges, trained
+    on ``corpus`` as split by ``splitter`` (a ``tokenizers`` pre-tokenizer: GPT-2's, Qwen2's)."""
+    from tokenizers import pre_tokenizers
+
+    words = [tuple(w) for line in corpus for w, _ in splitter.pre_tokenize_str(line)]
+    merges = train_merges(words, max_merges=max_merges)
+    tokens = sorted(pre_tokenizers.ByteLevel.alphabet()) + [a + b for a, b in merges]
+    return list(dict.fromkeys(tokens)), merges
+
+
 def _merge(word: tuple[str, ...], pair: tuple[str, str]) -> tuple[str, ...]:
     out, i = [], 0
     while i < len(word):

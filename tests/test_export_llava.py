@@ -19,7 +19,8 @@ def test_parts_and_their_validation(graph, past, llava_bundle, llava_plain_bundl
     bundle = {"builder": llava_bundle, "plain": llava_plain_bundle}[graph]
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert sorted(manifest["parts"]) == ["embed", "llm", "vision"]
-    assert manifest["export"]["options"] == {"llm_graph": graph}
+    # the default (builder) is not a choice made: only an explicit one is recorded
+    assert manifest["export"]["options"] == ({} if graph == "builder" else {"llm_graph": "plain"})
     text = llava_checkpoint.model.config.text_config
     assert text.num_key_value_heads < text.num_attention_heads  # grouped-query attention
     variants = manifest["export"]["validation"]["llm"]["variants"]

@@ -3,14 +3,10 @@
 - ``vision``: pixels -> projected image features (batch, image tokens, text hidden), honouring
   ``vision_feature_layer`` (one layer or a list, concatenated) and
   ``vision_feature_select_strategy`` ("default" drops the CLS token, "full" keeps it).
-- ``embed``: token ids -> input embeddings (one Gather: an ONNX part, so recipes can quantize it).
-- ``llm``: input embeddings + attention mask + past keys/values of every layer -> logits + present
-  keys/values, dynamic batch, sequence and past length; Llama and Qwen2 text models with
-  grouped-query attention. Two graphs (``export(..., llm_graph=)``):
-  ``builder`` (default) is onnxruntime-genai's model builder graph (``past_key_values.i.key`` ->
-  ``present.i.key``, one shared buffer, no position ids, no padding), the faster: measured on
-  trained:llava-smol, see :mod:`..genai_builder`; ``plain`` is torch's export (``past_key.i`` ->
-  ``present_key.i``, present = past + new, position ids, left padding), for any text model.
+- ``embed`` and ``llm``: the text model (Llama and Qwen2 with grouped-query attention), as
+  :mod:`..llm` writes them; the ``llm`` graph is onnxruntime-genai's builder graph by default
+  (the faster: measured on trained:llava-smol, see :mod:`..genai_builder`) or, with
+  ``llm_graph="plain"``, torch's export.
 """
 
 from __future__ import annotations
@@ -20,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..llm import llm_section, text_parts
 from ..spec import DEFAULT_EXPORT_OPTIONS, FAMILIES, FamilySpec, PartSpec, Preset, TensorSpec
 from .clip import clip_preprocessing
 
@@ -64,50 +61,6 @@ class VisionFeatures(nn.Module):
         layers = [self.layer] if isinstance(self.layer, int) else list(self.layer)
         picked = [hidden[i][:, 1:] if self.drop_cls else hidden[i] for i in layers]
         return self.projector(torch.cat(picked, dim=-1))
-
-
-class TokenEmbeddings(nn.Module):
-    """input_ids (batch, sequence) int64 -> inputs_embeds (batch, sequence, hidden) float32."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.embed = model.get_input_embeddings()
-
-    def forward(self, input_ids):
-        return self.embed(input_ids)
-
-
-class LanguageModelStep(nn.Module):
-    """One decoder call with a KV cache: inputs_embeds (batch, sequence, hidden), attention_mask
-    (batch, past + sequence) int64 with 0 at left padding, position_ids (batch, sequence) int64,
-    then past_key.i, past_value.i (batch, kv heads, past, head dim) for every layer ->
-    logits (batch, sequence, vocab), present_key.i, present_value.i (batch, kv heads, past +
-    sequence, head dim)."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.lm, self.head = model.model.language_model, model.lm_head
-        self.layers = model.config.text_config.num_hidden_layers
-
-    def forward(self, inputs_embeds, attention_mask, position_ids, *past):
-        from transformers.cache_utils import DynamicCache
-
-        cache = DynamicCache(ddp_cache_data=[(past[2 * i], past[2 * i + 1]) for i in range(self.layers)])
-        out = self.lm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
-                      cache=cache, use_cache=True)
-        presents = []
-        for layer in out.cache.layers:
-            presents += [layer.keys, layer.values]
-        return (self.head(out.last_hidden_state), *presents)
-
-
-class BuilderLanguageModelStep(LanguageModelStep):
-    """The reference for the builder graph's signature: inputs_embeds, attention_mask (no padding),
-    then past keys/values; positions follow from the mask."""
-
-    def forward(self, inputs_embeds, attention_mask, *past):
-        positions = (attention_mask.cumsum(1) - 1)[:, -inputs_embeds.shape[1]:]
-        return super().forward(inputs_embeds, attention_mask, positions, *past)
 
 
 def causal_lm(model):
@@ -205,79 +158,18 @@ class LlavaSpec(FamilySpec):
         config = checkpoint.model.config
         text = config.text_config
         size = config.vision_config.image_size
-        hidden, vocab, layers = text.hidden_size, text.vocab_size, text.num_hidden_layers
-        kv_heads = text.num_key_value_heads
-        head_dim = getattr(text, "head_dim", None) or hidden // text.num_attention_heads
-        tokens = image_tokens(checkpoint.model)
+        hidden, tokens = text.hidden_size, image_tokens(checkpoint.model)
 
         def pixels(batch, variant):
             return {"pixel_values": torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(variant))}
 
-        def ids(batch, variant):
-            length = 5 if variant == 0 else 9
-            return {"input_ids": torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(variant))}
-
-        def step(batch, variant):
-            """variant 0 (trace): past 3, sequence 4; variant 1: past 0, a prompt of 6 with left
-            padding; variant 2: past 7, one new token."""
-            past, length = {0: (3, 4), 1: (0, 6), 2: (7, 1)}[variant]
-            g = torch.Generator().manual_seed(variant)
-            mask = torch.ones(batch, past + length, dtype=torch.int64)
-            if variant == 1:
-                mask[0, :2] = 0
-            positions = (mask.cumsum(1) - 1).clamp(min=0)[:, past:]
-            ids = torch.randint(0, vocab, (batch, length), generator=g)
-            with torch.no_grad():  # real rows of the embedding table: the scale a trained model sees
-                embeds = checkpoint.model.get_input_embeddings()(ids)
-            feeds = {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": positions}
-            for i in range(layers):
-                for kv in ("key", "value"):
-                    feeds[f"past_{kv}.{i}"] = torch.randn(batch, kv_heads, past, head_dim, generator=g)
-            return feeds
-
-        builder = checkpoint.options.get("llm_graph", DEFAULT_EXPORT_OPTIONS["llm_graph"]) == "builder"
-        if builder:
-            from ..genai_builder import build_decoder, check_builder
-
-            check_builder(text.model_type, head_dim)
-        past_name = "past_key_values.{i}.{kv}" if builder else "past_{kv}.{i}"
-        present_name = "present.{i}.{kv}" if builder else "present_{kv}.{i}"
-        kv = [TensorSpec(past_name.format(i=i, kv=kv), "float32", ("batch", kv_heads, "past", head_dim))
-              for i in range(layers) for kv in ("key", "value")]
-        present = [TensorSpec(present_name.format(i=i, kv=kv), "float32", ("batch", kv_heads, "total", head_dim))
-                   for i in range(layers) for kv in ("key", "value")]
-
-        def builder_step(batch, variant):
-            """The plain step's inputs without position ids and padding (the builder graph takes none)."""
-            feeds = step(batch, variant)
-            feeds["attention_mask"] = torch.ones_like(feeds["attention_mask"])
-            del feeds["position_ids"]
-            return {(past_name.format(i=k.split(".")[1], kv=k.split(".")[0][5:]) if k.startswith("past_") else k): v
-                    for k, v in feeds.items()}
-
-        if builder:
-            tokenizer = checkpoint.assets["tokenizer"]
-            llm = PartSpec("llm", BuilderLanguageModelStep,
-                           [TensorSpec("inputs_embeds", "float32", ("batch", "sequence", hidden)),
-                            TensorSpec("attention_mask", "int64", ("batch", "total"))] + kv,
-                           [TensorSpec("logits", "float32", ("batch", "sequence", vocab))] + present, builder_step,
-                           atol=1e-3, rtol=1e-3, check_variants=(1, 2),
-                           build=lambda model, path: build_decoder(causal_lm(model), tokenizer, path))
-        else:
-            llm = PartSpec("llm", LanguageModelStep,
-                           [TensorSpec("inputs_embeds", "float32", ("batch", "sequence", hidden)),
-                            TensorSpec("attention_mask", "int64", ("batch", "total")),
-                            TensorSpec("position_ids", "int64", ("batch", "sequence"))] + kv,
-                           [TensorSpec("logits", "float32", ("batch", "sequence", vocab))] + present, step,
-                           # float32 accumulation through many layers: the trained 30-layer SmolLM2's
-                           # logits (magnitude ~20) differ from PyTorch by ~5e-4; tiny models by ~1e-7
-                           atol=1e-3, rtol=1e-3, check_variants=(1, 2))
+        graph = checkpoint.options.get("llm_graph", DEFAULT_EXPORT_OPTIONS["llm_graph"])
+        text_model = text_parts(checkpoint, text, lambda model: (model.model.language_model, model.lm_head),
+                                graph == "builder", causal_lm, checkpoint.assets["tokenizer"])
         return [
             PartSpec("vision", VisionFeatures, [TensorSpec("pixel_values", "float32", ("batch", 3, size, size))],
                      [TensorSpec("image_features", "float32", ("batch", tokens, hidden))], pixels, atol=1e-4),
-            PartSpec("embed", TokenEmbeddings, [TensorSpec("input_ids", "int64", ("batch", "sequence"))],
-                     [TensorSpec("inputs_embeds", "float32", ("batch", "sequence", hidden))], ids),
-            llm,
+            *text_model,
         ]
 
     def manifest_sections(self, checkpoint):
@@ -293,10 +185,7 @@ class LlavaSpec(FamilySpec):
                      "image_token_id": int(config.image_token_id),
                      "image_seq_length": image_tokens(checkpoint.model),
                      "stop_token_ids": stop},
-            "llm": {"num_layers": text.num_hidden_layers, "kv_heads": text.num_key_value_heads,
-                    "head_dim": getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads,
-                    "hidden_size": text.hidden_size, "vocab_size": text.vocab_size,
-                    "context_length": text.max_position_embeddings},
+            "llm": llm_section(text),
         }
 
     def write_assets(self, checkpoint, stage: Path):
@@ -384,9 +273,7 @@ def _load_smollm2(model, vocab: int) -> None:
 def _tokenizer(style: str):
     """A real tokenizer built offline with deterministic merges: Llama's (Metaspace, byte
     fallback) for LLaVA-1.5, Qwen2's (byte-level BPE) for ChatML models; both with ``<image>``."""
-    from tokenizers import pre_tokenizers
-
-    from ..bpe import ENGLISH, train_merges
+    from ..bpe import ENGLISH, byte_level, train_merges
 
     corpus = ENGLISH + CHAT_CORPUS
     if style == "llava":
@@ -402,11 +289,8 @@ def _tokenizer(style: str):
         return tokenizer
     from transformers import Qwen2Tokenizer
 
-    splitter = Qwen2Tokenizer()._tokenizer.pre_tokenizer
-    words = [tuple(w) for line in corpus for w, _ in splitter.pre_tokenize_str(line)]
-    merges = train_merges(words, max_merges=500)
-    tokens = sorted(pre_tokenizers.ByteLevel.alphabet()) + [a + b for a, b in merges]
-    tokenizer = Qwen2Tokenizer(vocab={t: i for i, t in enumerate(dict.fromkeys(tokens))}, merges=merges)
+    tokens, merges = byte_level(corpus, Qwen2Tokenizer()._tokenizer.pre_tokenizer)
+    tokenizer = Qwen2Tokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=merges)
     tokenizer.add_tokens(["<|endoftext|>", "<|im_start|>", "<|im_end|>", IMAGE_TOKEN], special_tokens=True)
     tokenizer.pad_token = tokenizer.eos_token = "<|im_end|>"
     return tokenizer
