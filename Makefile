@@ -27,7 +27,8 @@ test: setup
 # Rebuilds the committed reports (benchmarks/reports/<model>) on this machine.
 report: setup
 	$(BIN)/edgevfm demo -o $(DEMO_OUT) --report-dir benchmarks/reports --variants \
-		--model random:clip-vit-b32 --model random:sam-vit-b --model trained:llava-smol --model random:llava-1b
+		--model random:clip-vit-b32 --model random:sam-vit-b --model trained:llava-smol --model random:llava-1b \
+		--model random:blip-base --model random:blip2-opt-350m
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) *.egg-info .pytest_cache

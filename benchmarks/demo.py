@@ -14,9 +14,11 @@ from .api import bench
 from .families import BENCH
 
 # The demo is a newcomer's first minutes (under 15 on a 2-core CPU): CLIP at its real size, SAM tiny
-# (at ViT-B size its encoder takes seconds a call, some 25 minutes with every recipe), and LLaVA on
-# the trained SmolLM2. `make report` passes the real sizes (the Makefile lists them).
-DEFAULT_MODELS = ("random:clip-vit-b32", "random:sam-tiny", "trained:llava-smol")
+# (at ViT-B size its encoder takes seconds a call, some 25 minutes with every recipe), LLaVA on the
+# trained SmolLM2, and tiny BLIP (a caption, an answer) and BLIP-2 (a caption), whose real sizes
+# take minutes each. `make report` passes the real sizes (the Makefile lists them).
+DEFAULT_MODELS = ("random:clip-vit-b32", "random:sam-tiny", "trained:llava-smol", "random:blip-tiny",
+                  "random:blip-vqa-tiny", "random:blip2-tiny")
 
 
 def run_demo(out: str | Path = "demo-out", models=DEFAULT_MODELS, report_dir: str | Path | None = None,

@@ -145,7 +145,8 @@ def int4(src: Path, dst: Path, feeds=None, block_size: int = 32, **_) -> dict:
 #   every MatMul at 8 bits (int8-weights)                   0.004 /  +0.7% / 154
 # (the FP32 reference is SmolLM2's Q4_1 GGUF dequantized: an integer 4-bit grid cannot land on
 # Q4_1's float-offset grid, which is why 4 bits cost more here than on weights trained in FP32).
-WIDE_MATMULS = ("q_proj", "k_proj", "v_proj", "o_proj", "down_proj")  # qkv_proj (the builder's) contains v_proj
+# qkv_proj (the builder's) contains v_proj; OPT (BLIP-2) names its o and down projections out_proj and fc2
+WIDE_MATMULS = ("q_proj", "k_proj", "v_proj", "o_proj", "down_proj", "out_proj", "fc2")
 WIDE_EDGE_LAYERS = 2
 
 
@@ -231,11 +232,11 @@ _register(Recipe("int4", "int4", "4-bit weight-only MatMulNBits, int8 compute", 
 _register(Recipe("fp16", "fp16", "float16 weights and compute, float32 I/O and normalisation", fp16))
 # language-model steps: family recipes name them per part (see quantize/families/llava.py)
 _register(Recipe("int4-mixed", "int4", "4-bit weight-only MLP gate/up projections; attention, down projections, LM "
-                 "head and the first and last two layers at 8 bits", int4_mixed, families=("llava",)))
+                 "head and the first and last two layers at 8 bits", int4_mixed, families=("llava", "blip2")))
 _register(Recipe("int8-weights", "int8", "8-bit weight-only MatMulNBits, every MatMul", int8_weights,
-                 families=("llava",)))
+                 families=("llava", "blip2")))
 _register(Recipe("int4-embed", "int4", "4-bit embedding table (GatherBlockQuantized)", int4_gather,
-                 families=("llava",)))
+                 families=("llava", "blip2")))
 
 
 def register_family_recipe(name: str, family: str, description: str, plan: dict[str, str]) -> Recipe:

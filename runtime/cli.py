@@ -49,8 +49,9 @@ def cmd_run(args) -> None:
 
     pipeline = load(args.bundle, threads=args.threads)
     task = TASKS.get(args.task)
-    if pipeline.family != task.family:
-        raise InputError(f"task {task.name!r} answers {task.family} bundles, but {args.bundle} is a {pipeline.family} "
+    if pipeline.family not in task.families:
+        raise InputError(f"task {task.name!r} answers {' and '.join(task.families)} bundles, but {args.bundle} is a "
+                         f"{pipeline.family} "
                          f"bundle: its tasks are {', '.join(tasks_of(pipeline.family))}")
     task.run(pipeline, args)
 
@@ -110,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .tasks import TASKS
 
     for name, task in TASKS.items():
-        task.add_arguments(tasks.add_parser(name, help=f"[{task.family}] {task.help}", description=task.help))
+        task.add_arguments(tasks.add_parser(name, help=f"[{'/'.join(task.families)}] {task.help}", description=task.help))
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("bench", help="latency, memory, size and accuracy against the FP32 PyTorch reference",
@@ -132,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="offline: export -> quantize (every recipe) -> run -> bench, with a report")
     p.add_argument("-o", "--output", type=new_folder, default=Path("demo-out"))
     p.add_argument("--model", action="append", help="model to run (repeatable; default: random:clip-vit-b32, "
-                   "random:sam-tiny and trained:llava-smol; make report runs random:sam-vit-b)")
+                   "random:sam-tiny, trained:llava-smol, random:blip-tiny, random:blip-vqa-tiny and "
+                   "random:blip2-tiny; make report runs the real sizes)")
     p.add_argument("--report-dir", type=new_folder, help="reports go to REPORT_DIR/<model> (default OUTPUT/report)")
     p.add_argument("--runs", type=positive_int, help="timed runs per figure (default: 30 for CLIP, 10 for SAM)")
     p.add_argument("--threads", type=positive_int, default=2)

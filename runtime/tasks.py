@@ -14,7 +14,7 @@ TASKS: Registry["Task"] = Registry("task")
 @dataclass(frozen=True)
 class Task:
     name: str
-    family: str
+    families: tuple[str, ...]  # the families whose pipelines answer it (the same arguments and call)
     help: str
     add_arguments: Callable  # (argparse.ArgumentParser) -> None
     run: Callable  # (pipeline, argparse.Namespace) -> None
@@ -25,7 +25,7 @@ def register_task(task: Task) -> Task:
 
 
 def tasks_of(family: str) -> list[str]:
-    return [name for name, task in TASKS.items() if task.family == family]
+    return [name for name, task in TASKS.items() if family in task.families]
 
 
 # -- argument types: argparse checks each value before any work runs (a bad one exits 2) ---------

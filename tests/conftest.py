@@ -139,3 +139,13 @@ def blip_itm_checkpoint():
 @pytest.fixture(scope="session")
 def blip_itm_bundle(tmp_path_factory) -> Path:
     return _bundle("random:blip-itm-tiny", tmp_path_factory, "blip-itm")
+
+
+@pytest.fixture(scope="session")
+def blip2_checkpoint():
+    return _checkpoint("random:blip2-tiny")
+
+
+@pytest.fixture(scope="session")
+def blip2_bundle(tmp_path_factory) -> Path:
+    return _bundle("random:blip2-tiny", tmp_path_factory, "blip2")

@@ -1,4 +1,5 @@
-"""The BLIP benchmark (work in progress): vision and caption latency, accuracy against PyTorch."""
+"""The BLIP and BLIP-2 benchmarks: vision and whole caption (answer) latency, accuracy against
+PyTorch; retrieval bundles refused up front."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def test_rows_parts_and_fp32_parity(results):
         assert list(row["latency_ms"]) == ["vision", "caption"] and row["throughput"]["part"] == "tokens"
     accuracy = fp32["accuracy"]
     assert accuracy["next_token_top1_agreement"] == 1.0 and accuracy["kl_divergence_mean"] < 1e-6
-    assert accuracy["caption_exact_match"] == 1.0 and accuracy["caption_prefix_agreement"] == 1.0
+    assert accuracy["exact_match"] == 1.0 and accuracy["prefix_agreement"] == 1.0
     assert int8["recipe"] == "int8-dynamic" and 0 <= int8["accuracy"]["kl_divergence_mean"]
 
 
@@ -32,9 +33,24 @@ def test_goals_name_the_margin(results):
     assert any("faster than PyTorch eager" in g["goal"] for g in results["goals"])
 
 
-def test_a_vqa_bundle_is_refused_until_its_benchmark_exists(blip_vqa_bundle, tmp_path):
+def test_a_retrieval_bundle_is_refused_until_its_benchmark_exists(blip_itm_bundle, tmp_path):
     from edgevfm.runtime.errors import InputError
 
-    with pytest.raises(InputError, match="measures captioning bundles so far; .* is a vqa bundle"):
-        bench([blip_vqa_bundle], reference="random:blip-vqa-tiny", out_dir=tmp_path / "r", runs=1, warmup=0,
+    with pytest.raises(InputError, match="measures captioning and VQA bundles so far; .* is a retrieval bundle"):
+        bench([blip_itm_bundle], reference="random:blip-itm-tiny", out_dir=tmp_path / "r", runs=1, warmup=0,
               batch=1, threads=1, show_progress=False)
+
+
+@pytest.mark.parametrize("model, bundle", [("random:blip-vqa-tiny", "blip_vqa_bundle"),
+                                           ("random:blip2-tiny", "blip2_bundle")])
+def test_vqa_and_blip2_bundles_measure_against_pytorch(model, bundle, request, tmp_path):
+    """FP32 bundles agree with PyTorch exactly: the runners feed both the same question (prompt)."""
+    found = bench([request.getfixturevalue(bundle)], reference=model, out_dir=tmp_path / "r", runs=1, warmup=0,
+                  batch=1, threads=1, show_progress=False)
+    torch_row, fp32 = found["rows"]
+    whole = "answer" if "vqa" in model else "caption"
+    assert list(torch_row["latency_ms"]) == list(fp32["latency_ms"]) == ["vision", whole]
+    accuracy = fp32["accuracy"]
+    assert accuracy["next_token_top1_agreement"] == 1.0 and accuracy["kl_divergence_mean"] < 1e-6
+    assert accuracy["exact_match"] == 1.0
+    assert f"| {whole} p50 / p90 / p99 ms |" in (tmp_path / "r" / "report.md").read_text()

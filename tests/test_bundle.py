@@ -104,7 +104,7 @@ def test_manifest_disagreeing_with_the_graph(bundle_copy):
 
 def test_unknown_family(bundle_copy):
     _edit_manifest(bundle_copy, lambda m: m.update(family="nosuch"))
-    with pytest.raises(BundleError, match="unknown family 'nosuch': expected one of blip, clip"):
+    with pytest.raises(BundleError, match="unknown family 'nosuch': expected one of blip, blip2, clip, llava, sam"):
         load(bundle_copy)
 
 

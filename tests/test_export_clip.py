@@ -82,7 +82,7 @@ def test_export_from_a_local_folder_matches_the_preset(clip_checkpoint, clip_bun
 
 
 def test_family_override_and_unknown_family(tmp_path):
-    with pytest.raises(UnknownNameError, match="unknown family 'nosuch': expected one of blip, clip"):
+    with pytest.raises(UnknownNameError, match="unknown family 'nosuch': expected one of blip, blip2, clip, llava, sam"):
         export("random:clip-tiny", tmp_path / "b", family="nosuch", show_progress=False)
     assert not (tmp_path / "b").exists()
 
@@ -114,7 +114,7 @@ def test_corrupt_weights(tmp_path):
 def test_unsupported_architecture(tmp_path):
     (tmp_path / "ckpt").mkdir()
     (tmp_path / "ckpt" / "config.json").write_text(json.dumps({"model_type": "bert"}))
-    with pytest.raises(UnknownNameError, match="unknown model_type 'bert': expected one of blip, clip"):
+    with pytest.raises(UnknownNameError, match="unknown model_type 'bert': expected one of blip, blip-2, clip, llava, sam"):
         export(str(tmp_path / "ckpt"), tmp_path / "b", show_progress=False)
 
 

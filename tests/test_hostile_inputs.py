@@ -20,7 +20,7 @@ from edgevfm.runtime.image import MAX_RESIZED_PIXELS, load_image, preprocess
 
 from helpers import fuzz_settings
 
-FAMILIES = ["blip", "clip", "llava", "sam"]
+FAMILIES = ["blip", "blip2", "clip", "llava", "sam"]
 
 @pytest.fixture(scope="module")
 def clip(clip_bundle):
@@ -42,16 +42,21 @@ def blip(blip_bundle):
     return load(blip_bundle, threads=1)
 
 
+@pytest.fixture(scope="module")
+def blip2(blip2_bundle):
+    return load(blip2_bundle, threads=1)
+
+
 @pytest.fixture
-def pipelines(blip, clip, llava, sam):
-    return {"blip": blip, "clip": clip, "llava": llava, "sam": sam}
+def pipelines(blip, blip2, clip, llava, sam):
+    return {"blip": blip, "blip2": blip2, "clip": clip, "llava": llava, "sam": sam}
 
 
 def _take(pipeline, image):
     """Give ``image`` to a pipeline the way its users do."""
     if pipeline.family == "clip":
         return pipeline.embed_images(image)
-    if pipeline.family == "llava":
+    if pipeline.family in ("llava", "blip2"):
         return pipeline.image_features([image])
     if pipeline.family == "blip":
         return pipeline.image_embeds([image])
@@ -240,7 +245,7 @@ def test_fuzzed_image_preprocesses_or_is_an_input_error(family, array, size, pip
     """Arrays of any dtype and shape, and images of any aspect ratio, through each family's own
     preprocessing: the model's input shape, finite, or an InputError."""
     spec = pipelines[family].manifest["preprocessing"]
-    expected = {"blip": (1, 3, 64, 64), "clip": (1, 3, 224, 224), "llava": (1, 3, 56, 56),
+    expected = {"blip": (1, 3, 64, 64), "blip2": (1, 3, 56, 56), "clip": (1, 3, 224, 224), "llava": (1, 3, 56, 56),
                 "sam": (1, 3, 128, 128)}[family]
     dtype, shape = array
     candidates = [np.zeros(shape, dtype), np.full((size[1], size[0], 3), 200, np.uint8),
@@ -327,3 +332,15 @@ def test_fuzzed_blip_question_and_settings_are_an_answer_or_a_typed_error(questi
     except InputError:  # UsageError is one too
         return
     assert isinstance(answer, str)
+
+
+@fuzz_settings(examples=30)
+@given(text=st.none() | st.text(max_size=30), ask=st.booleans(), options=st.fixed_dictionaries({}, optional={
+    "max_new_tokens": st.integers(-2, 6), "num_beams": st.integers(-1, 3), "no_repeat_ngram_size": st.integers(-1, 3),
+    "temperature": st.floats(allow_nan=True), "do_sample": st.booleans()}))
+def test_fuzzed_blip2_prompt_question_and_settings_are_text_or_a_typed_error(text, ask, options, blip2, photos):
+    try:
+        said = blip2.answer(photos[1], text, **options) if ask else blip2.caption(photos[1], text, **options)
+    except InputError:  # UsageError is one too
+        return
+    assert isinstance(said, str)

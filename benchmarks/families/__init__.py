@@ -5,4 +5,4 @@ from edgevfm.runtime.registry import Registry
 
 BENCH = Registry("family")
 
-from . import blip, clip, llava, sam  # noqa: E402,F401
+from . import blip, blip2, clip, llava, sam  # noqa: E402,F401

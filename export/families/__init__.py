@@ -1,3 +1,3 @@
 """One module per family; importing this package registers every family's export spec."""
 
-from . import blip, clip, llava, sam  # noqa: F401
+from . import blip, blip2, clip, llava, sam  # noqa: F401

@@ -133,6 +133,12 @@ class TextDecoderStep(nn.Module):
         return (out.logits, *presents)
 
 
+# Real-size random presets: the LM head at this std gives logits of std ~4 over a hidden state of
+# width ~800, so the FP32 top-1 is as decisive as a trained model's (init 0.02 leaves every
+# position near-tied, top-1 margin 0.004 at blip-base, and no position to judge quantization by)
+LM_HEAD_STD = 0.15
+
+
 def _vision(size: int, patch: int, **sizes) -> dict:
     # BLIP's vision config initialises weights at std 1e-10 (fine-tuned checkpoints overwrite them):
     # random presets need a real scale, or every output is ~0
@@ -165,7 +171,8 @@ class BlipSpec(FamilySpec):
                             {"vision": _vision(384, 16, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                                                num_attention_heads=12),
                              "text": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                                          num_attention_heads=12, max_position_embeddings=512)}),
+                                          num_attention_heads=12, max_position_embeddings=512),
+                             "lm_head_std": LM_HEAD_STD}),
     }
 
     def load_pretrained(self, source, revision):
@@ -204,6 +211,9 @@ class BlipSpec(FamilySpec):
         config, assets = self.random_config(preset)
         torch.manual_seed(preset.seed)
         model = _model_class(preset.config.get("task", "caption"))(config)
+        if "lm_head_std" in preset.config:
+            with torch.no_grad():  # tied to the LM head; the embeddings' LayerNorm keeps the scale to the logits
+                model.text_decoder.bert.embeddings.word_embeddings.weight.normal_(0.0, preset.config["lm_head_std"])
         size = config.vision_config.image_size
         return model, dict(assets, image_processor=BlipImageProcessorPil(size={"height": size, "width": size}))
 

@@ -4,4 +4,4 @@ from edgevfm.runtime.registry import Registry
 
 CALIBRATION = Registry("family")
 
-from . import blip, clip, llava, sam  # noqa: E402,F401
+from . import blip, blip2, clip, llava, sam  # noqa: E402,F401

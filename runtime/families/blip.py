@@ -133,15 +133,19 @@ class BlipPipeline(Pipeline):
         return self.tokenizer.decode(self.answer_tokens(image, question, **generation), skip_special_tokens=True)
 
     def answer_tokens(self, image: ImageLike, question: str, **generation) -> list[int]:
-        self._need("vqa", "answer questions", "BlipForQuestionAnswering, e.g. Salesforce/blip-vqa-base")
-        ids = self._encode(question, "question")
         config = self.generation.with_options(**({"max_new_tokens": ANSWER_TOKENS} | generation))
         check_prompt_fits(1, config.max_new_tokens, self.text["context_length"])
+        start = [self.text["bos_token_id"]]
+        return generate(self.question_decoder(image, question), lambda tokens: tokens, [np.asarray(start, np.int64)],
+                        [start], config).tokens[0]
+
+    def question_decoder(self, image: ImageLike, question: str):
+        """The answer decoder bound to ``question`` encoded against ``image`` (a VQA bundle)."""
+        self._need("vqa", "answer questions", "BlipForQuestionAnswering, e.g. Salesforce/blip-vqa-base")
+        ids = self._encode(question, "question")
         states = self.run("question", {"input_ids": ids, "attention_mask": np.ones_like(ids),
                                        "image_embeds": self.image_embeds([image])})["question_embeds"]
-        decoder = self._attending_to({"question_embeds": states})
-        start = [self.text["bos_token_id"]]
-        return generate(decoder, lambda tokens: tokens, [np.asarray(start, np.int64)], [start], config).tokens[0]
+        return self._attending_to({"question_embeds": states})
 
     # -- image-text matching (ITM) and contrastive similarity (ITC) --------------------------------
     def match(self, image: ImageLike, text: str) -> dict[str, float]:
@@ -199,7 +203,7 @@ def _caption_arguments(parser) -> None:
     decoding_arguments(parser, max_new_tokens=CAPTION_TOKENS)
 
 
-def _caption(pipeline: BlipPipeline, args) -> None:
+def _caption(pipeline, args) -> None:
     print(pipeline.caption(args.image, args.prompt, num_beams=args.beams, max_new_tokens=args.max_new_tokens))
 
 
@@ -209,7 +213,7 @@ def _ask_arguments(parser) -> None:
     decoding_arguments(parser, max_new_tokens=ANSWER_TOKENS)
 
 
-def _ask(pipeline: BlipPipeline, args) -> None:
+def _ask(pipeline, args) -> None:
     print(pipeline.answer(args.image, args.question, num_beams=args.beams, max_new_tokens=args.max_new_tokens))
 
 
@@ -223,8 +227,10 @@ def _match(pipeline: BlipPipeline, args) -> None:
     print(f"itm {scores['itm']:.4f}  itc {scores['itc']:.4f}")
 
 
-register_task(Task("match", "blip", "how well TEXT describes IMAGE: ITM probability and ITC cosine (a retrieval "
+register_task(Task("match", ("blip",), "how well TEXT describes IMAGE: ITM probability and ITC cosine (a retrieval "
                    "bundle)", _match_arguments, _match))
-register_task(Task("ask", "blip", "answer QUESTION about IMAGE (a VQA bundle)", _ask_arguments, _ask))
-register_task(Task("caption", "blip", "a caption of IMAGE (--prompt to start it, --beams N for beam search)",
+# BLIP-2's pipeline answers the same calls (runtime/families/blip2.py)
+register_task(Task("ask", ("blip", "blip2"), "answer QUESTION about IMAGE (BLIP: a VQA bundle)", _ask_arguments,
+                   _ask))
+register_task(Task("caption", ("blip", "blip2"), "a caption of IMAGE (--prompt to start it, --beams N for beam search)",
                    _caption_arguments, _caption))

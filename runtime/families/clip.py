@@ -113,7 +113,7 @@ def _retrieve_arguments(parser) -> None:
     parser.add_argument("-k", type=positive_int, default=5)
 
 
-def _retrieve(pipeline: ClipPipeline, args) -> None:
+def _retrieve(pipeline, args) -> None:
     import sys
 
     from ..image import list_images, load_images
@@ -136,6 +136,8 @@ def _retrieve(pipeline: ClipPipeline, args) -> None:
         print(f"{match.score:8.4f}  {names[match.index]}")
 
 
-register_task(Task("classify", "clip", "zero-shot ranking of --labels for IMAGE", _classify_arguments, _classify))
-register_task(Task("retrieve", "clip", "text -> images (--images DIR) or image -> texts (--texts ...)",
+register_task(Task("classify", ("clip",), "zero-shot ranking of --labels for IMAGE", _classify_arguments,
+                   _classify))
+# BLIP's retrieval bundles rank the same way (ITC): runtime/families/blip.py
+register_task(Task("retrieve", ("clip", "blip"), "text -> images (--images DIR) or image -> texts (--texts ...)",
                    _retrieve_arguments, _retrieve))

@@ -337,6 +337,6 @@ def _masks(predictor: SamPredictor, args) -> None:
     print(f"{len(found)} masks in {args.out} (masks.json as COCO RLE, overlay.png)")
 
 
-register_task(Task("segment", "sam", "mask for points and/or a box; writes the mask and an overlay PNG",
+register_task(Task("segment", ("sam",), "mask for points and/or a box; writes the mask and an overlay PNG",
                    _segment_arguments, _segment))
-register_task(Task("masks", "sam", "automatic masks for everything in IMAGE", _masks_arguments, _masks))
+register_task(Task("masks", ("sam",), "automatic masks for everything in IMAGE", _masks_arguments, _masks))

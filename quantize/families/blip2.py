@@ -1,0 +1,43 @@
+"""BLIP-2 calibration and recipes.
+
+Calibration: real photos through the bundle's preprocessing for ``vision``; for ``embed`` and
+``llm``, each photo's prompt as the runtime builds it (query features, BOS, a question in
+BLIP-2's "Question: ... Answer:" form), prefilled with an empty cache.
+
+Recipes: the ViT-g and Q-Former hold most of the weights and compute (1.1 of 1.5 B parameters at
+blip2-opt-350m): they get INT8 with activations quantized at run time (``int8-dynamic``, the
+faster and closer to FP32 of the generic INT8 recipes on BLIP's ViT-B, benchmarks/reports/blip-base);
+the OPT language model gets the LLaVA issue's weight-only recipes (8 bits, or 4 bits where it
+costs least) and the 4-bit embedding table.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..recipes import register_family_recipe
+from . import CALIBRATION
+
+QUESTIONS = ("what is in the picture?", "what colour is it?", "how many people are there?", "is it outside?")
+
+register_family_recipe("blip2-int8", "blip2", "BLIP-2: INT8 vision (ViT, Q-Former; dynamic), 8-bit weight-only "
+                       "language model, 4-bit embeddings", {"vision": "int8-dynamic", "embed": "int4-embed",
+                                                            "llm": "int8-weights"})
+register_family_recipe("blip2-int4", "blip2", "BLIP-2: INT8 vision (ViT, Q-Former; dynamic), 4-bit language model "
+                       "(MLP at 4 bits, attention, fc2, LM head and the edge layers at 8), 4-bit embeddings",
+                       {"vision": "int8-dynamic", "embed": "int4-embed", "llm": "int4-mixed"})
+
+
+@CALIBRATION.register("blip2")
+def calibration_feeds(pipeline, images: list, samples: int) -> dict[str, list[dict]]:
+    template = pipeline.manifest["prompt"]["question_template"]
+    vision, embed, llm = [], [], []
+    for i, image in enumerate(images[:samples]):
+        vision.append({"pixel_values": pipeline.image_inputs([image])})
+        prompt = pipeline.prompt(image, template.format(QUESTIONS[i % len(QUESTIONS)]))
+        embed.append({"input_ids": np.asarray([prompt.ids], np.int64)})
+        llm.append(pipeline.decoder.prefill_feeds(prompt.embeds[None]))
+    return {"vision": vision, "embed": embed, "llm": llm}
+
+
+calibration_feeds.default_samples = 8

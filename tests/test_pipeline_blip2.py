@@ -1,0 +1,117 @@
+"""BLIP-2 with OPT on the shared engine: captions and answers equal transformers' generate token
+for token (greedy and beam search), the command line, and bad input as typed errors, on the tiny
+model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from edgevfm.runtime import InputError, load
+from edgevfm.runtime.errors import UsageError
+
+
+@pytest.fixture(scope="module")
+def blip2(blip2_bundle):
+    return load(blip2_bundle, threads=1)
+
+
+def _transformers(checkpoint, pipeline, image, text, tokens, **settings) -> str:
+    """transformers' generate on the processor's ids (image tokens, then the tokenized text; no text:
+    generate's own image tokens + BOS) and the same pixels."""
+    pixels = torch.from_numpy(pipeline.image_inputs([image]))
+    queries = [checkpoint.model.config.image_token_id] * checkpoint.model.config.num_query_tokens
+    ids = None if text is None else torch.tensor([queries + checkpoint.assets["tokenizer"](text).input_ids])
+    with torch.no_grad():
+        out = checkpoint.model.generate(pixel_values=pixels, input_ids=ids, max_new_tokens=tokens, do_sample=False,
+                                        **settings)
+    start = len(queries) + 1 if ids is None else ids.shape[1]
+    return checkpoint.assets["tokenizer"].decode(out[0, start:], skip_special_tokens=True).strip()
+
+
+def test_image_features_are_not_degenerate(blip2, photos):
+    """Random presets give the learned queries a trained model's scale (transformers starts them
+    at zero): two photos' features differ."""
+    a, b = blip2.image_features([photos[0]]), blip2.image_features([photos[1]])
+    assert a.std() > 0.01 and abs(a - b).max() > 0.01
+
+
+@pytest.mark.parametrize("settings", [dict(), dict(num_beams=3), dict(num_beams=3, no_repeat_ngram_size=2,
+                                                                       length_penalty=0.6)],
+                         ids=["greedy", "beams", "beams-ngram-penalty"])
+def test_caption_equals_transformers(settings, blip2, blip2_checkpoint, photos):
+    for image in photos[:2]:
+        expected = _transformers(blip2_checkpoint, blip2, image, None, 12, **settings)
+        assert blip2.caption(image, max_new_tokens=12, **settings) == expected
+
+
+@pytest.mark.parametrize("settings", [dict(), dict(num_beams=2)], ids=["greedy", "beams"])
+def test_answer_equals_transformers_with_the_question_prompt(settings, blip2, blip2_checkpoint, photos):
+    for image, question in zip(photos[:2], ("what is in the picture?", "how many people are there?")):
+        expected = _transformers(blip2_checkpoint, blip2, image, f"Question: {question} Answer:", 8, **settings)
+        assert blip2.answer(image, question, max_new_tokens=8, **settings) == expected
+
+
+def test_a_prompted_caption_continues_the_prompt(blip2, blip2_checkpoint, photos):
+    expected = _transformers(blip2_checkpoint, blip2, photos[1], "a photo of", 8)
+    assert blip2.caption(photos[1], "a photo of", max_new_tokens=8) == expected
+
+
+def test_bad_input_is_a_typed_error(blip2, photos, tmp_path):
+    with pytest.raises(InputError, match="a question must be a non-empty string, found ' '"):
+        blip2.answer(photos[0], " ")
+    with pytest.raises(InputError, match="a prompt must be a non-empty string or None"):
+        blip2.caption(photos[0], "")
+    with pytest.raises(InputError, match="over the model's context of 128"):
+        blip2.caption(photos[0], "a photo of a cat " * 40)
+    with pytest.raises(UsageError, match="num_beams must be an integer >= 1, found 0"):
+        blip2.caption(photos[0], num_beams=0)
+    (tmp_path / "notes.png").write_text("not an image")
+    with pytest.raises(InputError, match="notes.png"):
+        blip2.caption(str(tmp_path / "notes.png"))
+
+
+def test_caption_and_ask_commands(blip2_bundle, blip2, photos, tmp_path, capsys):
+    from PIL import Image
+
+    from edgevfm.runtime.cli import main
+
+    Image.fromarray(photos[1]).save(tmp_path / "cat.png")
+    assert main(["run", str(blip2_bundle), "caption", str(tmp_path / "cat.png"), "--beams", "2",
+                 "--max-new-tokens", "6"]) == 0
+    assert capsys.readouterr().out == blip2.caption(photos[1], max_new_tokens=6, num_beams=2) + "\n"
+    assert main(["run", str(blip2_bundle), "ask", str(tmp_path / "cat.png"), "what is it?"]) == 0
+    assert capsys.readouterr().out == blip2.answer(photos[1], "what is it?") + "\n"
+    with pytest.raises(SystemExit) as exited:
+        main(["run", str(blip2_bundle), "ask", str(tmp_path / "cat.png"), "what?", "--beams", "0"])
+    assert exited.value.code == 2 and "--beams: expected an integer >= 1, found 0" in capsys.readouterr().err
+    assert main(["run", str(blip2_bundle), "match", str(tmp_path / "cat.png"), "a cat"]) == 3
+    assert "is a blip2 bundle: its tasks are ask, caption" in capsys.readouterr().err
+
+@pytest.mark.parametrize("recipe, precisions", [("blip2-int8", {"vision": "int8", "embed": "int4", "llm": "int8"}),
+                                                ("blip2-int4", {"vision": "int8", "embed": "int4", "llm": "int4"})])
+def test_family_recipes_say_what_each_part_got_and_stay_near_fp32(recipe, precisions, blip2, blip2_bundle, photos,
+                                                                   tmp_path):
+    """Each part as the recipe names it; the quantized image features and the prompt's next-token
+    logits within a stated distance of FP32 (cosine >= 0.99)."""
+    import numpy as np
+
+    from edgevfm.quantize.api import quantize
+
+    quantized = load(quantize(blip2_bundle, recipe, tmp_path / recipe, show_progress=False), threads=1)
+    assert {name: part.precision for name, part in quantized.bundle.parts.items()} == precisions
+    assert quantized.manifest["recipe"]["name"] == recipe
+
+    def cosine(a, b):
+        a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+        return a @ b / np.linalg.norm(a) / np.linalg.norm(b)
+
+    for image in photos[:2]:
+        assert cosine(quantized.image_features([image]), blip2.image_features([image])) >= 0.99
+        logits = []
+        for p in (blip2, quantized):
+            prompt = p.prompt(image, "a photo of")
+            n = len(prompt.ids)
+            logits.append(p.decoder.step(prompt.embeds[None], np.ones((1, n), np.int64), np.arange(n)[None],
+                                         p.decoder.empty_cache(1))[0])
+        assert cosine(*logits) >= 0.99
