@@ -119,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundles", nargs="+", type=Path, metavar="BUNDLE")
     p.add_argument("--reference", required=True, metavar="MODEL", help="the checkpoint the bundles came from")
     p.add_argument("--data", type=existing_folder,
-                   help="labelled image folder (one subfolder per class) for top-1 accuracy")
+                   help="CLIP: labelled image folder (one subfolder per class) for top-1 accuracy; BLIP, BLIP-2: "
+                        "a COCO-captions or VQA annotation folder (JSON beside the images) for CIDEr or VQA accuracy")
     p.add_argument("--threads", type=positive_int, default=2)
     p.add_argument("--runs", type=positive_int, default=30, help="timed runs per measurement (default 30)")
     p.add_argument("--batch", type=positive_int, default=8, help="batch size for the throughput figure (default 8)")

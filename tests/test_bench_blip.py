@@ -33,12 +33,28 @@ def test_goals_name_the_margin(results):
     assert any("faster than PyTorch eager" in g["goal"] for g in results["goals"])
 
 
-def test_a_retrieval_bundle_is_refused_until_its_benchmark_exists(blip_itm_bundle, tmp_path):
+def test_retrieval_measures_itm_itc_and_top1_agreement(blip_itm_bundle, tmp_path):
+    from edgevfm.quantize.api import quantize
+
+    int8 = quantize(blip_itm_bundle, "int8-dynamic", tmp_path / "int8", show_progress=False)
+    found = bench([blip_itm_bundle, int8], reference="random:blip-itm-tiny", out_dir=tmp_path / "r", runs=1,
+                  warmup=0, batch=1, threads=1, show_progress=False)
+    torch_row, fp32, quantized = found["rows"]
+    assert list(torch_row["latency_ms"]) == list(fp32["latency_ms"]) == ["vision", "match"]
+    exact = fp32["accuracy"]
+    assert exact["itm_probability_diff_max"] < 1e-5 and exact["itc_cosine_diff_max"] < 1e-5
+    assert exact["text_to_image_top1_agreement"] == exact["image_to_text_top1_agreement"] == 1.0
+    assert 0 < quantized["accuracy"]["itc_cosine_diff_max"] < 0.1  # INT8 moves the cosines, a little
+    goal = next(g for g in found["goals"] if "ITM probability within" in g["goal"])
+    assert "FP32 ITC top-1 margin" in goal["measured"]
+
+
+def test_annotations_with_a_retrieval_bundle_are_refused(blip_itm_bundle, photos, tmp_path):
     from edgevfm.runtime.errors import InputError
 
-    with pytest.raises(InputError, match="measures captioning and VQA bundles so far; .* is a retrieval bundle"):
-        bench([blip_itm_bundle], reference="random:blip-itm-tiny", out_dir=tmp_path / "r", runs=1, warmup=0,
-              batch=1, threads=1, show_progress=False)
+    with pytest.raises(InputError, match="recall on annotations for a retrieval bundle is not built yet"):
+        bench([blip_itm_bundle], reference="random:blip-itm-tiny", data=_annotated(tmp_path / "d", photos, False),
+              out_dir=tmp_path / "r", runs=1, warmup=0, batch=1, threads=1, show_progress=False)
 
 
 @pytest.mark.parametrize("model, bundle", [("random:blip-vqa-tiny", "blip_vqa_bundle"),
@@ -54,3 +70,48 @@ def test_vqa_and_blip2_bundles_measure_against_pytorch(model, bundle, request, t
     assert accuracy["next_token_top1_agreement"] == 1.0 and accuracy["kl_divergence_mean"] < 1e-6
     assert accuracy["exact_match"] == 1.0
     assert f"| {whole} p50 / p90 / p99 ms |" in (tmp_path / "r" / "report.md").read_text()
+
+
+def _annotated(folder, photos, vqa: bool):
+    """Two photos with COCO captions, or VQA questions and human answers."""
+    import json
+
+    from PIL import Image
+
+    folder.mkdir()
+    for i, photo in enumerate(photos[:2]):
+        Image.fromarray(photo).save(folder / f"COCO_val2014_{i + 1:012d}.png")
+    if vqa:
+        (folder / "questions.json").write_text(json.dumps({"questions": [
+            {"image_id": i, "question": "what is it?", "question_id": 10 * i} for i in (1, 2)]}))
+        (folder / "annotations.json").write_text(json.dumps({"annotations": [
+            {"question_id": 10 * i, "image_id": i, "answers": [{"answer": "a cat"}] * 3} for i in (1, 2)]}))
+    else:
+        (folder / "captions.json").write_text(json.dumps({"annotations": [
+            {"image_id": i, "caption": c} for i in (1, 2) for c in ("a cat on a couch", "a photo of a cat")]}))
+    return folder
+
+
+@pytest.mark.parametrize("model, bundle, metric", [("random:blip-tiny", "blip_bundle", "cider"),
+                                                   ("random:blip-vqa-tiny", "blip_vqa_bundle", "vqa_accuracy"),
+                                                   ("random:blip2-tiny", "blip2_bundle", "cider")])
+def test_annotations_give_task_accuracy_equal_for_fp32_and_pytorch(model, bundle, metric, request, photos, tmp_path):
+    data = _annotated(tmp_path / "data", photos, vqa=metric == "vqa_accuracy")
+    found = bench([request.getfixturevalue(bundle)], reference=model, data=data, out_dir=tmp_path / "r", runs=1,
+                  warmup=0, batch=1, threads=1, show_progress=False)
+    torch_row, fp32 = found["rows"]
+    assert metric in torch_row["accuracy"] and torch_row["accuracy"][metric] == pytest.approx(fp32["accuracy"][metric])
+    assert fp32["accuracy"]["bleu4_vs_fp32"] == pytest.approx(torch_row["accuracy"]["bleu4_vs_fp32"])
+    assert found["workload"]["annotated"] == f"2 {'vqa' if metric == 'vqa_accuracy' else 'caption'} items"
+
+
+def test_annotations_of_another_task_are_refused(blip_bundle, photos, tmp_path):
+    from edgevfm.runtime.errors import InputError
+
+    data = _annotated(tmp_path / "data", photos, vqa=True)
+    with pytest.raises(InputError, match="--data holds vqa annotations, but the bundles are caption bundles"):
+        bench([blip_bundle], reference="random:blip-tiny", data=data, out_dir=tmp_path / "r", runs=1, warmup=0,
+              batch=1, threads=1, show_progress=False)
+    with pytest.raises(InputError, match="no annotations in"):
+        bench([blip_bundle], reference="random:blip-tiny", data=tmp_path, out_dir=tmp_path / "r2", runs=1,
+              warmup=0, batch=1, threads=1, show_progress=False)

@@ -1,9 +1,11 @@
-"""BLIP-2 captioning benchmark: BLIP's (:mod:`.blip`) measurements over BLIP-2's runners.
+"""BLIP-2 benchmark: BLIP's measurements (:mod:`.blip`) over BLIP-2's runners.
 
 Latency: ``vision`` (ViT, Q-Former, projection) and a whole caption of ``CAPTION_TOKENS`` tokens
-(no early stop). Accuracy against the FP32 PyTorch model: caption agreement, and teacher-forced
-next-token agreement and KL along a fixed caption after the image's query tokens, overall and
-where the FP32 top-1 margin is clear.
+(no early stop). Accuracy against the FP32 PyTorch model: caption agreement, BLEU-4 and CIDEr-D
+against FP32's captions, and teacher-forced next-token agreement and KL along a fixed caption
+after the image's query tokens, overall and where the FP32 top-1 margin is clear. With ``--data``
+of COCO captions, CIDEr-D against the human captions; with VQA annotations, BLIP-2 answers
+("Question: ... Answer:") and the latency figure is a whole answer.
 """
 
 from __future__ import annotations
@@ -11,24 +13,36 @@ from __future__ import annotations
 import numpy as np
 
 from . import BENCH
-from .blip import CAPTION_TOKENS, REFERENCE_CAPTION, BlipBench
+from .blip import ANSWER_TOKENS, CAPTION_TOKENS, QUESTIONS, BlipBench
 
 
 @BENCH.register("blip2")
 class Blip2Bench(BlipBench):
     demo_recipes = ("blip2-int8", "blip2-int4", "int8-dynamic")
 
-    task = "caption"
+    def __init__(self, data: str | None = None):
+        super().__init__(data)
+        self.task = self.data_task or "caption"  # one checkpoint does both: the annotations say which
+
+    def check_bundles(self, bundles) -> None:
+        """Every BLIP-2 bundle captions and answers: nothing to refuse."""
 
     def torch_runner(self, checkpoint):
         return _TorchBlip2(checkpoint)
 
-    @staticmethod
-    def check_bundles(bundles) -> None:
-        """Every BLIP-2 bundle captions: nothing to refuse."""
-
     def bundle_runner(self, pipeline):
         return _BundleBlip2(pipeline)
+
+    def calls(self, runner, batch: int):
+        return runner.calls(self.images[0], QUESTIONS[0] if self.asks else None)
+
+    def outputs(self, runner) -> dict:
+        runner.task = self.task
+        return super().outputs(runner)
+
+
+def _tokens(question: str | None) -> int:
+    return CAPTION_TOKENS if question is None else ANSWER_TOKENS
 
 
 class _TorchBlip2:
@@ -40,36 +54,47 @@ class _TorchBlip2:
         self.torch, self.model = torch, checkpoint.model
         self.processor, self.tokenizer = checkpoint.assets["image_processor"], checkpoint.assets["tokenizer"]
         self.queries = [self.model.config.image_token_id] * self.model.config.num_query_tokens
+        self.template = checkpoint.spec.manifest_sections(checkpoint)["prompt"]["question_template"]
 
     def pixels(self, image):
         from edgevfm.runtime.image import load_image
 
         return self.processor([np.asarray(load_image(image))], return_tensors="pt")["pixel_values"]
 
-    def calls(self, image):
+    def text(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    def ids(self, text: str | None):
+        """The processor's ids: the image tokens, then BOS and the text (None: generate's own)."""
+        return None if text is None else self.torch.tensor([self.queries + self.tokenizer(text).input_ids])
+
+    def calls(self, image, question: str | None):
         torch, model, pixels = self.torch, self.model, self.pixels(image)
+        ids, tokens = self.ids(None if question is None else self.template.format(question)), _tokens(question)
 
         def vision():
             with torch.inference_mode():
                 return model.get_image_features(pixel_values=pixels)
 
-        def caption():
+        def whole():
             with torch.inference_mode():
-                return model.generate(pixel_values=pixels, max_new_tokens=CAPTION_TOKENS,
-                                      min_new_tokens=CAPTION_TOKENS)
+                return model.generate(pixel_values=pixels, input_ids=ids, max_new_tokens=tokens, min_new_tokens=tokens)
 
-        return {"vision": vision, "caption": caption}, ("tokens", CAPTION_TOKENS, caption)
+        return {"vision": vision, "caption" if question is None else "answer": whole}, ("tokens", tokens, whole)
 
-    def generated(self, image, index: int) -> list[int]:
+    def generated(self, image, question: str | None) -> list[int]:
+        ids = self.ids(None if question is None else self.template.format(question))
         with self.torch.inference_mode():
-            out = self.model.generate(pixel_values=self.pixels(image), max_new_tokens=CAPTION_TOKENS)
-        out = out[0, len(self.queries) + 1:].tolist()  # after the image tokens and BOS
+            out = self.model.generate(pixel_values=self.pixels(image), input_ids=ids,
+                                      max_new_tokens=_tokens(question))
+        out = out[0, len(self.queries) + 1 if ids is None else ids.shape[1]:].tolist()
         return out[:-1] if out and out[-1] == self.model.config.text_config.eos_token_id else out
 
-    def teacher_logits(self, image, index: int) -> np.ndarray:
-        ids = self.torch.tensor([self.queries + self.tokenizer(REFERENCE_CAPTION).input_ids])
+    def teacher_logits(self, image, question: str | None, text: str) -> np.ndarray:
+        """The LLM's logits from BOS along ``text`` (after the question's prompt, if any)."""
+        prompt = text if question is None else f"{self.template.format(question)} {text}"
         with self.torch.inference_mode():
-            logits = self.model(pixel_values=self.pixels(image), input_ids=ids).logits
+            logits = self.model(pixel_values=self.pixels(image), input_ids=self.ids(prompt)).logits
         return logits[0, len(self.queries):].float().numpy()
 
 
@@ -77,20 +102,27 @@ class _BundleBlip2:
     def __init__(self, pipeline):
         self.p = pipeline
 
-    def calls(self, image):
-        p = self.p
+    def text(self, ids: list[int]) -> str:
+        return self.p.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    def calls(self, image, question: str | None):
+        p, tokens = self.p, _tokens(question)
         pixels = {"pixel_values": p.image_inputs([image])}
+        prompt = None if question is None else p.manifest["prompt"]["question_template"].format(question)
 
-        def caption():
-            return p.caption_tokens([image], max_new_tokens=CAPTION_TOKENS, stop_token_ids=())
+        def whole():
+            return p.caption_tokens([image], prompt, max_new_tokens=tokens, stop_token_ids=())
 
-        return {"vision": lambda: p.run("vision", pixels), "caption": caption}, ("tokens", CAPTION_TOKENS, caption)
+        return ({"vision": lambda: p.run("vision", pixels), "caption" if question is None else "answer": whole},
+                ("tokens", tokens, whole))
 
-    def generated(self, image, index: int) -> list[int]:
-        return self.p.caption_tokens([image], max_new_tokens=CAPTION_TOKENS)[0]
+    def generated(self, image, question: str | None) -> list[int]:
+        prompt = None if question is None else self.p.manifest["prompt"]["question_template"].format(question)
+        return self.p.caption_tokens([image], prompt, max_new_tokens=_tokens(question))[0]
 
-    def teacher_logits(self, image, index: int) -> np.ndarray:
-        prompt = self.p.prompt(image, REFERENCE_CAPTION)
+    def teacher_logits(self, image, question: str | None, text: str) -> np.ndarray:
+        template = self.p.manifest["prompt"]["question_template"]
+        prompt = self.p.prompt(image, text if question is None else f"{template.format(question)} {text}")
         length = len(prompt.ids)
         decoder = self.p.decoder
         _, logits, _ = decoder.step(prompt.embeds[None], np.ones((1, length), np.int64), np.arange(length)[None],
