@@ -213,9 +213,11 @@ class KVDecoder:
     per-generation inputs (an encoder's cross-attention keys and values, computed once per image):
     they ride in the cache, so beam search reorders them with it."""
 
-    def __init__(self, backend, num_layers: int, kv_heads: int, head_dim: int, token_input: str = "inputs_embeds"):
+    def __init__(self, backend, num_layers: int, kv_heads: int, head_dim: int, token_input: str = "inputs_embeds",
+                 positions: bool = True):
         self.backend, self.num_layers = backend, num_layers
         self.kv_heads, self.head_dim, self.token_input = kv_heads, head_dim, token_input
+        self.positions = positions  # False: the graph takes no position_ids (T5's relative positions)
         self.past_names = [f"past_{kv}.{i}" for i in range(num_layers) for kv in ("key", "value")]
         self.present_names = [f"present_{kv}.{i}" for i in range(num_layers) for kv in ("key", "value")]
         self.constants: dict[str, np.ndarray] = {}
@@ -260,8 +262,9 @@ class KVDecoder:
         (calibration runs the part with these)."""
         batch, length = embeds.shape[:2]
         tokens = self._tokens(embeds)
-        feeds = {self.token_input: tokens, "attention_mask": np.ones((batch, length), np.int64),
-                 "position_ids": np.tile(np.arange(length, dtype=np.int64), (batch, 1))}
+        feeds = {self.token_input: tokens, "attention_mask": np.ones((batch, length), np.int64)}
+        if self.positions:
+            feeds["position_ids"] = np.tile(np.arange(length, dtype=np.int64), (batch, 1))
         empty = np.zeros((batch, self.kv_heads, 0, self.head_dim), np.float32)
         return feeds | {name: empty for name in self.past_names} | self.constants
 
@@ -271,7 +274,8 @@ class KVDecoder:
         binding = session.io_binding()
         binding.bind_cpu_input(self.token_input, self._tokens(embeds))
         binding.bind_cpu_input("attention_mask", np.ascontiguousarray(attention_mask, dtype=np.int64))
-        binding.bind_cpu_input("position_ids", np.ascontiguousarray(position_ids, dtype=np.int64))
+        if self.positions:
+            binding.bind_cpu_input("position_ids", np.ascontiguousarray(position_ids, dtype=np.int64))
         for name, value in zip(self.past_names + list(self.constants), cache):
             binding.bind_ortvalue_input(name, value)
         binding.bind_output("logits")  # first: outputs come back in binding order

@@ -60,8 +60,9 @@ class VisionLanguagePipeline(Pipeline):
                            output_size(manifest["preprocessing"]) or ("any",)))
 
     def setup_text(self, image_token_id: int, image_seq_length: int, stop_token_ids: Sequence[int],
-                   max_new_tokens: int) -> None:
-        """Open the tokenizer (``manifest.tokenizer.file``) and the decoder over the ``llm`` part."""
+                   max_new_tokens: int, decoder=None) -> None:
+        """Open the tokenizer (``manifest.tokenizer.file``) and ``decoder`` (default: the one that
+        fits the ``llm`` part)."""
         from tokenizers import Tokenizer
 
         settings, llm = self.manifest["tokenizer"], self.manifest["llm"]
@@ -71,8 +72,10 @@ class VisionLanguagePipeline(Pipeline):
             raise ValueError(f"its tokenizer file {settings['file']!r} cannot be read ({exc})") from None
         self.image_token_id, self.image_seq_length = image_token_id, image_seq_length
         self.context_length = llm["context_length"]
-        inputs = [t["name"] for t in self.manifest["parts"]["llm"]["inputs"]]
-        self.decoder = decoder_for(self.parts["llm"], inputs, llm["num_layers"], llm["kv_heads"], llm["head_dim"])
+        if decoder is None:
+            inputs = [t["name"] for t in self.manifest["parts"]["llm"]["inputs"]]
+            decoder = decoder_for(self.parts["llm"], inputs, llm["num_layers"], llm["kv_heads"], llm["head_dim"])
+        self.decoder = decoder
         self.generation = GenerationConfig(max_new_tokens=max_new_tokens, stop_token_ids=tuple(stop_token_ids))
 
     # -- the pieces -----------------------------------------------------------------------------

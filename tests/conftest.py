@@ -149,3 +149,13 @@ def blip2_checkpoint():
 @pytest.fixture(scope="session")
 def blip2_bundle(tmp_path_factory) -> Path:
     return _bundle("random:blip2-tiny", tmp_path_factory, "blip2")
+
+
+@pytest.fixture(scope="session")
+def blip2_t5_checkpoint():
+    return _checkpoint("random:blip2-t5-tiny")
+
+
+@pytest.fixture(scope="session")
+def blip2_t5_bundle(tmp_path_factory) -> Path:
+    return _bundle("random:blip2-t5-tiny", tmp_path_factory, "blip2-t5")

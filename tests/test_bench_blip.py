@@ -58,7 +58,8 @@ def test_annotations_with_a_retrieval_bundle_are_refused(blip_itm_bundle, photos
 
 
 @pytest.mark.parametrize("model, bundle", [("random:blip-vqa-tiny", "blip_vqa_bundle"),
-                                           ("random:blip2-tiny", "blip2_bundle")])
+                                           ("random:blip2-tiny", "blip2_bundle"),
+                                           ("random:blip2-t5-tiny", "blip2_t5_bundle")])
 def test_vqa_and_blip2_bundles_measure_against_pytorch(model, bundle, request, tmp_path):
     """FP32 bundles agree with PyTorch exactly: the runners feed both the same question (prompt)."""
     found = bench([request.getfixturevalue(bundle)], reference=model, out_dir=tmp_path / "r", runs=1, warmup=0,
@@ -94,7 +95,8 @@ def _annotated(folder, photos, vqa: bool):
 
 @pytest.mark.parametrize("model, bundle, metric", [("random:blip-tiny", "blip_bundle", "cider"),
                                                    ("random:blip-vqa-tiny", "blip_vqa_bundle", "vqa_accuracy"),
-                                                   ("random:blip2-tiny", "blip2_bundle", "cider")])
+                                                   ("random:blip2-tiny", "blip2_bundle", "cider"),
+                                                   ("random:blip2-t5-tiny", "blip2_t5_bundle", "vqa_accuracy")])
 def test_annotations_give_task_accuracy_equal_for_fp32_and_pytorch(model, bundle, metric, request, photos, tmp_path):
     data = _annotated(tmp_path / "data", photos, vqa=metric == "vqa_accuracy")
     found = bench([request.getfixturevalue(bundle)], reference=model, data=data, out_dir=tmp_path / "r", runs=1,

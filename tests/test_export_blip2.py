@@ -1,6 +1,7 @@
-"""BLIP-2 export: three parts (vision: ViT + Q-Former + projection; embed; llm: OPT, the plain
-graph) proven against PyTorch at past 0 with left padding and past > 0; hub-shaped folders export
-alike; Flan-T5 checkpoints and the builder graph are refused with what to do."""
+"""BLIP-2 export, with OPT (vision: ViT + Q-Former + projection; embed; llm, the plain graph) and
+with T5 (vision; embed; encoder; cross_kv; text_decoder), every part proven against PyTorch, the
+decoders at past 0 with padding and past > 0; hub-shaped folders export alike; other language
+models and the builder graph are refused with what to do."""
 
 from __future__ import annotations
 
@@ -10,35 +11,56 @@ import pytest
 
 from edgevfm.runtime import load
 
-def test_parts_and_their_validation(blip2_bundle, blip2_checkpoint):
+
+def test_opt_parts_and_their_validation(blip2_bundle, blip2_checkpoint):
     manifest = json.loads((blip2_bundle / "manifest.json").read_text())
     assert list(manifest["parts"]) == ["vision", "embed", "llm"]
     assert manifest["prompt"]["image_seq_length"] == blip2_checkpoint.model.config.num_query_tokens == 8
-    assert manifest["tokenizer"]["add_bos"] is True  # OPT starts every text with </s>
+    assert manifest["tokenizer"]["add_bos"] is True and manifest["tokenizer"]["add_eos"] is False  # OPT: </s> first
     variants = manifest["export"]["validation"]["llm"]["variants"]
     assert [v["inputs"]["past_key.0"][2] for v in variants] == [0, 7]
     assert all(v["logits"]["max_abs_diff"] < 1e-4 for v in variants)
     assert manifest["export"]["validation"]["vision"]["image_features"]["max_abs_diff"] < 1e-4
 
 
-def test_hub_shaped_folder_exports_and_runs_alike(blip2_checkpoint, blip2_bundle, tmp_path, photos):
-    """A folder as `save_pretrained` writes Salesforce/blip2-opt-2.7b exports to the same bundle as
-    the preset it was saved from."""
+def test_t5_parts_and_their_validation(blip2_t5_bundle):
+    manifest = json.loads((blip2_t5_bundle / "manifest.json").read_text())
+    assert list(manifest["parts"]) == ["vision", "embed", "encoder", "cross_kv", "text_decoder"]
+    assert manifest["tokenizer"]["add_bos"] is False and manifest["tokenizer"]["add_eos"] is True  # T5: </s> last
+    assert manifest["llm"]["decoder_start_token_id"] == 0
+    validation = manifest["export"]["validation"]
+    variants = validation["text_decoder"]["variants"]
+    assert [v["inputs"]["past_key.0"][2] for v in variants] == [0, 7]
+    assert [v["inputs"]["encoder_attention_mask"][1] for v in variants] == [11, 11]  # the trace had 6
+    assert all(v["logits"]["max_abs_diff"] < 1e-4 for v in variants)
+    assert validation["encoder"]["encoder_states"]["max_abs_diff"] < 1e-4
+    assert validation["encoder"]["inputs"]["inputs_embeds"][1] == 11
+    names = {t["name"] for t in manifest["parts"]["text_decoder"]["inputs"]}
+    assert "position_ids" not in names and "cross_key.1" in names  # relative positions; cross K/V given
+
+
+@pytest.mark.parametrize("which", ["opt", "t5"])
+def test_hub_shaped_folder_exports_and_runs_alike(which, blip2_checkpoint, blip2_bundle, blip2_t5_checkpoint,
+                                                  blip2_t5_bundle, tmp_path, photos):
+    """A folder as `save_pretrained` writes Salesforce/blip2-opt-2.7b (or blip2-flan-t5-xl) exports
+    to the same bundle as the preset it was saved from."""
     from edgevfm.export.api import export
 
+    checkpoint, preset_bundle = {"opt": (blip2_checkpoint, blip2_bundle),
+                                 "t5": (blip2_t5_checkpoint, blip2_t5_bundle)}[which]
     folder = tmp_path / "ckpt"
-    blip2_checkpoint.model.save_pretrained(folder)
-    blip2_checkpoint.assets["tokenizer"].save_pretrained(folder)
-    blip2_checkpoint.assets["image_processor"].save_pretrained(folder)
+    checkpoint.model.save_pretrained(folder)
+    checkpoint.assets["tokenizer"].save_pretrained(folder)
+    checkpoint.assets["image_processor"].save_pretrained(folder)
     bundle = export(str(folder), tmp_path / "bundle", show_progress=False)
-    ours, preset = (json.loads((b / "manifest.json").read_text()) for b in (bundle, blip2_bundle))
+    ours, preset = (json.loads((b / "manifest.json").read_text()) for b in (bundle, preset_bundle))
     for section in ("preprocessing", "tokenizer", "prompt", "llm"):
         assert ours[section] == preset[section], section
-    assert load(bundle).caption(photos[1], max_new_tokens=8) == load(blip2_bundle).caption(photos[1],
-                                                                                         max_new_tokens=8)
+    assert list(ours["parts"]) == list(preset["parts"])
+    assert load(bundle).answer(photos[1], "what is it?") == load(preset_bundle).answer(photos[1], "what is it?")
 
 
-def test_flan_t5_and_the_builder_graph_are_refused_with_what_to_do(blip2_checkpoint, tmp_path):
+def test_other_language_models_and_the_builder_graph_are_refused_with_what_to_do(blip2_checkpoint, tmp_path):
     from transformers import Blip2Config, Blip2ForConditionalGeneration
 
     from edgevfm.export.api import export
@@ -46,17 +68,17 @@ def test_flan_t5_and_the_builder_graph_are_refused_with_what_to_do(blip2_checkpo
     from edgevfm.runtime.errors import CheckpointError, ExportError
 
     config = blip2_checkpoint.model.config
-    t5 = Blip2Config(vision_config=config.vision_config.to_dict(), qformer_config=config.qformer_config.to_dict(),
-                     text_config=dict(model_type="t5", d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
-                                      vocab_size=config.text_config.vocab_size), num_query_tokens=8)
-    folder = tmp_path / "t5"
-    Blip2ForConditionalGeneration(t5).save_pretrained(folder)
+    llama = Blip2Config(vision_config=config.vision_config.to_dict(), qformer_config=config.qformer_config.to_dict(),
+                        text_config=dict(model_type="llama", hidden_size=64, intermediate_size=96, num_hidden_layers=1,
+                                         num_attention_heads=4, vocab_size=config.text_config.vocab_size),
+                        num_query_tokens=8)
+    folder = tmp_path / "llama"
+    Blip2ForConditionalGeneration(llama).save_pretrained(folder)
     blip2_checkpoint.assets["tokenizer"].save_pretrained(folder)
     blip2_checkpoint.assets["image_processor"].save_pretrained(folder)
-    with pytest.raises(CheckpointError, match="has a t5 \\(encoder-decoder\\) language model: edgevfm exports "
-                                              "BLIP-2 with a decoder-only language model"):
+    with pytest.raises(CheckpointError, match="has a llama language model: edgevfm exports BLIP-2 with OPT "
+                                              "\\(Salesforce/blip2-opt-\\*\\) or Flan-T5"):
         load_checkpoint(str(folder))
     with pytest.raises(ExportError, match="found 'opt': export with --llm-graph plain"):
         export("random:blip2-tiny", tmp_path / "b", llm_graph="builder", show_progress=False)
     assert not (tmp_path / "b").exists()
-

@@ -55,6 +55,7 @@ class _TorchBlip2:
         self.processor, self.tokenizer = checkpoint.assets["image_processor"], checkpoint.assets["tokenizer"]
         self.queries = [self.model.config.image_token_id] * self.model.config.num_query_tokens
         self.template = checkpoint.spec.manifest_sections(checkpoint)["prompt"]["question_template"]
+        self.seq2seq = not self.model.config.use_decoder_only_language_model
 
     def pixels(self, image):
         from edgevfm.runtime.image import load_image
@@ -65,8 +66,11 @@ class _TorchBlip2:
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
     def ids(self, text: str | None):
-        """The processor's ids: the image tokens, then BOS and the text (None: generate's own)."""
-        return None if text is None else self.torch.tensor([self.queries + self.tokenizer(text).input_ids])
+        """The processor's ids: the image tokens, then the tokenized text (None: OPT's generate builds
+        its own, image tokens and BOS; T5's takes an empty text, its EOS)."""
+        if text is None and not self.seq2seq:
+            return None
+        return self.torch.tensor([self.queries + self.tokenizer(text or "").input_ids])
 
     def calls(self, image, question: str | None):
         torch, model, pixels = self.torch, self.model, self.pixels(image)
@@ -87,14 +91,23 @@ class _TorchBlip2:
         with self.torch.inference_mode():
             out = self.model.generate(pixel_values=self.pixels(image), input_ids=ids,
                                       max_new_tokens=_tokens(question))
-        out = out[0, len(self.queries) + 1 if ids is None else ids.shape[1]:].tolist()
+        # after the prompt (OPT: image tokens and BOS when generate built it); T5: after the decoder's start
+        out = out[0, 1 if self.seq2seq else len(self.queries) + 1 if ids is None else ids.shape[1]:].tolist()
         return out[:-1] if out and out[-1] == self.model.config.text_config.eos_token_id else out
 
     def teacher_logits(self, image, question: str | None, text: str) -> np.ndarray:
-        """The LLM's logits from BOS along ``text`` (after the question's prompt, if any)."""
-        prompt = text if question is None else f"{self.template.format(question)} {text}"
+        """OPT: the LLM's logits from BOS along ``text`` (after the question's prompt, if any); T5:
+        the decoder's along its start token and ``text``, against the image (and the question)."""
+        pixels = self.pixels(image)
         with self.torch.inference_mode():
-            logits = self.model(pixel_values=self.pixels(image), input_ids=self.ids(prompt)).logits
+            if self.seq2seq:
+                start = [self.model.config.text_config.decoder_start_token_id]
+                decoded = self.torch.tensor([start + self.tokenizer(text, add_special_tokens=False).input_ids])
+                prompt = None if question is None else self.template.format(question)
+                return self.model(pixel_values=pixels, input_ids=self.ids(prompt),
+                                  decoder_input_ids=decoded).logits[0].float().numpy()
+            prompt = text if question is None else f"{self.template.format(question)} {text}"
+            logits = self.model(pixel_values=pixels, input_ids=self.ids(prompt)).logits
         return logits[0, len(self.queries):].float().numpy()
 
 
@@ -122,6 +135,13 @@ class _BundleBlip2:
 
     def teacher_logits(self, image, question: str | None, text: str) -> np.ndarray:
         template = self.p.manifest["prompt"]["question_template"]
+        if self.p.seq2seq:
+            decoder = self.p.encoded(self.p.prompt(image, None if question is None else template.format(question)))
+            ids = [self.p.manifest["llm"]["decoder_start_token_id"]] + self.p.tokenizer.encode(
+                text, add_special_tokens=False).ids
+            n = len(ids)
+            return decoder.step(np.asarray([ids], np.int64), np.ones((1, n), np.int64), np.arange(n)[None],
+                                decoder.empty_cache(1))[1][0]
         prompt = self.p.prompt(image, text if question is None else f"{template.format(question)} {text}")
         length = len(prompt.ids)
         decoder = self.p.decoder

@@ -1,20 +1,30 @@
-"""BLIP-2 captions and answers on a three-part bundle (``vision``: ViT + Q-Former + projection,
-``embed``, ``llm``) and the shared generation engine, as :mod:`..vision_lm` runs LLaVA.
+"""BLIP-2 captions and answers on the shared generation engine, with either language model.
+
+- OPT (decoder-only): ``vision`` (ViT + Q-Former + projection), ``embed``, ``llm``, run as
+  :mod:`..vision_lm` runs LLaVA: the prompt's embeddings go through ``llm``.
+- Flan-T5 (encoder-decoder): ``vision``, ``embed``, ``encoder``, ``cross_kv``, ``text_decoder``: the
+  prompt's embeddings go through ``encoder`` once, ``cross_kv`` makes each decoder layer's keys and
+  values of its states, and the engine drives ``text_decoder`` from the decoder's start token with
+  those (and the encoder's mask) bound as per-generation constants, as BLIP's decoder.
 
 A prompt is ``image_seq_length`` image tokens (their embeddings replaced by the image's query
-features), then BOS (where the tokenizer adds it) and the text, as transformers' Blip2Processor
-builds it; a caption has no text, an answer the prompt "Question: {question} Answer:". The
-command line's ``caption`` and ``ask`` tasks are BLIP's (:mod:`.blip`), the same calls.
+features), then the text with BOS (OPT) or EOS (T5) where the tokenizer adds them, as
+transformers' Blip2Processor builds it; a caption has no text, an answer the prompt
+"Question: {question} Answer:". The command line's ``caption`` and ``ask`` tasks are BLIP's
+(:mod:`.blip`), the same calls.
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
+
 from ..errors import InputError
+from ..generate import GenerationConfig, KVDecoder, check_prompt_fits, generate
 from ..image import PREPROCESSING, ImageLike
 from ..pipeline import PIPELINES
-from ..schema import boolean, integer, list_of, listed_file, obj, string
+from ..schema import boolean, integer, list_of, listed_file, nullable, obj, string
 from ..vision_lm import LLM_SECTION, Prompt, VisionLanguagePipeline
 
 from .blip import ANSWER_TOKENS, CAPTION_TOKENS
@@ -25,9 +35,15 @@ _ID = integer(0, 1 << 24)
 @PIPELINES.register("blip2")
 class Blip2Pipeline(VisionLanguagePipeline):
     family = "blip2"
+    needs = {"vision": (("pixel_values",), ("image_features",)), "embed": (("input_ids",), ("inputs_embeds",))}
+    # the language model's parts: decoder-only (OPT) or encoder-decoder (T5); check_consistency
+    SEQ2SEQ_PARTS = {"encoder": (("inputs_embeds", "attention_mask"), ("encoder_states",)),
+                     "cross_kv": (("encoder_states",), ()),
+                     "text_decoder": (("input_ids", "attention_mask", "encoder_attention_mask"), ("logits",))}
     manifest_schema = {
         "preprocessing": PREPROCESSING,
-        "tokenizer": obj({"file": listed_file(), "bos_token_id": _ID, "add_bos": boolean()}),
+        "tokenizer": obj({"file": listed_file(), "bos_token_id": nullable(_ID), "add_bos": boolean()},
+                         {"eos_token_id": nullable(_ID), "add_eos": boolean()}),
         "prompt": obj({"image_token_id": _ID, "image_seq_length": integer(1, 4096),
                        "stop_token_ids": list_of(_ID, max_items=16), "question_template": string(max_length=1000)}),
         "llm": LLM_SECTION,
@@ -38,11 +54,37 @@ class Blip2Pipeline(VisionLanguagePipeline):
         template = manifest["prompt"]["question_template"]
         problems = [] if template.count("{}") == 1 else [
             f"manifest.prompt.question_template must hold one '{{}}' for the question, found {template!r}"]
-        return problems + cls.check_text(manifest, manifest["prompt"]["image_seq_length"])
+        settings = manifest["tokenizer"]
+        for key, flag in (("bos_token_id", "add_bos"), ("eos_token_id", "add_eos")):
+            if settings.get(flag) and not isinstance(settings.get(key), int):
+                problems.append(f"manifest.tokenizer.{flag} is true but {key} is {settings.get(key)!r}: a token id "
+                                "is needed to add")
+        parts = manifest["parts"]
+        if "llm" in parts:
+            return problems + cls.check_text(manifest, manifest["prompt"]["image_seq_length"])
+        for name, (inputs, outputs) in cls.SEQ2SEQ_PARTS.items():
+            if name not in parts:
+                problems.append(f"part {name!r} is missing: a BLIP-2 bundle has 'llm' (OPT) or "
+                                f"{sorted(cls.SEQ2SEQ_PARTS)} (T5)")
+                continue
+            have = {t["name"] for t in parts[name]["inputs"]} | {t["name"] for t in parts[name]["outputs"]}
+            problems += [f"part {name!r} lacks {n!r} (the T5 decoding feeds or reads it)" for n in inputs + outputs
+                         if n not in have]
+        start = manifest["llm"].get("decoder_start_token_id")
+        if not isinstance(start, int) or isinstance(start, bool) or start < 0:
+            problems.append(f"manifest.llm.decoder_start_token_id is {start!r}, expected a token id (a T5 bundle's "
+                            "decoder starts with it)")
+        return problems
 
     def setup(self):
-        prompt = self.manifest["prompt"]
-        self.setup_text(prompt["image_token_id"], prompt["image_seq_length"], prompt["stop_token_ids"], CAPTION_TOKENS)
+        prompt, llm = self.manifest["prompt"], self.manifest["llm"]
+        decoder = None
+        self.seq2seq = "llm" not in self.parts
+        if self.seq2seq:  # T5: relative positions (no position ids); ids in, embedded by the decoder itself
+            decoder = KVDecoder(self.parts["text_decoder"], llm["num_layers"], llm["kv_heads"], llm["head_dim"],
+                                token_input="input_ids", positions=False)
+        self.setup_text(prompt["image_token_id"], prompt["image_seq_length"], prompt["stop_token_ids"], CAPTION_TOKENS,
+                        decoder)
 
     def prompt(self, image: ImageLike, text: str | None = None) -> Prompt:
         """The image's query features, then BOS and ``text`` (none for a caption)."""
@@ -52,7 +94,32 @@ class Blip2Pipeline(VisionLanguagePipeline):
         ids = [self.image_token_id] + ([settings["bos_token_id"]] if settings["add_bos"] else [])
         if text is not None:
             ids += self.tokenizer.encode(text, add_special_tokens=False).ids
+        if settings.get("add_eos"):
+            ids.append(settings["eos_token_id"])
         return self.merge(ids, self.image_features([image]))
+
+    def continuations(self, prompts: Sequence[Prompt], config: GenerationConfig) -> list[list[int]]:
+        """The token ids each prompt continues with; a T5 bundle encodes each prompt, then decodes
+        from the decoder's start token against it."""
+        if not self.seq2seq:
+            return super().continuations(prompts, config)
+        start = [self.manifest["llm"]["decoder_start_token_id"]]
+        check_prompt_fits(len(start), config.max_new_tokens, self.context_length)
+        found = []
+        for p in prompts:
+            found += generate(self.encoded(p), lambda tokens: tokens, [np.asarray(start, np.int64)], [start], config,
+                              self._stop_check(config)).tokens
+        return found
+
+    def encoded(self, prompt: Prompt):
+        """A T5 bundle's text decoder bound to ``prompt`` encoded: its cross-attention keys and
+        values and the encoder's mask, as per-generation constants."""
+        check_prompt_fits(len(prompt.ids), 0, self.context_length)
+        mask = np.ones((1, len(prompt.ids)), np.int64)
+        states = self.run("encoder", {"inputs_embeds": prompt.embeds[None], "attention_mask": mask})["encoder_states"]
+        cross = self.run("cross_kv", {"encoder_states": states})
+        names = [f"cross_{kv}.{i}" for i in range(self.manifest["llm"]["num_layers"]) for kv in ("key", "value")]
+        return self.decoder.with_constants({"encoder_attention_mask": mask} | {n: cross[n] for n in names})
 
     def caption(self, image: ImageLike, prompt: str | None = None, **generation) -> str:
         """The caption of ``image`` (continuing ``prompt`` if given): greedy by default,
