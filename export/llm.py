@@ -63,6 +63,29 @@ class BuilderLanguageModelStep(LanguageModelStep):
         return super().forward(inputs_embeds, attention_mask, positions, *past)
 
 
+def given_caches(caches, layers: int):
+    """An encoder-decoder cache from a step's inputs: ``caches`` holds each layer's self-attention
+    past key and value, then each layer's cross-attention key and value, computed once per
+    generation (``cross_kv``) and marked as such, so the step never recomputes them."""
+    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+    n = layers
+    own = DynamicCache(ddp_cache_data=[(caches[2 * i], caches[2 * i + 1]) for i in range(n)])
+    cross = DynamicCache(ddp_cache_data=[(caches[2 * n + 2 * i], caches[2 * n + 2 * i + 1]) for i in range(n)])
+    cache = EncoderDecoderCache(own, cross)
+    for i in range(n):
+        cache.is_updated[i] = True
+    return cache
+
+
+def self_attention_presents(cache) -> list:
+    """present_key.i, present_value.i of every layer of an encoder-decoder cache, in order."""
+    presents = []
+    for layer in cache.self_attention_cache.layers:
+        presents += [layer.keys, layer.values]
+    return presents
+
+
 def text_parts(checkpoint, text, language_model: Callable, builder: bool, causal_lm: Callable | None = None,
                tokenizer=None) -> list[PartSpec]:
     """The ``embed`` and ``llm`` parts of the text model whose config is ``text``.

@@ -72,3 +72,11 @@ def write_fake_bundle(folder, weights: str = "old weights", source: str = "old")
     write_manifest(folder, {"family": "clip", "source": {"id": source}, "parts": {"p": {
         "file": "weights.onnx", "backend": "onnxruntime", "precision": "fp32", "inputs": tensor, "outputs": tensor}}})
     return folder
+
+
+def save_checkpoint(checkpoint, folder):
+    """``checkpoint`` saved as a hub repository is laid out (weights, tokenizer, image processor)."""
+    checkpoint.model.save_pretrained(folder)
+    checkpoint.assets["tokenizer"].save_pretrained(folder)
+    checkpoint.assets["image_processor"].save_pretrained(folder)
+    return folder

@@ -7,6 +7,8 @@ import json
 
 import pytest
 
+from helpers import save_checkpoint
+
 
 def test_parts_and_their_validation(blip_bundle):
     manifest = json.loads((blip_bundle / "manifest.json").read_text())
@@ -26,10 +28,7 @@ def test_hub_shaped_folder_exports_and_runs_alike(task, blip_checkpoint, blip_bu
 
     checkpoint, preset_bundle = {"caption": (blip_checkpoint, blip_bundle), "vqa": (blip_vqa_checkpoint,
                                                                                     blip_vqa_bundle)}[task]
-    folder = tmp_path / "ckpt"
-    checkpoint.model.save_pretrained(folder)
-    checkpoint.assets["tokenizer"].save_pretrained(folder)
-    checkpoint.assets["image_processor"].save_pretrained(folder)
+    folder = save_checkpoint(checkpoint, tmp_path / "ckpt")
     bundle = export(str(folder), tmp_path / "bundle", show_progress=False)
     ours, preset = (json.loads((b / "manifest.json").read_text()) for b in (bundle, preset_bundle))
     assert ours["task"] == preset["task"] == task and ours["text"] == preset["text"]
@@ -43,10 +42,7 @@ def test_an_unknown_blip_architecture_is_refused_with_what_is_built(blip_checkpo
     from edgevfm.export.checkpoint import load_checkpoint
     from edgevfm.runtime.errors import CheckpointError
 
-    folder = tmp_path / "ckpt"
-    blip_checkpoint.model.save_pretrained(folder)
-    blip_checkpoint.assets["tokenizer"].save_pretrained(folder)
-    blip_checkpoint.assets["image_processor"].save_pretrained(folder)
+    folder = save_checkpoint(blip_checkpoint, tmp_path / "ckpt")
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps(config | {"architectures": ["BlipModel"]}))
     with pytest.raises(CheckpointError, match="is a BlipModel: edgevfm exports BLIP as one of "

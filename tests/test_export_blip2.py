@@ -6,8 +6,11 @@ models and the builder graph are refused with what to do."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
+
+from helpers import save_checkpoint
 
 from edgevfm.runtime import load
 
@@ -48,10 +51,7 @@ def test_hub_shaped_folder_exports_and_runs_alike(which, blip2_checkpoint, blip2
 
     checkpoint, preset_bundle = {"opt": (blip2_checkpoint, blip2_bundle),
                                  "t5": (blip2_t5_checkpoint, blip2_t5_bundle)}[which]
-    folder = tmp_path / "ckpt"
-    checkpoint.model.save_pretrained(folder)
-    checkpoint.assets["tokenizer"].save_pretrained(folder)
-    checkpoint.assets["image_processor"].save_pretrained(folder)
+    folder = save_checkpoint(checkpoint, tmp_path / "ckpt")
     bundle = export(str(folder), tmp_path / "bundle", show_progress=False)
     ours, preset = (json.loads((b / "manifest.json").read_text()) for b in (bundle, preset_bundle))
     for section in ("preprocessing", "tokenizer", "prompt", "llm"):
@@ -72,10 +72,7 @@ def test_other_language_models_and_the_builder_graph_are_refused_with_what_to_do
                         text_config=dict(model_type="llama", hidden_size=64, intermediate_size=96, num_hidden_layers=1,
                                          num_attention_heads=4, vocab_size=config.text_config.vocab_size),
                         num_query_tokens=8)
-    folder = tmp_path / "llama"
-    Blip2ForConditionalGeneration(llama).save_pretrained(folder)
-    blip2_checkpoint.assets["tokenizer"].save_pretrained(folder)
-    blip2_checkpoint.assets["image_processor"].save_pretrained(folder)
+    folder = save_checkpoint(replace(blip2_checkpoint, model=Blip2ForConditionalGeneration(llama)), tmp_path / "llama")
     with pytest.raises(CheckpointError, match="has a llama language model: edgevfm exports BLIP-2 with OPT "
                                               "\\(Salesforce/blip2-opt-\\*\\) or Flan-T5"):
         load_checkpoint(str(folder))

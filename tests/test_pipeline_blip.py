@@ -27,9 +27,14 @@ def test_caption_equals_transformers(settings, blip, blip_checkpoint, photos):
         assert blip.caption(image, max_new_tokens=12, **settings) == expected
 
 
-def test_empty_prompt_is_refused(blip, photos):
+def test_bad_caption_input_is_a_typed_error(blip, photos, tmp_path):
     with pytest.raises(InputError, match="a caption prompt must be a non-empty string or None"):
         blip.caption(photos[0], prompt="  ")
+    with pytest.raises(InputError, match="over the model's context of 64"):
+        blip.caption(photos[0], prompt="a photo of a cat " * 20)
+    (tmp_path / "notes.png").write_text("not an image")
+    with pytest.raises(InputError, match="notes.png"):
+        blip.caption(str(tmp_path / "notes.png"))
 
 
 def test_caption_command(blip_bundle, blip, photos, tmp_path, capsys):
@@ -169,6 +174,25 @@ def test_retrieve_both_ways_ranks_by_itc(itm, photos, tmp_path):
         itm.retrieve(TEXTS[0], images, k=0)
     with pytest.raises(InputError, match="a text must be a non-empty string"):
         itm.match(photos[0], "")
+
+
+def test_retrieve_command_ranks_a_folder_by_itc(blip_itm_bundle, itm, photos, tmp_path, capsys):
+    """BLIP's retrieval bundles answer CLIP's retrieve task: text -> images and image -> texts."""
+    from PIL import Image
+
+    from edgevfm.runtime.cli import main
+
+    for i, photo in enumerate(photos[:3]):
+        Image.fromarray(photo).save(tmp_path / f"{i}.png")
+    assert main(["run", str(blip_itm_bundle), "retrieve", "--query", TEXTS[0], "--images", str(tmp_path),
+                 "-k", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    expected = itm.retrieve(TEXTS[0], photos[:3], k=2)
+    assert [line.split()[1] for line in lines] == [str(tmp_path / f"{m.index}.png") for m in expected]
+    assert [float(line.split()[0]) for line in lines] == pytest.approx([m.score for m in expected], abs=1e-4)
+    assert main(["run", str(blip_itm_bundle), "retrieve", "--query", str(tmp_path / "0.png"), "--texts",
+                 *TEXTS]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == len(TEXTS)
 
 
 def test_match_command_and_the_other_tasks_refused(blip_itm_bundle, itm, blip, photos, tmp_path, capsys):

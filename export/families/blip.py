@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..llm import given_caches, self_attention_presents
 from ..spec import FAMILIES, RESAMPLE_NAMES, FamilySpec, PartSpec, Preset, TensorSpec
 from .clip import _size
 
@@ -113,24 +114,14 @@ class TextDecoderStep(nn.Module):
         self.decoder, self.layers = model.text_decoder, model.config.text_config.num_hidden_layers
 
     def forward(self, input_ids, attention_mask, position_ids, *caches):
-        from transformers.cache_utils import DynamicCache, EncoderDecoderCache
-
-        n = self.layers
-        own = DynamicCache(ddp_cache_data=[(caches[2 * i], caches[2 * i + 1]) for i in range(n)])
-        cross = DynamicCache(ddp_cache_data=[(caches[2 * n + 2 * i], caches[2 * n + 2 * i + 1]) for i in range(n)])
-        cache = EncoderDecoderCache(own, cross)
-        for i in range(n):
-            cache.is_updated[i] = True  # the cross keys/values are given: never recomputed
-        key = caches[2 * n]
+        key = caches[2 * self.layers]
         # the cross-attention branch is taken when encoder states are given; their values are unused
         states = key.new_zeros(key.shape[0], key.shape[2], 1)
         mask = torch.ones(key.shape[0], key.shape[2], dtype=torch.int64)
         out = self.decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                           encoder_hidden_states=states, encoder_attention_mask=mask, cache=cache, use_cache=True)
-        presents = []
-        for layer in out.cache.self_attention_cache.layers:
-            presents += [layer.keys, layer.values]
-        return (out.logits, *presents)
+                           encoder_hidden_states=states, encoder_attention_mask=mask,
+                           cache=given_caches(caches, self.layers), use_cache=True)
+        return (out.logits, *self_attention_presents(out.cache))
 
 
 # Real-size random presets: the LM head at this std gives logits of std ~4 over a hidden state of

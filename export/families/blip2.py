@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..llm import llm_section, text_parts
+from ..llm import given_caches, llm_section, self_attention_presents, text_parts
 from ..spec import FAMILIES, FamilySpec, PartSpec, Preset, TensorSpec
 from .blip import LM_HEAD_STD, BlipSpec
 
@@ -88,28 +88,25 @@ class T5DecoderStep(nn.Module):
         self.lm, self.layers = model.language_model, model.config.text_config.num_decoder_layers
 
     def forward(self, input_ids, attention_mask, encoder_attention_mask, *caches):
-        from transformers.cache_utils import DynamicCache, EncoderDecoderCache
-
-        n = self.layers
-        own = DynamicCache(ddp_cache_data=[(caches[2 * i], caches[2 * i + 1]) for i in range(n)])
-        cross = DynamicCache(ddp_cache_data=[(caches[2 * n + 2 * i], caches[2 * n + 2 * i + 1]) for i in range(n)])
-        cache = EncoderDecoderCache(own, cross)
-        for i in range(n):
-            cache.is_updated[i] = True  # the cross keys/values are given: never recomputed
         # the cross-attention keys/values come from the cache: the encoder states' values are unused
-        states = caches[2 * n].new_zeros(input_ids.shape[0], encoder_attention_mask.shape[1], 1)
+        states = caches[2 * self.layers].new_zeros(input_ids.shape[0], encoder_attention_mask.shape[1], 1)
         out = self.lm(encoder_outputs=(states,), attention_mask=encoder_attention_mask, decoder_input_ids=input_ids,
-                      decoder_attention_mask=attention_mask, cache=cache, use_cache=True)
-        presents = []
-        for layer in out.cache.self_attention_cache.layers:
-            presents += [layer.keys, layer.values]
-        return (out.logits, *presents)
+                      decoder_attention_mask=attention_mask, cache=given_caches(caches, self.layers), use_cache=True)
+        return (out.logits, *self_attention_presents(out.cache))
 
 
 def _opt(hidden: int, ffn: int, layers: int, heads: int, context: int, **extra) -> dict:
     # word_embed_proj_dim = hidden: the language projection writes hidden-size embeddings
     return dict(extra, model_type="opt", hidden_size=hidden, ffn_dim=ffn, num_hidden_layers=layers,
                 num_attention_heads=heads, word_embed_proj_dim=hidden, max_position_embeddings=context)
+
+
+_TINY_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=56,
+                    patch_size=14)
+# std 0.1 at width 32: the image's pull on the queries is what std 0.02 gives at the real width 768
+# (at 0.02 here, two photos' features differ by 1e-3)
+_TINY_QFORMER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                     initializer_range=0.1)
 
 
 @FAMILIES.register("blip2")
@@ -119,12 +116,7 @@ class Blip2Spec(FamilySpec):
     required_files = (("tokenizer.json", "vocab.json"), ("preprocessor_config.json",))
     presets = {
         "blip2-tiny": Preset("blip2-tiny", "tiny BLIP-2 (ViT, Q-Former, OPT) for tests",
-                             {"vision": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                             num_attention_heads=2, image_size=56, patch_size=14),
-                              # std 0.1 at width 32: the image's pull on the queries is what std 0.02 gives
-                              # at the real width 768 (at 0.02 here, two photos' features differ by 1e-3)
-                              "qformer": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                              num_attention_heads=2, initializer_range=0.1),
+                             {"vision": _TINY_VISION, "qformer": _TINY_QFORMER,
                               # OPT's init std 0.02 at width 64: every image gets the same caption (one token
                               # repeated); at 0.1 the caption follows the image, so parity tests see real choices
                               "text": _opt(64, 128, 2, 4, 128, init_std=0.1), "queries": 8}),
@@ -139,10 +131,7 @@ class Blip2Spec(FamilySpec):
                                   "queries": 32, "lm_head_std": LM_HEAD_STD}),
         "blip2-t5-tiny": Preset("blip2-t5-tiny", "tiny BLIP-2 with a T5 (encoder-decoder, as Flan-T5) language model, "
                                 "for tests",
-                                {"vision": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                                num_attention_heads=2, image_size=56, patch_size=14),
-                                 "qformer": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                                 num_attention_heads=2, initializer_range=0.1),
+                                {"vision": _TINY_VISION, "qformer": _TINY_QFORMER,
                                  "text": dict(model_type="t5", d_model=64, d_kv=16, d_ff=128, num_layers=2,
                                               num_heads=4, feed_forward_proj="gated-gelu"),
                                  # T5 draws its (tied) embeddings at std 1: at width 64 each position's input
