@@ -131,6 +131,40 @@ def test_static_int8_calibrates_each_task(which, blip_bundle, blip_vqa_bundle, b
     assert set(out.manifest["calibration"]["samples"]) == set(out.manifest["parts"])
 
 
+@pytest.mark.parametrize("which", ["caption", "vqa", "retrieval"])
+def test_blip_int8_is_static_vision_and_dynamic_elsewhere_near_fp32(which, blip_bundle, blip_vqa_bundle,
+                                                                     blip_itm_bundle, photos, tmp_path):
+    """Each part as the recipe names it (the manifest says so); the image embeddings and the
+    decoder's first logits (retrieval: ITM and ITC) within a stated distance of FP32."""
+    import numpy as np
+
+    from edgevfm.quantize.api import quantize
+
+    bundle = {"caption": blip_bundle, "vqa": blip_vqa_bundle, "retrieval": blip_itm_bundle}[which]
+    fp32 = load(bundle, threads=1)
+    out = load(quantize(bundle, "blip-int8", tmp_path / "int8", samples=2, show_progress=False), threads=1)
+    recipes = {name: step["recipe"] for name, step in out.manifest["recipe"]["parts"].items()}
+    assert recipes.pop("vision") == "int8-static" and set(recipes.values()) == {"int8-dynamic"}
+    assert set(recipes) == set(out.manifest["parts"]) - {"vision"}
+
+    def cosine(a, b):
+        a, b = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
+        return a @ b / np.linalg.norm(a) / np.linalg.norm(b)
+
+    image = photos[1]
+    assert cosine(out.image_embeds([image]), fp32.image_embeds([image])) >= 0.99
+    if which == "retrieval":
+        ours, theirs = out.match(image, "a cat"), fp32.match(image, "a cat")
+        assert abs(ours["itm"] - theirs["itm"]) < 0.05 and abs(ours["itc"] - theirs["itc"]) < 0.05
+        return
+    first = []
+    for p in (fp32, out):
+        decoder = p.question_decoder(image, "what is it?") if which == "vqa" else p.image_decoder([image])
+        ids = np.asarray([p.prompt_ids(None)], np.int64)
+        first.append(decoder.step(ids, np.ones_like(ids), np.zeros_like(ids), decoder.empty_cache(1))[0])
+    assert cosine(*first) >= 0.99
+
+
 # -- image-text matching and retrieval ------------------------------------------------------------
 @pytest.fixture(scope="module")
 def itm(blip_itm_bundle):

@@ -87,7 +87,8 @@ class Blip2Pipeline(VisionLanguagePipeline):
                         decoder)
 
     def prompt(self, image: ImageLike, text: str | None = None) -> Prompt:
-        """The image's query features, then BOS and ``text`` (none for a caption)."""
+        """The image's query features, then ``text`` (none for a caption) with BOS (OPT) or EOS (T5)
+        where the bundle's tokenizer adds them."""
         settings = self.manifest["tokenizer"]
         if text is not None and (not isinstance(text, str) or not text.strip()):
             raise InputError(f"a prompt must be a non-empty string or None, found {text!r}")
@@ -122,8 +123,9 @@ class Blip2Pipeline(VisionLanguagePipeline):
         return self.decoder.with_constants({"encoder_attention_mask": mask} | {n: cross[n] for n in names})
 
     def caption(self, image: ImageLike, prompt: str | None = None, **generation) -> str:
-        """The caption of ``image`` (continuing ``prompt`` if given): greedy by default,
-        ``do_sample``/``num_beams`` as the engine takes them."""
+        """The caption of ``image``: greedy by default, ``do_sample``/``num_beams`` as the engine
+        takes them. With ``prompt``, the text the model adds after it (the prompt not repeated:
+        T5 reads the prompt in its encoder and never writes it, OPT continues it)."""
         return self.caption_batch([image], prompt, **generation)[0]
 
     def caption_batch(self, images: Sequence[ImageLike], prompt: str | None = None, **generation) -> list[str]:
