@@ -87,12 +87,20 @@ def pre_processed(src: Path, dst: Path):
     temporary file beside ``dst``. On ViT-B/32 it takes static INT8 from 22 to 19 ms."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    import onnx
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
     tmp = dst.with_name(f".{dst.stem}.pre.onnx")
+    data = tmp.with_name(tmp.name + ".data")
+    # a part over 2 GB (BLIP-2's ViT-g) keeps its weights beside it: so must the pre-processed copy
+    external = any(uses_external_data(t) for t in _get_all_tensors(onnx.load(str(src), load_external_data=False)))
     try:
-        quant_pre_process(str(src), str(tmp), skip_symbolic_shape=True)
+        quant_pre_process(str(src), str(tmp), skip_symbolic_shape=True, save_as_external_data=external,
+                          all_tensors_to_one_file=True, external_data_location=data.name)
         yield tmp
     finally:
         tmp.unlink(missing_ok=True)
+        data.unlink(missing_ok=True)
 
 
 def int8_dynamic(src: Path, dst: Path, feeds=None, **_) -> dict:

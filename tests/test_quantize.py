@@ -118,3 +118,20 @@ def test_quantize_needs_an_fp32_bundle(clip_recipe_bundles, tmp_path):
 def test_existing_output_needs_force(clip_bundle, clip_recipe_bundles):
     with pytest.raises(BundleExistsError):
         quantize(clip_bundle, "int4", clip_recipe_bundles["int4"], show_progress=False)
+
+
+@pytest.mark.parametrize("recipe", ["int8-dynamic", "int8-static"])
+def test_int8_recipes_take_parts_with_external_data(recipe, tmp_path, photos):
+    """A part over 2 GB keeps its weights in <part>.onnx.data (BLIP-2's ViT-g): ONNX Runtime's
+    pre-processing must keep them beside its copy, and the result must run as the FP32 bundle."""
+    import numpy as np
+
+    from edgevfm.export.api import export
+    from edgevfm.runtime import load
+
+    fp32 = export("random:clip-tiny", tmp_path / "fp32", external_data=True, show_progress=False)
+    assert (fp32 / "vision.onnx.data").exists()
+    out = quantize(fp32, recipe, tmp_path / "q", samples=2, show_progress=False)
+    assert not list(tmp_path.glob("q/.*"))  # no pre-processed copy or its data left behind
+    a, b = load(out, threads=1).embed_images(photos[:2]), load(fp32, threads=1).embed_images(photos[:2])
+    assert np.min(np.sum(a * b, axis=1)) >= 0.99
