@@ -181,8 +181,17 @@ def _nbits(model, bits: int, block_size: int, **chosen):
 
     quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=True, accuracy_level=4,
                                      **chosen)
-    quantizer.process()
+    with _all_zero_blocks_allowed():
+        quantizer.process()
     return quantizer.model.model
+
+
+def _all_zero_blocks_allowed():
+    """A block of zeros (an embedding's padding row) has scale 0: ORT's quantizer divides by it
+    under ``np.where(scale == 0, 0, ...)``, which is right but makes numpy warn on every such block."""
+    import numpy as np
+
+    return np.errstate(divide="ignore", invalid="ignore")
 
 
 def int4_mixed(src: Path, dst: Path, feeds=None, block_size: int = 32, **_) -> dict:
@@ -215,7 +224,8 @@ def int4_gather(src: Path, dst: Path, feeds=None, block_size: int = 32, **_) -> 
 
     quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), bits=4, block_size=block_size, is_symmetric=True,
                                      op_types_to_quantize=("Gather",), quant_axes=(("Gather", 1),))
-    quantizer.process()
+    with _all_zero_blocks_allowed():
+        quantizer.process()
     save_onnx(quantizer.model.model, dst)
     return {"bits": 4, "block_size": block_size, "symmetric": True, "op": "GatherBlockQuantized"}
 
