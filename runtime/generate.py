@@ -52,6 +52,7 @@ class GenerationConfig:
     stop_token_ids: tuple[int, ...] = ()
     stop_strings: tuple[str, ...] = ()
     no_repeat_ngram_size: int = 0  # 0: off
+    min_new_tokens: int = 0  # the stop tokens are barred until this many tokens are made
     num_beams: int = 1  # > 1: beam search (with do_sample False), as transformers' generate
     length_penalty: float = 1.0  # beam search: a finished beam scores sum(log p) / length ** length_penalty
     early_stopping: bool | str = False  # beam search: True, False or "never", as transformers
@@ -80,6 +81,8 @@ class GenerationConfig:
              f"{list(self.stop_token_ids)!r}")
         need(all(isinstance(s, str) and s for s in self.stop_strings), f"stop_strings must be non-empty strings, "
              f"found {list(self.stop_strings)!r}")
+        need(_is_int(self.min_new_tokens) and self.min_new_tokens >= 0, f"min_new_tokens must be an integer >= 0, "
+             f"found {self.min_new_tokens!r}")
         need(_is_int(self.no_repeat_ngram_size) and self.no_repeat_ngram_size >= 0,
              f"no_repeat_ngram_size must be an integer >= 0, found {self.no_repeat_ngram_size!r}")
         need(_is_int(self.num_beams) and self.num_beams >= 1, f"num_beams must be an integer >= 1, found "
@@ -180,13 +183,29 @@ def no_repeat_ngram(size: int) -> Processor:
     return apply
 
 
-def processors(config: GenerationConfig) -> list[Processor]:
-    """The steps for ``config``, in transformers' order (penalty first, then the warpers)."""
+def min_new_tokens(count: int, stop_ids: Sequence[int], prompt_lengths: Sequence[int]) -> Processor:
+    """transformers' rule: the stop tokens score -inf while a row has made fewer than ``count``."""
+    stops = list(stop_ids)
+
+    def apply(scores, seen):
+        for row, ids in enumerate(seen):
+            if len(ids) - prompt_lengths[row] < count:
+                scores[row, stops] = -np.inf
+        return scores
+
+    return apply
+
+
+def processors(config: GenerationConfig, prompt_lengths: Sequence[int] = ()) -> list[Processor]:
+    """The steps for ``config``, in transformers' order (penalties and the minimum length first,
+    then the warpers); ``prompt_lengths``: each row's prompt, for the minimum length."""
     steps = []
     if config.repetition_penalty != 1.0:
         steps.append(repetition_penalty(config.repetition_penalty))
     if config.no_repeat_ngram_size:
         steps.append(no_repeat_ngram(config.no_repeat_ngram_size))
+    if config.min_new_tokens and config.stop_token_ids:
+        steps.append(min_new_tokens(config.min_new_tokens, config.stop_token_ids, prompt_lengths))
     if config.do_sample:
         if config.temperature != 1.0:
             steps.append(temperature(config.temperature))
@@ -438,7 +457,7 @@ def generate_tokens(decoder: KVDecoder, embed: Callable[[np.ndarray], np.ndarray
         raise UsageError(f"beam search (num_beams={config.num_beams}) picks its answer at the end and cannot stream: "
                          "use generate(), or num_beams=1")
     rng = np.random.default_rng(config.seed)
-    steps = processors(config)
+    steps = processors(config, [len(ids) for ids in prompt_ids])
     if not decoder.pads_left and len({len(p) for p in prompts}) > 1:
         raise UsageError("this decoder takes no padding: generate() runs prompts of different lengths one by one")
     embeds, mask, positions = left_pad(prompts)
@@ -567,7 +586,8 @@ def beam_search(decoder, embed: Callable[[np.ndarray], np.ndarray], prompts: Seq
     when no running beam can beat the finished ones (``early_stopping``). The prompt is prefilled
     once per row and its cache copied to each beam. Returns tokens per row, stop token excluded."""
     config = config.checked()
-    beams, steps = config.num_beams, processors(config)
+    beams = config.num_beams
+    steps = processors(config, [len(prompt_ids[b]) for b in range(len(prompts)) for _ in range(beams)])
     stop_ids = set(config.stop_token_ids)
     keep = max(2, 1 + len(stop_ids)) * beams
     embeds, mask, positions = left_pad(prompts)

@@ -145,3 +145,21 @@ def test_family_recipes_say_what_each_part_got_and_stay_near_fp32(recipe, which,
             logits.append(decoder.step(embeds, np.ones((1, n), np.int64), np.arange(n)[None],
                                        decoder.empty_cache(1))[0])
         assert cosine(*logits) >= (0.99 if recipe == "blip2-int8" else 0.95)
+
+
+@pytest.mark.parametrize("settings", [dict(), dict(num_beams=3)], ids=["greedy", "beams"])
+def test_min_new_tokens_bars_the_stop_token_as_transformers(settings, blip2, blip2_checkpoint, photos):
+    """A stop token the model does emit (its 2nd greedy token) is barred until 5 tokens are made,
+    then ends the caption: as transformers' min_new_tokens."""
+    image = photos[1]
+    stop = blip2.caption_tokens([image], max_new_tokens=2, stop_token_ids=())[0][1]
+    pixels = torch.from_numpy(blip2.image_inputs([image]))
+    with torch.no_grad():
+        out = blip2_checkpoint.model.generate(pixel_values=pixels, max_new_tokens=10, min_new_tokens=5,
+                                              eos_token_id=stop, do_sample=False, **settings)
+    expected = out[0, blip2_checkpoint.model.config.num_query_tokens + 1:].tolist()
+    expected = expected[:expected.index(stop)] if stop in expected else expected
+    ours = blip2.caption_tokens([image], max_new_tokens=10, min_new_tokens=5, stop_token_ids=(stop,), **settings)[0]
+    assert ours == expected and len(ours) >= 5 and stop not in ours
+    with pytest.raises(UsageError, match="min_new_tokens must be an integer >= 0, found -1"):
+        blip2.caption(image, min_new_tokens=-1)

@@ -2,7 +2,9 @@
 
 Latency: the vision encoder, and a whole caption (or answer) of a fixed length (``CAPTION_TOKENS``
 / ``ANSWER_TOKENS`` tokens, no early stop, so every row does the same work). Accuracy against the
-FP32 PyTorch model: the generated texts' exact-match and prefix agreement (token ids), BLEU-4 and
+FP32 PyTorch model: the generated texts (of that same fixed length: the stop token is barred until
+then, as transformers' ``min_new_tokens``, since random weights often stop at once and empty
+captions would all agree) compared by exact match and shared prefix (token ids), BLEU-4 and
 CIDEr-D against the FP32 texts, and teacher-forced next-token agreement and KL along a fixed
 caption (answer), overall and at the positions where the FP32 top-1 margin is clear (random
 weights leave most logits near-tied: the margin is printed beside every agreement figure).
@@ -123,11 +125,11 @@ class BlipBench:
         if self.task == "retrieval":
             return runner.scores(self.images, TEXTS)
         reference = REFERENCE_ANSWER if self.asks else REFERENCE_CAPTION
-        ids = [runner.generated(image, q) for image, q in zip(self.images, self.questions())]
+        ids = [runner.generated(image, q, fixed=True) for image, q in zip(self.images, self.questions())]
         return {"ids": ids, "texts": [runner.text(i) for i in ids],
                 "logits": np.stack([runner.teacher_logits(image, q, reference)
                                     for image, q in zip(self.images, self.questions())]),
-                "data_texts": [runner.text(runner.generated(image, a.question))
+                "data_texts": [runner.text(runner.generated(image, a.question, fixed=False))
                                for image, a in zip(self.data_images, self.annotated)]}
 
     def accuracy(self, ref: dict, out: dict) -> dict:
@@ -177,13 +179,15 @@ class BlipBench:
                 "questions": list(QUESTIONS), "answer_tokens": ANSWER_TOKENS, "teacher_forced_answer": REFERENCE_ANSWER,
                 "note": "latency at batch 1: vision is one image; answer is the whole greedy answer of "
                         f"{ANSWER_TOKENS} tokens to one question (vision, question encoder, cross keys/values and "
-                        "every decoder step); exact match: the answer's tokens equal FP32's; BLEU-4 and CIDEr-D "
+                        "every decoder step); exact match: the answer's tokens equal FP32's (answers of exactly "
+                        f"{ANSWER_TOKENS} tokens, the stop token barred until then); BLEU-4 and CIDEr-D "
                         "against FP32's answers; VQA accuracy (with --data): min(1, humans who gave the answer / 3)"}
         return found | {
             "caption_tokens": CAPTION_TOKENS, "teacher_forced_caption": REFERENCE_CAPTION,
             "note": "latency at batch 1: vision is one image; caption is the whole greedy caption of "
                     f"{CAPTION_TOKENS} tokens (vision, cross keys/values and every decoder step); exact match: the "
-                    "caption's tokens equal FP32's; BLEU-4 and CIDEr-D against FP32's captions (CIDEr's document "
+                    f"caption's tokens equal FP32's (captions of exactly {CAPTION_TOKENS} tokens, the stop token barred "
+                    "until then); BLEU-4 and CIDEr-D against FP32's captions (CIDEr's document "
                     "frequencies over those few captions); with --data, CIDEr-D and BLEU-4 against the human captions"}
 
     def goals(self, rows: list[dict], peaks: dict) -> list[dict]:
@@ -272,11 +276,12 @@ class _TorchBlip:
         found = self.tokenizer(question, return_tensors="pt")
         return {"input_ids": found["input_ids"], "attention_mask": found["attention_mask"]}
 
-    def generated(self, image, question: str | None) -> list[int]:
+    def generated(self, image, question: str | None, fixed: bool) -> list[int]:
+        """The caption (answer) ids; ``fixed``: exactly ``tokens`` of them (the stop token barred)."""
         inputs = self.question(question) if question is not None else {}
         with self.torch.inference_mode():
             out = self.model.generate(pixel_values=self.pixels(image), max_new_tokens=self.tokens,
-                                      **inputs)[0, 1:].tolist()
+                                      min_new_tokens=self.tokens if fixed else 0, **inputs)[0, 1:].tolist()
         return out[:-1] if out and out[-1] == self.config.sep_token_id else out
 
     def teacher_logits(self, image, question: str | None, text: str) -> np.ndarray:
@@ -325,10 +330,12 @@ class _BundleBlip:
 
         return {"vision": lambda: p.run("vision", pixels), name: whole}, ("tokens", tokens, whole)
 
-    def generated(self, image, question: str | None) -> list[int]:
+    def generated(self, image, question: str | None, fixed: bool) -> list[int]:
         if question is not None:
-            return self.p.answer_tokens(image, question, max_new_tokens=ANSWER_TOKENS)
-        return self.p.caption_tokens([image], max_new_tokens=CAPTION_TOKENS)[0]
+            return self.p.answer_tokens(image, question, max_new_tokens=ANSWER_TOKENS,
+                                        min_new_tokens=ANSWER_TOKENS if fixed else 0)
+        return self.p.caption_tokens([image], max_new_tokens=CAPTION_TOKENS,
+                                     min_new_tokens=CAPTION_TOKENS if fixed else 0)[0]
 
     def teacher_logits(self, image, question: str | None, text: str) -> np.ndarray:
         decoder = self.p.question_decoder(image, question) if question is not None else self.p.image_decoder([image])

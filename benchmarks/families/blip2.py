@@ -86,11 +86,11 @@ class _TorchBlip2:
 
         return {"vision": vision, "caption" if question is None else "answer": whole}, ("tokens", tokens, whole)
 
-    def generated(self, image, question: str | None) -> list[int]:
-        ids = self.ids(None if question is None else self.template.format(question))
+    def generated(self, image, question: str | None, fixed: bool) -> list[int]:
+        ids, tokens = self.ids(None if question is None else self.template.format(question)), _tokens(question)
         with self.torch.inference_mode():
-            out = self.model.generate(pixel_values=self.pixels(image), input_ids=ids,
-                                      max_new_tokens=_tokens(question))
+            out = self.model.generate(pixel_values=self.pixels(image), input_ids=ids, max_new_tokens=tokens,
+                                      min_new_tokens=tokens if fixed else 0)
         # after the prompt (OPT: image tokens and BOS when generate built it); T5: after the decoder's start
         out = out[0, 1 if self.seq2seq else len(self.queries) + 1 if ids is None else ids.shape[1]:].tolist()
         return out[:-1] if out and out[-1] == self.model.config.text_config.eos_token_id else out
@@ -129,9 +129,10 @@ class _BundleBlip2:
         return ({"vision": lambda: p.run("vision", pixels), "caption" if question is None else "answer": whole},
                 ("tokens", tokens, whole))
 
-    def generated(self, image, question: str | None) -> list[int]:
+    def generated(self, image, question: str | None, fixed: bool) -> list[int]:
         prompt = None if question is None else self.p.manifest["prompt"]["question_template"].format(question)
-        return self.p.caption_tokens([image], prompt, max_new_tokens=_tokens(question))[0]
+        tokens = _tokens(question)
+        return self.p.caption_tokens([image], prompt, max_new_tokens=tokens, min_new_tokens=tokens if fixed else 0)[0]
 
     def teacher_logits(self, image, question: str | None, text: str) -> np.ndarray:
         template = self.p.manifest["prompt"]["question_template"]
