@@ -4,7 +4,7 @@
   caption evaluation does (BLEU-4: corpus-level clipped n-gram precisions with the brevity penalty
   of the closest reference length; CIDEr-D: tf-idf n-gram vectors, n = 1..4, counts clipped to the
   reference's, a Gaussian length penalty of sigma 6, times 10), on lower-cased words without
-  punctuation (the COCO tokenizer's effect, without its Java dependency).
+  punctuation (the COCO tokenizer's effect, without its Java dependency), or on token ids.
 - :func:`vqa_accuracy` is the VQA metric: an answer is right in proportion to how many of the
   human answers (up to 3) it equals, after the VQA normalisation (lower case, punctuation and
   articles dropped).
@@ -30,16 +30,23 @@ def words(text: str) -> list[str]:
     return _PUNCTUATION.sub(" ", text.lower()).split()
 
 
+def _tokens(caption) -> list[str]:
+    """A text's words, or a sequence of token ids as they are (comparing two models' outputs needs
+    no tokenizer, and a random preset's ids past its small tokenizer decode to nothing)."""
+    return words(caption) if isinstance(caption, str) else [str(t) for t in caption]
+
+
 def _ngrams(tokens: list[str], n: int) -> Counter:
     return Counter(tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
 
 
-def bleu4(candidates: list[str], references: list[list[str]]) -> float:
-    """Corpus BLEU-4 of ``candidates`` (one per item) against each item's ``references``."""
+def bleu4(candidates: list, references: list[list]) -> float:
+    """Corpus BLEU-4 of ``candidates`` (one per item) against each item's ``references``: texts,
+    or sequences of token ids."""
     matched, total = [0] * 4, [0] * 4
     length = closest = 0
     for candidate, refs in zip(candidates, references):
-        cand, refs = words(candidate), [words(r) for r in refs]
+        cand, refs = _tokens(candidate), [_tokens(r) for r in refs]
         length += len(cand)
         closest += min((abs(len(r) - len(cand)), len(r)) for r in refs)[1]
         for n in range(1, 5):
@@ -56,10 +63,10 @@ def bleu4(candidates: list[str], references: list[list[str]]) -> float:
     return brevity * math.exp(log_precision)
 
 
-def cider_d(candidates: list[str], references: list[list[str]], sigma: float = 6.0) -> float:
+def cider_d(candidates: list, references: list[list], sigma: float = 6.0) -> float:
     """Mean CIDEr-D of ``candidates`` against ``references`` (document frequencies over the
     references of every item, as the COCO evaluation computes them over its test set)."""
-    refs = [[words(r) for r in item] for item in references]
+    refs = [[_tokens(r) for r in item] for item in references]
     frequency = [Counter() for _ in range(4)]
     for item in refs:
         for n in range(4):
@@ -73,7 +80,7 @@ def cider_d(candidates: list[str], references: list[list[str]], sigma: float = 6
 
     scores = []
     for candidate, item in zip(candidates, refs):
-        cand = words(candidate)
+        cand = _tokens(candidate)
         score = 0.0
         for n in range(4):
             vc, norm_c = vector(cand, n)

@@ -176,9 +176,44 @@ def wide_matmuls(model) -> list[str]:
             or _layer(n.name) in edge]
 
 
+def gemms_as_matmuls(model):
+    """Every Gemm with a constant weight as MatMul (+ Add for its bias), so that weight-only
+    quantizers, which take MatMul only, reach it: OPT's fc1/fc2 (BLIP-2) export as Gemm, and stayed
+    FP32 (a third of the weights) before this."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    weights = {t.name: t for t in model.graph.initializer}
+    nodes = []
+    for node in model.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if (node.op_type != "Gemm" or node.input[1] not in weights or attrs.get("transA", 0)
+                or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0):
+            nodes.append(node)
+            continue
+        weight = numpy_helper.to_array(weights[node.input[1]])
+        if attrs.get("transB", 0):
+            weight = np.ascontiguousarray(weight.T)
+        name = f"{node.name or node.output[0]}.weight"
+        model.graph.initializer.append(numpy_helper.from_array(weight, name))
+        biased = len(node.input) > 2 and node.input[2]
+        product = f"{node.output[0]}.matmul" if biased else node.output[0]
+        nodes.append(helper.make_node("MatMul", [node.input[0], name], [product], name=f"{node.name}/MatMul"))
+        if biased:
+            nodes.append(helper.make_node("Add", [product, node.input[2]], [node.output[0]], name=f"{node.name}/Add"))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    used = {i for n in model.graph.node for i in n.input}
+    kept = [t for t in model.graph.initializer if t.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    return model
+
+
 def _nbits(model, bits: int, block_size: int, **chosen):
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
+    model = gemms_as_matmuls(model)
     quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=True, accuracy_level=4,
                                      **chosen)
     with _all_zero_blocks_allowed():
@@ -198,7 +233,7 @@ def int4_mixed(src: Path, dst: Path, feeds=None, block_size: int = 32, **_) -> d
     """4-bit weight-only MatMulNBits (RTN) where it costs least, 8 bits where it costs most."""
     import onnx
 
-    model = onnx.load(str(src))
+    model = gemms_as_matmuls(onnx.load(str(src)))  # OPT's fc1/fc2 are Gemm: make them visible first
     wide = wide_matmuls(model)
     model = _nbits(model, 4, block_size, nodes_to_exclude=wide)
     if wide:

@@ -70,3 +70,12 @@ def test_coco_captions_and_vqa_folders(tmp_path):
     (coco / "a.png").unlink()
     with pytest.raises(ValueError, match="no image for image_id 1 under .*: expected a.png"):
         read_annotations(coco)
+
+
+def test_token_ids_score_as_words_do():
+    """Comparing two models' outputs needs no tokenizer: ids score as the words they stand for."""
+    vocab = {w: i for i, w in enumerate(sorted({w for c in CANDIDATES + sum(REFERENCES, []) for w in c.split()}))}
+    ids = [[vocab[w] for w in c.split()] for c in CANDIDATES]
+    refs = [[[vocab[w] for w in r.split()] for r in item] for item in REFERENCES]
+    assert bleu4(ids, refs) == pytest.approx(bleu4(CANDIDATES, REFERENCES))
+    assert cider_d(ids, refs) == pytest.approx(cider_d(CANDIDATES, REFERENCES))

@@ -135,3 +135,36 @@ def test_int8_recipes_take_parts_with_external_data(recipe, tmp_path, photos):
     assert not list(tmp_path.glob("q/.*"))  # no pre-processed copy or its data left behind
     a, b = load(out, threads=1).embed_images(photos[:2]), load(fp32, threads=1).embed_images(photos[:2])
     assert np.min(np.sum(a * b, axis=1)) >= 0.99
+
+
+def test_gemms_become_matmuls_with_the_same_outputs():
+    """Weight-only recipes take MatMul only: OPT's fc1/fc2 export as Gemm (transB, bias) and must
+    reach them as MatMul + Add computing the same thing."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgevfm.quantize.recipes import gemms_as_matmuls
+
+    rng = np.random.default_rng(0)
+    weight, bias = rng.standard_normal((6, 4)).astype(np.float32), rng.standard_normal(6).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="fc1/Gemm", transB=1),
+         helper.make_node("Gemm", ["y", "w2"], ["z"], name="fc2/Gemm")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [3, 2])],
+        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b"),
+         numpy_helper.from_array(rng.standard_normal((6, 2)).astype(np.float32), "w2")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+
+    def run(m):
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+    expected = run(model)
+    converted = gemms_as_matmuls(onnx.load_from_string(model.SerializeToString()))
+    assert [n.op_type for n in converted.graph.node] == ["MatMul", "Add", "MatMul"]
+    assert [n.name for n in converted.graph.node] == ["fc1/Gemm/MatMul", "fc1/Gemm/Add", "fc2/Gemm/MatMul"]
+    np.testing.assert_allclose(run(converted), expected, rtol=1e-6, atol=1e-6)
+    assert {t.name for t in converted.graph.initializer} == {"b", "fc1/Gemm.weight", "fc2/Gemm.weight"}

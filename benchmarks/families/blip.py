@@ -5,7 +5,7 @@ Latency: the vision encoder, and a whole caption (or answer) of a fixed length (
 FP32 PyTorch model: the generated texts (of that same fixed length: the stop token is barred until
 then, as transformers' ``min_new_tokens``, since random weights often stop at once and empty
 captions would all agree) compared by exact match and shared prefix (token ids), BLEU-4 and
-CIDEr-D against the FP32 texts, and teacher-forced next-token agreement and KL along a fixed
+CIDEr-D against the FP32 texts (over token ids), and teacher-forced next-token agreement and KL along a fixed
 caption (answer), overall and at the positions where the FP32 top-1 margin is clear (random
 weights leave most logits near-tied: the margin is printed beside every agreement figure).
 With ``--data`` (a COCO-captions or VQA annotation folder, :mod:`..captions`), each row's CIDEr-D
@@ -61,7 +61,7 @@ class BlipBench:
                 said = f"{TEXTS[0]!r}: ITM {scores['itm']:.3f}, ITC {scores['itc']:.3f}"
             else:
                 said = pipeline.caption(skimage.data.chelsea())
-            print(f"      {path.name:>13}: {said}")
+            print(f"      {path.name:>13}: {said or '(nothing: the model chose its stop token first)'}")
 
     def __init__(self, data: str | None = None):
         from edgevfm.runtime.image import load_image
@@ -147,7 +147,7 @@ class BlipBench:
         clear = margin >= CLEAR_MARGIN
         agree = p.argmax(-1) == q.argmax(-1)
         prefix = [shared_prefix(a, b) / max(1, len(a)) for a, b in zip(ref["ids"], out["ids"])]
-        fp32 = [[t] for t in ref["texts"]]
+        fp32 = [[ids] for ids in ref["ids"]]  # token ids: no tokenizer between two models' outputs
         metrics = {"next_token_top1_agreement": float(agree.mean()),
                    "clear_margin_top1_agreement": float(agree[clear].mean()) if clear.any() else None,
                    "clear_margin_positions": f"{int(clear.sum())} of {len(clear)}",
@@ -155,7 +155,7 @@ class BlipBench:
                    "kl_divergence_mean": float(np.mean(np.sum(p * (np.log(p + 1e-12) - np.log(q + 1e-12)), -1))),
                    "exact_match": float(np.mean([a == b for a, b in zip(ref["ids"], out["ids"])])),
                    "prefix_agreement": float(np.mean(prefix)),
-                   "bleu4_vs_fp32": bleu4(out["texts"], fp32), "cider_vs_fp32": cider_d(out["texts"], fp32)}
+                   "bleu4_vs_fp32": bleu4(out["ids"], fp32), "cider_vs_fp32": cider_d(out["ids"], fp32)}
         if self.annotated and self.data_task == "vqa":
             metrics["vqa_accuracy"] = float(np.mean([vqa_accuracy(said, a.truths)
                                                      for said, a in zip(out["data_texts"], self.annotated)]))
@@ -181,14 +181,14 @@ class BlipBench:
                         f"{ANSWER_TOKENS} tokens to one question (vision, question encoder, cross keys/values and "
                         "every decoder step); exact match: the answer's tokens equal FP32's (answers of exactly "
                         f"{ANSWER_TOKENS} tokens, the stop token barred until then); BLEU-4 and CIDEr-D "
-                        "against FP32's answers; VQA accuracy (with --data): min(1, humans who gave the answer / 3)"}
+                        "against FP32's answers, over token ids; VQA accuracy (with --data): min(1, humans who gave the answer / 3)"}
         return found | {
             "caption_tokens": CAPTION_TOKENS, "teacher_forced_caption": REFERENCE_CAPTION,
             "note": "latency at batch 1: vision is one image; caption is the whole greedy caption of "
                     f"{CAPTION_TOKENS} tokens (vision, cross keys/values and every decoder step); exact match: the "
                     f"caption's tokens equal FP32's (captions of exactly {CAPTION_TOKENS} tokens, the stop token barred "
-                    "until then); BLEU-4 and CIDEr-D against FP32's captions (CIDEr's document "
-                    "frequencies over those few captions); with --data, CIDEr-D and BLEU-4 against the human captions"}
+                    "until then); BLEU-4 and CIDEr-D against FP32's captions, over token ids "
+                    "(CIDEr's document frequencies over those few captions); with --data, CIDEr-D and BLEU-4 against the human captions"}
 
     def goals(self, rows: list[dict], peaks: dict) -> list[dict]:
         torch_row = next(r for r in rows if r["kind"] == "pytorch")
