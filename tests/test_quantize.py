@@ -100,7 +100,7 @@ def test_empty_or_missing_calibration_folder(clip_bundle, tmp_path):
 
 
 def test_unknown_recipe(clip_bundle, tmp_path):
-    with pytest.raises(UnknownNameError, match="unknown recipe 'int3': expected one of blip-int8, blip2-int4, blip2-int8, fp16, "):
+    with pytest.raises(UnknownNameError, match="unknown recipe 'int3': expected one of blip2-int4, blip2-int8, fp16, int4, "):
         quantize(clip_bundle, "int3", tmp_path / "q", show_progress=False)
 
 
