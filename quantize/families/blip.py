@@ -1,13 +1,12 @@
 """BLIP calibration (no family recipe: measurement picked a generic one for every part).
 
 Measured on random:blip-base (benchmarks/reports/blip-base, 2 threads, a quiet machine): dynamic
-INT8 (``int8-dynamic``) is the fastest choice for each part: vision 289 ms against 322 static
-(608 FP32, 692 PyTorch), and the decoder's 20 steps faster too (a whole caption 565 ms against
-646 static), at 100% next-token agreement where FP32 is clear. A per-part mix (static vision,
-dynamic elsewhere) measured 622 ms: slower than dynamic everywhere, so it is not kept. (An earlier
-run had static vision at 233 ms; it ran beside a test suite, the noise the OpenVINO issue's
-interleaved rounds are for.) INT4 weight-only and FP16 were slower, and 4 bits far from FP32
-(73% agreement).
+INT8 (``int8-dynamic``) is the fastest choice for each part: vision 224 ms against 230 static
+(567 FP32, 693 PyTorch), a whole caption 491 ms against 501 static, at 100% next-token agreement
+where FP32 is clear. A per-part mix (static vision, dynamic elsewhere) measured 622 ms against
+565 for dynamic everywhere in the same earlier run, so it is not kept (a first run, beside a test
+suite, had put static vision at 233 ms against 288: the noise the OpenVINO issue's interleaved
+rounds are for). INT4 weight-only and FP16 were slower, and 4 bits far from FP32 (73% agreement).
 
 Calibration: real photos through the bundle's preprocessing for ``vision``; their image
 embeddings for ``cross_kv``; for ``text_decoder``, a caption prefill ("[DEC] a picture of") with
