@@ -135,7 +135,8 @@ def read_annotations(folder: str | Path, limit: int = 50) -> tuple[str, list[Ann
         return "caption", items
     if annotations and "answers" in annotations[0] and found.get("questions"):
         answers = {int(a["question_id"]): [str(x["answer"]) for x in a["answers"]] for a in annotations}
-        items = [Annotated(_image(folder, int(q["image_id"]), names), str(q["question"]), answers[int(q["question_id"])])
+        items = [Annotated(_image(folder, int(q["image_id"]), names), str(q["question"]),
+                           answers[int(q["question_id"])])
                  for q in found["questions"][:limit] if int(q["question_id"]) in answers]
         return "vqa", items
     raise ValueError(f"no annotations in {str(folder)!r}: expected a COCO-captions JSON (images, annotations with "

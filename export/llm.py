@@ -63,6 +63,26 @@ class BuilderLanguageModelStep(LanguageModelStep):
         return super().forward(inputs_embeds, attention_mask, positions, *past)
 
 
+STEP_VARIANTS = {0: (3, 4), 1: (0, 6), 2: (7, 1)}  # variant: (past, sequence)
+
+
+def step_shape(batch: int, variant: int):
+    """The shapes every KV-cache step part is traced (variant 0: past 3, sequence 4) and checked at
+    (variant 1: past 0, a prompt of 6, row 0 left-padded by 2; variant 2: past 7, one new token):
+    (past, sequence, attention mask (batch, past + sequence), the variant's seeded generator)."""
+    past, length = STEP_VARIANTS[variant]
+    mask = torch.ones(batch, past + length, dtype=torch.int64)
+    if variant == 1:
+        mask[0, :2] = 0
+    return past, length, mask, torch.Generator().manual_seed(variant)
+
+
+def past_feeds(batch: int, past: int, layers: int, heads: int, head_dim: int, g) -> dict:
+    """Random past_key.i / past_value.i of every layer (batch, heads, past, head dim)."""
+    return {f"past_{kv}.{i}": torch.randn(batch, heads, past, head_dim, generator=g)
+            for i in range(layers) for kv in ("key", "value")}
+
+
 def given_caches(caches, layers: int):
     """An encoder-decoder cache from a step's inputs: ``caches`` holds each layer's self-attention
     past key and value, then each layer's cross-attention key and value, computed once per
@@ -104,21 +124,12 @@ def text_parts(checkpoint, text, language_model: Callable, builder: bool, causal
         return {"input_ids": torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(variant))}
 
     def step(batch, variant):
-        """variant 0 (trace): past 3, sequence 4; variant 1: past 0, a prompt of 6 with left
-        padding; variant 2: past 7, one new token."""
-        past, length = {0: (3, 4), 1: (0, 6), 2: (7, 1)}[variant]
-        g = torch.Generator().manual_seed(variant)
-        mask = torch.ones(batch, past + length, dtype=torch.int64)
-        if variant == 1:
-            mask[0, :2] = 0
+        past, length, mask, g = step_shape(batch, variant)
         positions = (mask.cumsum(1) - 1).clamp(min=0)[:, past:]
         with torch.no_grad():  # real rows of the embedding table: the scale a trained model sees
             embeds = embedding(torch.randint(0, vocab, (batch, length), generator=g))
         feeds = {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": positions}
-        for i in range(layers):
-            for kv in ("key", "value"):
-                feeds[f"past_{kv}.{i}"] = torch.randn(batch, kv_heads, past, head_dim, generator=g)
-        return feeds
+        return feeds | past_feeds(batch, past, layers, kv_heads, head_dim, g)
 
     if builder:
         from .genai_builder import build_decoder, check_builder

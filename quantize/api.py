@@ -9,7 +9,7 @@ from edgevfm.export.api import tool_versions
 from edgevfm.export.progress import progress
 from edgevfm.runtime import load
 from edgevfm.runtime.bundle import open_bundle, write_manifest
-from edgevfm.runtime.errors import BundleError, CalibrationError, QuantizeError, UsageError
+from edgevfm.runtime.errors import BundleError, CalibrationError, MissingExtraError, QuantizeError, UsageError
 from edgevfm.runtime.output import check_out_dir, staged_bundle
 
 from .calibration import calibration_images
@@ -63,15 +63,22 @@ def quantize(bundle: str | Path, recipe: str, out: str | Path, calib: str | Path
             if step is None:
                 settings[name] = {"kept": "fp32"}
                 continue
+            written = parts[name]["file"]
+            if step.backend == "openvino":  # an IR: the graph in .xml, its weights in the .bin beside it
+                written = str(Path(written).with_suffix(".xml"))
             try:
                 with quiet_ort_logging():
-                    settings[name] = dict(step.apply(source.file(parts[name]["file"]), stage / parts[name]["file"],
+                    settings[name] = dict(step.apply(source.file(parts[name]["file"]), stage / written,
                                                      feeds=feeds.get(name), block_size=block_size), recipe=step.name)
+            except MissingExtraError:  # an extra to install, not a failure of the recipe
+                raise
             except Exception as exc:  # an ORT failure: say which part and recipe
                 raise QuantizeError(f"recipe {step.name!r} failed on part {name!r}: {exc}") from exc
-            parts[name]["precision"] = step.precision
-            data = stage / (parts[name]["file"] + ".data")  # where save_onnx puts weights over 2 GB
-            parts[name]["data"] = [data.name] if data.is_file() else []
+            parts[name].update(file=written, precision=step.precision, backend=step.backend)
+            data = stage / (written + ".data")  # where save_onnx puts weights over 2 GB
+            if step.backend == "openvino":
+                data = (stage / written).with_suffix(".bin")
+            parts[name]["data"] = [str(Path(written).with_name(data.name))] if data.is_file() else []
         manifest.update(parts=parts, recipe={"name": chosen.name, "parts": settings},
                         calibration=calibration, tools=tool_versions())
         write_manifest(stage, manifest)

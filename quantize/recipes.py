@@ -42,6 +42,7 @@ class Recipe:
     needs_calibration: bool = False
     plan: dict[str, str] | None = None
     families: tuple[str, ...] | None = None
+    backend: str = "onnxruntime"  # the backend of the part it writes; "openvino": an IR (.xml + .bin)
 
     def steps(self, parts: list[str]) -> dict[str, "Recipe | None"]:
         """{part: the recipe that compresses it, or None to keep it FP32}."""
@@ -277,6 +278,27 @@ def fp16(src: Path, dst: Path, feeds=None, **_) -> dict:
     return {"kept_fp32": FP16_KEEP_FP32}
 
 
+def openvino_ir(src: Path, dst: Path, feeds=None, **_) -> dict:
+    """The ONNX part converted to OpenVINO IR at ``dst`` (``.xml``, weights in the ``.bin`` beside
+    it), FP32 weights kept FP32 (OpenVINO's default would store them FP16). The part's precision
+    in the manifest (fp32 or bf16) sets the precision OpenVINO runs it at."""
+    try:
+        import openvino as ov
+    except ImportError as exc:
+        from edgevfm.runtime.errors import MissingExtraError
+
+        raise MissingExtraError("openvino", "the OpenVINO recipes", exc) from exc
+    ov.save_model(ov.convert_model(str(src)), str(dst), compress_to_fp16=False)
+    return {"converter": f"openvino {ov.__version__.split('-')[0]}", "weights": "fp32"}
+
+
+# OpenVINO recipes (issue: OpenVINO backend): conversion so far; NNCF INT8/INT4 are still to come.
+# For the families without a generation engine part: the engine binds ONNX Runtime's buffers.
+OPENVINO_FAMILIES = ("clip", "sam")
+_register(Recipe("ov-fp32", "fp32", "OpenVINO IR, run in FP32 (the inference precision set explicitly)", openvino_ir,
+                 families=OPENVINO_FAMILIES, backend="openvino"))
+_register(Recipe("ov-bf16", "bf16", "OpenVINO IR, run in BF16 where the CPU has it (FP32 weights stored)",
+                 openvino_ir, families=OPENVINO_FAMILIES, backend="openvino"))
 _register(Recipe("int8-dynamic", "int8", "INT8 weights, activations quantized at run time (MatMul/Gemm/Conv)",
                  int8_dynamic))
 _register(Recipe("int8-static", "int8", "INT8 QDQ calibrated on real photos (MatMul/Gemm/Conv, U8S8)",

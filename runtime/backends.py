@@ -42,7 +42,7 @@ class OrtBackend:
     (with the arena, SAM ViT-B's calibration graph grew from 6 to 11 GB on its second run)."""
 
     def __init__(self, path: Path, threads: int | None = None, providers: Sequence[str] | None = None,
-                 low_memory: bool = False):
+                 low_memory: bool = False, **_):
         try:
             import onnxruntime as ort
         except ImportError as exc:  # pragma: no cover - onnxruntime is a core dependency
@@ -75,6 +75,74 @@ class OrtBackend:
         return dict(zip(self.output_names, values))
 
 
+# OpenVINO element types -> the manifest's dtype names
+OV_DTYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16", "f64": "float64", "i64": "int64",
+             "i32": "int32", "i8": "int8", "u8": "uint8", "boolean": "bool"}
+# a part's precision -> the inference precision OpenVINO must run it at. It runs BF16 by default on
+# CPUs that have it: an FP32 part would silently lose precision. Quantized parts keep their
+# integer kernels and run the rest in FP32.
+OV_INFERENCE_PRECISION = {"bf16": "bf16", "fp16": "f16"}
+
+
+def cache_root() -> Path:
+    """Where compiled models are cached: ``$EDGEVFM_CACHE_DIR``, else the user's cache folder;
+    never the bundle, which may be read-only and is hashed."""
+    found = os.environ.get("EDGEVFM_CACHE_DIR")
+    if found:
+        return Path(found)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgevfm"
+
+
+@BACKENDS.register("openvino")
+class OpenVinoBackend:
+    """OpenVINO, on an IR part (``.xml`` beside its ``.bin``). ``providers``: the device, first of
+    the list (default CPU; GPU, NPU or AUTO where present); ``threads``: inference threads;
+    ``precision``: the part's, which sets the inference precision explicitly; ``digest``: the
+    part's files' sha256, which with the device and OpenVINO's version keys its compiled-model
+    cache folder (under :func:`cache_root`), so a changed part never reuses a stale blob."""
+
+    def __init__(self, path: Path, threads: int | None = None, providers: Sequence[str] | None = None,
+                 low_memory: bool = False, precision: str = "fp32", digest: str | None = None):
+        try:
+            import openvino as ov
+        except ImportError as exc:
+            raise MissingExtraError("openvino", "the openvino backend", exc) from exc
+        core = ov.Core()
+        device = (list(providers) if providers else ["CPU"])[0]
+        available = list(core.available_devices) + ["AUTO"]
+        if device not in available:
+            raise UsageError(f"OpenVINO device {device!r} is not present here (present: {available}): pick one of "
+                             "those")
+        config = {"INFERENCE_PRECISION_HINT": OV_INFERENCE_PRECISION.get(precision, "f32"),
+                  "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        if digest:
+            self.cache = cache_root() / "openvino" / f"{digest[:32]}-{device}-{ov.__version__.split('-')[0]}"
+            self.cache.mkdir(parents=True, exist_ok=True)
+            config["CACHE_DIR"] = str(self.cache)
+        self.compiled = core.compile_model(os.fspath(path), device, config)
+        self.input_names = [_port_name(t) for t in self.compiled.inputs]
+        self.output_names = [_port_name(t) for t in self.compiled.outputs]
+        self.signature = {_port_name(t): (OV_DTYPES.get(t.get_element_type().get_type_name(),
+                                                        t.get_element_type().get_type_name()),
+                                          [d.get_length() if d.is_static else None for d in t.get_partial_shape()])
+                          for t in list(self.compiled.inputs) + list(self.compiled.outputs)}
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        request = self.compiled.create_infer_request()  # one per call: the backend may serve many threads
+        request.infer({name: np.ascontiguousarray(value) for name, value in feeds.items()})
+        return {name: np.array(request.get_tensor(name).data) for name in self.output_names}
+
+
+def _port_name(port) -> str:
+    """The graph's own name of an input or output: a converted port also carries the converter's
+    internal names (``/vision_model/embeddings/Cast_output_0``) beside the ONNX one."""
+    names = sorted(port.get_names())
+    return next((n for n in names if not n.startswith(("/", "onnx::"))), names[0])
+
+
 def open_backend(name: str, path: Path, threads: int | None = None, providers: Sequence[str] | None = None,
-                 low_memory: bool = False):
-    return BACKENDS.get(name)(path, threads=threads, providers=providers, low_memory=low_memory)
+                 low_memory: bool = False, precision: str = "fp32", digest: str | None = None):
+    return BACKENDS.get(name)(path, threads=threads, providers=providers, low_memory=low_memory,
+                              precision=precision, digest=digest)

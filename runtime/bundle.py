@@ -62,6 +62,7 @@ class Part:
     precision: str
     inputs: list[dict]
     outputs: list[dict]
+    digest: str | None = None  # sha256 over the sha256 of its files (graph, then data), from the manifest
 
 
 @dataclass(frozen=True)
@@ -75,8 +76,14 @@ class Bundle:
 
     @property
     def parts(self) -> dict[str, Part]:
+        files = self.manifest.get("files") or {}
+
+        def digest(p) -> str | None:
+            hashes = [files.get(f) for f in [p["file"], *(p.get("data") or [])]]
+            return None if None in hashes else hashlib.sha256("".join(hashes).encode()).hexdigest()
+
         return {
-            name: Part(name, self.path / p["file"], p["backend"], p["precision"], p["inputs"], p["outputs"])
+            name: Part(name, self.path / p["file"], p["backend"], p["precision"], p["inputs"], p["outputs"], digest(p))
             for name, p in self.manifest["parts"].items()
         }
 

@@ -8,7 +8,7 @@ from typing import ClassVar, Sequence
 
 from .backends import open_backend
 from .bundle import Bundle, listed_files, open_bundle
-from .errors import BundleError, EdgeVfmError, UsageError
+from .errors import BundleError, EdgeVfmError, MissingExtraError, UsageError
 from .registry import Registry
 from .schema import Check, Problems, obj
 
@@ -40,8 +40,8 @@ class Pipeline:
         for name, part in bundle.parts.items():
             try:
                 backend = open_backend(part.backend, part.path, threads=threads, providers=providers,
-                                       low_memory=low_memory)
-            except UsageError:
+                                       low_memory=low_memory, precision=part.precision, digest=part.digest)
+            except (UsageError, MissingExtraError):  # the caller's to fix: a device, an extra to install
                 raise
             except Exception as exc:  # the backend's own errors: not a graph, an op it lacks, ...
                 problems.append(f"part {name!r} ({part.path.name}): the {part.backend} backend cannot load it: "

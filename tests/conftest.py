@@ -11,6 +11,15 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+
+@pytest.fixture(scope="session", autouse=True)
+def _compiled_model_cache(tmp_path_factory):
+    """OpenVINO parts cache their compiled models: in the session's temporary folder, never in the
+    home folder of whoever runs the tests."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EDGEVFM_CACHE_DIR", str(tmp_path_factory.mktemp("compiled-cache")))
+        yield
+
 TINY_CLIP = "random:clip-tiny"
 
 

@@ -22,7 +22,11 @@ from helpers import op_type_count
 # error). Measured with the deterministic preset on an AVX-512 VNNI machine: int8-dynamic 0.9997,
 # int8-static 0.991 (text; 0.9999 image), int4 0.964, fp16 0.99999. AVX2-only CPUs run u8s8 kernels
 # that can saturate, so the floors leave room for them.
-TINY_MIN_COSINE = {"int8-dynamic": 0.999, "int8-static": 0.98, "int4": 0.90, "fp16": 0.9999}
+# OpenVINO: ov-fp32 equals ONNX Runtime FP32 to 1e-4 (tests/test_openvino.py); ov-bf16 runs BF16
+# where the CPU has it (cosine 0.99999 here) and FP32 where it does not.
+TINY_MIN_COSINE = {"int8-dynamic": 0.999, "int8-static": 0.98, "int4": 0.90, "fp16": 0.9999, "ov-fp32": 0.99999,
+                   "ov-bf16": 0.999}
+UNCHANGED_MAY_BE = ("fp16", "ov-fp32", "ov-bf16")  # recipes whose outputs may equal FP32's exactly
 EXPECTED_OPS = {"int8-dynamic": "MatMulInteger", "int8-static": "QuantizeLinear", "int4": "MatMulNBits"}
 
 
@@ -38,7 +42,7 @@ def test_recipe_stays_within_tolerance_of_fp32(recipe, clip_bundle, clip_recipe_
                            ("text", fp32.embed_texts(texts), quantized.embed_texts(texts))):
         cosine = (ref * got).sum(1)
         assert cosine.mean() >= TINY_MIN_COSINE[recipe], f"{recipe} {name} mean cosine {cosine.mean():.5f}"
-        assert not np.allclose(got, ref, atol=0) or recipe == "fp16", f"{recipe} changed nothing"
+        assert not np.allclose(got, ref, atol=0) or recipe in UNCHANGED_MAY_BE, f"{recipe} changed nothing"
 
 
 @pytest.mark.parametrize("recipe", sorted(EXPECTED_OPS))

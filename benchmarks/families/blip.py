@@ -181,14 +181,16 @@ class BlipBench:
                         f"{ANSWER_TOKENS} tokens to one question (vision, question encoder, cross keys/values and "
                         "every decoder step); exact match: the answer's tokens equal FP32's (answers of exactly "
                         f"{ANSWER_TOKENS} tokens, the stop token barred until then); BLEU-4 and CIDEr-D "
-                        "against FP32's answers, over token ids; VQA accuracy (with --data): min(1, humans who gave the answer / 3)"}
+                        "against FP32's answers, over token ids; VQA accuracy (with --data): min(1, humans who "
+                        "gave the answer / 3)"}
         return found | {
             "caption_tokens": CAPTION_TOKENS, "teacher_forced_caption": REFERENCE_CAPTION,
             "note": "latency at batch 1: vision is one image; caption is the whole greedy caption of "
                     f"{CAPTION_TOKENS} tokens (vision, cross keys/values and every decoder step); exact match: the "
-                    f"caption's tokens equal FP32's (captions of exactly {CAPTION_TOKENS} tokens, the stop token barred "
-                    "until then); BLEU-4 and CIDEr-D against FP32's captions, over token ids "
-                    "(CIDEr's document frequencies over those few captions); with --data, CIDEr-D and BLEU-4 against the human captions"}
+                    f"caption's tokens equal FP32's (captions of exactly {CAPTION_TOKENS} tokens, the stop token "
+                    "barred until then); BLEU-4 and CIDEr-D against FP32's captions, over token ids (CIDEr's "
+                    "document frequencies over those few captions); with --data, CIDEr-D and BLEU-4 against the "
+                    "human captions"}
 
     def goals(self, rows: list[dict], peaks: dict) -> list[dict]:
         torch_row = next(r for r in rows if r["kind"] == "pytorch")

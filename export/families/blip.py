@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..llm import given_caches, self_attention_presents
+from ..llm import given_caches, past_feeds, self_attention_presents, step_shape
 from ..spec import FAMILIES, RESAMPLE_NAMES, FamilySpec, PartSpec, Preset, TensorSpec
 from .clip import _size
 
@@ -226,18 +226,10 @@ class BlipSpec(FamilySpec):
                 return {"image_embeds": VisionEncoder(checkpoint.model)(pixels(batch, variant)["pixel_values"])}
 
         def step(batch, variant):
-            """variant 0 (trace): past 3, sequence 4; variant 1: past 0, a prompt of 6, left padding;
-            variant 2: past 7, one new token."""
-            past, length = {0: (3, 4), 1: (0, 6), 2: (7, 1)}[variant]
-            g = torch.Generator().manual_seed(variant)
-            mask = torch.ones(batch, past + length, dtype=torch.int64)
-            if variant == 1:
-                mask[0, :2] = 0
+            past, length, mask, g = step_shape(batch, variant)
             feeds = {"input_ids": torch.randint(0, vocab, (batch, length), generator=g), "attention_mask": mask,
                      "position_ids": (mask.cumsum(1) - 1).clamp(min=0)[:, past:]}
-            for i in range(layers):
-                for kv in ("key", "value"):
-                    feeds[f"past_{kv}.{i}"] = torch.randn(batch, heads, past, head_dim, generator=g)
+            feeds |= past_feeds(batch, past, layers, heads, head_dim, g)
             with torch.no_grad():
                 states = embeds(batch, variant)["image_embeds"]
                 if vqa:

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..llm import given_caches, llm_section, self_attention_presents, text_parts
+from ..llm import given_caches, llm_section, past_feeds, self_attention_presents, step_shape, text_parts
 from ..spec import FAMILIES, FamilySpec, PartSpec, Preset, TensorSpec
 from .blip import LM_HEAD_STD, BlipSpec
 
@@ -288,19 +288,11 @@ def _t5_parts(checkpoint) -> list[PartSpec]:
             return {"encoder_states": T5Encoder(checkpoint.model)(**encoder_inputs(batch, variant))}
 
     def step(batch, variant):
-        """variant 0 (trace): past 3, sequence 4; variant 1: past 0, a prompt of 6 with left padding;
-        variant 2: past 7, one new token."""
-        past, length = {0: (3, 4), 1: (0, 6), 2: (7, 1)}[variant]
-        g = torch.Generator().manual_seed(variant)
-        mask = torch.ones(batch, past + length, dtype=torch.int64)
-        if variant == 1:
-            mask[0, :2] = 0
+        past, length, mask, g = step_shape(batch, variant)
         encoder = encoder_inputs(batch, variant)
         feeds = {"input_ids": torch.randint(0, vocab, (batch, length), generator=g), "attention_mask": mask,
                  "encoder_attention_mask": encoder["attention_mask"]}
-        for i in range(layers):
-            for kv in ("key", "value"):
-                feeds[f"past_{kv}.{i}"] = torch.randn(batch, heads, past, head_dim, generator=g)
+        feeds |= past_feeds(batch, past, layers, heads, head_dim, g)
         with torch.no_grad():
             cross = T5CrossKeysValues(checkpoint.model)(T5Encoder(checkpoint.model)(**encoder))
         for i in range(layers):

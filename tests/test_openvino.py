@@ -1,0 +1,114 @@
+"""The OpenVINO backend and its conversion recipes (issue 9's first steps): an IR part (.xml and
+.bin, both hashed) runs behind the same runtime API; an FP32 part really runs in FP32 (equal to ONNX
+Runtime at 1e-4), a BF16 one close to it; the compiled-model cache is keyed by the part's files,
+the device and OpenVINO's version, used on a second load and not after the part changes; without
+torch; and the errors a user can meet are typed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from edgevfm.quantize.api import quantize
+from edgevfm.runtime import load
+from edgevfm.runtime.errors import UsageError
+
+from helpers import copy_bundle, edit_manifest
+
+@pytest.fixture(autouse=True)
+def cache_dir(tmp_path, monkeypatch):
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("EDGEVFM_CACHE_DIR", str(folder))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def ov_clip(clip_recipe_bundles):
+    return {r: clip_recipe_bundles[r] for r in ("ov-fp32", "ov-bf16")}
+
+
+def test_ir_parts_are_listed_and_hashed(ov_clip):
+    manifest = json.loads((ov_clip["ov-fp32"] / "manifest.json").read_text())
+    for name, part in manifest["parts"].items():
+        assert part["backend"] == "openvino" and part["precision"] == "fp32"
+        assert part["file"] == f"{name}.xml" and part["data"] == [f"{name}.bin"]
+        assert {part["file"], *part["data"]} <= set(manifest["files"])
+    assert json.loads((ov_clip["ov-bf16"] / "manifest.json").read_text())["parts"]["vision"]["precision"] == "bf16"
+
+
+def test_fp32_runs_fp32_and_bf16_stays_close(ov_clip, clip_bundle, photos):
+    ort = load(clip_bundle, threads=1)
+    texts = ["a photo of a cat", "a rocket"]
+    images, words = ort.embed_images(photos[:3]), ort.embed_texts(texts)
+    fp32 = load(ov_clip["ov-fp32"], threads=1)
+    np.testing.assert_allclose(fp32.embed_images(photos[:3]), images, atol=1e-4)
+    np.testing.assert_allclose(fp32.embed_texts(texts), words, atol=1e-4)
+    bf16 = load(ov_clip["ov-bf16"], threads=1)
+    assert np.min(np.sum(bf16.embed_images(photos[:3]) * images, axis=1)) >= 0.999  # unit embeddings: cosine
+
+
+def test_sam_fp32_masks_equal_onnxruntime(sam_bundle, photos, tmp_path):
+    out = quantize(sam_bundle, "ov-fp32", tmp_path / "ov", show_progress=False)
+    ours, theirs = load(out, threads=1), load(sam_bundle, threads=1)
+    for p in (ours, theirs):
+        p.set_image(photos[1])
+    a, b = (p.predict(points=[[200, 150]], labels=[1]) for p in (ours, theirs))
+    np.testing.assert_allclose(a.low_res_logits, b.low_res_logits, atol=1e-3)
+    assert (a.masks == b.masks).mean() > 0.999
+
+
+def test_the_cache_is_keyed_by_the_part_device_and_version(ov_clip, cache_dir, tmp_path, photos):
+    import openvino as ov
+
+    bundle = copy_bundle(ov_clip["ov-fp32"], tmp_path / "b")
+    load(bundle, threads=1)
+    folders = sorted(p.name for p in (cache_dir / "openvino").iterdir())
+    version = ov.__version__.split("-")[0]
+    assert len(folders) == 2 and all(f.endswith(f"-CPU-{version}") for f in folders)  # one per part
+    assert all(any((cache_dir / "openvino" / f).iterdir()) for f in folders)  # compiled blobs written
+    load(bundle, threads=1)
+    assert sorted(p.name for p in (cache_dir / "openvino").iterdir()) == folders  # reused, nothing new
+    data = bundle / "vision.bin"
+    weights = bytearray(data.read_bytes())
+    weights[-4:] = b"\x00\x00\x80\x3f"  # the part changes (its last float weight becomes 1.0)
+    data.write_bytes(bytes(weights))
+    edit_manifest(bundle, lambda m: None, rehash=True)
+    load(bundle, threads=1).embed_images(photos[:1])
+    assert len(list((cache_dir / "openvino").iterdir())) == 3  # a new key: the stale blob is not used
+    assert not list(bundle.glob("*.blob")) and not list(bundle.glob("**/cache*"))  # never in the bundle
+
+
+def test_errors_are_typed(ov_clip, llava_bundle, tmp_path):
+    with pytest.raises(UsageError, match="OpenVINO device 'NPU9' is not present here"):
+        load(ov_clip["ov-fp32"], threads=1, providers=["NPU9"])
+    with pytest.raises(UsageError, match="recipe 'ov-fp32' is for clip, sam bundles"):
+        quantize(llava_bundle, "ov-fp32", tmp_path / "x", show_progress=False)
+
+
+def test_without_torch_and_without_openvino(ov_clip, clip_bundle, photos):
+    """The OpenVINO path needs no torch; without openvino, loading says which extra to install."""
+    code = f"""
+import sys, skimage.data
+sys.modules["torch"] = None
+MISSING
+from edgevfm.runtime import load
+from edgevfm.runtime.errors import MissingExtraError
+try:
+    print(load({str(ov_clip["ov-fp32"])!r}, threads=1).embed_images([skimage.data.chelsea()]).shape)
+except MissingExtraError as exc:
+    print("missing:", exc)
+"""
+    found = {}
+    for missing in (False, True):
+        run = subprocess.run([sys.executable, "-c", code.replace("MISSING", "sys.modules['openvino'] = None"
+                                                                   if missing else "")],
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+        found[missing] = run.stdout.strip()
+    assert found[False] == str(load(clip_bundle, threads=1).embed_images(photos[:1]).shape)
+    assert found[True].startswith("missing: the openvino backend needs the [openvino] extra")
+    assert "pip install 'edgevfm[openvino]'" in found[True]
