@@ -81,7 +81,8 @@ def sam_bundle(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def sam_recipe_bundles(sam_bundle, tmp_path_factory) -> dict[str, Path]:
-    return _quantized(sam_bundle, ("sam-int8", "fp16"), tmp_path_factory, "sam-quantized", samples=4)
+    return _quantized(sam_bundle, ("sam-int8", "fp16", "ov-fp32", "ov-int8"), tmp_path_factory, "sam-quantized",
+                      samples=4)
 
 
 TINY_LLAVA = "random:llava-tiny"

@@ -51,14 +51,26 @@ def test_fp32_runs_fp32_and_bf16_stays_close(ov_clip, clip_bundle, photos):
     assert np.min(np.sum(bf16.embed_images(photos[:3]) * images, axis=1)) >= 0.999  # unit embeddings: cosine
 
 
-def test_sam_fp32_masks_equal_onnxruntime(sam_bundle, photos, tmp_path):
-    out = quantize(sam_bundle, "ov-fp32", tmp_path / "ov", show_progress=False)
-    ours, theirs = load(out, threads=1), load(sam_bundle, threads=1)
-    for p in (ours, theirs):
+def test_nncf_int8_is_quantized_and_calibrated(clip_recipe_bundles):
+    import openvino as ov
+
+    bundle = clip_recipe_bundles["ov-int8"]
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert {p["precision"] for p in manifest["parts"].values()} == {"int8"}
+    assert manifest["calibration"]["samples"] == {"vision": 8, "text": 8}
+    for part in ("vision", "text"):
+        ops = [op.get_type_name() for op in ov.Core().read_model(str(bundle / f"{part}.xml")).get_ops()]
+        assert ops.count("FakeQuantize") >= 4, part  # INT8 MatMuls, in OpenVINO's quantized form
+
+
+def test_sam_fp32_equals_onnxruntime(sam_bundle, sam_recipe_bundles, photos):
+    """ov-fp32's low-res logits within 1e-3 of ONNX Runtime FP32 (ov-int8's masks: test_pipeline_sam)."""
+    theirs, ours = load(sam_bundle, threads=1), load(sam_recipe_bundles["ov-fp32"], threads=1)
+    for p in (theirs, ours):
         p.set_image(photos[1])
-    a, b = (p.predict(points=[[200, 150]], labels=[1]) for p in (ours, theirs))
-    np.testing.assert_allclose(a.low_res_logits, b.low_res_logits, atol=1e-3)
-    assert (a.masks == b.masks).mean() > 0.999
+    reference, found = (p.predict(points=[[200, 150]], labels=[1]) for p in (theirs, ours))
+    np.testing.assert_allclose(found.low_res_logits, reference.low_res_logits, atol=1e-3)
+    assert (found.masks == reference.masks).mean() > 0.999
 
 
 def test_the_cache_is_keyed_by_the_part_device_and_version(ov_clip, cache_dir, tmp_path, photos):

@@ -23,9 +23,11 @@ from helpers import op_type_count
 # int8-static 0.991 (text; 0.9999 image), int4 0.964, fp16 0.99999. AVX2-only CPUs run u8s8 kernels
 # that can saturate, so the floors leave room for them.
 # OpenVINO: ov-fp32 equals ONNX Runtime FP32 to 1e-4 (tests/test_openvino.py); ov-bf16 runs BF16
-# where the CPU has it (cosine 0.99999 here) and FP32 where it does not.
+# where the CPU has it (cosine 0.99999 here) and FP32 where it does not; ov-int8 (NNCF) 0.9994 image,
+# 0.936 text (its 8 calibration texts cover few of the tiny text tower's activation ranges: 0.9995
+# on the calibration texts themselves).
 TINY_MIN_COSINE = {"int8-dynamic": 0.999, "int8-static": 0.98, "int4": 0.90, "fp16": 0.9999, "ov-fp32": 0.99999,
-                   "ov-bf16": 0.999}
+                   "ov-bf16": 0.999, "ov-int8": 0.90}
 UNCHANGED_MAY_BE = ("fp16", "ov-fp32", "ov-bf16")  # recipes whose outputs may equal FP32's exactly
 EXPECTED_OPS = {"int8-dynamic": "MatMulInteger", "int8-static": "QuantizeLinear", "int4": "MatMulNBits"}
 
