@@ -6,6 +6,7 @@ A backend takes and returns numpy arrays keyed by the graph's input and output n
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Protocol, Sequence
 
@@ -122,6 +123,7 @@ class OpenVinoBackend:
             self.cache.mkdir(parents=True, exist_ok=True)
             config["CACHE_DIR"] = str(self.cache)
         self.compiled = core.compile_model(os.fspath(path), device, config)
+        self._local = threading.local()
         self.input_names = [_port_name(t) for t in self.compiled.inputs]
         self.output_names = [_port_name(t) for t in self.compiled.outputs]
         self.signature = {_port_name(t): (OV_DTYPES.get(t.get_element_type().get_type_name(),
@@ -130,8 +132,13 @@ class OpenVinoBackend:
                           for t in list(self.compiled.inputs) + list(self.compiled.outputs)}
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        request = self.compiled.create_infer_request()  # one per call: the backend may serve many threads
+        # one infer request per thread, made on its first call: the backend may serve many threads,
+        # and a request made per call would allocate its tensors on every call
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self.compiled.create_infer_request()
         request.infer({name: np.ascontiguousarray(value) for name, value in feeds.items()})
+        # copies: the request's output tensors are overwritten by this thread's next call
         return {name: np.array(request.get_tensor(name).data) for name in self.output_names}
 
 

@@ -124,3 +124,15 @@ except MissingExtraError as exc:
     assert found[False] == str(load(clip_bundle, threads=1).embed_images(photos[:1]).shape)
     assert found[True].startswith("missing: the openvino backend needs the [openvino] extra")
     assert "pip install 'edgevfm[openvino]'" in found[True]
+
+
+def test_threads_share_an_openvino_pipeline(ov_clip, photos):
+    """Each thread gets its own infer request: concurrent calls give the sequential results."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pipeline = load(ov_clip["ov-fp32"], threads=1)
+    expected = [pipeline.embed_images([photo]) for photo in photos[:4]]
+    with ThreadPoolExecutor(4) as pool:
+        found = list(pool.map(lambda photo: pipeline.embed_images([photo]), photos[:4] * 3))
+    for i, got in enumerate(found):
+        np.testing.assert_array_equal(got, expected[i % 4])
