@@ -278,43 +278,6 @@ def fp16(src: Path, dst: Path, feeds=None, **_) -> dict:
     return {"kept_fp32": FP16_KEEP_FP32}
 
 
-def openvino_ir(src: Path, dst: Path, feeds=None, **_) -> dict:
-    """The ONNX part converted to OpenVINO IR at ``dst`` (``.xml``, weights in the ``.bin`` beside
-    it), FP32 weights kept FP32 (OpenVINO's default would store them FP16). The part's precision
-    in the manifest (fp32 or bf16) sets the precision OpenVINO runs it at."""
-    try:
-        import openvino as ov
-    except ImportError as exc:
-        from edgevfm.runtime.errors import MissingExtraError
-
-        raise MissingExtraError("openvino", "the OpenVINO recipes", exc) from exc
-    ov.save_model(ov.convert_model(str(src)), str(dst), compress_to_fp16=False)
-    return {"converter": f"openvino {ov.__version__.split('-')[0]}", "weights": "fp32"}
-
-
-def openvino_int8(src: Path, dst: Path, feeds=None, **_) -> dict:
-    """NNCF post-training INT8 of the converted part, calibrated on the family's feeds, with the
-    transformer model type (SmoothQuant on, the attention's softmax and layer norms left in float),
-    the way NNCF quantizes ViTs; ignored scopes by measurement are still to come."""
-    import nncf
-    import openvino as ov
-
-    model = nncf.quantize(ov.convert_model(str(src)), nncf.Dataset(list(feeds)),
-                          model_type=nncf.ModelType.TRANSFORMER, subset_size=len(feeds))
-    ov.save_model(model, str(dst), compress_to_fp16=False)
-    return {"quantizer": f"nncf {nncf.__version__}", "model_type": "transformer", "samples": len(feeds)}
-
-
-# OpenVINO recipes (issue: OpenVINO backend): conversion and NNCF INT8 so far; INT4 and per-family
-# choices are still to come.
-# For the families without a generation engine part: the engine binds ONNX Runtime's buffers.
-OPENVINO_FAMILIES = ("clip", "sam")
-_register(Recipe("ov-fp32", "fp32", "OpenVINO IR, run in FP32 (the inference precision set explicitly)", openvino_ir,
-                 families=OPENVINO_FAMILIES, backend="openvino"))
-_register(Recipe("ov-bf16", "bf16", "OpenVINO IR, run in BF16 where the CPU has it (FP32 weights stored)",
-                 openvino_ir, families=OPENVINO_FAMILIES, backend="openvino"))
-_register(Recipe("ov-int8", "int8", "OpenVINO IR, NNCF post-training INT8 (transformer model type) calibrated on "
-                 "real photos", openvino_int8, needs_calibration=True, families=OPENVINO_FAMILIES, backend="openvino"))
 _register(Recipe("int8-dynamic", "int8", "INT8 weights, activations quantized at run time (MatMul/Gemm/Conv)",
                  int8_dynamic))
 _register(Recipe("int8-static", "int8", "INT8 QDQ calibrated on real photos (MatMul/Gemm/Conv, U8S8)",
@@ -341,3 +304,6 @@ def register_family_recipe(name: str, family: str, description: str, plan: dict[
 def recipes_for(family: str) -> list[str]:
     """Names of the recipes that apply to ``family``'s bundles: the generic ones and its own."""
     return [name for name, recipe in RECIPES.items() if recipe.families is None or family in recipe.families]
+
+
+from . import openvino  # noqa: E402,F401  (registers the OpenVINO recipes)

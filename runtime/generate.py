@@ -8,7 +8,8 @@ embeddings (image features merged in, a Q-Former prefix, ...) and read the text 
 - :class:`KVDecoder` runs a plainly exported graph (``past_key.i`` / ``past_value.i`` in,
   ``present_key.i`` / ``present_value.i`` out, present = past + new) through ONNX Runtime's IO
   binding: the cache stays in ONNX Runtime's own buffers from step to step, never copied into
-  numpy (the graph itself still concatenates past and new each step).
+  numpy (the graph itself still concatenates past and new each step). On another backend
+  (OpenVINO) the same graph runs with an explicit cache: numpy arrays fed and read each step.
 - :class:`SharedKVDecoder` runs a graph with one buffer per layer for past and present
   (``past_key_values.i.key`` in, ``present.i.key`` out, as onnxruntime-genai's model builder
   writes with GroupQueryAttention): one preallocated (batch, kv heads, capacity, head dim) buffer
@@ -249,27 +250,35 @@ class KVDecoder:
         bound.constants = dict(constants)
         return bound
 
-    def empty_cache(self, batch: int, capacity: int | None = None):
-        """The cache before the first step; ``capacity`` (positions) is for decoders that preallocate."""
+    @property
+    def _bound(self) -> bool:
+        """Whether the cache lives in ONNX Runtime's buffers (IO binding); else in numpy arrays."""
+        return getattr(self.backend, "session", None) is not None
+
+    def _value(self, array: np.ndarray):
+        array = np.ascontiguousarray(array)
+        if not self._bound:
+            return array
         import onnxruntime as ort
 
+        return ort.OrtValue.ortvalue_from_numpy(array)
+
+    def _array(self, value) -> np.ndarray:
+        return value if isinstance(value, np.ndarray) else value.numpy()
+
+    def empty_cache(self, batch: int, capacity: int | None = None):
+        """The cache before the first step; ``capacity`` (positions) is for decoders that preallocate."""
         empty = np.zeros((batch, self.kv_heads, 0, self.head_dim), np.float32)
-        return ([ort.OrtValue.ortvalue_from_numpy(empty) for _ in self.past_names]
-                + [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v)) for v in self.constants.values()])
+        return [self._value(empty) for _ in self.past_names] + [self._value(v) for v in self.constants.values()]
 
     def resume(self, cache, length: int, capacity: int):
         """The cache cut to its first ``length`` positions (a conversation's shared prefix)."""
-        import onnxruntime as ort
-
         past = len(self.past_names)
-        return [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v.numpy()[:, :, :length])) for v in cache[:past]
-                ] + list(cache[past:])
+        return [self._value(self._array(v)[:, :, :length]) for v in cache[:past]] + list(cache[past:])
 
     def reorder(self, cache, rows: np.ndarray):
         """The cache with its batch rows picked by ``rows`` (beam search): one copy per layer."""
-        import onnxruntime as ort
-
-        return [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v.numpy()[rows])) for v in cache]
+        return [self._value(self._array(v)[rows]) for v in cache]
 
     def _tokens(self, embeds: np.ndarray) -> np.ndarray:
         """What the token input takes: int64 ids or float32 embeddings (no copy when already so)."""
@@ -289,6 +298,8 @@ class KVDecoder:
 
     def step(self, embeds: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray, cache):
         """(logits of the last position (B, V) float32, all positions' logits (B, S, V), new cache)."""
+        if not self._bound:
+            return self._explicit_step(embeds, attention_mask, position_ids, cache)
         session = self.backend.session
         binding = session.io_binding()
         binding.bind_cpu_input(self.token_input, self._tokens(embeds))
@@ -304,6 +315,18 @@ class KVDecoder:
         outputs = binding.get_outputs()
         logits = outputs[0].numpy()
         return logits[:, -1], logits, list(outputs[1:]) + list(cache[len(self.past_names):])
+
+    def _explicit_step(self, embeds, attention_mask, position_ids, cache):
+        """A step on a backend without IO binding: the cache goes in and comes out as arrays."""
+        feeds = {self.token_input: self._tokens(embeds),
+                 "attention_mask": np.ascontiguousarray(attention_mask, dtype=np.int64)}
+        if self.positions:
+            feeds["position_ids"] = np.ascontiguousarray(position_ids, dtype=np.int64)
+        feeds.update(zip(self.past_names + list(self.constants), cache))
+        outputs = self.backend.run(feeds)
+        logits = outputs["logits"]
+        return (logits[:, -1], logits,
+                [outputs[name] for name in self.present_names] + list(cache[len(self.past_names):]))
 
 
 @dataclass(frozen=True)
