@@ -26,7 +26,7 @@ test: setup
 
 # Rebuilds the committed reports (benchmarks/reports/<model>) on this machine.
 report: setup
-	$(BIN)/edgevfm demo -o $(DEMO_OUT) --report-dir benchmarks/reports --variants \
+	$(BIN)/edgevfm demo -o $(DEMO_OUT) --report-dir benchmarks/reports --variants --rounds 3 \
 		--model random:clip-vit-b32 --model random:sam-vit-b --model trained:llava-smol --model random:llava-1b \
 		--model random:blip-base --model random:blip2-opt-350m
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import multiprocessing
+import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -13,9 +14,10 @@ from edgevfm.runtime.bundle import open_bundle
 from edgevfm.runtime.errors import BundleError, InputError
 
 from .families import BENCH
-from .machine import machine_info
+from .machine import busy_cores, machine_info
 from .report import write_report
 from .roofline import gemm_peaks
+from .timing import pooled
 from .worker import measure_peers, measure_row
 
 SCHEMA = "edgevfm.bench/1"
@@ -23,17 +25,23 @@ SCHEMA = "edgevfm.bench/1"
 
 def bench(bundles: list[str | Path], reference: str, out_dir: str | Path, data: str | Path | None = None,
           threads: int = 2, runs: int = 30, warmup: int | None = None, batch: int = 8,
-          command: str | None = None, show_progress: bool = True) -> dict:
+          command: str | None = None, show_progress: bool = True, rounds: int = 1) -> dict:
     """Measure ``bundles`` against ``reference`` (the checkpoint they were exported from).
 
     Every row reports load time, first-call time, per-part latency (p50/p90/p99 over ``runs``
     after ``warmup``), throughput at ``batch``, peak memory and size; bundle rows add accuracy
-    against the reference. Returns the results dict, with ``report`` naming the Markdown file.
+    against the reference. The runs are split over ``rounds`` interleaved rounds (every row once,
+    then every row again, ...; each row in a fresh process each time), so that a busy minute of a
+    shared machine slows every row alike; the report gives each part's spread between rounds and
+    the load average before and after, and flags a busy machine. Returns the results dict, with
+    ``report`` naming the Markdown file.
     """
     if not bundles:
         raise InputError("no bundles given: pass at least one bundle folder")
-    if runs < 1 or threads < 1 or batch < 1:
-        raise InputError(f"runs, threads and batch must be at least 1, found {runs}, {threads}, {batch}")
+    if runs < 1 or threads < 1 or batch < 1 or rounds < 1:
+        raise InputError(f"runs, threads, batch and rounds must be at least 1, found {runs}, {threads}, {batch}, "
+                         f"{rounds}")
+    rounds = min(rounds, runs)
     opened = [open_bundle(b) for b in bundles]
     families = sorted({b.family for b in opened})
     if len(families) != 1:
@@ -44,14 +52,18 @@ def bench(bundles: list[str | Path], reference: str, out_dir: str | Path, data: 
     if hasattr(family_bench, "check_bundles"):
         family_bench.check_bundles(opened)
     base = {"family": family, "data": str(data) if data else None, "threads": threads, "runs": runs,
-            "warmup": warmup if warmup is not None else max(3, runs // 5), "batch": batch}
+            "warmup": warmup if warmup is not None else max(3, runs // 5), "batch": batch, "rounds": rounds}
     tasks = [dict(base, kind="pytorch", target=reference)] + [dict(base, kind="bundle", target=str(b.path)) for b in opened]
+    load_before, busy_before = os.getloadavg(), busy_cores()
     peaks = gemm_peaks(threads)
-    rows = []
     context = multiprocessing.get_context("spawn")
-    for task in progress(tasks, desc=f"bench {family}", enabled=show_progress):
+    per_round = -(-runs // rounds)
+    measured: list[list[dict]] = [[] for _ in tasks]
+    steps = [(r, i) for r in range(rounds) for i in range(len(tasks))]  # A B C, A B C, ...
+    for r, i in progress(steps, desc=f"bench {family} ({rounds} interleaved rounds)", enabled=show_progress):
         with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-            rows.append(pool.submit(measure_row, task).result())
+            measured[i].append(pool.submit(measure_row, dict(tasks[i], runs=per_round, outputs=r == 0)).result())
+    rows = [_pooled_row(found) for found in measured]
     peers = {}
     if hasattr(family_bench, "peers"):
         with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
@@ -68,19 +80,81 @@ def bench(bundles: list[str | Path], reference: str, out_dir: str | Path, data: 
         del row["outputs"]
     results = {
         "schema": SCHEMA,
-        "command": command or _command(bundles, reference, data, threads, runs, batch, out_dir),
+        "command": command or _command(bundles, reference, data, threads, runs, batch, out_dir, rounds),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "family": family,
         "reference": reference,
         "settings": base,
         "workload": family_bench.workload(),
         "machine": dict(machine_info(threads), measured_peaks=peaks),
+        "load_average": load_record(load_before, os.getloadavg(), busy_before, busy_cores()),
         "rows": rows,
         "peers": peers,
-        "goals": family_bench.goals(rows, peaks),
+        "goals": family_bench.goals(rows, peaks) + backend_goals(family_bench, rows),
     }
     results["report"] = str(write_report(results, Path(out_dir)))
     return results
+
+
+# other work that flags a report as taken on a busy machine: half a core or more, sampled while the
+# bench sleeps just before and just after measuring
+BUSY_CORES = 0.5
+
+
+def load_record(before: tuple, after: tuple, busy_before: float | None, busy_after: float | None) -> dict:
+    """The load average (1, 5, 15 minutes) and the cores other work kept busy (a 2-second sample),
+    before and after, and whether the machine was busy."""
+    busy = any(b is not None and b >= BUSY_CORES for b in (busy_before, busy_after))
+    return {"before": [round(x, 2) for x in before], "after": [round(x, 2) for x in after],
+            "busy_cores_before": busy_before, "busy_cores_after": busy_after, "busy": bool(busy),
+            "rule": f"busy when other work kept {BUSY_CORES} cores or more busy in a 2-second sample taken with "
+                    "the bench idle, just before or just after measuring (the load average also counts this "
+                    "process's own work of the last minutes)"}
+
+
+def _pooled_row(rounds: list[dict]) -> dict:
+    """One row measured in several rounds: the first round's row (load, first call, outputs),
+    latency pooled over every round, the highest peak memory, the median throughput."""
+    row = dict(rounds[0])
+    row["latency_ms"] = {part: pooled([r["latency_ms"][part] for r in rounds]) for part in row["latency_ms"]}
+    row["peak_rss_mb"] = max(r["peak_rss_mb"] for r in rounds)
+    speeds = sorted(r["throughput"]["items_per_s"] for r in rounds)
+    row["throughput"] = dict(row["throughput"], items_per_s=speeds[len(speeds) // 2])
+    return row
+
+
+def backend_goals(family_bench, rows: list[dict]) -> list[dict]:
+    """Goals every family shares once its OpenVINO rows are measured: edgevfm's ``ov-int8`` faster
+    than plain NNCF within the family's accuracy floor, and the ``auto`` bundle the fastest row
+    within the floors it was chosen by (5% of room: two measurements of one bundle differ so)."""
+    from edgevfm.quantize.auto import floor_text, passes, quality, quality_text
+
+    bundles = {r["recipe"]: r for r in rows if r["kind"] == "bundle"}
+    total = lambda r: sum(p["p50"] for p in r["latency_ms"].values())
+    first = next(iter(rows[0]["latency_ms"]))
+    verdicts = []
+    ours, plain = bundles.get("ov-int8"), bundles.get("ov-int8-plain")
+    if ours and plain:
+        floor = family_bench.auto_floor
+        found = quality(family_bench, ours["accuracy"])
+        speedup = plain["latency_ms"][first]["p50"] / ours["latency_ms"][first]["p50"]
+        verdicts.append({"goal": f"ov-int8 ({first}) faster than plain NNCF (nncf.quantize with its defaults), within "
+                                 f"the family's floor ({floor_text(floor)})",
+                         "met": bool(speedup > 1 and passes(found, floor)),
+                         "measured": f"{speedup:.2f}x plain NNCF's speed ({ours['latency_ms'][first]['p50']:.1f} vs "
+                                     f"{plain['latency_ms'][first]['p50']:.1f} ms); ov-int8 {quality_text(found)}, "
+                                     f"plain NNCF {quality_text(quality(family_bench, plain['accuracy']))}"})
+    auto = bundles.get("auto")
+    if auto:
+        floors = auto.get("auto_floors") or family_bench.auto_floor
+        within = [r for r in bundles.values() if passes(quality(family_bench, r["accuracy"]), floors)]
+        fastest = min(within or [auto], key=total)
+        verdicts.append({"goal": f"the auto bundle (chose {auto.get('auto_chosen')}) is the fastest row within its floors "
+                                 f"({floor_text(floors)}), sum of part p50s, within 5%",
+                         "met": bool(total(auto) <= 1.05 * total(fastest)),
+                         "measured": f"auto {total(auto):.1f} ms; fastest within the floors: {fastest['name']} "
+                                     f"{total(fastest):.1f} ms ({len(within)} rows within)"})
+    return verdicts
 
 
 def _check_reference(bundles, reference: str) -> None:
@@ -95,9 +169,10 @@ def _check_reference(bundles, reference: str) -> None:
             f"--reference {reference!r}: pass the checkpoint the bundle came from"])
 
 
-def _command(bundles, reference, data, threads, runs, batch, out_dir) -> str:
+def _command(bundles, reference, data, threads, runs, batch, out_dir, rounds) -> str:
     words = ["edgevfm", "bench", *map(str, bundles), "--reference", reference]
     if data:
         words += ["--data", str(data)]
-    words += ["--threads", str(threads), "--runs", str(runs), "--batch", str(batch), "-o", str(out_dir)]
+    words += ["--threads", str(threads), "--runs", str(runs), "--rounds", str(rounds), "--batch", str(batch), "-o",
+              str(out_dir)]
     return " ".join(words)

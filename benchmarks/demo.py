@@ -22,10 +22,12 @@ DEFAULT_MODELS = ("random:clip-vit-b32", "random:sam-tiny", "trained:llava-smol"
 
 
 def run_demo(out: str | Path = "demo-out", models=DEFAULT_MODELS, report_dir: str | Path | None = None,
-             runs: int | None = None, threads: int = 2, variants: bool = False) -> list[dict]:
-    """``runs``: timed runs per figure (default: each family's ``demo_runs``). ``variants`` also
-    exports the family's ``export_variants`` (other export choices, e.g. LLaVA's plain llm graph)
-    and quantizes each with ``variant_recipes``, so the report measures the choice."""
+             runs: int | None = None, threads: int = 2, variants: bool = False, rounds: int = 1) -> list[dict]:
+    """``runs``: timed runs per figure (default: each family's ``demo_runs``), split over ``rounds``
+    interleaved rounds. ``variants`` also exports the family's ``export_variants`` (other export
+    choices, e.g. LLaVA's plain llm graph) and quantizes each with ``variant_recipes``, so the
+    report measures the choice, and, for families with ``auto_in_report``, adds the bundle
+    ``--recipe auto`` picks on this machine."""
     out = Path(out)
     report_root = Path(report_dir) if report_dir else out / "report"
     results = []
@@ -47,13 +49,17 @@ def run_demo(out: str | Path = "demo-out", models=DEFAULT_MODELS, report_dir: st
             for recipe in family_bench.variant_recipes:
                 print(f"[2/4] quantize ({label}) --recipe {recipe} -> {folder / (recipe + '-' + label)}")
                 bundles.append(quantize(variant, recipe, folder / f"{recipe}-{label}", force=True))
+        if variants and getattr(family_bench, "auto_in_report", False):
+            print(f"[2/4] quantize --recipe auto -> {folder / 'auto'} (measures every recipe here)")
+            bundles.append(quantize(bundles[0], "auto", folder / "auto", force=True, threads=threads))
         print("[3/4] run")
         family_bench.demo(bundles, reports, threads)
         n = runs or family_bench.demo_runs
         command = (f"edgevfm demo -o {out} --model {model} --report-dir {report_root} --runs {n} --threads {threads}"
-                   + (" --variants" if variants else ""))
+                   + f" --rounds {rounds}" + (" --variants" if variants else ""))
         print(f"[4/4] bench {len(bundles)} bundles against PyTorch eager FP32 ({threads} threads, {n} runs)")
-        result = bench(bundles, reference=model, out_dir=reports, threads=threads, runs=n, command=command)
+        result = bench(bundles, reference=model, out_dir=reports, threads=threads, runs=n, command=command,
+                       rounds=rounds)
         for goal in result["goals"]:
             print(f"      {'MET' if goal['met'] else 'MISSED'}: {goal['goal']} ({goal['measured']})")
         print(f"report: {result['report']} (and report.html, results.json beside it)")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 from importlib.metadata import PackageNotFoundError, version
 
 FLAGS_OF_INTEREST = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile",
                      "amx_int8", "amx_bf16", "neon", "asimddp", "sve")
-LIBRARIES = ("edgevfm", "numpy", "onnxruntime", "onnx", "torch", "transformers", "tokenizers", "Pillow")
+LIBRARIES = ("edgevfm", "numpy", "onnxruntime", "onnx", "openvino", "nncf", "torch", "transformers", "tokenizers",
+             "Pillow")
 
 
 def _cpuinfo() -> dict[str, str]:
@@ -52,3 +54,22 @@ def machine_info(threads: int | None = None) -> dict:
         "libraries": libraries,
         "gpu": None,
     }
+
+
+def busy_cores(seconds: float = 2.0) -> float | None:
+    """How many cores other work kept busy over ``seconds`` while this process sleeps (from
+    ``/proc/stat``; None elsewhere). Unlike the load average, it does not remember this process's
+    own work of the last minutes (the demo quantizes just before it benchmarks)."""
+    def sample():
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        idle = values[3] + (values[4] if len(values) > 4 else 0)
+        return sum(values[:8]) - idle, sum(values[:8])
+
+    try:
+        busy0, total0 = sample()
+        time.sleep(seconds)
+        busy1, total1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    return round((busy1 - busy0) / max(1, total1 - total0) * (os.cpu_count() or 1), 2)

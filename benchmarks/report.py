@@ -23,16 +23,33 @@ def latency_table(results: dict) -> tuple[list[str], list[list[str]]]:
     torch_row = next(r for r in results["rows"] if r["kind"] == "pytorch")
     base, gop = torch_row["latency_ms"][first]["p50"], torch_row["gop"][first]
     header = ["row", "precision", "size MB", "load s", "first call ms"]
-    header += [f"{p} p50 / p90 / p99 ms" for p in parts]
+    header += [f"{p} p50 / p90 / p99 ms (spread)" for p in parts]
     header += [f"{first} speed-up vs PyTorch", f"{first} GOP/s", "throughput", "peak RSS MB"]
     body = []
     for r in results["rows"]:
-        lat = [" / ".join(f"{r['latency_ms'][p][q]:.1f}" for q in ("p50", "p90", "p99")) for p in parts]
+        lat = [" / ".join(f"{r['latency_ms'][p][q]:.1f}" for q in ("p50", "p90", "p99")) + _spread(r['latency_ms'][p])
+               for p in parts]
         tp = r["throughput"]
         body.append([r["name"], r["precision"], f"{r['size_mb']:.1f}", f"{r['load_s']:.2f}", f"{r['first_call_ms']:.1f}",
                      *lat, f"{base / r['latency_ms'][first]['p50']:.2f}x", f"{gop / r['latency_ms'][first]['p50'] * 1e3:.0f}",
                      f"{tp['items_per_s']:.1f} {tp['part']}/s @ batch {tp['batch']}", f"{r['peak_rss_mb']:.0f}"])
     return header, body
+
+
+def _spread(stats: dict) -> str:
+    """How far the rounds' medians lie apart, relative to the pooled median."""
+    return f" (±{stats['spread'] / 2:.0%})" if stats.get("rounds", 1) > 1 else ""
+
+
+def load_lines(results: dict) -> list[str]:
+    """The load average before and after, and a warning when the machine was busy."""
+    load = results.get("load_average")
+    if not load:
+        return []
+    said = (f"Other work: {load.get('busy_cores_before')} cores busy before, {load.get('busy_cores_after')} after; "
+            f"load average (1, 5, 15 min): {', '.join(map(str, load['before']))} before, "
+            f"{', '.join(map(str, load['after']))} after ({load['rule']})")
+    return [("**BUSY MACHINE**: figures may be slow and noisy. " if load["busy"] else "") + said]
 
 
 def accuracy_table(results: dict) -> tuple[list[str], list[list[str]]]:
@@ -126,7 +143,10 @@ def write_report(results: dict, out_dir: Path) -> Path:
              "with that reference on the same inputs (see Workload). "
              "With random-weight presets they measure agreement with FP32, not task accuracy.")
     md = [f"# {results['family']} benchmark", "", f"Produced by `{results['command']}` on {results['created']}.",
-          "", intro, "", "## Latency, size and memory", "", _markdown_table(*lat), ""]
+          "", intro, ""]
+    if (results.get("load_average") or {}).get("busy"):
+        md += load_lines(results) + [""]
+    md += ["## Latency, size and memory", "", _markdown_table(*lat), ""]
     if picture:
         md += [f"![latency]({picture.name})", ""]
     md += ["## Accuracy against the FP32 PyTorch reference", "", _markdown_table(*acc), ""]
@@ -138,14 +158,18 @@ def write_report(results: dict, out_dir: Path) -> Path:
         md += ["## Peers on the same weights", "", _markdown_table(*peers), ""]
     if results["goals"]:
         md += ["## Goals", ""] + [f"- {line}" for line in _goal_lines(results["goals"])] + [""]
-    md += ["## Machine", ""] + [f"- {line}" for line in _machine_lines(results["machine"])]
+    md += ["## Machine", ""] + [f"- {line}" for line in _machine_lines(results["machine"]) + load_lines(results)]
     md += ["", "## Workload", ""] + [f"- {k}: {v}" for k, v in w.items()]
     s = results["settings"]
     runs = {p: st["runs"] for p, st in results["rows"][0]["latency_ms"].items()}
     fewer = ", ".join(f"{p}: {n}" for p, n in runs.items() if n != s["runs"])
+    rounds = s.get("rounds", 1)
     md += ["", f"Settings: {s['runs']} timed runs after {s['warmup']} warm-up runs per figure"
            + (f" (fewer for slow parts - {fewer} - after 1 warm-up)" if fewer else "") + f", {s['threads']} threads; "
-           "each row runs in its own process (peak RSS is that process's). Raw data: `results.json`.", ""]
+           "each row runs in its own process (peak RSS is that process's, VmHWM)"
+           + (f"; the runs are split over {rounds} interleaved rounds (every row, then every row again; a fresh "
+              "process each time) and (±x%) is half the range of the rounds' medians over the pooled median"
+              if rounds > 1 else "") + ". Raw data: `results.json`.", ""]
     report = out_dir / "report.md"
     report.write_text("\n".join(md))
     _write_html(results, out_dir, lat, acc, intro, picture)
@@ -158,14 +182,17 @@ def _write_html(results, out_dir, lat, acc, intro, picture) -> None:
         data = base64.b64encode(picture.read_bytes()).decode()
         img = f'<img alt="latency" src="data:image/png;base64,{data}">'
     goals = "".join(f"<li>{html.escape(line)}</li>" for line in _goal_lines(results["goals"]))
-    machine = "".join(f"<li>{html.escape(line)}</li>" for line in _machine_lines(results["machine"]))
+    machine = "".join(f"<li>{html.escape(line)}</li>" for line in _machine_lines(results["machine"]) + load_lines(results))
     style = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
              "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
              "td:first-child,th:first-child{text-align:left}code{background:#f4f4f4;padding:1px 4px}")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{results['family']} benchmark</title>"
             f"<style>{style}</style></head><body><h1>{html.escape(results['family'])} benchmark</h1>"
             f"<p>Produced by <code>{html.escape(results['command'])}</code> on {results['created']}.</p>"
-            f"<p>{html.escape(intro)}</p><h2>Latency, size and memory</h2>{_html_table(*lat)}{img}"
+            f"<p>{html.escape(intro)}</p>"
+            + ("".join(f"<p><strong>{html.escape(line.replace('**', ''))}</strong></p>" for line in load_lines(results))
+               if (results.get("load_average") or {}).get("busy") else "")
+            + f"<h2>Latency, size and memory</h2>{_html_table(*lat)}{img}"
             f"<h2>Accuracy against the FP32 PyTorch reference</h2>{_html_table(*acc)}"
             + (f"<h2>Other measurements</h2>{_html_table(*extra_table(results))}" if extra_table(results) else "")
             + (f"<h2>Peers on the same weights</h2>{_html_table(*peers_table(results))}" if peers_table(results) else "")

@@ -19,10 +19,28 @@ def latency(fn: Callable[[], object], runs: int, warmup: int) -> dict[str, float
         start = time.perf_counter()
         fn()
         times[i] = time.perf_counter() - start
-    ms = times * 1e3
+    stats = summary(times * 1e3)
+    stats["warmup"] = warmup
+    return stats
+
+
+def summary(ms) -> dict:
+    """Percentiles of a list of milliseconds, and the list itself (``times_ms``), so that rows
+    measured in several rounds can be pooled."""
+    ms = np.asarray(ms, dtype=np.float64)
     return {"p50": float(np.percentile(ms, 50)), "p90": float(np.percentile(ms, 90)),
             "p99": float(np.percentile(ms, 99)), "mean": float(ms.mean()), "min": float(ms.min()),
-            "runs": runs, "warmup": warmup}
+            "runs": int(ms.size), "times_ms": [round(float(t), 4) for t in ms]}
+
+
+def pooled(rounds: list[dict]) -> dict:
+    """One part's latency over several rounds: percentiles of every run, and the ``spread``, how far
+    the rounds' medians lie apart relative to the pooled median (0.05: the rounds agree within 5%)."""
+    stats = summary([t for r in rounds for t in r["times_ms"]])
+    medians = [r["p50"] for r in rounds]
+    stats.update(warmup=rounds[0]["warmup"], rounds=len(rounds), round_p50=medians,
+                 spread=float((max(medians) - min(medians)) / stats["p50"]) if stats["p50"] else 0.0)
+    return stats
 
 
 def timed(fn: Callable[[], object]) -> tuple[object, float]:

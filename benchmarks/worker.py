@@ -28,14 +28,16 @@ def measure_row(task: dict) -> dict:
     first = next(iter(part_calls.values()))
     _, row["first_call_ms"] = timed(first)
     row["first_call_ms"] *= 1e3
-    caps = getattr(bench, "max_runs", {})  # parts that take seconds per call get fewer runs
+    # parts that take seconds per call get fewer runs: the cap is for all rounds together
+    caps = {part: -(-cap // task.get("rounds", 1)) for part, cap in getattr(bench, "max_runs", {}).items()}
     row["latency_ms"] = {part: latency(call, min(task["runs"], caps.get(part, task["runs"])),
                                        min(task["warmup"], 1 if part in caps else task["warmup"]))
                          for part, call in part_calls.items()}
     throughput = latency(throughput_call, max(3, task["runs"] // 5), 1)
     row["throughput"] = {"part": unit, "batch": items, "items_per_s": items / (throughput["p50"] / 1e3)}
-    row["outputs"] = bench.outputs(runner)
-    row["extra"] = bench.extra(runner) if hasattr(bench, "extra") else {}
+    if task.get("outputs", True):  # outputs and extras once per row (the first round): they do not change
+        row["outputs"] = bench.outputs(runner)
+        row["extra"] = bench.extra(runner) if hasattr(bench, "extra") else {}
     row["rss_before_load_mb"] = rss_before
     row["peak_rss_mb"] = peak_rss_mb()
     return row
@@ -95,6 +97,7 @@ def _open_bundle(task: dict, bench) -> dict:
     pipeline, load_s = timed(lambda: load(task["target"], threads=task["threads"]))
     bundle = pipeline.bundle
     recipe = (bundle.manifest.get("recipe") or {}).get("name")
+    auto = (bundle.manifest.get("recipe") or {}).get("auto") or {}
     precisions = sorted({p.precision for p in bundle.parts.values()})
     backends = sorted({p.backend for p in bundle.parts.values()})
     # an export choice other than the default names itself (LLaVA's plain llm graph)
@@ -103,8 +106,10 @@ def _open_bundle(task: dict, bench) -> dict:
     choices = {k: v for k, v in ((bundle.manifest.get("export") or {}).get("options") or {}).items()
                if DEFAULT_EXPORT_OPTIONS.get(k) != v}
     label = "".join(f" ({k}={v})" for k, v in sorted(choices.items()))
-    return {"name": f"{'/'.join(backends)} {recipe or 'fp32'}{label}", "kind": "bundle", "backend": "/".join(backends),
+    shown = f"auto ({auto.get('chosen')})" if auto else recipe or "fp32"
+    return {"name": f"{'/'.join(backends)} {shown}{label}", "kind": "bundle", "backend": "/".join(backends),
             "precision": "/".join(precisions), "recipe": recipe, "path": str(bundle.path), "export_choices": choices,
             "parts": {name: part.precision for name, part in bundle.parts.items()},
             "size_mb": bundle.size_bytes() / 1e6, "load_s": load_s,
-            "config_sha256": bundle.manifest["source"].get("config_sha256"), "runner": bench.bundle_runner(pipeline)}
+            "config_sha256": bundle.manifest["source"].get("config_sha256"), "runner": bench.bundle_runner(pipeline),
+            **({"auto_chosen": auto.get("chosen"), "auto_floors": auto.get("floors")} if auto else {})}

@@ -8,6 +8,8 @@ compressed with NNCF. Every family has them.
   ``past_*`` inputs, driven token by token by the generation engine) gets 8-bit weights instead
   (asymmetric, per channel), as OpenVINO's own LLM pipelines do: static activation ranges from a
   prefill do not fit single-token decode steps.
+- ``ov-int8-plain``: the baseline, ``nncf.quantize`` with its defaults, to show what ``ov-int8``
+  adds (reports put it beside ``ov-int8``).
 - ``ov-int4``: NNCF 4-bit weight compression (symmetric, groups of ``block_size`` along the input
   axis, a smaller power of two where a layer's width is not a multiple, 8-bit for the layers NNCF
   keeps as its backup: embeddings and the LM head); on decoders data-aware (AWQ and scale
@@ -111,6 +113,16 @@ def openvino_int8(src: Path, dst: Path, feeds=None, **_) -> dict:
     return {"quantizer": f"nncf {nncf.__version__}", "model_type": "transformer", "samples": len(feeds)}
 
 
+def openvino_int8_plain(src: Path, dst: Path, feeds=None, **_) -> dict:
+    """The baseline a user tries first: ``nncf.quantize`` with its defaults on the same feeds (no
+    model type, so no SmoothQuant and every MatMul quantized, attention's too; decoders as well)."""
+    nncf = _nncf()
+    with quiet_nncf():
+        model = nncf.quantize(converted(src), nncf.Dataset(list(feeds)), subset_size=len(feeds))
+    _save(model, dst)
+    return {"quantizer": f"nncf {nncf.__version__}", "settings": "defaults", "samples": len(feeds)}
+
+
 def openvino_int4(src: Path, dst: Path, feeds=None, block_size: int = 32, **_) -> dict:
     """NNCF 4-bit weight compression; data-aware (AWQ, scale estimation) on decoders."""
     nncf = _nncf()
@@ -142,5 +154,7 @@ _register(Recipe("ov-bf16", "bf16", "OpenVINO IR, run in BF16 where the CPU has 
 _register(Recipe("ov-int8", "int8", "OpenVINO IR, NNCF post-training INT8 (transformer model type) calibrated on "
                  "real photos; 8-bit weights for language-model decoders", openvino_int8, needs_calibration=True,
                  backend="openvino"))
+_register(Recipe("ov-int8-plain", "int8", "baseline: OpenVINO IR, nncf.quantize with its defaults (what a user "
+                 "tries first)", openvino_int8_plain, needs_calibration=True, backend="openvino"))
 _register(Recipe("ov-int4", "int4", "OpenVINO IR, NNCF 4-bit weights (8-bit embeddings and LM head); AWQ and scale "
                  "estimation on language-model decoders", openvino_int4, needs_calibration=True, backend="openvino"))

@@ -38,7 +38,8 @@ def cmd_export(args) -> None:
 def cmd_quantize(args) -> None:
     api = _heavy("edgevfm.quantize.api", "export", "edgevfm quantize")
     out = api.quantize(args.bundle, args.recipe, args.output, calib=args.calib, samples=args.samples,
-                       force=args.force, block_size=args.block_size)
+                       force=args.force, block_size=args.block_size, min_cosine=args.min_cosine,
+                       max_drop=args.max_drop, threads=args.threads)
     print(f"wrote {out}")
 
 
@@ -59,7 +60,7 @@ def cmd_run(args) -> None:
 def cmd_bench(args) -> None:
     api = _heavy("edgevfm.benchmarks.api", "bench", "edgevfm bench")
     result = api.bench(args.bundles, reference=args.reference, data=args.data, threads=args.threads,
-                       runs=args.runs, batch=args.batch, out_dir=args.output)
+                       runs=args.runs, batch=args.batch, out_dir=args.output, rounds=args.rounds)
     print(f"wrote {result['report']}")
 
 
@@ -72,7 +73,7 @@ def cmd_info(args) -> None:
 def cmd_demo(args) -> None:
     demo = _heavy("edgevfm.benchmarks.demo", "bench", "edgevfm demo")
     demo.run_demo(args.output, models=args.model or demo.DEFAULT_MODELS, report_dir=args.report_dir, runs=args.runs,
-                  threads=args.threads, variants=args.variants)
+                  threads=args.threads, variants=args.variants, rounds=args.rounds)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,7 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("quantize", help="FP32 bundle -> INT8 / INT4 / FP16 bundle")
     p.add_argument("bundle", type=Path, metavar="BUNDLE")
-    p.add_argument("--recipe", required=True, help="int8-dynamic, int8-static, int4 or fp16")
+    p.add_argument("--recipe", required=True,
+                   help="int8-dynamic, int8-static, int4, fp16, ov-fp32, ov-bf16, ov-int8, ov-int4, a family recipe "
+                        "(sam-int8, llava-int4, llava-int8, blip2-int8, blip2-int4) or auto: measure them all here and "
+                        "keep the fastest within --min-cosine / --max-drop")
+    p.add_argument("--min-cosine", type=float, help="auto: the lowest embedding cosine to FP32 allowed (CLIP; "
+                                                    "default 0.999)")
+    p.add_argument("--max-drop", type=float, help="auto: the largest drop in agreement with FP32 allowed (zero-shot "
+                                                  "top-1, mask IoU, next-token top-1; default 0.02 CLIP, 0.05 others)")
+    p.add_argument("--threads", type=positive_int, default=2, help="auto: threads to measure with (default 2)")
     p.add_argument("-o", "--output", required=True, type=Path)
     p.add_argument("--calib", type=existing_folder, help="folder of calibration images (default: scikit-image's photos)")
     p.add_argument("--samples", type=positive_int, help="calibration images (default: 32 for CLIP, 8 for SAM)")
@@ -123,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "a COCO-captions or VQA annotation folder (JSON beside the images) for CIDEr or VQA accuracy")
     p.add_argument("--threads", type=positive_int, default=2)
     p.add_argument("--runs", type=positive_int, default=30, help="timed runs per measurement (default 30)")
+    p.add_argument("--rounds", type=positive_int, default=3,
+                   help="split the runs over this many interleaved rounds of every row (default 3)")
     p.add_argument("--batch", type=positive_int, default=8, help="batch size for the throughput figure (default 8)")
     p.add_argument("-o", "--output", required=True, type=new_folder, help="report folder")
     p.set_defaults(func=cmd_bench)
@@ -140,7 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=positive_int, help="timed runs per figure (default: 30 for CLIP, 10 for SAM)")
     p.add_argument("--threads", type=positive_int, default=2)
     p.add_argument("--variants", action="store_true", help="also export and bench each family's other export "
-                   "choices (LLaVA: the plain llm graph against the builder's); make report does")
+                   "choices (LLaVA: the plain llm graph against the builder's) and, for CLIP and SAM, the "
+                   "--recipe auto choice; make report does")
+    p.add_argument("--rounds", type=positive_int, default=1,
+                   help="interleaved rounds of every row per bench (default 1; make report uses 3)")
     p.set_defaults(func=cmd_demo)
     return parser
 

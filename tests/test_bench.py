@@ -96,3 +96,46 @@ def test_gemm_work_is_counted_from_the_layers(results):
     assert results["rows"][0]["gop"]["vision"] == pytest.approx(2 * macs / 1e9, rel=1e-9)
     peaks = results["machine"]["measured_peaks"]
     assert peaks["int8_gops"] > 0 and peaks["fp32_gflops"] > 0
+
+
+def test_interleaved_rounds_pool_the_runs_and_report_the_spread(clip_bundle, tmp_path, monkeypatch):
+    """Rows run in rounds (every row, then every row again); a busy machine is flagged."""
+    from edgevfm.benchmarks import api
+
+    monkeypatch.setattr(api, "busy_cores", lambda: 1.5)  # other work on one and a half cores
+    found = bench([clip_bundle], reference="random:clip-tiny", out_dir=tmp_path, runs=4, warmup=1, batch=2,
+                  threads=1, rounds=2, show_progress=False)
+    for row in found["rows"]:
+        for stats in row["latency_ms"].values():
+            assert stats["rounds"] == 2 and stats["runs"] == 4 and len(stats["times_ms"]) == 4
+            assert len(stats["round_p50"]) == 2 and stats["min"] <= stats["p50"] <= stats["p99"]
+            medians = stats["round_p50"]
+            assert stats["spread"] == pytest.approx((max(medians) - min(medians)) / stats["p50"])
+    load = found["load_average"]
+    assert load["busy"] and load["busy_cores_before"] == 1.5 and len(load["before"]) == 3
+    text = (tmp_path / "report.md").read_text()
+    assert "**BUSY MACHINE**" in text and "2 interleaved rounds" in text and "(spread)" in text
+    assert "--rounds 2" in found["command"]
+
+
+def test_openvino_rows_get_the_backend_goals(clip_bundle, clip_recipe_bundles, tmp_path):
+    """ov-int8 against the plain-NNCF baseline, and the auto bundle against every row, by the numbers."""
+    from edgevfm.quantize.auto import quantize_auto
+
+    auto = quantize_auto(clip_bundle, tmp_path / "auto", candidates=["fp32", "int8-dynamic"], max_drop=0.5,
+                         min_cosine=0.99, threads=1, runs=2, rounds=1, show_progress=False)
+    rows = [clip_bundle] + [clip_recipe_bundles[r] for r in ("int8-dynamic", "ov-int8", "ov-int8-plain")] + [auto]
+    found = bench(rows, reference="random:clip-tiny", out_dir=tmp_path / "report", runs=2, warmup=1, batch=2,
+                  threads=1, show_progress=False)
+    by_recipe = {r["recipe"]: r for r in found["rows"] if r["kind"] == "bundle"}
+    assert by_recipe["auto"]["name"].startswith("onnxruntime auto (")
+    plain = next(g for g in found["goals"] if "faster than plain NNCF" in g["goal"])
+    speedup = by_recipe["ov-int8-plain"]["latency_ms"]["vision"]["p50"] / by_recipe["ov-int8"]["latency_ms"]["vision"]["p50"]
+    assert plain["measured"].startswith(f"{speedup:.2f}x plain NNCF's speed")
+    assert plain["met"] == (speedup > 1 and by_recipe["ov-int8"]["accuracy"]["text_cosine_mean"] >= 0.999
+                            and by_recipe["ov-int8"]["accuracy"]["image_cosine_mean"] >= 0.999
+                            and by_recipe["ov-int8"]["accuracy"]["zero_shot_top1_agreement"] >= 0.98)
+    auto_goal = next(g for g in found["goals"] if g["goal"].startswith("the auto bundle"))
+    assert "cosine >= 0.9900, drop <= 0.500" in auto_goal["goal"] and isinstance(auto_goal["met"], bool)
+    ov_speed = [g for g in found["goals"] if g["goal"].startswith("openvino ov-int8: vision at batch 1 at least 5.5x")]
+    assert len(ov_speed) == 1

@@ -25,9 +25,10 @@ from helpers import op_type_count
 # OpenVINO: ov-fp32 equals ONNX Runtime FP32 to 1e-4 (tests/test_openvino.py); ov-bf16 runs BF16
 # where the CPU has it (cosine 0.99999 here) and FP32 where it does not; ov-int8 (NNCF) 0.9994 image,
 # 0.936 text (its 8 calibration texts cover few of the tiny text tower's activation ranges: 0.9995
-# on the calibration texts themselves); ov-int4 (NNCF 4-bit weights, groups of 32) 0.9987 image, 0.958 text.
+# on the calibration texts themselves); ov-int4 (NNCF 4-bit weights, groups of 32) 0.9987 image, 0.958 text;
+# ov-int8-plain (nncf.quantize's defaults, the baseline) 0.9977 image, 0.9968 text.
 TINY_MIN_COSINE = {"int8-dynamic": 0.999, "int8-static": 0.98, "int4": 0.90, "fp16": 0.9999, "ov-fp32": 0.99999,
-                   "ov-bf16": 0.999, "ov-int8": 0.90, "ov-int4": 0.93}
+                   "ov-bf16": 0.999, "ov-int8": 0.90, "ov-int4": 0.93, "ov-int8-plain": 0.98}
 UNCHANGED_MAY_BE = ("fp16", "ov-fp32", "ov-bf16")  # recipes whose outputs may equal FP32's exactly
 EXPECTED_OPS = {"int8-dynamic": "MatMulInteger", "int8-static": "QuantizeLinear", "int4": "MatMulNBits"}
 

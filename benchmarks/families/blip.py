@@ -42,6 +42,10 @@ GOAL_SPEEDUP, GOAL_AGREEMENT = 2.0, 0.90
 @BENCH.register("blip")
 class BlipBench:
     demo_runs = 5
+    # --recipe auto: the figures a candidate is held to (see quantize/auto.py), and their defaults
+    cosine_keys = ()
+    agreement_keys = ("next_token_top1_agreement", "text_to_image_top1_agreement", "image_to_text_top1_agreement")
+    auto_floor = {"min_cosine": None, "max_drop": 0.05}
     max_runs = {"caption": 5, "answer": 5}
     tasks = ("caption", "vqa", "retrieval")  # what the bundles may do; annotations must be of the bundles' task
 

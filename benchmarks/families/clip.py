@@ -12,8 +12,11 @@ from edgevfm.quantize.families.clip import LABELS, TEMPLATES, prompts
 from edgevfm.runtime.image import list_images
 
 from . import BENCH
+from ..machine import machine_info
 
 GOAL_SPEEDUP, GOAL_COSINE = 5.0, 0.999
+# the OpenVINO rows' goal (issue 9), for a CPU with AVX-512 VNNI and BF16: about 15 ms on ViT-B/32
+OV_GOAL_SPEEDUP, OV_GOAL_FLAGS = 5.5, ("avx512_vnni", "avx512_bf16")
 
 
 def evaluation_images() -> list[np.ndarray]:
@@ -47,6 +50,11 @@ def labelled_folder(data: str | None) -> tuple[list[str], list[Path], list[int]]
 class ClipBench:
     parts = ("vision", "text")
     demo_runs = 30
+    # --recipe auto: the figures a candidate is held to (see quantize/auto.py), and their defaults
+    cosine_keys = ("image_cosine_mean", "text_cosine_mean")
+    agreement_keys = ("zero_shot_top1_agreement",)
+    auto_floor = {"min_cosine": GOAL_COSINE, "max_drop": 0.02}
+    auto_in_report = True  # make report adds the --recipe auto bundle
 
     @staticmethod
     def demo(bundles: list[Path], report_dir: Path, threads: int) -> None:
@@ -113,20 +121,28 @@ class ClipBench:
     def goals(self, rows: list[dict], peaks: dict) -> list[dict]:
         torch_row = next(r for r in rows if r["kind"] == "pytorch")
         base, gop = torch_row["latency_ms"]["vision"]["p50"], torch_row["gop"]["vision"]
+        flags = machine_info()["instruction_sets"]
         verdicts = []
         for row in rows:
-            if row["kind"] != "bundle" or row["recipe"] not in ("int8-static", "int8-dynamic"):
+            if row["kind"] != "bundle" or row["recipe"] not in ("int8-static", "int8-dynamic", "ov-int8", "auto"):
                 continue
+            goal = GOAL_SPEEDUP if row["recipe"].startswith("int8") else OV_GOAL_SPEEDUP
             p50 = row["latency_ms"]["vision"]["p50"]
             speedup, cosine = base / p50, row["accuracy"]["image_cosine_mean"]
-            met = bool(speedup >= GOAL_SPEEDUP and cosine >= GOAL_COSINE)
-            why = "" if met else (
-                f"; vision is {gop:.2f} GOP of GEMM work per image: {GOAL_SPEEDUP:g}x needs {base / GOAL_SPEEDUP:.1f} ms, "
-                f"i.e. {gop / (base / GOAL_SPEEDUP) * 1e3:.0f} GOP/s, while this part ran at {gop / p50 * 1e3:.0f} GOP/s "
-                f"against the {peaks['int8_gops']:.0f} GOP/s INT8 GEMM peak measured here at {peaks['size']}^3 "
-                "(the GEMMs of one image are small and reach a fraction of it)")
+            met = bool(speedup >= goal and cosine >= GOAL_COSINE)
+            reasons = []
+            if not met and goal == OV_GOAL_SPEEDUP and not set(OV_GOAL_FLAGS) <= set(flags):
+                reasons.append(f"the {goal:g}x goal is for CPUs with {' and '.join(OV_GOAL_FLAGS)}; this one has "
+                               f"{', '.join(f for f in flags if f.startswith('avx')) or 'neither'}")
+            if not met:
+                reasons.append(f"vision is {gop:.2f} GOP of GEMM work per image: {goal:g}x needs {base / goal:.1f} ms, "
+                               f"i.e. {gop / (base / goal) * 1e3:.0f} GOP/s, while this part ran at "
+                               f"{gop / p50 * 1e3:.0f} GOP/s against the {peaks['int8_gops']:.0f} GOP/s INT8 GEMM peak "
+                               f"measured here at {peaks['size']}^3 (the GEMMs of one image are small and reach a "
+                               "fraction of it)")
+            why = "".join(f"; {r}" for r in reasons)
             verdicts.append({
-                "goal": f"{row['name']}: vision at batch 1 at least {GOAL_SPEEDUP:g}x faster than PyTorch eager FP32, "
+                "goal": f"{row['name']}: vision at batch 1 at least {goal:g}x faster than PyTorch eager FP32, "
                         f"with mean image cosine >= {GOAL_COSINE} against FP32",
                 "met": met,
                 "measured": f"{speedup:.2f}x faster (p50 {p50:.1f} ms vs {base:.1f} ms), mean cosine {cosine:.5f}{why}",

@@ -47,6 +47,10 @@ def _messages(question: str) -> list[dict]:
 class LlavaBench:
     parts = ("vision", "prefill", "decode")
     demo_runs = 5
+    # --recipe auto: the figures a candidate is held to (see quantize/auto.py), and their defaults
+    cosine_keys = ()
+    agreement_keys = ("next_token_top1_agreement",)
+    auto_floor = {"min_cosine": None, "max_drop": 0.05}
     demo_recipes = ("llava-int4", "llava-int8", "llava-int4-rtn")  # what mixing bits buys, against 8 and 4 bits
     # `demo --variants` (make report): the plain TorchScript llm graph against the builder's
     export_variants = {"plain-llm": {"llm_graph": "plain"}}

@@ -14,6 +14,9 @@ from edgevfm.runtime.image import list_images, load_image
 from . import BENCH
 
 GOAL_DECODER_MS, GOAL_ENCODER_SPEEDUP, GOAL_MASK_IOU = 10.0, 2.0, 0.95
+# the OpenVINO rows' goals (issue 9): encoder 3x ONNX Runtime FP32 on a CPU with AVX-512 VNNI/BF16,
+# and a whole run within 3.5 GB (an 8 GB Jetson or laptop) on any CPU
+OV_GOAL_ENCODER_SPEEDUP, GOAL_PEAK_RSS_MB = 3.0, 3500
 PHOTOS = 3  # astronaut, chelsea, coffee: the encoder takes seconds per image at ViT-B size
 
 
@@ -43,6 +46,11 @@ def ground_truth(data: str | None) -> list[tuple[Path, Path]]:
 @BENCH.register("sam")
 class SamBench:
     demo_runs = 20
+    # --recipe auto: the figures a candidate is held to (see quantize/auto.py), and their defaults
+    cosine_keys = ()
+    agreement_keys = ("mask_iou_mean",)  # its drop: 1 - mean mask IoU
+    auto_floor = {"min_cosine": None, "max_drop": 0.05}
+    auto_in_report = True  # make report adds the --recipe auto bundle
     max_runs = {"image_encoder": 5}  # seconds per call at ViT-B size: 5 runs after 1 warm-up
 
     @staticmethod
@@ -134,7 +142,8 @@ class SamBench:
 
     def goals(self, rows: list[dict], peaks: dict) -> list[dict]:
         torch_row = next(r for r in rows if r["kind"] == "pytorch")
-        fp32 = next((r for r in rows if r["kind"] == "bundle" and r["precision"] == "fp32"), None)
+        fp32 = next((r for r in rows if r["kind"] == "bundle" and r["recipe"] is None
+                     and r["backend"] == "onnxruntime"), None)
         decoder_gop = torch_row["gop"]["decoder, 1 point"]
         floor_ms = decoder_gop / peaks["fp32_gflops"] * 1e3
         verdicts = []
@@ -148,20 +157,27 @@ class SamBench:
                 f"and the part ran at {decoder_gop / p50 * 1e3:.0f} GOP/s")
             verdicts.append({"goal": f"{row['name']}: decoder p50 under {GOAL_DECODER_MS:g} ms per single-point prompt",
                              "met": bool(p50 < GOAL_DECODER_MS), "measured": f"{p50:.2f} ms{why}"})
-            if fp32 is not None and "int8" in row["precision"]:
+            openvino = "openvino" in row["backend"]
+            if openvino or row["recipe"] in ("sam-int8", "auto"):
+                verdicts.append({"goal": f"{row['name']}: peak RSS within {GOAL_PEAK_RSS_MB / 1e3:g} GB (VmHWM of the "
+                                         "row's process: load, every prompt, automatic masks)",
+                                 "met": bool(row["peak_rss_mb"] <= GOAL_PEAK_RSS_MB),
+                                 "measured": f"{row['peak_rss_mb']:.0f} MB"})
+            if fp32 is not None and ("int8" in row["precision"] or openvino):
+                goal = OV_GOAL_ENCODER_SPEEDUP if openvino or row["recipe"] == "auto" else GOAL_ENCODER_SPEEDUP
                 speedup = fp32["latency_ms"]["image_encoder"]["p50"] / row["latency_ms"]["image_encoder"]["p50"]
                 iou = row["accuracy"]["mask_iou_mean"]
                 reasons = []
-                if speedup < GOAL_ENCODER_SPEEDUP:
+                if speedup < goal and not openvino:
                     reasons.append("INT8 covers the encoder's Linear/Conv layers; the 4096 x 4096 attention maps of its "
                                    "global-attention layers (matmuls, softmax) stay FP32 (quantize/calibrate.py)")
                 if iou < GOAL_MASK_IOU and row["parts"]["prompt_decoder"] != "fp32":
                     reasons.append("the decoder is INT8 too: random weights leave most mask logits near 0, where "
                                    "quantization noise flips pixels")
                 verdicts.append({
-                    "goal": f"{row['name']}: encoder at least {GOAL_ENCODER_SPEEDUP:g}x faster than FP32 ONNX, "
+                    "goal": f"{row['name']}: encoder at least {goal:g}x faster than FP32 ONNX, "
                             f"mean mask IoU >= {GOAL_MASK_IOU} against FP32",
-                    "met": bool(speedup >= GOAL_ENCODER_SPEEDUP and iou >= GOAL_MASK_IOU),
+                    "met": bool(speedup >= goal and iou >= GOAL_MASK_IOU),
                     "measured": f"{speedup:.2f}x, mean mask IoU {iou:.4f}" + "".join(f"; {r}" for r in reasons)})
         return verdicts
 

@@ -1,0 +1,186 @@
+"""``--recipe auto``: measure the family's recipes of every backend on this machine and keep the
+fastest whose accuracy against the FP32 bundle stays within the floors.
+
+Each candidate (the FP32 bundle itself, and every recipe of the family whose backend is installed)
+is written to a temporary folder, loaded, and measured on the family benchmark's own workload
+(:mod:`edgevfm.benchmarks.families`): its outputs against the FP32 bundle's (the family's
+``cosine_keys``, the lowest of them, and ``agreement_keys``, whose lowest gives the drop
+``1 - agreement``), and its latency, the sum over the family's parts of the median per call at
+batch 1, timed in interleaved rounds (A B C, A B C, ...) so that a busy moment of a shared machine
+hurts every candidate alike. The FP32 bundle always passes, so there is always a winner. The
+written bundle's manifest records every candidate's figures and why the winner won.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edgevfm.export.progress import progress
+from edgevfm.runtime import load
+from edgevfm.runtime.bundle import open_bundle, write_manifest
+from edgevfm.runtime.errors import EdgeVfmError, MissingExtraError, UsageError
+from edgevfm.runtime.output import check_out_dir, staged_bundle
+
+from .recipes import KEEP, RECIPES, recipes_for
+
+BACKEND_MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
+
+
+def floors_for(bench, family: str, min_cosine: float | None, max_drop: float | None) -> dict[str, float | None]:
+    """The floors: the user's, else the family's defaults (``bench.auto_floor``)."""
+    floors = dict(bench.auto_floor)
+    if min_cosine is not None:
+        if not bench.cosine_keys:
+            raise UsageError(f"--min-cosine: a {family} bundle has no embedding to compare by cosine; its "
+                             f"floor is --max-drop (1 - {' / '.join(bench.agreement_keys)})")
+        if not 0 < min_cosine <= 1:
+            raise UsageError(f"--min-cosine must be in (0, 1], found {min_cosine!r}")
+        floors["min_cosine"] = min_cosine
+    if max_drop is not None:
+        if not 0 <= max_drop < 1:
+            raise UsageError(f"--max-drop must be in [0, 1), found {max_drop!r} (0.02: at most 2 points of agreement)")
+        floors["max_drop"] = max_drop
+    return floors
+
+
+def quality(bench, accuracy: dict) -> dict[str, float | None]:
+    """The candidate's lowest cosine (None without embeddings) and its agreement drop."""
+    cosines = [accuracy[k] for k in bench.cosine_keys if accuracy.get(k) is not None]
+    agreements = [accuracy[k] for k in bench.agreement_keys if accuracy.get(k) is not None]
+    return {"cosine": min(cosines) if cosines else None, "drop": 1 - min(agreements) if agreements else 0.0}
+
+
+def passes(found: dict, floors: dict) -> bool:
+    cosine_ok = floors.get("min_cosine") is None or found["cosine"] is None or found["cosine"] >= floors["min_cosine"]
+    return cosine_ok and found["drop"] <= floors["max_drop"] + 1e-12
+
+
+def _installed(backend: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(BACKEND_MODULES.get(backend, backend)) is not None
+
+
+def quantize_auto(bundle: str | Path, out: str | Path, candidates: list[str] | None = None,
+                  min_cosine: float | None = None, max_drop: float | None = None, calib=None,
+                  samples: int | None = None, force: bool = False, block_size: int = 32, threads: int = 2,
+                  runs: int = 5, rounds: int = 3, show_progress: bool = True) -> Path:
+    """Write to ``out`` the candidate that measured fastest within the floors (see the module)."""
+    from edgevfm.benchmarks.families import BENCH
+    from edgevfm.benchmarks.machine import machine_info
+
+    from .api import quantize
+
+    out = Path(out)
+    check_out_dir(out, force, inputs=[bundle])
+    source = open_bundle(bundle)
+    bench = BENCH.get(source.family)(None)
+    floors = floors_for(bench, source.family, min_cosine, max_drop)
+    if hasattr(bench, "check_bundles"):
+        bench.check_bundles([source])
+    names = candidates or [KEEP] + [r for r in recipes_for(source.family)]
+    unknown = [n for n in names if n != KEEP and n not in recipes_for(source.family)]
+    if unknown:
+        raise UsageError(f"unknown candidate recipes {unknown}: pick among {', '.join([KEEP] + recipes_for(source.family))}")
+    records: dict[str, dict] = {}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.auto-", dir=out.parent) as scratch:
+        written = {KEEP: source.path}
+        for name in progress([n for n in names if n != KEEP], desc="auto: write candidates", enabled=show_progress):
+            recipe = RECIPES.get(name)
+            if not _installed(recipe.backend):
+                records[name] = {"recipe": name, "backend": recipe.backend, "skipped": f"{recipe.backend} is not installed"}
+                continue
+            try:
+                written[name] = quantize(source.path, name, Path(scratch) / name, calib=calib, samples=samples,
+                                         block_size=block_size, show_progress=False)
+            except (MissingExtraError, EdgeVfmError) as exc:  # e.g. a builder graph on OpenVINO: not a candidate
+                records[name] = {"recipe": name, "backend": recipe.backend, "skipped": str(exc).splitlines()[0]}
+        measured = _measure(bench, written, threads, runs, rounds, show_progress)
+        for name, figures in measured.items():
+            found = quality(bench, figures["accuracy"])
+            backend = "onnxruntime" if name == KEEP else RECIPES.get(name).backend
+            records[name] = dict(recipe=name, backend=backend, **found, passed=passes(found, floors), **figures)
+        winner = min((r for r in records.values() if r.get("passed")), key=lambda r: r["latency_ms"])
+        record = _record(records, winner, floors, threads, runs, rounds, machine_info(threads))
+        with staged_bundle(out, force=force, inputs=[bundle]) as stage:
+            chosen = open_bundle(written[winner["recipe"]], verify_hashes=False)
+            manifest = {k: v for k, v in chosen.manifest.items() if k not in ("files", "format_version")}
+            for relative in chosen.manifest["files"]:
+                (stage / relative).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(chosen.file(relative), stage / relative)
+            settings = dict(manifest.get("recipe") or {"name": KEEP, "parts": {}})
+            manifest["recipe"] = {"name": "auto", "chosen": settings.pop("name"), **settings, "auto": record}
+            write_manifest(stage, manifest)
+    return out
+
+
+def _measure(bench, written: dict[str, Path], threads: int, runs: int, rounds: int, show_progress: bool) -> dict:
+    """{candidate: accuracy against the FP32 bundle, latency (sum of per-part medians), per-part
+    medians and the spread between rounds}."""
+    runners = {name: bench.bundle_runner(load(path, threads=threads)) for name, path in written.items()}
+    outputs = {name: bench.outputs(runner) for name, runner in runners.items()}
+    calls = {name: bench.calls(runner, 1)[0] for name, runner in runners.items()}
+    for part_calls in calls.values():  # warm-up: first calls compile and allocate
+        for call in part_calls.values():
+            call()
+    times: dict[str, dict[str, list[float]]] = {name: {part: [] for part in c} for name, c in calls.items()}
+    per_round: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in progress(range(rounds), desc="auto: measure (interleaved rounds)", enabled=show_progress):
+        for name, part_calls in calls.items():
+            round_total = 0.0
+            for part, call in part_calls.items():
+                found = []
+                for _ in range(runs):
+                    start = time.perf_counter()
+                    call()
+                    found.append((time.perf_counter() - start) * 1e3)
+                times[name][part] += found
+                round_total += float(np.median(found))
+            per_round[name].append(round_total)
+    reference = outputs[KEEP]
+    result = {}
+    for name in calls:
+        parts = {part: float(np.median(t)) for part, t in times[name].items()}
+        total = sum(parts.values())
+        result[name] = {"accuracy": bench.accuracy(reference, outputs[name]), "latency_ms": total,
+                        "parts_ms": parts,
+                        "spread": float((max(per_round[name]) - min(per_round[name])) / total) if total else 0.0}
+    return result
+
+
+def _record(records: dict, winner: dict, floors: dict, threads: int, runs: int, rounds: int, machine: dict) -> dict:
+    """What the manifest keeps: every candidate's figures, the floors, the machine and the reason."""
+    ranked = sorted((r for r in records.values() if "latency_ms" in r), key=lambda r: r["latency_ms"])
+    faster = [r for r in ranked if r["latency_ms"] < winner["latency_ms"]]
+    why = (f"fastest of {sum(r['passed'] for r in ranked)} candidates within the floors "
+           f"({floor_text(floors)}): {winner['latency_ms']:.2f} ms")
+    if faster:
+        why += "; faster but outside the floors: " + ", ".join(
+            f"{r['recipe']} {r['latency_ms']:.2f} ms ({quality_text(r)})" for r in faster)
+    return {"chosen": winner["recipe"], "why": why, "floors": floors,
+            "measured": {"threads": threads, "runs_per_round": runs, "rounds": rounds, "latency":
+                         "sum over the family's parts of the median ms per call at batch 1",
+                         "cpu": machine["cpu"], "instruction_sets": machine["instruction_sets"]},
+            "candidates": [{k: v for k, v in r.items() if k != "accuracy"} | ({"accuracy": r["accuracy"]}
+                                                                              if "accuracy" in r else {})
+                           for r in ranked + [r for r in records.values() if "skipped" in r]]}
+
+
+def floor_text(floors: dict) -> str:
+    words = [f"drop <= {floors['max_drop']:.3f}"]
+    if floors.get("min_cosine") is not None:
+        words.insert(0, f"cosine >= {floors['min_cosine']:.4f}")
+    return ", ".join(words)
+
+
+def quality_text(r: dict) -> str:
+    words = [f"drop {r['drop']:.3f}"]
+    if r.get("cosine") is not None:
+        words.insert(0, f"cosine {r['cosine']:.4f}")
+    return ", ".join(words)
