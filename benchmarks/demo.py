@@ -7,6 +7,7 @@ from pathlib import Path
 
 from edgevfm.export.api import export
 from edgevfm.quantize.api import quantize
+from edgevfm.quantize.auto import quantize_auto
 from edgevfm.quantize.recipes import recipes_for
 from edgevfm.runtime import open_bundle
 
@@ -39,9 +40,11 @@ def run_demo(out: str | Path = "demo-out", models=DEFAULT_MODELS, report_dir: st
         bundles = [export(model, folder / "fp32", force=True)]
         family = open_bundle(bundles[0], verify_hashes=False).family
         family_bench = BENCH.get(family)
+        made = {}
         for recipe in getattr(family_bench, "demo_recipes", None) or recipes_for(family):
             print(f"[2/4] quantize --recipe {recipe} -> {folder / recipe}")
-            bundles.append(quantize(bundles[0], recipe, folder / recipe, force=True))
+            made[recipe] = quantize(bundles[0], recipe, folder / recipe, force=True)
+        bundles += list(made.values())
         for label, options in (getattr(family_bench, "export_variants", {}) if variants else {}).items():
             print(f"[1/4] export ({label}) -> {folder / ('fp32-' + label)}")
             variant = export(model, folder / f"fp32-{label}", force=True, **options)
@@ -50,8 +53,8 @@ def run_demo(out: str | Path = "demo-out", models=DEFAULT_MODELS, report_dir: st
                 print(f"[2/4] quantize ({label}) --recipe {recipe} -> {folder / (recipe + '-' + label)}")
                 bundles.append(quantize(variant, recipe, folder / f"{recipe}-{label}", force=True))
         if variants and getattr(family_bench, "auto_in_report", False):
-            print(f"[2/4] quantize --recipe auto -> {folder / 'auto'} (measures every recipe here)")
-            bundles.append(quantize(bundles[0], "auto", folder / "auto", force=True, threads=threads))
+            print(f"[2/4] quantize --recipe auto -> {folder / 'auto'} (measures the bundles above here)")
+            bundles.append(quantize_auto(bundles[0], folder / "auto", force=True, threads=threads, prebuilt=made))
         print("[3/4] run")
         family_bench.demo(bundles, reports, threads)
         n = runs or family_bench.demo_runs

@@ -2,7 +2,7 @@
 fastest whose accuracy against the FP32 bundle stays within the floors.
 
 Each candidate (the FP32 bundle itself, and every recipe of the family whose backend is installed)
-is written to a temporary folder, loaded, and measured on the family benchmark's own workload
+is written to a temporary folder (or taken ready-made, ``prebuilt``), loaded, and measured on the family benchmark's own workload
 (:mod:`edgevfm.benchmarks.families`): its outputs against the FP32 bundle's (the family's
 ``cosine_keys``, the lowest of them, and ``agreement_keys``, whose lowest gives the drop
 ``1 - agreement``), and its latency, the sum over the family's parts of the median per call at
@@ -69,8 +69,11 @@ def _installed(backend: str) -> bool:
 def quantize_auto(bundle: str | Path, out: str | Path, candidates: list[str] | None = None,
                   min_cosine: float | None = None, max_drop: float | None = None, calib=None,
                   samples: int | None = None, force: bool = False, block_size: int = 32, threads: int = 2,
-                  runs: int = 5, rounds: int = 3, show_progress: bool = True) -> Path:
-    """Write to ``out`` the candidate that measured fastest within the floors (see the module)."""
+                  runs: int = 3, rounds: int = 3, show_progress: bool = True,
+                  prebuilt: dict[str, Path] | None = None) -> Path:
+    """Write to ``out`` the candidate that measured fastest within the floors (see the module).
+    ``prebuilt``: {recipe: a bundle that recipe already made from ``bundle``}, measured instead of
+    being written again (the demo has them all)."""
     from edgevfm.benchmarks.families import BENCH
     from edgevfm.benchmarks.machine import machine_info
 
@@ -93,6 +96,9 @@ def quantize_auto(bundle: str | Path, out: str | Path, candidates: list[str] | N
         written = {KEEP: source.path}
         for name in progress([n for n in names if n != KEEP], desc="auto: write candidates", enabled=show_progress):
             recipe = RECIPES.get(name)
+            if name in (prebuilt or {}):
+                written[name] = _checked_prebuilt(prebuilt[name], name, source)
+                continue
             if not _installed(recipe.backend):
                 records[name] = {"recipe": name, "backend": recipe.backend, "skipped": f"{recipe.backend} is not installed"}
                 continue
@@ -120,35 +126,44 @@ def quantize_auto(bundle: str | Path, out: str | Path, candidates: list[str] | N
     return out
 
 
+def _checked_prebuilt(path: Path, recipe: str, source) -> Path:
+    made = open_bundle(path)
+    found = (made.manifest.get("recipe") or {}).get("name")
+    if found != recipe or made.manifest["source"] != source.manifest["source"]:
+        raise UsageError(f"prebuilt candidate {str(path)!r} is not {recipe!r} of {source.path}: it was made by "
+                         f"{found!r} from {made.manifest['source'].get('id')!r}")
+    return made.path
+
+
 def _measure(bench, written: dict[str, Path], threads: int, runs: int, rounds: int, show_progress: bool) -> dict:
     """{candidate: accuracy against the FP32 bundle, latency (sum of per-part medians), per-part
-    medians and the spread between rounds}."""
-    runners = {name: bench.bundle_runner(load(path, threads=threads)) for name, path in written.items()}
-    outputs = {name: bench.outputs(runner) for name, runner in runners.items()}
-    calls = {name: bench.calls(runner, 1)[0] for name, runner in runners.items()}
-    for part_calls in calls.values():  # warm-up: first calls compile and allocate
-        for call in part_calls.values():
-            call()
-    times: dict[str, dict[str, list[float]]] = {name: {part: [] for part in c} for name, c in calls.items()}
-    per_round: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in progress(range(rounds), desc="auto: measure (interleaved rounds)", enabled=show_progress):
-        for name, part_calls in calls.items():
-            round_total = 0.0
-            for part, call in part_calls.items():
-                found = []
-                for _ in range(runs):
-                    start = time.perf_counter()
-                    call()
-                    found.append((time.perf_counter() - start) * 1e3)
-                times[name][part] += found
-                round_total += float(np.median(found))
-            per_round[name].append(round_total)
-    reference = outputs[KEEP]
+    medians and the spread between rounds}. One candidate is loaded at a time (SAM ViT-B's
+    candidates together would not fit in memory); each load is warmed up before it is timed."""
+    outputs: dict[str, dict] = {}
+    times: dict[str, dict[str, list[float]]] = {name: {} for name in written}
+    per_round: dict[str, list[float]] = {name: [] for name in written}
+    steps = [(r, name) for r in range(rounds) for name in written]  # A B C, A B C, ...
+    for r, name in progress(steps, desc=f"auto: measure ({rounds} interleaved rounds)", enabled=show_progress):
+        runner = bench.bundle_runner(load(written[name], threads=threads))
+        if r == 0:
+            outputs[name] = bench.outputs(runner)
+        round_total = 0.0
+        for part, call in bench.calls(runner, 1)[0].items():
+            call()  # warm-up: first calls compile and allocate
+            found = []
+            for _ in range(runs):
+                start = time.perf_counter()
+                call()
+                found.append((time.perf_counter() - start) * 1e3)
+            times[name].setdefault(part, []).extend(found)
+            round_total += float(np.median(found))
+        per_round[name].append(round_total)
+        del runner
     result = {}
-    for name in calls:
+    for name in written:
         parts = {part: float(np.median(t)) for part, t in times[name].items()}
         total = sum(parts.values())
-        result[name] = {"accuracy": bench.accuracy(reference, outputs[name]), "latency_ms": total,
+        result[name] = {"accuracy": bench.accuracy(outputs[KEEP], outputs[name]), "latency_ms": total,
                         "parts_ms": parts,
                         "spread": float((max(per_round[name]) - min(per_round[name])) / total) if total else 0.0}
     return result
