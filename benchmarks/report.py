@@ -23,7 +23,8 @@ def latency_table(results: dict) -> tuple[list[str], list[list[str]]]:
     torch_row = next(r for r in results["rows"] if r["kind"] == "pytorch")
     base, gop = torch_row["latency_ms"][first]["p50"], torch_row["gop"][first]
     header = ["row", "precision", "size MB", "load s", "first call ms"]
-    header += [f"{p} p50 / p90 / p99 ms (spread)" for p in parts]
+    spread = " (spread)" if results["settings"].get("rounds", 1) > 1 else ""
+    header += [f"{p} p50 / p90 / p99 ms{spread}" for p in parts]
     header += [f"{first} speed-up vs PyTorch", f"{first} GOP/s", "throughput", "peak RSS MB"]
     body = []
     for r in results["rows"]:

@@ -143,6 +143,8 @@ def _measure(bench, written: dict[str, Path], threads: int, runs: int, rounds: i
     times: dict[str, dict[str, list[float]]] = {name: {} for name in written}
     per_round: dict[str, list[float]] = {name: [] for name in written}
     steps = [(r, name) for r in range(rounds) for name in written]  # A B C, A B C, ...
+    # parts that take seconds per call (SAM ViT-B's encoder): the benchmark's cap, over all rounds
+    caps = {part: max(1, -(-cap // rounds)) for part, cap in getattr(bench, "max_runs", {}).items()}
     for r, name in progress(steps, desc=f"auto: measure ({rounds} interleaved rounds)", enabled=show_progress):
         runner = bench.bundle_runner(load(written[name], threads=threads))
         if r == 0:
@@ -151,7 +153,7 @@ def _measure(bench, written: dict[str, Path], threads: int, runs: int, rounds: i
         for part, call in bench.calls(runner, 1)[0].items():
             call()  # warm-up: first calls compile and allocate
             found = []
-            for _ in range(runs):
+            for _ in range(min(runs, caps.get(part, runs))):
                 start = time.perf_counter()
                 call()
                 found.append((time.perf_counter() - start) * 1e3)

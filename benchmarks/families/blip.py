@@ -42,6 +42,9 @@ GOAL_SPEEDUP, GOAL_AGREEMENT = 2.0, 0.90
 @BENCH.register("blip")
 class BlipBench:
     demo_runs = 5
+    # the generic recipes and OpenVINO's INT8 and INT4 (ov-fp32/ov-bf16/ov-int8-plain would add a
+    # minute each to make demo, and say little about captions that ov-int8 does not)
+    demo_recipes = ("int8-dynamic", "int8-static", "int4", "fp16", "ov-int8", "ov-int4")
     # --recipe auto: the figures a candidate is held to (see quantize/auto.py), and their defaults
     cosine_keys = ()
     agreement_keys = ("next_token_top1_agreement", "text_to_image_top1_agreement", "image_to_text_top1_agreement")
