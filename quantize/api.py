@@ -86,7 +86,8 @@ def quantize(bundle: str | Path, recipe: str, out: str | Path, calib: str | Path
             except MissingExtraError:  # an extra to install, not a failure of the recipe
                 raise
             except Exception as exc:  # an ORT failure: say which part and recipe
-                raise QuantizeError(f"recipe {step.name!r} failed on part {name!r}: {exc}") from exc
+                raise QuantizeError(f"recipe {step.name!r} failed on part {name!r}: {exc}"
+                                    f"{_disk_hint(stage, source.file(parts[name]['file']))}") from exc
             parts[name].update(file=written, precision=step.precision, backend=step.backend)
             data = stage / (written + ".data")  # where save_onnx puts weights over 2 GB
             if step.backend == "openvino":
@@ -97,6 +98,17 @@ def quantize(bundle: str | Path, recipe: str, out: str | Path, calib: str | Path
         write_manifest(stage, manifest)
         _smoke_run(stage, chosen.name)
     return out
+
+
+def _disk_hint(stage: Path, part: Path) -> str:
+    """Converters report a full disk in their own words (OpenVINO: "basic_ios::clear: iostream
+    error"): say so when the disk holding the new bundle has less than twice the part's size free."""
+    free = shutil.disk_usage(stage).free
+    need = 2 * sum(f.stat().st_size for f in part.parent.glob(part.name + "*"))
+    if free >= max(need, 1 << 30):
+        return ""
+    return (f" (the disk holding {stage.parent} has {free / 1e6:.0f} MB free, and the part takes about "
+            f"{need / 2e6:.0f} MB: free some space, or write the bundle elsewhere)")
 
 
 def _calibration_feeds(source, calib, samples: int) -> dict[str, list[dict]]:

@@ -63,7 +63,7 @@ def passes(found: dict, floors: dict) -> bool:
 def _installed(backend: str) -> bool:
     import importlib.util
 
-    return importlib.util.find_spec(BACKEND_MODULES.get(backend, backend)) is not None
+    return all(importlib.util.find_spec(BACKEND_MODULES.get(b, b)) is not None for b in backend.split("/"))
 
 
 def quantize_auto(bundle: str | Path, out: str | Path, candidates: list[str] | None = None,

@@ -42,7 +42,7 @@ class Recipe:
     needs_calibration: bool = False
     plan: dict[str, str] | None = None
     families: tuple[str, ...] | None = None
-    backend: str = "onnxruntime"  # the backend of the part it writes; "openvino": an IR (.xml + .bin)
+    backend: str = "onnxruntime"  # of the parts it writes ("openvino": an IR, .xml + .bin); a plan's: "a/b"
 
     def steps(self, parts: list[str]) -> dict[str, "Recipe | None"]:
         """{part: the recipe that compresses it, or None to keep it FP32}."""
@@ -297,8 +297,9 @@ def register_family_recipe(name: str, family: str, description: str, plan: dict[
     """A family's own recipe: one existing recipe (or "fp32") per part."""
     steps = [RECIPES.get(r) for r in plan.values() if r != KEEP]
     precision = "/".join(sorted({s.precision for s in steps} | ({"fp32"} if KEEP in plan.values() else set())))
+    backends = sorted({s.backend for s in steps} | ({"onnxruntime"} if KEEP in plan.values() else set()))
     return _register(Recipe(name, precision, description, plan=plan, families=(family,),
-                            needs_calibration=any(s.needs_calibration for s in steps)))
+                            needs_calibration=any(s.needs_calibration for s in steps), backend="/".join(backends)))
 
 
 def recipes_for(family: str) -> list[str]:

@@ -97,8 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle", type=Path, metavar="BUNDLE")
     p.add_argument("--recipe", required=True,
                    help="int8-dynamic, int8-static, int4, fp16, ov-fp32, ov-bf16, ov-int8, ov-int4, a family recipe "
-                        "(sam-int8, llava-int4, llava-int8, blip2-int8, blip2-int4) or auto: measure them all here and "
-                        "keep the fastest within --min-cosine / --max-drop")
+                        "(sam-int8, sam-ov-int8, sam-ov-bf16, llava-int4, llava-int8, blip2-int8, blip2-int4) or auto: "
+                        "measure them all here and keep the fastest within --min-cosine / --max-drop")
     p.add_argument("--min-cosine", type=float, help="auto: the lowest embedding cosine to FP32 allowed (CLIP; "
                                                     "default 0.999)")
     p.add_argument("--max-drop", type=float, help="auto: the largest drop in agreement with FP32 allowed (zero-shot "

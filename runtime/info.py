@@ -16,7 +16,7 @@ def bundle_info(path: str | Path) -> dict:
         "family": bundle.family,
         "format_version": m["format_version"],
         "source": m["source"],
-        "recipe": (m.get("recipe") or {}).get("name", "fp32 (export)"),
+        "recipe": _recipe(m.get("recipe") or {}),
         "parts": {name: {"file": p.path.name, "precision": p.precision, "backend": p.backend,
                          "bytes": p.path.stat().st_size,
                          "inputs": {i["name"]: i["shape"] for i in p.inputs},
@@ -38,3 +38,11 @@ def format_info(info: dict) -> str:
         lines.append(f"  part {name}: {part['precision']} on {part['backend']}, {part['bytes'] / 1e6:.1f} MB, "
                      f"{part['file']}  ({ins}) -> ({outs})")
     return "\n".join(lines)
+
+
+def _recipe(recipe: dict) -> str:
+    """The recipe's name; for ``auto``, what it chose and why."""
+    if recipe.get("name") != "auto":
+        return recipe.get("name", "fp32 (export)")
+    auto = recipe.get("auto") or {}
+    return f"auto, chose {recipe.get('chosen')}: {auto.get('why', '')}"

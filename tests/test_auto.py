@@ -54,6 +54,9 @@ def test_the_written_bundle_is_the_winner(chosen, clip_bundle, photos):
     assert {p["backend"] for p in manifest["parts"].values()} == {backend}
     ref, got = load(clip_bundle).embed_images(photos[:3]), load(chosen).embed_images(photos[:3])
     assert np.mean(np.sum(ref * got, axis=1)) >= 0.99
+    from edgevfm.runtime.info import bundle_info
+
+    assert bundle_info(chosen)["recipe"].startswith(f"auto, chose {manifest['recipe']['chosen']}: fastest of ")
 
 
 def test_a_strict_floor_keeps_fp32(clip_bundle, tmp_path):

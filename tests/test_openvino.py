@@ -133,3 +133,21 @@ def test_threads_share_an_openvino_pipeline(ov_clip, photos):
         found = list(pool.map(lambda photo: pipeline.embed_images([photo]), photos[:4] * 3))
     for i, got in enumerate(found):
         np.testing.assert_array_equal(got, expected[i % 4])
+
+
+def test_a_full_disk_is_named(clip_bundle, tmp_path, monkeypatch):
+    """OpenVINO reports a full disk as "basic_ios::clear: iostream error": quantize says what it means."""
+    import collections
+
+    from edgevfm.quantize import api, openvino
+    from edgevfm.runtime.errors import QuantizeError
+
+    def full(model, dst):
+        raise RuntimeError("basic_ios::clear: iostream error")
+
+    monkeypatch.setattr(openvino, "_save", full)
+    monkeypatch.setattr(api.shutil, "disk_usage", lambda path: collections.namedtuple("u", "total used free")(0, 0, 5e6))
+    with pytest.raises(QuantizeError, match=r"iostream error \(the disk holding .* has 5 MB free, and the part takes "
+                                            r"about \d+ MB: free some space, or write the bundle elsewhere\)"):
+        api.quantize(clip_bundle, "ov-fp32", tmp_path / "x", show_progress=False)
+    assert not (tmp_path / "x").exists() and not list(tmp_path.glob(".*"))

@@ -94,3 +94,21 @@ def test_a_builder_graph_is_refused_with_the_fix(llava_bundle, tmp_path):
     with pytest.raises(QuantizeError, match=r"GroupQueryAttention.*--llm-graph plain"):
         quantize(llava_bundle, "ov-fp32", tmp_path / "x", show_progress=False)
     assert not (tmp_path / "x").exists()
+
+
+def test_generation_on_openvino_needs_no_torch(ov_bundles, photos):
+    """The engine over OpenVINO decoders, with torch unimportable, says what the FP32 bundle says."""
+    import subprocess
+    import sys
+
+    bundle = ov_bundles["blip2_bundle"]["ov-int4"]
+    code = f"""
+import sys, skimage.data
+sys.modules["torch"] = None
+from edgevfm.runtime import load
+print(load({str(bundle)!r}, threads=1).caption_tokens([skimage.data.astronaut()], max_new_tokens=5, min_new_tokens=5))
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    expected = load(bundle, threads=1).caption_tokens([photos[0]], max_new_tokens=5, min_new_tokens=5)
+    assert run.stdout.strip() == str(expected)

@@ -164,10 +164,25 @@ def test_sam_int8_recipe_keeps_the_decoder(sam_bundle, sam_recipe_bundles, predi
     assert manifest["calibration"]["samples"] == {"image_encoder": 4}
 
 
+def test_sam_ov_int8_mixes_backends_in_one_bundle(sam_bundle, sam_recipe_bundles):
+    """OpenVINO's INT8 encoder beside ONNX Runtime's FP32 decoder, both hashed, one runtime API."""
+    import json
+
+    bundle = sam_recipe_bundles["sam-ov-int8"]
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    fp32 = json.loads((sam_bundle / "manifest.json").read_text())
+    encoder, decoder = manifest["parts"]["image_encoder"], manifest["parts"]["prompt_decoder"]
+    assert (encoder["backend"], encoder["precision"], encoder["file"]) == ("openvino", "int8", "image_encoder.xml")
+    assert (decoder["backend"], decoder["precision"]) == ("onnxruntime", "fp32")
+    assert manifest["files"]["prompt_decoder.onnx"] == fp32["files"]["prompt_decoder.onnx"]
+    assert {p.backend for p in load(bundle).bundle.parts.values()} == {"openvino", "onnxruntime"}
+
+
 # measured: sam-int8 0.965, fp16 0.995, ov-fp32 1.000, ov-bf16 0.978, ov-int8 0.902 (NNCF quantizes the
 # decoder too, whose near-0 random logits flip easily; sam-int8 keeps it FP32), ov-int4 0.925
 @pytest.mark.parametrize("recipe,min_iou", [("sam-int8", 0.8), ("fp16", 0.95), ("ov-fp32", 0.99),
-                                            ("ov-bf16", 0.93), ("ov-int8", 0.85), ("ov-int4", 0.85)])
+                                            ("ov-bf16", 0.93), ("ov-int8", 0.85), ("ov-int4", 0.85),
+                                            ("sam-ov-int8", 0.85)])
 def test_quantized_sam_masks_stay_close(sam_recipe_bundles, predictor, photos, recipe, min_iou):
     """Tiny random SAM: logits near 0 flip easily, so these are looser than the real-size report's."""
     other = load(sam_recipe_bundles[recipe])

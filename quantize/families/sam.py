@@ -3,7 +3,8 @@
 Calibration: real photos through the bundle's own preprocessing for ``image_encoder``; for
 ``prompt_decoder``, those photos' FP32 embeddings with a handful of random point and box prompts.
 Recipe ``sam-int8``: static INT8 encoder (the heavy part, once per image) and FP32 decoder
-(the benchmark in benchmarks/reports/sam-vit-b shows why).
+(the benchmark in benchmarks/reports/sam-vit-b shows why); ``sam-ov-int8`` and ``sam-ov-bf16`` the
+same with OpenVINO's encoder.
 """
 
 from __future__ import annotations
@@ -17,6 +18,15 @@ PROMPTS_PER_IMAGE = 4
 
 register_family_recipe("sam-int8", "sam", "SAM: INT8 static image encoder, FP32 prompt decoder",
                        {"image_encoder": "int8-static", "prompt_decoder": "fp32"})
+# The OpenVINO encoder with the FP32 decoder (one bundle, two backends). Measured by `--recipe auto`
+# on random:sam-vit-b (make report; 2 threads, AVX-512 VNNI/BF16), whole-bundle OpenVINO recipes:
+# ov-int8's encoder 2666 ms (ORT FP32 6172, sam-int8 3455) but mask IoU 0.87, ov-bf16's 3081 ms at
+# IoU 0.57: their decoders, INT8 or BF16, flip random weights' near-0 mask logits, as sam-int8's
+# measurements showed for ONNX Runtime. Keeping the decoder FP32 is what these recipes add.
+register_family_recipe("sam-ov-int8", "sam", "SAM: OpenVINO NNCF INT8 image encoder, FP32 prompt decoder (ONNX Runtime)",
+                       {"image_encoder": "ov-int8", "prompt_decoder": "fp32"})
+register_family_recipe("sam-ov-bf16", "sam", "SAM: OpenVINO BF16 image encoder, FP32 prompt decoder (ONNX Runtime)",
+                       {"image_encoder": "ov-bf16", "prompt_decoder": "fp32"})
 
 
 @CALIBRATION.register("sam")
