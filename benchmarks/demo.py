@@ -41,7 +41,12 @@ def run_demo(out: str | Path = "demo-out", models=DEFAULT_MODELS, report_dir: st
         family = open_bundle(bundles[0], verify_hashes=False).family
         family_bench = BENCH.get(family)
         made = {}
-        for recipe in getattr(family_bench, "demo_recipes", None) or recipes_for(family):
+        # make demo (a newcomer's first minutes) takes the family's quick_recipes where it names
+        # some; make report (variants) takes every recipe the family measures (demo_recipes or all)
+        recipes = getattr(family_bench, "demo_recipes", None) or recipes_for(family)
+        if not variants:
+            recipes = getattr(family_bench, "quick_recipes", None) or recipes
+        for recipe in recipes:
             print(f"[2/4] quantize --recipe {recipe} -> {folder / recipe}")
             made[recipe] = quantize(bundles[0], recipe, folder / recipe, force=True)
         bundles += list(made.values())

@@ -45,6 +45,7 @@ class BlipBench:
     # the generic recipes and OpenVINO's INT8 and INT4 (ov-fp32/ov-bf16/ov-int8-plain would add a
     # minute each to make demo, and say little about captions that ov-int8 does not)
     demo_recipes = ("int8-dynamic", "int8-static", "int4", "fp16", "ov-int8", "ov-int4")
+    quick_recipes = ("int8-dynamic", "int8-static", "fp16", "ov-int8")  # make demo
     # --recipe auto: the figures a candidate is held to (see quantize/auto.py), and their defaults
     cosine_keys = ()
     agreement_keys = ("next_token_top1_agreement", "text_to_image_top1_agreement", "image_to_text_top1_agreement")

@@ -51,6 +51,8 @@ class SamBench:
     agreement_keys = ("mask_iou_mean",)  # its drop: 1 - mean mask IoU
     auto_floor = {"min_cosine": None, "max_drop": 0.05}
     auto_in_report = True  # make report adds the --recipe auto bundle
+    # make demo: one recipe of each kind (make report adds the rest)
+    quick_recipes = ("sam-int8", "fp16", "int8-dynamic", "ov-int8", "sam-ov-int8")
     max_runs = {"image_encoder": 5}  # seconds per call at ViT-B size: 5 runs after 1 warm-up
 
     @staticmethod
