@@ -33,6 +33,11 @@ def summary(ms) -> dict:
             "runs": int(ms.size), "times_ms": [round(float(t), 4) for t in ms]}
 
 
+def runs_per_round(cap: int, rounds: int) -> int:
+    """A slow part's run cap (for all rounds together) spread over ``rounds``: at least one each."""
+    return max(1, -(-cap // rounds))
+
+
 def pooled(rounds: list[dict]) -> dict:
     """One part's latency over several rounds: percentiles of every run, and the ``spread``, how far
     the rounds' medians lie apart relative to the pooled median (0.05: the rounds agree within 5%)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from .timing import current_rss_mb, latency, peak_rss_mb, timed
+from .timing import current_rss_mb, latency, peak_rss_mb, runs_per_round, timed
 
 
 def measure_row(task: dict) -> dict:
@@ -29,7 +29,7 @@ def measure_row(task: dict) -> dict:
     _, row["first_call_ms"] = timed(first)
     row["first_call_ms"] *= 1e3
     # parts that take seconds per call get fewer runs: the cap is for all rounds together
-    caps = {part: -(-cap // task.get("rounds", 1)) for part, cap in getattr(bench, "max_runs", {}).items()}
+    caps = {part: runs_per_round(cap, task.get("rounds", 1)) for part, cap in getattr(bench, "max_runs", {}).items()}
     row["latency_ms"] = {part: latency(call, min(task["runs"], caps.get(part, task["runs"])),
                                        min(task["warmup"], 1 if part in caps else task["warmup"]))
                          for part, call in part_calls.items()}

@@ -144,7 +144,9 @@ def _measure(bench, written: dict[str, Path], threads: int, runs: int, rounds: i
     per_round: dict[str, list[float]] = {name: [] for name in written}
     steps = [(r, name) for r in range(rounds) for name in written]  # A B C, A B C, ...
     # parts that take seconds per call (SAM ViT-B's encoder): the benchmark's cap, over all rounds
-    caps = {part: max(1, -(-cap // rounds)) for part, cap in getattr(bench, "max_runs", {}).items()}
+    from edgevfm.benchmarks.timing import runs_per_round
+
+    caps = {part: runs_per_round(cap, rounds) for part, cap in getattr(bench, "max_runs", {}).items()}
     for r, name in progress(steps, desc=f"auto: measure ({rounds} interleaved rounds)", enabled=show_progress):
         runner = bench.bundle_runner(load(written[name], threads=threads))
         if r == 0:
