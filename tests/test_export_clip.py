@@ -40,6 +40,10 @@ def test_vision_parity_at_batch_3(clip_bundle, clip_checkpoint, photos):
     got = OrtBackend(clip_bundle / "vision.onnx").run({"pixel_values": pixels})["image_embeds"]
     with torch.no_grad():
         want = VisionTower(clip_checkpoint.model).eval()(torch.from_numpy(pixels)).numpy()
+        # the tower runs its last layer for the class token only: the same numbers as transformers' whole model
+        hf = clip_checkpoint.model.eval().get_image_features(pixel_values=torch.from_numpy(pixels))
+        hf = getattr(hf, "pooler_output", hf).numpy()
+    assert_close(want, hf, 1e-5, 1e-5, "class-token-only last layer against transformers")
     assert got.shape == (3, clip_checkpoint.model.config.projection_dim)
     assert np.abs(want).max() > 1e-3, "degenerate reference: outputs ~0 would make parity meaningless"
     assert_close(got, want, ATOL, RTOL, "vision embeddings")

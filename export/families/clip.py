@@ -84,14 +84,40 @@ def clip_preprocessing(proc) -> dict:
 
 
 class VisionTower(nn.Module):
-    """pixel_values (batch, 3, H, W) float32 -> image_embeds (batch, projection_dim), unnormalised."""
+    """pixel_values (batch, 3, H, W) float32 -> image_embeds (batch, projection_dim), unnormalised.
+
+    The embedding is the class token's: the last encoder layer runs its query, attention output
+    and MLP for that token only (keys and values for all), the same numbers as the whole layer
+    for the one row that is kept. On ViT-B/32 (50 tokens) that skips 7% of the tower's MatMul work
+    in every precision and backend."""
 
     def __init__(self, model):
         super().__init__()
         self.vision_model, self.projection = model.vision_model, model.visual_projection
 
     def forward(self, pixel_values):
-        return self.projection(self.vision_model(pixel_values=pixel_values).pooler_output)
+        vision = self.vision_model
+        hidden = vision.pre_layrnorm(vision.embeddings(pixel_values))
+        *layers, last = vision.encoder.layers
+        for layer in layers:
+            hidden = layer(hidden, None)
+        return self.projection(vision.post_layernorm(_class_token_of_layer(last, hidden)))
+
+
+def _class_token_of_layer(layer, hidden):
+    """A CLIP encoder layer's output for token 0 only: (batch, tokens, width) -> (batch, width)."""
+    attention, x = layer.self_attn, layer.layer_norm1(hidden)
+    heads, head_dim = attention.num_heads, attention.head_dim
+
+    def split(t):  # (batch, n, width) -> (batch, heads, n, head_dim)
+        return t.reshape(t.shape[0], t.shape[1], heads, head_dim).transpose(1, 2)
+
+    query, key, value = split(attention.q_proj(x[:, :1])), split(attention.k_proj(x)), split(attention.v_proj(x))
+    weights = torch.softmax(query @ key.transpose(-1, -2) * attention.scale, dim=-1)
+    mixed = (weights @ value).transpose(1, 2).reshape(x.shape[0], 1, heads * head_dim)
+    token = hidden[:, :1] + attention.out_proj(mixed)
+    token = token + layer.mlp(layer.layer_norm2(token))
+    return token[:, 0]
 
 
 class TextTower(nn.Module):
