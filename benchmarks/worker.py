@@ -28,6 +28,9 @@ def measure_row(task: dict) -> dict:
     first = next(iter(part_calls.values()))
     _, row["first_call_ms"] = timed(first)
     row["first_call_ms"] *= 1e3
+    # the process's peak so far: loading and the first part's calls (SAM: its encoder run), before
+    # the rest of the workload (prompts, automatic masks) adds its own
+    row["first_part_peak_rss_mb"] = peak_rss_mb()
     # parts that take seconds per call get fewer runs: the cap is for all rounds together
     caps = {part: runs_per_round(cap, task.get("rounds", 1)) for part, cap in getattr(bench, "max_runs", {}).items()}
     row["latency_ms"] = {part: latency(call, min(task["runs"], caps.get(part, task["runs"])),
