@@ -89,6 +89,9 @@ def quantize(bundle: str | Path, recipe: str, out: str | Path, calib: str | Path
                 raise QuantizeError(f"recipe {step.name!r} failed on part {name!r}: {exc}"
                                     f"{_disk_hint(stage, source.file(parts[name]['file']))}") from exc
             parts[name].update(file=written, precision=step.precision, backend=step.backend)
+            parts[name].pop("compute", None)
+            if step.compute:
+                parts[name]["compute"] = step.compute
             data = stage / (written + ".data")  # where save_onnx puts weights over 2 GB
             if step.backend == "openvino":
                 data = (stage / written).with_suffix(".bin")

@@ -43,6 +43,8 @@ class Recipe:
     plan: dict[str, str] | None = None
     families: tuple[str, ...] | None = None
     backend: str = "onnxruntime"  # of the parts it writes ("openvino": an IR, .xml + .bin); a plan's: "a/b"
+    compute: str | None = None  # the precision its parts' float operations run at, where not fp32 (OpenVINO)
+    listed: bool = True  # False: a step of family plans only, not offered as a recipe of its own
 
     def steps(self, parts: list[str]) -> dict[str, "Recipe | None"]:
         """{part: the recipe that compresses it, or None to keep it FP32}."""
@@ -304,7 +306,8 @@ def register_family_recipe(name: str, family: str, description: str, plan: dict[
 
 def recipes_for(family: str) -> list[str]:
     """Names of the recipes that apply to ``family``'s bundles: the generic ones and its own."""
-    return [name for name, recipe in RECIPES.items() if recipe.families is None or family in recipe.families]
+    return [name for name, recipe in RECIPES.items()
+            if recipe.listed and (recipe.families is None or family in recipe.families)]
 
 
 from . import openvino  # noqa: E402,F401  (registers the OpenVINO recipes)

@@ -79,9 +79,10 @@ class OrtBackend:
 # OpenVINO element types -> the manifest's dtype names
 OV_DTYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16", "f64": "float64", "i64": "int64",
              "i32": "int32", "i8": "int8", "u8": "uint8", "boolean": "bool"}
-# a part's precision -> the inference precision OpenVINO must run it at. It runs BF16 by default on
-# CPUs that have it: an FP32 part would silently lose precision. Quantized parts keep their
-# integer kernels and run the rest in FP32.
+# a part's precision (or its ``compute``, the precision its float operations run at) -> the
+# inference precision OpenVINO must run it at. It runs BF16 by default on CPUs that have it: an FP32
+# part would silently lose precision. Quantized parts keep their integer kernels and run the rest in
+# FP32 unless their ``compute`` says bf16 (as fp32 on a CPU without BF16).
 OV_INFERENCE_PRECISION = {"bf16": "bf16", "fp16": "f16"}
 
 
@@ -98,7 +99,8 @@ def cache_root() -> Path:
 class OpenVinoBackend:
     """OpenVINO, on an IR part (``.xml`` beside its ``.bin``). ``providers``: the device, first of
     the list (default CPU; GPU, NPU or AUTO where present); ``threads``: inference threads;
-    ``precision``: the part's, which sets the inference precision explicitly; ``digest``: the
+    ``precision``: the part's compute precision (its ``compute``, else its precision), which sets
+    the inference precision explicitly; ``digest``: the
     part's files' sha256, which with the device and OpenVINO's version keys its compiled-model
     cache folder (under :func:`cache_root`), so a changed part never reuses a stale blob."""
 

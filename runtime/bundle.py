@@ -27,6 +27,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 8 << 20  # a real manifest is a few kB
 MAX_FILES = 10_000
+COMPUTE = ("fp32", "bf16", "fp16")
 DTYPES = ("bool", "uint8", "int8", "int32", "int64", "float16", "bfloat16", "float32", "float64")
 
 
@@ -40,7 +41,10 @@ def _dimension(value, where, problems) -> None:
 _TENSOR = obj({"name": string(), "dtype": string(choices=DTYPES), "shape": list_of(_dimension, max_items=8)})
 _PART = obj({"file": listed_file(), "backend": string(), "precision": string(),
              "inputs": list_of(_TENSOR, min_items=1), "outputs": list_of(_TENSOR, min_items=1)},
-            {"data": list_of(listed_file(), max_items=16)})  # external-data files the graph loads
+            {"data": list_of(listed_file(), max_items=16),  # external-data files the graph loads
+             # the precision a quantized part's float operations run at, where the backend lets
+             # it be chosen (OpenVINO; bf16 runs as fp32 on a CPU without BF16); default fp32
+             "compute": string(choices=COMPUTE)})
 SCHEMA = obj({
     "format_version": integer(1, FORMAT_VERSION),
     "family": string(),
@@ -63,6 +67,7 @@ class Part:
     inputs: list[dict]
     outputs: list[dict]
     digest: str | None = None  # sha256 over the sha256 of its files (graph, then data), from the manifest
+    compute: str | None = None  # the precision its float operations run at, where not its own (see _PART)
 
 
 @dataclass(frozen=True)
@@ -83,7 +88,8 @@ class Bundle:
             return None if None in hashes else hashlib.sha256("".join(hashes).encode()).hexdigest()
 
         return {
-            name: Part(name, self.path / p["file"], p["backend"], p["precision"], p["inputs"], p["outputs"], digest(p))
+            name: Part(name, self.path / p["file"], p["backend"], p["precision"], p["inputs"], p["outputs"], digest(p),
+                       p.get("compute"))
             for name, p in self.manifest["parts"].items()
         }
 

@@ -18,7 +18,7 @@ def bundle_info(path: str | Path) -> dict:
         "source": m["source"],
         "recipe": _recipe(m.get("recipe") or {}),
         "parts": {name: {"file": p.path.name, "precision": p.precision, "backend": p.backend,
-                         "bytes": p.path.stat().st_size,
+                         "compute": p.compute, "bytes": p.path.stat().st_size,
                          "inputs": {i["name"]: i["shape"] for i in p.inputs},
                          "outputs": {o["name"]: o["shape"] for o in p.outputs}}
                   for name, p in bundle.parts.items()},
@@ -35,7 +35,8 @@ def format_info(info: dict) -> str:
     for name, part in info["parts"].items():
         ins = ", ".join(f"{k}{v}" for k, v in part["inputs"].items())
         outs = ", ".join(f"{k}{v}" for k, v in part["outputs"].items())
-        lines.append(f"  part {name}: {part['precision']} on {part['backend']}, {part['bytes'] / 1e6:.1f} MB, "
+        floats = f" (float ops in {part['compute']})" if part["compute"] else ""
+        lines.append(f"  part {name}: {part['precision']}{floats} on {part['backend']}, {part['bytes'] / 1e6:.1f} MB, "
                      f"{part['file']}  ({ins}) -> ({outs})")
     return "\n".join(lines)
 

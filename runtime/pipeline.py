@@ -40,7 +40,8 @@ class Pipeline:
         for name, part in bundle.parts.items():
             try:
                 backend = open_backend(part.backend, part.path, threads=threads, providers=providers,
-                                       low_memory=low_memory, precision=part.precision, digest=part.digest)
+                                       low_memory=low_memory, precision=part.compute or part.precision,
+                                       digest=part.digest)
             except (UsageError, MissingExtraError):  # the caller's to fix: a device, an extra to install
                 raise
             except Exception as exc:  # the backend's own errors: not a graph, an op it lacks, ...

@@ -82,7 +82,7 @@ def sam_bundle(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def sam_recipe_bundles(sam_bundle, tmp_path_factory) -> dict[str, Path]:
     return _quantized(sam_bundle, ("sam-int8", "fp16", "ov-fp32", "ov-bf16", "ov-int8", "ov-int4",
-                                    "sam-ov-int8"), tmp_path_factory, "sam-quantized",
+                                    "sam-ov-int8", "sam-ov-int8-bf16"), tmp_path_factory, "sam-quantized",
                       samples=4)
 
 

@@ -62,6 +62,50 @@ def test_nncf_int8_is_quantized_and_calibrated(clip_recipe_bundles):
         assert ops.count("FakeQuantize") >= 4, part  # INT8 MatMuls, in OpenVINO's quantized form
 
 
+def test_smooth_quant_is_kept_per_part_by_measurement(clip_bundle, clip_recipe_bundles):
+    """ov-int8 quantizes each part with SmoothQuant and without on three quarters of the calibration
+    feeds, records both cosines against FP32 on the held-out quarter and ships the closer one: the
+    shipped part's cosine on those feeds is the one recorded."""
+    from edgevfm.quantize.api import _calibration_feeds
+    from edgevfm.quantize.openvino import _mean_cosine
+    from edgevfm.runtime.bundle import open_bundle
+
+    bundle = clip_recipe_bundles["ov-int8"]
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    feeds = _calibration_feeds(open_bundle(clip_bundle), None, 8)
+    fp32, int8 = load(clip_bundle, threads=1), load(bundle, threads=1)
+    for part in ("vision", "text"):
+        settings = manifest["recipe"]["parts"][part]
+        cosines = settings["smooth_quant_cosine"]
+        assert (settings["samples"], settings["checked_on"]) == (6, "2 held-out feeds"), settings
+        assert set(cosines) == {"on", "off"} and settings["smooth_quant"] == max(cosines, key=cosines.get)
+        held_out = feeds[part][6:]
+        want = [[v.astype(np.float64).ravel() for v in fp32.run(part, f).values()] for f in held_out]
+        got = [[v.astype(np.float64).ravel() for v in int8.run(part, f).values()] for f in held_out]
+        assert _mean_cosine(want, got) == pytest.approx(cosines[settings["smooth_quant"]], abs=1e-4)
+
+
+def test_an_int8_part_can_run_its_float_operations_in_bf16(sam_recipe_bundles, tmp_path):
+    """sam-ov-int8-bf16's encoder says compute bf16: OpenVINO is told bf16 where the CPU has it (f32
+    elsewhere); a compute the runtime does not know is a typed error naming the field."""
+    import openvino as ov
+
+    from edgevfm.runtime import BundleError
+
+    bundle = sam_recipe_bundles["sam-ov-int8-bf16"]
+    encoder = json.loads((bundle / "manifest.json").read_text())["parts"]["image_encoder"]
+    assert (encoder["precision"], encoder["compute"]) == ("int8", "bf16")
+    assert "compute" not in json.loads((sam_recipe_bundles["sam-ov-int8"] / "manifest.json").read_text())["parts"][
+        "image_encoder"]
+    hint = load(bundle, threads=1).parts["image_encoder"].compiled.get_property("INFERENCE_PRECISION_HINT")
+    has_bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    assert hint == (ov.Type.bf16 if has_bf16 else ov.Type.f32), hint
+    broken = copy_bundle(bundle, tmp_path / "broken")
+    edit_manifest(broken, lambda m: m["parts"]["image_encoder"].update(compute="int3"))
+    with pytest.raises(BundleError, match="compute.*int3|int3.*compute"):
+        load(broken)
+
+
 def test_sam_fp32_equals_onnxruntime(sam_bundle, sam_recipe_bundles, photos):
     """ov-fp32's low-res logits within 1e-3 of ONNX Runtime FP32 (ov-int8's masks: test_pipeline_sam)."""
     theirs, ours = load(sam_bundle, threads=1), load(sam_recipe_bundles["ov-fp32"], threads=1)

@@ -182,7 +182,7 @@ def test_sam_ov_int8_mixes_backends_in_one_bundle(sam_bundle, sam_recipe_bundles
 # decoder too, whose near-0 random logits flip easily; sam-int8 keeps it FP32), ov-int4 0.925
 @pytest.mark.parametrize("recipe,min_iou", [("sam-int8", 0.8), ("fp16", 0.95), ("ov-fp32", 0.99),
                                             ("ov-bf16", 0.93), ("ov-int8", 0.85), ("ov-int4", 0.85),
-                                            ("sam-ov-int8", 0.85)])
+                                            ("sam-ov-int8", 0.85), ("sam-ov-int8-bf16", 0.85)])
 def test_quantized_sam_masks_stay_close(sam_recipe_bundles, predictor, photos, recipe, min_iou):
     """Tiny random SAM: logits near 0 flip easily, so these are looser than the real-size report's."""
     other = load(sam_recipe_bundles[recipe])

@@ -12,7 +12,10 @@ TEMPLATES = ("a photo of a {}.", "a blurry photo of the {}.", "a close-up pictur
 
 
 def prompts(samples: int) -> list[str]:
-    every = [t.format(label) for t in TEMPLATES for label in LABELS]
+    """``samples`` of the templates x labels, in an order where any first 24 have every label and
+    any first few every template (a calibration of 32 sees both, short bare labels included)."""
+    every = [TEMPLATES[(i // len(LABELS) + i) % len(TEMPLATES)].format(LABELS[i % len(LABELS)])
+             for i in range(len(TEMPLATES) * len(LABELS))]
     return every[:samples]
 
 
