@@ -21,11 +21,14 @@ AUTO = "auto"  # not a recipe: the fastest recipe within the accuracy floors, me
 
 def quantize(bundle: str | Path, recipe: str, out: str | Path, calib: str | Path | None = None,
              samples: int | None = None, force: bool = False, block_size: int = 32, show_progress: bool = True,
-             min_cosine: float | None = None, max_drop: float | None = None, threads: int = 2) -> Path:
+             min_cosine: float | None = None, max_drop: float | None = None, threads: int = 2,
+             reuse: str | Path | None = None) -> Path:
     """Apply ``recipe`` to every part of the FP32 ``bundle`` and write the result to ``out``.
 
     ``recipe="auto"`` measures the family's recipes of every installed backend on this machine
-    (``threads``) and keeps the fastest within ``min_cosine`` / ``max_drop`` (:mod:`.auto`).
+    (``threads``) and keeps the fastest within ``min_cosine`` / ``max_drop`` (:mod:`.auto`);
+    ``reuse``: a folder of bundles already made from ``bundle``, one per recipe, named after it (as
+    ``edgevfm demo`` writes them), measured instead of being quantized again.
 
     ``calib``: a folder of real images for calibrated recipes (default: scikit-image's photos);
     ``samples``: how many calibration images (default: the family's, 32 for CLIP, 8 for SAM).
@@ -34,12 +37,13 @@ def quantize(bundle: str | Path, recipe: str, out: str | Path, calib: str | Path
     """
     out = Path(out)
     if recipe == AUTO:
-        from .auto import quantize_auto
+        from .auto import prebuilt_in, quantize_auto
 
         return quantize_auto(bundle, out, min_cosine=min_cosine, max_drop=max_drop, calib=calib, samples=samples,
-                             force=force, block_size=block_size, threads=threads, show_progress=show_progress)
-    if min_cosine is not None or max_drop is not None:
-        raise UsageError(f"min_cosine and max_drop are floors for recipe 'auto'; recipe {recipe!r} is applied as it is")
+                             force=force, block_size=block_size, threads=threads, show_progress=show_progress,
+                             prebuilt=prebuilt_in(reuse, bundle) if reuse is not None else None)
+    if min_cosine is not None or max_drop is not None or reuse is not None:
+        raise UsageError(f"min_cosine, max_drop and reuse are for recipe 'auto'; recipe {recipe!r} is applied as it is")
     chosen = RECIPES.get(recipe)
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 16 or block_size & (block_size - 1):
         raise UsageError(f"block_size must be a power of two of at least 16 (MatMulNBits), found {block_size!r}")

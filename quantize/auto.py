@@ -98,6 +98,7 @@ def quantize_auto(bundle: str | Path, out: str | Path, candidates: list[str] | N
             recipe = RECIPES.get(name)
             if name in (prebuilt or {}):
                 written[name] = _checked_prebuilt(prebuilt[name], name, source)
+                records[name] = {"reused": str(prebuilt[name])}
                 continue
             if not _installed(recipe.backend):
                 records[name] = {"recipe": name, "backend": recipe.backend, "skipped": f"{recipe.backend} is not installed"}
@@ -111,7 +112,8 @@ def quantize_auto(bundle: str | Path, out: str | Path, candidates: list[str] | N
         for name, figures in measured.items():
             found = quality(bench, figures["accuracy"])
             backend = "onnxruntime" if name == KEEP else RECIPES.get(name).backend
-            records[name] = dict(recipe=name, backend=backend, **found, passed=passes(found, floors), **figures)
+            records[name] = dict(recipe=name, backend=backend, **found, passed=passes(found, floors), **figures,
+                                 **records.get(name, {}))  # "reused": the prebuilt bundle measured
         winner = min((r for r in records.values() if r.get("passed")), key=lambda r: r["latency_ms"])
         record = _record(records, winner, floors, threads, runs, rounds, machine_info(threads))
         with staged_bundle(out, force=force, inputs=[bundle]) as stage:
@@ -124,6 +126,16 @@ def quantize_auto(bundle: str | Path, out: str | Path, candidates: list[str] | N
             manifest["recipe"] = {"name": "auto", "chosen": settings.pop("name"), **settings, "auto": record}
             write_manifest(stage, manifest)
     return out
+
+
+def prebuilt_in(folder: str | Path, bundle: str | Path) -> dict[str, Path]:
+    """{recipe: folder/recipe} for the family's recipes that have a bundle in ``folder`` (each is
+    checked to be that recipe's, made from ``bundle``, before it is measured)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UsageError(f"--reuse expects a folder of bundles named after their recipes, found {str(folder)!r}: "
+                         "pass the folder edgevfm demo wrote a model's bundles in (demo-out/MODEL)")
+    return {name: folder / name for name in recipes_for(open_bundle(bundle).family) if (folder / name).is_dir()}
 
 
 def _checked_prebuilt(path: Path, recipe: str, source) -> Path:

@@ -39,7 +39,7 @@ def cmd_quantize(args) -> None:
     api = _heavy("edgevfm.quantize.api", "export", "edgevfm quantize")
     out = api.quantize(args.bundle, args.recipe, args.output, calib=args.calib, samples=args.samples,
                        force=args.force, block_size=args.block_size, min_cosine=args.min_cosine,
-                       max_drop=args.max_drop, threads=args.threads)
+                       max_drop=args.max_drop, threads=args.threads, reuse=args.reuse)
     print(f"wrote {out}")
 
 
@@ -104,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-drop", type=float, help="auto: the largest drop in agreement with FP32 allowed (zero-shot "
                                                   "top-1, mask IoU, next-token top-1; default 0.02 CLIP, 0.05 others)")
     p.add_argument("--threads", type=positive_int, default=2, help="auto: threads to measure with (default 2)")
+    p.add_argument("--reuse", type=Path, metavar="DIR", help="auto: bundles already made from BUNDLE, one folder per "
+                   "recipe named after it (as edgevfm demo writes them in demo-out/MODEL): measured, not made again")
     p.add_argument("-o", "--output", required=True, type=Path)
     p.add_argument("--calib", type=existing_folder, help="folder of calibration images (default: scikit-image's photos)")
     p.add_argument("--samples", type=positive_int, help="calibration images (default: 32 for CLIP, 8 for SAM)")

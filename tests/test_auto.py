@@ -94,11 +94,32 @@ def test_floors_are_checked(clip_bundle, sam_bundle, tmp_path):
     assert not (tmp_path / "a").exists()
 
 
-def test_the_command_line_runs_every_candidate(clip_bundle, tmp_path, capsys):
+def test_the_command_line_runs_every_candidate(clip_bundle, clip_recipe_bundles, tmp_path, capsys):
+    """Every recipe of the family is a candidate; those in --reuse are measured as they are, the
+    rest are made here."""
+    reuse = tmp_path / "made"
+    reuse.mkdir()
+    for recipe in ("int8-dynamic", "ov-int8"):
+        (reuse / recipe).symlink_to(clip_recipe_bundles[recipe], target_is_directory=True)
     code = main(["quantize", str(clip_bundle), "--recipe", "auto", "-o", str(tmp_path / "auto"), "--max-drop", "0.5",
-                 "--min-cosine", "0.9", "--samples", "2", "--threads", "1"])
+                 "--min-cosine", "0.9", "--samples", "2", "--threads", "1", "--reuse", str(reuse)])
     assert code == 0 and f"wrote {tmp_path / 'auto'}" in capsys.readouterr().out
     from edgevfm.quantize.recipes import recipes_for
 
     auto = _record(tmp_path / "auto")["auto"]
     assert sorted(c["recipe"] for c in auto["candidates"]) == sorted(["fp32"] + recipes_for("clip"))
+    assert {c["recipe"]: c["reused"] for c in auto["candidates"] if "reused" in c} == {
+        r: str(reuse / r) for r in ("int8-dynamic", "ov-int8")}
+
+
+def test_reuse_is_checked(clip_bundle, sam_bundle, sam_recipe_bundles, tmp_path):
+    with pytest.raises(UsageError, match="--reuse expects a folder of bundles named after their recipes"):
+        quantize(clip_bundle, "auto", tmp_path / "a", reuse=tmp_path / "absent")
+    with pytest.raises(UsageError, match="reuse are for recipe 'auto'"):
+        quantize(clip_bundle, "int8-dynamic", tmp_path / "a", reuse=tmp_path)
+    wrong = tmp_path / "wrong"  # a SAM bundle where CLIP's int8-dynamic should be
+    wrong.mkdir()
+    (wrong / "int8-dynamic").symlink_to(sam_recipe_bundles["fp16"], target_is_directory=True)
+    with pytest.raises(UsageError, match="prebuilt candidate .* is not 'int8-dynamic' of .*made by 'fp16'"):
+        quantize(clip_bundle, "auto", tmp_path / "a", reuse=wrong)
+    assert not (tmp_path / "a").exists()
