@@ -8,7 +8,7 @@ bundle's decoder part (a part with ``past_*`` inputs: a plain-graph LLaVA ``llm`
 bundle's IR or an FP32 bundle's ONNX), after a prefill of each context length, checks that both
 give the same logits, and writes a Markdown table::
 
-    python -m edgevfm.benchmarks.kv_cache BUNDLE [--part llm] [--contexts 32 256 1024] [--steps 16] [-o kv.md]
+    python -m edgevfm.benchmarks.kv_cache BUNDLE [--part llm] [--contexts 32 256 1024] [--steps 16] [--rounds 3] [-o kv.md]
 """
 
 from __future__ import annotations
@@ -73,65 +73,85 @@ def _empty(spec: dict) -> np.ndarray:
 
 
 def measure(bundle: str | Path, part: str = "llm", contexts=(32, 256, 1024), steps: int = 16,
-            threads: int = 2) -> list[dict]:
-    """Per-step decode milliseconds (median of ``steps``) with each cache, after a prefill of each
-    context length; the largest logit difference between the two at the last step."""
+            threads: int = 2, rounds: int = 3) -> list[dict]:
+    """Per-step decode milliseconds with each cache after a prefill of each context length: the
+    median of ``steps`` steps pooled over ``rounds`` rounds that alternate the two (a busy moment of
+    the machine hurts both alike), the spread of the rounds' medians, and the largest logit
+    difference between the two at the last step."""
     import openvino as ov
 
     core = ov.Core()
     config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
     model, pairs, inputs = decoder_model(bundle, part)
-    explicit = core.compile_model(model, "CPU", config)
-    stateful = core.compile_model(make_stateful(decoder_model(bundle, part)[0], pairs), "CPU", config)
-    logits_name = next(n for p in explicit.outputs for n in p.get_names() if n == "logits")
+    compiled = {"explicit": core.compile_model(model, "CPU", config),
+                "stateful": core.compile_model(make_stateful(decoder_model(bundle, part)[0], pairs), "CPU", config)}
+    logits_name = next(n for p in compiled["explicit"].outputs for n in p.get_names() if n == "logits")
+    empty = {spec["name"]: _empty(spec) for spec in inputs if spec["name"] in pairs}
     rows = []
     for context in contexts:
         rng = np.random.default_rng(context)
         prefill = _feeds(inputs, 0, context, rng)
         tokens = [_feeds(inputs, context + i, 1, rng) for i in range(steps)]
-        # explicit: what the engine does, past arrays in, present arrays copied out
-        request = explicit.create_infer_request()
-        empty = {spec["name"]: _empty(spec) for spec in inputs if spec["name"] in pairs}
-        request.infer({**prefill, **empty})
-        cache = {past: np.array(request.get_tensor(present).data) for past, present in pairs.items()}
-        times = []
-        for feed in tokens:
-            start = time.perf_counter()
-            request.infer({**feed, **cache})
-            cache = {past: np.array(request.get_tensor(present).data) for past, present in pairs.items()}
-            logits = np.array(request.get_tensor(logits_name).data)
-            times.append(time.perf_counter() - start)
-        explicit_ms, explicit_logits = float(np.median(times)) * 1e3, logits
-        # stateful: the cache stays in the request
-        request = stateful.create_infer_request()
-        for state in request.query_state():  # an empty cache of batch 1 (its default is batch 0)
-            _, heads, _, dim = state.state.shape
-            state.state = ov.Tensor(np.zeros((1, heads, 0, dim), np.float32))
-        request.infer(prefill)
-        times = []
-        for feed in tokens:
-            start = time.perf_counter()
-            request.infer(feed)
-            logits = np.array(request.get_tensor(logits_name).data)
-            times.append(time.perf_counter() - start)
-        stateful_ms = float(np.median(times)) * 1e3
-        rows.append({"context": context, "explicit_ms": explicit_ms, "stateful_ms": stateful_ms,
-                     "cache_mb": sum(a.nbytes for a in cache.values()) / 1e6,
-                     "logits_max_diff": float(np.abs(logits - explicit_logits).max())})
+        times, last = {"explicit": [], "stateful": []}, {}
+        for _ in range(rounds):
+            for kind in times:
+                last[kind], cache, ms = _decode(ov, compiled[kind], kind, prefill, tokens, empty, pairs, logits_name)
+                times[kind].append(ms)
+                if cache is not None:
+                    explicit_cache = cache
+        row = {"context": context, "cache_mb": sum(a.nbytes for a in explicit_cache.values()) / 1e6,
+               "logits_max_diff": float(np.abs(last["explicit"] - last["stateful"]).max())}
+        for kind, per_round in times.items():
+            medians = [float(np.median(r)) for r in per_round]
+            row[f"{kind}_ms"] = float(np.median(np.concatenate(per_round)))
+            row[f"{kind}_spread"] = (max(medians) - min(medians)) / 2 / row[f"{kind}_ms"]
+        rows.append(row)
     return rows
 
 
+def _decode(ov, compiled, kind: str, prefill: dict, tokens: list[dict], empty: dict, pairs: dict, logits_name: str):
+    """One prefill then the decode steps, timed: (last logits, the explicit cache or None, ms per step)."""
+    request = compiled.create_infer_request()
+    if kind == "explicit":  # what the engine does: past arrays in, present arrays copied out
+        request.infer({**prefill, **empty})
+        cache = {past: np.array(request.get_tensor(present).data) for past, present in pairs.items()}
+    else:  # the cache stays in the request; its states start empty, batch 1 (their default is batch 0)
+        for state in request.query_state():
+            _, heads, _, dim = state.state.shape
+            state.state = ov.Tensor(np.zeros((1, heads, 0, dim), np.float32))
+        request.infer(prefill)
+        cache = None
+    times = []
+    for feed in tokens:
+        start = time.perf_counter()
+        if cache is None:
+            request.infer(feed)
+        else:
+            request.infer({**feed, **cache})
+            cache = {past: np.array(request.get_tensor(present).data) for past, present in pairs.items()}
+        logits = np.array(request.get_tensor(logits_name).data)
+        times.append(time.perf_counter() - start)
+    return logits, cache, np.array(times) * 1e3
+
+
 def report(rows: list[dict], bundle, part: str, threads: int, command: str) -> str:
-    machine = machine_info(threads)
+    from edgevfm.runtime.bundle import open_bundle
+
+    machine, manifest = machine_info(threads), open_bundle(bundle).manifest
+    options = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in ((manifest.get("export") or {}).get("options") or {}).items())
+    made = (f"Bundle: `edgevfm export {manifest['source']['id']}{' ' + options if options else ''}`, then recipe "
+            f"{(manifest.get('recipe') or {}).get('name', 'none (FP32)')}.")
     lines = [f"# KV cache: explicit or stateful, {bundle} part {part!r}", "",
-             f"Produced by `{command}`.", "",
-             "| context tokens | cache MB | explicit ms/step | stateful ms/step | explicit / stateful | logits max diff |",
-             "|---|---|---|---|---|---|"]
+             f"Produced by `{command}`. {made}", "",
+             "| context tokens | cache MB | explicit ms/step (spread) | stateful ms/step (spread) | explicit / stateful "
+             "| logits max diff |", "|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['context']} | {r['cache_mb']:.1f} | {r['explicit_ms']:.2f} | {r['stateful_ms']:.2f} | "
-                     f"{r['explicit_ms'] / r['stateful_ms']:.2f}x | {r['logits_max_diff']:.1e} |")
+        lines.append(f"| {r['context']} | {r['cache_mb']:.1f} | {r['explicit_ms']:.2f} (±{r['explicit_spread']:.0%}) | "
+                     f"{r['stateful_ms']:.2f} (±{r['stateful_spread']:.0%}) | {r['explicit_ms'] / r['stateful_ms']:.2f}x | "
+                     f"{r['logits_max_diff']:.1e} |")
     lines += ["", f"CPU: {machine.get('cpu')}; instruction sets: {', '.join(machine.get('instruction_sets', []))}; "
-              f"{threads} threads; FP32 inference precision; batch 1; median of the decode steps after one prefill."]
+              f"{threads} threads; FP32 inference precision; batch 1; median of every decode step over rounds that "
+              "alternate the two (each round: one prefill, then the steps); spread: half the range of the rounds' medians."]
     return "\n".join(lines) + "\n"
 
 
@@ -142,9 +162,10 @@ def main(argv=None) -> int:
     parser.add_argument("--contexts", type=int, nargs="+", default=[32, 256, 1024])
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("-o", "--output", type=Path)
     args = parser.parse_args(argv)
-    rows = measure(args.bundle, args.part, args.contexts, args.steps, args.threads)
+    rows = measure(args.bundle, args.part, args.contexts, args.steps, args.threads, args.rounds)
     command = "python -m edgevfm.benchmarks.kv_cache " + " ".join(argv if argv is not None else sys.argv[1:])
     text = report(rows, args.bundle, args.part, args.threads, command)
     if args.output:

@@ -120,13 +120,13 @@ def test_the_kv_cache_benchmark_compares_like_with_like(ov_bundles, tmp_path, ca
     from edgevfm.benchmarks import kv_cache
 
     bundle = ov_bundles["llava_plain_bundle"]["ov-fp32"]
-    rows = kv_cache.measure(bundle, "llm", contexts=(5, 17), steps=3, threads=1)
+    rows = kv_cache.measure(bundle, "llm", contexts=(5, 17), steps=3, threads=1, rounds=2)
     assert [r["context"] for r in rows] == [5, 17]
     for r in rows:
         assert r["logits_max_diff"] < 1e-4 and r["explicit_ms"] > 0 and r["stateful_ms"] > 0, r
     assert rows[1]["cache_mb"] > rows[0]["cache_mb"] > 0
     out = tmp_path / "kv.md"
-    assert kv_cache.main([str(bundle), "--contexts", "4", "--steps", "2", "--threads", "1", "-o", str(out)]) == 0
+    assert kv_cache.main([str(bundle), "--contexts", "4", "--steps", "2", "--threads", "1", "--rounds", "1", "-o", str(out)]) == 0
     assert "| 4 |" in out.read_text() and "Produced by `python -m edgevfm.benchmarks.kv_cache " in out.read_text()
     from edgevfm.runtime.errors import UsageError
 
