@@ -87,7 +87,7 @@ def test_floors_are_checked(clip_bundle, sam_bundle, tmp_path):
         quantize(sam_bundle, "auto", tmp_path / "a", min_cosine=0.99)
     with pytest.raises(UsageError, match=r"--max-drop must be in \[0, 1\), found 2"):
         quantize(clip_bundle, "auto", tmp_path / "a", max_drop=2)
-    with pytest.raises(UsageError, match="min_cosine and max_drop are floors for recipe 'auto'"):
+    with pytest.raises(UsageError, match="min_cosine, max_drop and reuse are for recipe 'auto'"):
         quantize(clip_bundle, "int8-dynamic", tmp_path / "a", min_cosine=0.99)
     with pytest.raises(UsageError, match=r"unknown candidate recipes \['llava-int4'\]"):
         quantize_auto(clip_bundle, tmp_path / "a", candidates=["fp32", "llava-int4"])
