@@ -125,6 +125,8 @@ class OpenVinoBackend:
             self.cache.mkdir(parents=True, exist_ok=True)
             config["CACHE_DIR"] = str(self.cache)
         self.compiled = core.compile_model(os.fspath(path), device, config)
+        self._core, self._path, self._device, self._config = core, os.fspath(path), device, config
+        self._stateful, self._lock = None, threading.Lock()
         self._local = threading.local()
         self.input_names = [_port_name(t) for t in self.compiled.inputs]
         self.output_names = [_port_name(t) for t in self.compiled.outputs]
@@ -142,6 +144,63 @@ class OpenVinoBackend:
         request.infer({name: np.ascontiguousarray(value) for name, value in feeds.items()})
         # copies: the request's output tensors are overwritten by this thread's next call
         return {name: np.array(request.get_tensor(name).data) for name in self.output_names}
+
+
+    def stateful(self, pairs: dict[str, str]) -> "StatefulModel":
+        """This part compiled with its KV cache inside (each ``past -> present`` pair a state), made
+        on the first call and kept: a decode step then copies no cache in or out, which measured
+        1.1x (64 cached tokens) to 1.4x (1024) faster per token (benchmarks/reports/kv-cache-*)."""
+        with self._lock:
+            if self._stateful is None:
+                from openvino._offline_transformations import apply_make_stateful_transformation
+
+                model = self._core.read_model(self._path)
+                params = {n: p for p in model.get_parameters() for n in p.output(0).get_names()}
+                results = {n: r for r in model.get_results() for n in r.input_value(0).get_names()}
+                apply_make_stateful_transformation(model, [(params[a], results[b]) for a, b in pairs.items()])
+                self._stateful = StatefulModel(self._core.compile_model(model, self._device, self._config))
+            return self._stateful
+
+
+class StatefulModel:
+    """A compiled decoder whose KV cache lives in each infer request's states."""
+
+    def __init__(self, compiled):
+        self.compiled = compiled
+
+    def request(self, batch: int, heads: int, head_dim: int) -> "StatefulRequest":
+        """A request for one generation, its cache empty for ``batch`` rows."""
+        import openvino as ov
+
+        request = self.compiled.create_infer_request()
+        for state in request.query_state():  # their default shape has batch 0
+            state.state = ov.Tensor(np.zeros((batch, heads, 0, head_dim), np.float32))
+        return StatefulRequest(request)
+
+
+class StatefulRequest:
+    """One generation's cache: the request's states, one per past input."""
+
+    def __init__(self, request):
+        self.request = request
+
+    def run(self, feeds: dict[str, np.ndarray], output: str) -> np.ndarray:
+        self.request.infer({name: np.ascontiguousarray(value) for name, value in feeds.items()})
+        return np.array(self.request.get_tensor(output).data)
+
+    def _replace(self, change) -> None:
+        import openvino as ov
+
+        for state in self.request.query_state():
+            state.state = ov.Tensor(np.ascontiguousarray(change(state.state.data)))
+
+    def take(self, rows: np.ndarray) -> None:
+        """Keep the cache's batch rows ``rows`` (beam search), in place."""
+        self._replace(lambda data: data[rows])
+
+    def cut(self, length: int) -> None:
+        """Keep the first ``length`` positions (a conversation's shared prefix), in place."""
+        self._replace(lambda data: data[:, :, :length])
 
 
 def _port_name(port) -> str:

@@ -1,5 +1,5 @@
 """The OpenVINO recipes on the generating families (LLaVA, BLIP, BLIP-2 with OPT and with T5): the
-generation engine drives OpenVINO decoder parts with an explicit KV cache; ov-fp32 generates what
+generation engine drives OpenVINO decoder parts with the KV cache inside the compiled model (stateful); ov-fp32 generates what
 the FP32 bundle generates, token for token (greedy, beams, a padded batch); every recipe's parts stay
 within a stated tolerance of FP32's on the family's own feeds; a builder graph is refused with the fix."""
 
@@ -71,13 +71,14 @@ def _generate(pipeline, photo, **generation):
 def test_fp32_generates_what_onnxruntime_generates(fixture, ov_bundles, photos):
     bundles = ov_bundles[fixture]
     ort, ov = load(bundles["fp32"], threads=1), load(bundles["ov-fp32"], threads=1)
+    assert type(ov.decoder).__name__ == "StatefulKVDecoder" and ov.decoder.grows_in_place  # the cache in the model
     for options in ({"max_new_tokens": 8, "min_new_tokens": 8}, {"max_new_tokens": 6, "num_beams": 2}):
         assert _generate(ov, photos[0], **options) == _generate(ort, photos[0], **options), options
 
 
 def test_a_padded_batch_and_a_conversation_on_openvino(ov_bundles, photos):
     """LLaVA's plain graph on OpenVINO: left-padded prompts of different lengths, and a chat whose
-    second turn reuses the first turn's (numpy) cache."""
+    second turn reuses the first turn's cache (the stateful request's, cut to the shared prefix)."""
     bundles = ov_bundles["llava_plain_bundle"]
     ort, ov = load(bundles["fp32"], threads=1), load(bundles["ov-fp32"], threads=1)
     questions = ["Describe it.", "What colour is the main object in this picture?"]

@@ -423,8 +423,9 @@ class _BundleLlava:
         def prefill():
             return decoder.step(embeds, mask, positions, decoder.empty_cache(1, length + 1))
 
-        def decode():
-            return decoder.step(one, np.ones((1, length + 1), np.int64), np.asarray([[length]]), cache)
+        def decode():  # every call decodes at the prompt's past length (a stateful cache is cut back to it)
+            past = decoder.resume(cache, length, length + 1) if decoder.grows_in_place else cache
+            return decoder.step(one, np.ones((1, length + 1), np.int64), np.asarray([[length]]), past)
 
         def many():
             config = GenerationConfig(max_new_tokens=GREEDY_TOKENS)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InputError, UsageError
-from ..generate import GenerationConfig, KVDecoder, check_prompt_fits, generate, softmax
+from ..generate import GenerationConfig, check_prompt_fits, generate, kv_decoder, softmax
 from ..image import PREPROCESSING, ImageLike, preprocess
 from ..pipeline import PIPELINES, Pipeline
 from ..retrieval import Match, rank
@@ -79,8 +79,8 @@ class BlipPipeline(Pipeline):
         self.text = text
         if self.manifest["task"] == "retrieval":
             return
-        self.decoder = KVDecoder(self.parts["text_decoder"], text["num_layers"], text["heads"], text["head_dim"],
-                                 token_input="input_ids")
+        self.decoder = kv_decoder(self.parts["text_decoder"], text["num_layers"], text["heads"], text["head_dim"],
+                                  token_input="input_ids")
         self.generation = GenerationConfig(max_new_tokens=CAPTION_TOKENS, stop_token_ids=(text["sep_token_id"],))
 
     def image_embeds(self, images) -> np.ndarray:

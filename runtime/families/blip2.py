@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import InputError
-from ..generate import GenerationConfig, KVDecoder, check_prompt_fits, generate
+from ..generate import GenerationConfig, check_prompt_fits, generate, kv_decoder
 from ..image import PREPROCESSING, ImageLike
 from ..pipeline import PIPELINES
 from ..schema import boolean, integer, list_of, listed_file, nullable, obj, string
@@ -81,8 +81,8 @@ class Blip2Pipeline(VisionLanguagePipeline):
         decoder = None
         self.seq2seq = "llm" not in self.parts
         if self.seq2seq:  # T5: relative positions (no position ids); ids in, embedded by the decoder itself
-            decoder = KVDecoder(self.parts["text_decoder"], llm["num_layers"], llm["kv_heads"], llm["head_dim"],
-                                token_input="input_ids", positions=False)
+            decoder = kv_decoder(self.parts["text_decoder"], llm["num_layers"], llm["kv_heads"], llm["head_dim"],
+                                 token_input="input_ids", positions=False)
         self.setup_text(prompt["image_token_id"], prompt["image_seq_length"], prompt["stop_token_ids"], CAPTION_TOKENS,
                         decoder)
 
