@@ -1,12 +1,12 @@
-"""Explicit or stateful KV cache for an OpenVINO decoder, chosen by measurement.
+"""Explicit or stateful KV cache for an OpenVINO decoder: the measurement behind the engine's choice.
 
-The generation engine drives an OpenVINO decoder part with an explicit cache: each step feeds the
-past keys and values as arrays and copies the present ones out (``runtime/generate.py``). OpenVINO
-can instead keep the cache inside the compiled model ("stateful": ReadValue / Assign pairs, as
-optimum-intel exports LLMs), which saves those copies. This measures one decode step both ways on a
-bundle's decoder part (a part with ``past_*`` inputs: a plain-graph LLaVA ``llm``, an ``ov-*``
-bundle's IR or an FP32 bundle's ONNX), after a prefill of each context length, checks that both
-give the same logits, and writes a Markdown table::
+The generation engine runs an OpenVINO decoder part stateful: the cache stays inside the compiled
+model's infer request (ReadValue / Assign pairs, as optimum-intel exports LLMs; ``runtime/generate.py``).
+The alternative feeds the past keys and values as arrays each step and copies the present ones out.
+This measures one decode step both ways, with the engine's own compiled models
+(``OpenVinoBackend.compiled`` and ``.stateful``), on a bundle's decoder part (an ``ov-*`` bundle's part
+with ``past_*`` inputs, e.g. LLaVA's plain-graph ``llm``) after a prefill of each context length,
+checks that both give the same logits, and writes a Markdown table::
 
     python -m edgevfm.benchmarks.kv_cache BUNDLE [--part llm] [--contexts 32 256 1024] [--steps 16] [--rounds 3] [-o kv.md]
 """
@@ -25,10 +25,10 @@ from edgevfm.runtime.errors import UsageError
 from .machine import machine_info
 
 
-def decoder_model(bundle: str | Path, part: str):
-    """The part as an OpenVINO model, its past -> present tensor names and its manifest inputs."""
-    import openvino as ov
-
+def decoder_backend(bundle: str | Path, part: str, threads: int):
+    """The part loaded on its backend as the runtime loads it, its past -> present names and its
+    manifest inputs."""
+    from edgevfm.runtime.backends import open_backend
     from edgevfm.runtime.bundle import open_bundle
 
     found = open_bundle(bundle).parts[part]
@@ -36,17 +36,12 @@ def decoder_model(bundle: str | Path, part: str):
     if not pairs:
         raise UsageError(f"part {part!r} of {bundle} takes no past_* inputs: it is not a KV-cache decoder; pass the "
                          "decoder part with --part (llm for LLaVA's plain graph)")
-    return ov.Core().read_model(str(found.path)), pairs, found.inputs
-
-
-def make_stateful(model, pairs: dict[str, str]):
-    """The cache moved into the model: each past input / present output pair becomes a state."""
-    from openvino._offline_transformations import apply_make_stateful_transformation
-
-    params = {n: p for p in model.get_parameters() for n in p.output(0).get_names()}
-    results = {n: r for r in model.get_results() for n in r.input_value(0).get_names()}
-    apply_make_stateful_transformation(model, [(params[past], results[present]) for past, present in pairs.items()])
-    return model
+    if found.backend != "openvino":
+        raise UsageError(f"part {part!r} of {bundle} runs on {found.backend}; this compares OpenVINO's two caches: "
+                         "pass an ov-* bundle (edgevfm quantize BUNDLE --recipe ov-fp32 -o OUT)")
+    backend = open_backend(found.backend, found.path, threads=threads, precision=found.compute or found.precision,
+                           digest=found.digest)
+    return backend, pairs, found.inputs
 
 
 def _feeds(inputs: list[dict], context: int, length: int, rng) -> dict:
@@ -78,14 +73,8 @@ def measure(bundle: str | Path, part: str = "llm", contexts=(32, 256, 1024), ste
     median of ``steps`` steps pooled over ``rounds`` rounds that alternate the two (a busy moment of
     the machine hurts both alike), the spread of the rounds' medians, and the largest logit
     difference between the two at the last step."""
-    import openvino as ov
-
-    core = ov.Core()
-    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
-    model, pairs, inputs = decoder_model(bundle, part)
-    compiled = {"explicit": core.compile_model(model, "CPU", config),
-                "stateful": core.compile_model(make_stateful(decoder_model(bundle, part)[0], pairs), "CPU", config)}
-    logits_name = next(n for p in compiled["explicit"].outputs for n in p.get_names() if n == "logits")
+    backend, pairs, inputs = decoder_backend(bundle, part, threads)
+    models = {"explicit": backend.compiled, "stateful": backend.stateful(pairs)}
     empty = {spec["name"]: _empty(spec) for spec in inputs if spec["name"] in pairs}
     rows = []
     for context in contexts:
@@ -95,7 +84,7 @@ def measure(bundle: str | Path, part: str = "llm", contexts=(32, 256, 1024), ste
         times, last = {"explicit": [], "stateful": []}, {}
         for _ in range(rounds):
             for kind in times:
-                last[kind], cache, ms = _decode(ov, compiled[kind], kind, prefill, tokens, empty, pairs, logits_name)
+                last[kind], cache, ms = _decode(models[kind], kind, prefill, tokens, empty, pairs)
                 times[kind].append(ms)
                 if cache is not None:
                     explicit_cache = cache
@@ -109,18 +98,16 @@ def measure(bundle: str | Path, part: str = "llm", contexts=(32, 256, 1024), ste
     return rows
 
 
-def _decode(ov, compiled, kind: str, prefill: dict, tokens: list[dict], empty: dict, pairs: dict, logits_name: str):
+def _decode(model, kind: str, prefill: dict, tokens: list[dict], empty: dict, pairs: dict):
     """One prefill then the decode steps, timed: (last logits, the explicit cache or None, ms per step)."""
-    request = compiled.create_infer_request()
-    if kind == "explicit":  # what the engine does: past arrays in, present arrays copied out
+    if kind == "explicit":  # past arrays in, present arrays copied out
+        request = model.create_infer_request()
         request.infer({**prefill, **empty})
         cache = {past: np.array(request.get_tensor(present).data) for past, present in pairs.items()}
-    else:  # the cache stays in the request; its states start empty, batch 1 (their default is batch 0)
-        for state in request.query_state():
-            _, heads, _, dim = state.state.shape
-            state.state = ov.Tensor(np.zeros((1, heads, 0, dim), np.float32))
+    else:  # the engine's: the cache stays in the request, empty for batch 1 to start
+        _, heads, _, dim = next(iter(empty.values())).shape
+        request, cache = model.request(1, heads, dim).request, None
         request.infer(prefill)
-        cache = None
     times = []
     for feed in tokens:
         start = time.perf_counter()
@@ -129,7 +116,7 @@ def _decode(ov, compiled, kind: str, prefill: dict, tokens: list[dict], empty: d
         else:
             request.infer({**feed, **cache})
             cache = {past: np.array(request.get_tensor(present).data) for past, present in pairs.items()}
-        logits = np.array(request.get_tensor(logits_name).data)
+        logits = np.array(request.get_tensor("logits").data)
         times.append(time.perf_counter() - start)
     return logits, cache, np.array(times) * 1e3
 
@@ -150,7 +137,7 @@ def report(rows: list[dict], bundle, part: str, threads: int, command: str) -> s
                      f"{r['stateful_ms']:.2f} (±{r['stateful_spread']:.0%}) | {r['explicit_ms'] / r['stateful_ms']:.2f}x | "
                      f"{r['logits_max_diff']:.1e} |")
     lines += ["", f"CPU: {machine.get('cpu')}; instruction sets: {', '.join(machine.get('instruction_sets', []))}; "
-              f"{threads} threads; FP32 inference precision; batch 1; median of every decode step over rounds that "
+              f"{threads} threads; the part's precision ({manifest['parts'][part].get('compute') or manifest['parts'][part]['precision']}); batch 1; median of every decode step over rounds that "
               "alternate the two (each round: one prefill, then the steps); spread: half the range of the rounds' medians."]
     return "\n".join(lines) + "\n"
 
