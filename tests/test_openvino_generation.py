@@ -133,3 +133,27 @@ def test_the_kv_cache_benchmark_compares_like_with_like(ov_bundles, tmp_path, ca
 
     with pytest.raises(UsageError, match="takes no past_\\* inputs: it is not a KV-cache decoder"):
         kv_cache.measure(bundle, "vision")
+
+
+def test_the_stateful_cache_equals_the_explicit_one_and_cuts_back(ov_bundles):
+    """The stateful decoder's logits equal the explicit cache's on the same OpenVINO part (prefill,
+    then a step), and a cache cut back to the prompt decodes the same step again (a chat's next turn,
+    the LLaVA benchmark's repeated decode call)."""
+    from edgevfm.runtime.generate import KVDecoder
+
+    llava = load(ov_bundles["llava_plain_bundle"]["ov-fp32"], threads=1)
+    llm, stateful = llava.manifest["llm"], llava.decoder
+    explicit = KVDecoder(llava.parts["llm"], llm["num_layers"], llm["kv_heads"], llm["head_dim"])
+    rng = np.random.default_rng(0)
+    prompt = rng.standard_normal((1, 5, llm["hidden_size"])).astype(np.float32)
+    token = rng.standard_normal((1, 1, llm["hidden_size"])).astype(np.float32)
+    steps = []
+    for decoder in (explicit, stateful):
+        _, _, cache = decoder.step(prompt, np.ones((1, 5), np.int64), np.arange(5)[None], decoder.empty_cache(1, 6))
+        again = []
+        for _ in range(2):
+            past = decoder.resume(cache, 5, 6)
+            again.append(decoder.step(token, np.ones((1, 6), np.int64), np.asarray([[5]]), past)[0])
+        np.testing.assert_allclose(again[1], again[0], atol=1e-5)
+        steps.append(again[0])
+    np.testing.assert_allclose(steps[1], steps[0], atol=1e-4)
