@@ -118,7 +118,7 @@ def _pooled_row(rounds: list[dict]) -> dict:
     row = dict(rounds[0])
     row["latency_ms"] = {part: pooled([r["latency_ms"][part] for r in rounds]) for part in row["latency_ms"]}
     row["peak_rss_mb"] = max(r["peak_rss_mb"] for r in rounds)
-    row["first_part_peak_rss_mb"] = max(r.get("first_part_peak_rss_mb", 0.0) for r in rounds)
+    row["first_part_peak_rss_mb"] = max(r["first_part_peak_rss_mb"] for r in rounds)
     speeds = sorted(r["throughput"]["items_per_s"] for r in rounds)
     row["throughput"] = dict(row["throughput"], items_per_s=speeds[len(speeds) // 2])
     return row

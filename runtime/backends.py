@@ -145,7 +145,6 @@ class OpenVinoBackend:
         # copies: the request's output tensors are overwritten by this thread's next call
         return {name: np.array(request.get_tensor(name).data) for name in self.output_names}
 
-
     def stateful(self, pairs: dict[str, str]) -> "StatefulModel":
         """This part compiled with its KV cache inside (each ``past -> present`` pair a state), made
         on the first call and kept: a decode step then copies no cache in or out (measured as fast up

@@ -301,16 +301,22 @@ class KVDecoder:
         empty = np.zeros((batch, self.kv_heads, 0, self.head_dim), np.float32)
         return feeds | {name: empty for name in self.past_names} | self.constants
 
+    def _step_feeds(self, embeds, attention_mask, position_ids) -> dict[str, np.ndarray]:
+        """A step's inputs other than the cache: tokens, attention mask and (if taken) positions."""
+        feeds = {self.token_input: self._tokens(embeds),
+                 "attention_mask": np.ascontiguousarray(attention_mask, dtype=np.int64)}
+        if self.positions:
+            feeds["position_ids"] = np.ascontiguousarray(position_ids, dtype=np.int64)
+        return feeds
+
     def step(self, embeds: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray, cache):
         """(logits of the last position (B, V) float32, all positions' logits (B, S, V), new cache)."""
         if not self._bound:
             return self._explicit_step(embeds, attention_mask, position_ids, cache)
         session = self.backend.session
         binding = session.io_binding()
-        binding.bind_cpu_input(self.token_input, self._tokens(embeds))
-        binding.bind_cpu_input("attention_mask", np.ascontiguousarray(attention_mask, dtype=np.int64))
-        if self.positions:
-            binding.bind_cpu_input("position_ids", np.ascontiguousarray(position_ids, dtype=np.int64))
+        for name, value in self._step_feeds(embeds, attention_mask, position_ids).items():
+            binding.bind_cpu_input(name, value)
         for name, value in zip(self.past_names + list(self.constants), cache):
             binding.bind_ortvalue_input(name, value)
         binding.bind_output("logits")  # first: outputs come back in binding order
@@ -323,10 +329,7 @@ class KVDecoder:
 
     def _explicit_step(self, embeds, attention_mask, position_ids, cache):
         """A step on a backend without IO binding: the cache goes in and comes out as arrays."""
-        feeds = {self.token_input: self._tokens(embeds),
-                 "attention_mask": np.ascontiguousarray(attention_mask, dtype=np.int64)}
-        if self.positions:
-            feeds["position_ids"] = np.ascontiguousarray(position_ids, dtype=np.int64)
+        feeds = self._step_feeds(embeds, attention_mask, position_ids)
         feeds.update(zip(self.past_names + list(self.constants), cache))
         outputs = self.backend.run(feeds)
         logits = outputs["logits"]
@@ -352,10 +355,6 @@ class StatefulKVDecoder(KVDecoder):
 
     grows_in_place = True
 
-    @property
-    def _bound(self) -> bool:
-        return False
-
     def _model(self):
         return self.backend.stateful(dict(zip(self.past_names, self.present_names)))
 
@@ -372,10 +371,7 @@ class StatefulKVDecoder(KVDecoder):
         return StatefulCache(cache.request, [np.ascontiguousarray(v[rows]) for v in cache.constants])
 
     def step(self, embeds: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray, cache: StatefulCache):
-        feeds = {self.token_input: self._tokens(embeds),
-                 "attention_mask": np.ascontiguousarray(attention_mask, dtype=np.int64)}
-        if self.positions:
-            feeds["position_ids"] = np.ascontiguousarray(position_ids, dtype=np.int64)
+        feeds = self._step_feeds(embeds, attention_mask, position_ids)
         feeds.update(zip(self.constants, cache.constants))
         logits = cache.request.run(feeds, "logits")
         return logits[:, -1], logits, cache
