@@ -20,7 +20,7 @@ AUTO = "auto"  # not a recipe: the fastest recipe within the accuracy floors, me
 
 
 def quantize(bundle: str | Path, recipe: str, out: str | Path, calib: str | Path | None = None,
-             samples: int | None = None, force: bool = False, block_size: int = 32, show_progress: bool = True,
+             samples: int | None = None, force: bool = False, block_size: int | None = None, show_progress: bool = True,
              min_cosine: float | None = None, max_drop: float | None = None, threads: int = 2,
              reuse: str | Path | None = None) -> Path:
     """Apply ``recipe`` to every part of the FP32 ``bundle`` and write the result to ``out``.
@@ -32,6 +32,7 @@ def quantize(bundle: str | Path, recipe: str, out: str | Path, calib: str | Path
 
     ``calib``: a folder of real images for calibrated recipes (default: scikit-image's photos);
     ``samples``: how many calibration images (default: the family's, 32 for CLIP, 8 for SAM).
+    ``block_size``: the 4-bit recipes' group (default: 32 for ONNX Runtime's, measured by ``ov-int4``).
     The new bundle is loaded and run once before it is put in place. ``force`` replaces an existing
     bundle at ``out``, never anything else, and never ``bundle`` itself.
     """
@@ -45,7 +46,8 @@ def quantize(bundle: str | Path, recipe: str, out: str | Path, calib: str | Path
     if min_cosine is not None or max_drop is not None or reuse is not None:
         raise UsageError(f"min_cosine, max_drop and reuse are for recipe 'auto'; recipe {recipe!r} is applied as it is")
     chosen = RECIPES.get(recipe)
-    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 16 or block_size & (block_size - 1):
+    if block_size is not None and (isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 16
+                                   or block_size & (block_size - 1)):
         raise UsageError(f"block_size must be a power of two of at least 16 (MatMulNBits), found {block_size!r}")
     if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 1):
         raise CalibrationError(f"samples must be at least 1, found {samples!r}: calibration needs data")
@@ -61,6 +63,7 @@ def quantize(bundle: str | Path, recipe: str, out: str | Path, calib: str | Path
         raise UsageError(f"recipe {chosen.name!r} is for {', '.join(chosen.families)} bundles, "
                          f"{source.path} is a {source.family} bundle")
     steps = chosen.steps(list(source.parts))
+    sized = {} if block_size is None else {"block_size": block_size}  # else each recipe's own (ov-int4: measured)
     feeds, calibration = {}, None
     if chosen.needs_calibration:
         feeds = _calibration_feeds(source, calib, samples)
@@ -86,7 +89,7 @@ def quantize(bundle: str | Path, recipe: str, out: str | Path, calib: str | Path
             try:
                 with quiet_ort_logging():
                     settings[name] = dict(step.apply(source.file(parts[name]["file"]), stage / written,
-                                                     feeds=feeds.get(name), block_size=block_size), recipe=step.name)
+                                                     feeds=feeds.get(name), **sized), recipe=step.name)
             except MissingExtraError:  # an extra to install, not a failure of the recipe
                 raise
             except Exception as exc:  # an ORT failure: say which part and recipe

@@ -68,7 +68,7 @@ def _installed(backend: str) -> bool:
 
 def quantize_auto(bundle: str | Path, out: str | Path, candidates: list[str] | None = None,
                   min_cosine: float | None = None, max_drop: float | None = None, calib=None,
-                  samples: int | None = None, force: bool = False, block_size: int = 32, threads: int = 2,
+                  samples: int | None = None, force: bool = False, block_size: int | None = None, threads: int = 2,
                   runs: int = 3, rounds: int = 3, show_progress: bool = True,
                   prebuilt: dict[str, Path] | None = None) -> Path:
     """Write to ``out`` the candidate that measured fastest within the floors (see the module).

@@ -5,16 +5,23 @@ compressed with NNCF. Every family has them.
   manifest sets the precision OpenVINO runs it at (:mod:`edgevfm.runtime.backends`).
 - ``ov-int8``: parts that see activations of images or prompts get NNCF's post-training INT8
   (transformer model type, calibrated on the family's feeds, SmoothQuant on or off per part by
-  measurement against the FP32 part); a language-model decoder (a part with
+  measurement against the FP32 part); where the part's outputs on held-out feeds still fall below
+  ``INT8_MIN_COSINE`` of FP32's, NNCF's accuracy control ranks the quantized operations by what
+  each costs and returns the most sensitive ones to float until the floor holds (at most
+  ``RESTORE_ITERATIONS``), and the part records which; a language-model decoder (a part with
   ``past_*`` inputs, driven token by token by the generation engine) gets 8-bit weights instead
   (asymmetric, per channel), as OpenVINO's own LLM pipelines do: static activation ranges from a
   prefill do not fit single-token decode steps.
 - ``ov-int8-plain``: the baseline, ``nncf.quantize`` with its defaults, to show what ``ov-int8``
   adds (reports put it beside ``ov-int8``).
-- ``ov-int4``: NNCF 4-bit weight compression (symmetric, groups of ``block_size`` along the input
-  axis, a smaller power of two where a layer's width is not a multiple, 8-bit for the layers NNCF
-  keeps as its backup: embeddings and the LM head); on decoders data-aware (AWQ and scale
-  estimation on the family's prefill feeds) with ``INT4_DECODER_RATIO`` of the weights at 4 bits.
+- ``ov-int4``: NNCF 4-bit weight compression (symmetric, groups along the input axis, a smaller
+  power of two where a layer's width is not a multiple, 8-bit for the layers NNCF keeps as its
+  backup: embeddings and the LM head); on decoders data-aware (AWQ and scale estimation on the
+  family's prefill feeds). The group size and the share of weights at 4 bits are chosen per part by
+  measurement: ``INT4_CANDIDATES`` in order of bits per weight, the first whose outputs on held-out
+  feeds stay within the floor ships (decoders: next-token top-1 agreement with FP32 of at least
+  ``INT4_MIN_AGREEMENT``; other parts: mean output cosine of at least ``INT4_MIN_COSINE``), else the
+  closest of them; ``--block-size`` fixes the group and leaves the share to measure.
 
 onnxruntime-genai's builder graph (LLaVA's default ``llm``) uses ONNX Runtime's own operators
 (GroupQueryAttention), which OpenVINO cannot convert: such a part is refused with the fix.
@@ -31,10 +38,17 @@ from edgevfm.runtime.errors import MissingExtraError, QuantizeError
 
 from .recipes import Recipe, _register
 
-# the share of a decoder's weights at 4 bits in ov-int4 (the rest at 8): NNCF's and optimum-intel's
-# usual setting for small LLMs; not measured here on a trained LLM yet
-INT4_DECODER_RATIO = 0.8
-SMOOTH_QUANT_CHECK = 16  # held-out feeds ov-int8 measures SmoothQuant on and off with, at most
+SMOOTH_QUANT_CHECK = 16  # held-out feeds ov-int8 measures its choices with, at most
+# the issue's bar for ov-int8 (mean cosine to FP32); ViT-B/32 CLIP's towers and SAM ViT-B's encoder
+# meet it with SmoothQuant chosen alone (0.9995 and better, benchmarks/reports)
+INT8_MIN_COSINE = 0.999
+RESTORE_ITERATIONS = 12  # accuracy control's reverts at most: each costs a validation, a step back a re-ranking
+# ov-int4's (group size, share of weights at 4 bits; the rest 8-bit per channel): NNCF's and
+# optimum-intel's settings for small LLMs lie among them (128/1.0, 64/0.8, 32/0.8 ...)
+INT4_GROUPS = (128, 64, 32)
+INT4_RATIOS = (1.0, 0.8)
+INT4_MIN_AGREEMENT = 0.95  # decoders: LLaVA's and BLIP's auto floor (a drop of 0.05 in next-token top-1)
+INT4_MIN_COSINE = 0.99  # other parts (4-bit weights do not reach ov-int8's 0.999 on ViT towers)
 MIN_GROUP = 16  # the smallest group a layer whose width is not a multiple of block_size falls back to
 
 
@@ -97,10 +111,11 @@ def openvino_ir(src: Path, dst: Path, feeds=None, **_) -> dict:
     return {"converter": f"openvino {ov.__version__.split('-')[0]}", "weights": "fp32"}
 
 
-def openvino_int8(src: Path, dst: Path, feeds=None, **_) -> dict:
+def openvino_int8(src: Path, dst: Path, feeds=None, min_cosine: float = INT8_MIN_COSINE, **_) -> dict:
     """NNCF post-training INT8 (transformer model type: softmax and layer norms in float; SmoothQuant
-    where it helps this part) on the family's feeds; a decoder gets 8-bit weights (see the module's
-    notes)."""
+    where it helps this part; the most sensitive operations back to float where the part would
+    fall below ``min_cosine``) on the family's feeds; a decoder gets 8-bit weights (see the
+    module's notes)."""
     nncf = _nncf()
     model = converted(src)
     if is_decoder(model):
@@ -109,35 +124,107 @@ def openvino_int8(src: Path, dst: Path, feeds=None, **_) -> dict:
         _save(model, dst)
         return {"compressor": f"nncf {nncf.__version__}", "weights": "int8 asymmetric, per channel",
                 "activations": "float"}
-    model, chosen = _smooth_quant_by_measurement(nncf, src, model, list(feeds))
+    held_out = _HeldOut(model, list(feeds))
+    model, chosen = _smooth_quant_by_measurement(nncf, src, held_out)
+    if chosen["cosine"] < min_cosine:
+        model, chosen = _sensitive_back_to_float(nncf, src, held_out, model, chosen, min_cosine)
     _save(model, dst)
     return {"quantizer": f"nncf {nncf.__version__}", "model_type": "transformer", **chosen}
 
 
-def _smooth_quant_by_measurement(nncf, src: Path, model, feeds: list[dict]):
-    """NNCF's transformer PTQ with SmoothQuant (its default alpha) and without, each calibrated on the
-    first three quarters of ``feeds``; keeps the one whose outputs on the last quarter, which neither
-    saw, stay closer to FP32 (mean cosine; with under 4 feeds, on all of them). SmoothQuant moves
-    activation outliers into the weights: on CLIP ViT-B/32 it helps the vision tower (0.99978
-    against 0.99954 without) and hurts the text tower on prompts it was not calibrated on (0.99870
-    against 0.99946; on its calibration prompts both give 0.9995)."""
+class _HeldOut:
+    """The calibration feeds split for measuring a choice: the first three quarters calibrate, the
+    last quarter (at most ``SMOOTH_QUANT_CHECK``), which no calibration saw, checks against the FP32
+    part's outputs (``reference``); with under 4 feeds, all of them do both."""
+
+    def __init__(self, model, feeds: list[dict]):
+        held_out = len(feeds) // 4
+        self.calibration, self.check = ((feeds[:-held_out], feeds[-held_out:][:SMOOTH_QUANT_CHECK]) if held_out
+                                        else (feeds, feeds))
+        self.described = f"{len(self.check)} {'held-out' if held_out else 'calibration'} feeds"
+        self.reference = _outputs(model, self.check)
+        self.logits = _logits_index(model)
+
+    def cosine(self, model) -> float:
+        return _mean_cosine(self.reference, _outputs(model, self.check))
+
+    def agreement(self, model) -> float:
+        """Next-token top-1 agreement with FP32 over every position of the held-out prefills."""
+        import numpy as np
+
+        found = _outputs(model, self.check)
+        return float(np.mean([np.mean(np.argmax(ref[self.logits], -1) == np.argmax(out[self.logits], -1))
+                              for ref, out in zip(self.reference, found)]))
+
+
+def _logits_index(model) -> int:
+    names = [port.get_names() for port in model.outputs]
+    return next((i for i, n in enumerate(names) if any("logits" in name for name in n)), 0)
+
+
+def _advanced(smooth_quant: str):
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
 
-    held_out = len(feeds) // 4
-    calibration, check = (feeds[:-held_out], feeds[-held_out:][:SMOOTH_QUANT_CHECK]) if held_out else (feeds, feeds)
-    reference = _outputs(model, check)
+    if smooth_quant == "on":  # NNCF's default alpha for the transformer type
+        return AdvancedQuantizationParameters()
+    return AdvancedQuantizationParameters(smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1))
+
+
+def _smooth_quant_by_measurement(nncf, src: Path, held_out: _HeldOut):
+    """NNCF's transformer PTQ with SmoothQuant (its default alpha) and without, each calibrated on
+    ``held_out.calibration``; keeps the one whose outputs on the held-out feeds stay closer to FP32
+    (mean cosine). SmoothQuant moves activation outliers into the weights: on CLIP ViT-B/32 it helps
+    the vision tower (0.99978 against 0.99954 without) and hurts the text tower on prompts it was
+    not calibrated on (0.99870 against 0.99946; on its calibration prompts both give 0.9995)."""
     tried = {}
-    for smooth_quant, alpha in (("on", None), ("off", -1)):
-        advanced = (AdvancedQuantizationParameters() if alpha is None else
-                    AdvancedQuantizationParameters(smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=alpha)))
+    for smooth_quant in ("on", "off"):
         with quiet_nncf():
-            quantized = nncf.quantize(converted(src), nncf.Dataset(calibration), model_type=nncf.ModelType.TRANSFORMER,
-                                      subset_size=len(calibration), advanced_parameters=advanced)
-        tried[smooth_quant] = (quantized, _mean_cosine(reference, _outputs(quantized, check)))
+            quantized = nncf.quantize(converted(src), nncf.Dataset(held_out.calibration),
+                                      model_type=nncf.ModelType.TRANSFORMER, subset_size=len(held_out.calibration),
+                                      advanced_parameters=_advanced(smooth_quant))
+        tried[smooth_quant] = (quantized, held_out.cosine(quantized))
     best = max(tried, key=lambda k: tried[k][1])
-    return tried[best][0], {"samples": len(calibration), "smooth_quant": best,
+    return tried[best][0], {"samples": len(held_out.calibration), "smooth_quant": best,
                             "smooth_quant_cosine": {k: round(v[1], 6) for k, v in tried.items()},
-                            "checked_on": f"{len(check)} held-out feeds" if held_out else f"{len(check)} calibration feeds"}
+                            "checked_on": held_out.described, "cosine": round(tried[best][1], 6)}
+
+
+def _sensitive_back_to_float(nncf, src: Path, held_out: _HeldOut, quantized, chosen: dict, min_cosine: float):
+    """NNCF's accuracy control over the chosen quantization: it ranks the quantized operations by the
+    cosine each costs on the held-out feeds and returns the worst to float, one group at a time,
+    until the part's mean cosine to FP32 reaches ``min_cosine`` (or ``RESTORE_ITERATIONS`` pass).
+    The part keeps whichever of the two is closer to FP32, and records what went back to float."""
+    import numpy as np
+    from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
+
+    def validate(compiled, items):  # NNCF compiles each candidate in FP32 itself
+        values = []
+        for index, feed in items:
+            result = compiled(feed)
+            found = [np.array(result[port], dtype=np.float64).ravel() for port in compiled.outputs]
+            values.append(_mean_cosine([held_out.reference[index]], [found]))
+        return float(np.mean(values)), values
+
+    with quiet_nncf():
+        restored = nncf.quantize_with_accuracy_control(
+            converted(src), nncf.Dataset(held_out.calibration),
+            nncf.Dataset(list(enumerate(held_out.check)), lambda item: item[1]), validate,
+            max_drop=1 - min_cosine, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(held_out.calibration),
+            advanced_quantization_parameters=_advanced(chosen["smooth_quant"]),
+            advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
+                max_num_iterations=RESTORE_ITERATIONS, ranking_subset_size=len(held_out.check)))
+    cosine = held_out.cosine(restored)
+    back = sorted(_quantized_ops(quantized) - _quantized_ops(restored))
+    if cosine <= chosen["cosine"] or not back:
+        return quantized, dict(chosen, below_floor=min_cosine, kept_in_float=[])
+    return restored, dict(chosen, below_floor=min_cosine, cosine=round(cosine, 6), cosine_all_int8=chosen["cosine"],
+                          kept_in_float=back)
+
+
+def _quantized_ops(model) -> set[str]:
+    """The operations that take a quantized activation (a FakeQuantize feeding them)."""
+    return {op.get_friendly_name() for op in model.get_ops() if op.get_type_name() != "FakeQuantize"
+            and any(i.get_source_output().get_node().get_type_name() == "FakeQuantize" for i in op.inputs())}
 
 
 def _outputs(model, feeds: list[dict]) -> list[list]:
@@ -151,7 +238,7 @@ def _outputs(model, feeds: list[dict]) -> list[list]:
     found = []
     for feed in feeds:
         request.infer(feed)
-        found.append([np.array(request.get_output_tensor(i).data, dtype=np.float64).ravel()
+        found.append([np.array(request.get_output_tensor(i).data, dtype=np.float64)
                       for i in range(len(compiled.outputs))])
     return found
 
@@ -159,7 +246,7 @@ def _outputs(model, feeds: list[dict]) -> list[list]:
 def _mean_cosine(reference: list[list], outputs: list[list]) -> float:
     import numpy as np
 
-    cosines = [float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
+    cosines = [float(a.ravel() @ b.ravel() / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
                for ref, out in zip(reference, outputs) for a, b in zip(ref, out)]
     return float(np.mean(cosines))
 
@@ -174,28 +261,54 @@ def openvino_int8_plain(src: Path, dst: Path, feeds=None, **_) -> dict:
     return {"quantizer": f"nncf {nncf.__version__}", "settings": "defaults", "samples": len(feeds)}
 
 
-def openvino_int4(src: Path, dst: Path, feeds=None, block_size: int = 32, **_) -> dict:
-    """NNCF 4-bit weight compression; data-aware (AWQ, scale estimation) on decoders."""
+def openvino_int4(src: Path, dst: Path, feeds=None, block_size: int | None = None, **_) -> dict:
+    """NNCF 4-bit weight compression, the group size and the share at 4 bits chosen by measurement
+    (see the module's notes); data-aware (AWQ, scale estimation) on decoders."""
     nncf = _nncf()
+    model = converted(src)
+    decoder = is_decoder(model)
+    groups = (block_size,) if block_size else INT4_GROUPS
+    candidates = sorted(((g, r) for g in groups for r in INT4_RATIOS), key=lambda c: _bits_per_weight(*c))
+    settings = {"compressor": f"nncf {nncf.__version__}", "weights": "int4 symmetric",
+                "data_aware": "awq, scale estimation" if decoder else False}
+    if not feeds:  # nothing to measure with: the most accurate candidate
+        group, ratio = candidates[-1]
+        _save(_int4(nncf, model, group, ratio, None), dst)
+        return dict(settings, group_size=group, ratio=ratio)
+    held_out = _HeldOut(model, list(feeds))
+    measure, floor = ((held_out.agreement, INT4_MIN_AGREEMENT) if decoder else (held_out.cosine, INT4_MIN_COSINE))
+    tried, best = {}, None
+    for group, ratio in candidates:  # the fewest bits first; the first within the floor ships
+        compressed = _int4(nncf, converted(src), group, ratio, held_out.calibration if decoder else None)
+        tried[f"group {group}, ratio {ratio}"] = value = round(measure(compressed), 6)
+        if best is None or value > best[0]:
+            best = (value, group, ratio, compressed)
+        if value >= floor:
+            break
+    value, group, ratio, compressed = best
+    _save(compressed, dst)
+    return dict(settings, group_size=group, ratio=ratio, samples=len(held_out.calibration) if decoder else 0,
+                measured="next-token top-1 agreement" if decoder else "mean output cosine", floor=floor,
+                tried=tried, checked_on=held_out.described,
+                chosen="the fewest bits within the floor" if value >= floor else "none within the floor: the closest")
+
+
+def _bits_per_weight(group: int, ratio: float) -> float:
+    """4-bit values with an FP16 scale per group; the rest 8-bit, per channel."""
+    return ratio * (4 + 16 / group) + (1 - ratio) * 8
+
+
+def _int4(nncf, model, group: int, ratio: float, calibration: list[dict] | None):
     from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
 
-    model = converted(src)
     advanced = AdvancedCompressionParameters(group_size_fallback_mode=GroupSizeFallbackMode.ADJUST,
                                              min_adjusted_group_size=MIN_GROUP)
-    settings = {"compressor": f"nncf {nncf.__version__}", "weights": "int4 symmetric", "group_size": block_size}
+    data = {}
+    if calibration:  # a decoder's prefills: AWQ and scale estimation
+        data = dict(dataset=nncf.Dataset(calibration), subset_size=len(calibration), awq=True, scale_estimation=True)
     with quiet_nncf():
-        if is_decoder(model) and feeds:
-            model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT4_SYM, group_size=block_size,
-                                          ratio=INT4_DECODER_RATIO, dataset=nncf.Dataset(list(feeds)),
-                                          subset_size=len(feeds), awq=True, scale_estimation=True,
-                                          advanced_parameters=advanced)
-            settings.update(ratio=INT4_DECODER_RATIO, data_aware="awq, scale estimation", samples=len(feeds))
-        else:
-            model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT4_SYM, group_size=block_size,
-                                          ratio=1.0, advanced_parameters=advanced)
-            settings.update(ratio=1.0, data_aware=False)
-    _save(model, dst)
-    return settings
+        return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT4_SYM, group_size=group, ratio=ratio,
+                                     advanced_parameters=advanced, **data)
 
 
 _register(Recipe("ov-fp32", "fp32", "OpenVINO IR, run in FP32 (the inference precision set explicitly)", openvino_ir,
@@ -213,5 +326,5 @@ _register(Recipe("ov-int8-bf16", "int8", "OpenVINO IR, NNCF post-training INT8 a
                  compute="bf16", listed=False))
 _register(Recipe("ov-int8-plain", "int8", "baseline: OpenVINO IR, nncf.quantize with its defaults (what a user "
                  "tries first)", openvino_int8_plain, needs_calibration=True, backend="openvino"))
-_register(Recipe("ov-int4", "int4", "OpenVINO IR, NNCF 4-bit weights (8-bit embeddings and LM head); AWQ and scale "
-                 "estimation on language-model decoders", openvino_int4, needs_calibration=True, backend="openvino"))
+_register(Recipe("ov-int4", "int4", "OpenVINO IR, NNCF 4-bit weights (8-bit embeddings and LM head), group size "
+                 "and 4-bit share by measurement; AWQ and scale estimation on language-model decoders", openvino_int4, needs_calibration=True, backend="openvino"))

@@ -79,10 +79,68 @@ def test_smooth_quant_is_kept_per_part_by_measurement(clip_bundle, clip_recipe_b
         cosines = settings["smooth_quant_cosine"]
         assert (settings["samples"], settings["checked_on"]) == (6, "2 held-out feeds"), settings
         assert set(cosines) == {"on", "off"} and settings["smooth_quant"] == max(cosines, key=cosines.get)
+        # below ov-int8's floor, accuracy control may have put operations back in float (next test)
+        assert settings.get("cosine_all_int8", settings["cosine"]) == cosines[settings["smooth_quant"]]
         held_out = feeds[part][6:]
         want = [[v.astype(np.float64).ravel() for v in fp32.run(part, f).values()] for f in held_out]
         got = [[v.astype(np.float64).ravel() for v in int8.run(part, f).values()] for f in held_out]
-        assert _mean_cosine(want, got) == pytest.approx(cosines[settings["smooth_quant"]], abs=1e-4)
+        assert _mean_cosine(want, got) == pytest.approx(settings["cosine"], abs=1e-4)
+
+
+@pytest.mark.parametrize("floor", [0.5, 0.99999])
+def test_sensitive_operations_go_back_to_float_below_the_floor(clip_bundle, tmp_path, floor):
+    """Above its floor, ov-int8 ships the part all INT8; below it, NNCF's accuracy control returns
+    the operations that cost the most cosine to float: the part records them, they take no
+    quantized input in the shipped IR, and the held-out cosine it records is the shipped part's and
+    higher than all-INT8's."""
+    import openvino as ov
+
+    from edgevfm.quantize.api import _calibration_feeds
+    from edgevfm.quantize.openvino import _HeldOut, _quantized_ops, openvino_int8
+    from edgevfm.runtime.bundle import open_bundle
+
+    source = open_bundle(clip_bundle)
+    feeds = _calibration_feeds(source, None, 8)["text"]
+    settings = openvino_int8(source.file("text.onnx"), tmp_path / "text.xml", feeds=feeds, min_cosine=floor)
+    shipped = ov.Core().read_model(str(tmp_path / "text.xml"))
+    held_out = _HeldOut(ov.convert_model(str(source.file("text.onnx"))), feeds)
+    assert held_out.cosine(shipped) == pytest.approx(settings["cosine"], abs=1e-5)
+    if floor == 0.5:
+        assert "below_floor" not in settings and "kept_in_float" not in settings, settings
+        return
+    assert settings["below_floor"] == floor and settings["kept_in_float"], settings
+    assert settings["cosine"] > settings["cosine_all_int8"], settings
+    assert not set(settings["kept_in_float"]) & _quantized_ops(shipped)
+    assert _quantized_ops(shipped), "accuracy control put every operation back in float"
+
+
+def test_int4_group_and_share_are_chosen_by_measurement(clip_bundle, clip_recipe_bundles, tmp_path):
+    """ov-int4 tries (group, share at 4 bits) in order of bits per weight and ships the first within
+    its floor, else the closest; the shipped part's held-out cosine is the one recorded; a block
+    size the user gives fixes the group."""
+    import openvino as ov
+
+    from edgevfm.quantize.api import _calibration_feeds, quantize
+    from edgevfm.quantize.openvino import INT4_MIN_COSINE, _bits_per_weight, _HeldOut
+    from edgevfm.runtime.bundle import open_bundle
+
+    source = open_bundle(clip_bundle)
+    feeds = _calibration_feeds(source, None, 8)
+    parts = json.loads((clip_recipe_bundles["ov-int4"] / "manifest.json").read_text())["recipe"]["parts"]
+    for part, settings in parts.items():
+        tried = [(int(k.split(",")[0].split()[1]), float(k.split()[-1]), v) for k, v in settings["tried"].items()]
+        bits = [_bits_per_weight(g, r) for g, r, _ in tried]
+        assert bits == sorted(bits) and settings["floor"] == INT4_MIN_COSINE, settings
+        values = [v for _, _, v in tried]
+        assert all(v < INT4_MIN_COSINE for v in values[:-1]), settings  # it stopped at the first within the floor
+        best = tried[-1] if values[-1] >= INT4_MIN_COSINE else max(tried, key=lambda t: t[2])
+        assert (settings["group_size"], settings["ratio"]) == best[:2], settings
+        shipped = ov.Core().read_model(str(clip_recipe_bundles["ov-int4"] / f"{part}.xml"))
+        held_out = _HeldOut(ov.convert_model(str(source.file(f"{part}.onnx"))), feeds[part])
+        assert held_out.cosine(shipped) == pytest.approx(best[2], abs=1e-5)
+    fixed = quantize(clip_bundle, "ov-int4", tmp_path / "g64", block_size=64, samples=8, show_progress=False)
+    for settings in json.loads((fixed / "manifest.json").read_text())["recipe"]["parts"].values():
+        assert {k.split(",")[0] for k in settings["tried"]} == {"group 64"} and settings["group_size"] == 64
 
 
 def test_an_int8_part_can_run_its_float_operations_in_bf16(sam_recipe_bundles, tmp_path):

@@ -97,6 +97,33 @@ def test_a_builder_graph_is_refused_with_the_fix(llava_bundle, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.parametrize("fixture", FAMILY_BUNDLES)
+def test_int4_decoders_are_measured_by_next_token_agreement(fixture, ov_bundles):
+    """ov-int4 compresses a decoder data-aware and chooses its group and 4-bit share by next-token
+    top-1 agreement with FP32 on the prefills (the figure the family's auto floor uses): the shipped
+    decoder's agreement is the one recorded for the chosen candidate."""
+    import json
+
+    import openvino as ov
+
+    from edgevfm.quantize.openvino import INT4_MIN_AGREEMENT, _HeldOut, is_decoder
+    from edgevfm.runtime.bundle import open_bundle
+
+    fp32, int4 = open_bundle(ov_bundles[fixture]["fp32"]), ov_bundles[fixture]["ov-int4"]
+    parts = json.loads((int4 / "manifest.json").read_text())["recipe"]["parts"]
+    pipeline = load(fp32.path, threads=1)
+    feeds = CALIBRATION.get(fp32.family)(pipeline, calibration_images(None, 2), 2)
+    decoders = [name for name in parts if is_decoder(ov.Core().read_model(str(int4 / f"{name}.xml")))]
+    assert decoders, parts
+    for name in decoders:
+        settings = parts[name]
+        assert settings["measured"] == "next-token top-1 agreement" and settings["floor"] == INT4_MIN_AGREEMENT
+        assert settings["data_aware"] == "awq, scale estimation", settings
+        chosen = settings["tried"][f"group {settings['group_size']}, ratio {settings['ratio']}"]
+        held_out = _HeldOut(ov.convert_model(str(fp32.file(f"{name}.onnx"))), feeds[name])
+        assert held_out.agreement(ov.Core().read_model(str(int4 / f"{name}.xml"))) == pytest.approx(chosen, abs=1e-6)
+
+
 def test_generation_on_openvino_needs_no_torch(ov_bundles, photos):
     """The engine over OpenVINO decoders, with torch unimportable, says what the FP32 bundle says."""
     import subprocess
