@@ -121,15 +121,19 @@ def _decode(model, kind: str, prefill: dict, tokens: list[dict], empty: dict, pa
     return logits, cache, np.array(times) * 1e3
 
 
+def made_by(manifest: dict) -> str:
+    """The commands that made a bundle, from its manifest: the export and the recipe."""
+    options = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in ((manifest.get("export") or {}).get("options") or {}).items())
+    return (f"Bundle: `edgevfm export {manifest['source']['id']}{' ' + options if options else ''}`, then recipe "
+            f"{(manifest.get('recipe') or {}).get('name', 'none (FP32)')}.")
+
+
 def report(rows: list[dict], bundle, part: str, threads: int, command: str) -> str:
     from edgevfm.runtime.bundle import open_bundle
 
     machine, manifest = machine_info(threads), open_bundle(bundle).manifest
-    options = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in ((manifest.get("export") or {}).get("options") or {}).items())
-    made = (f"Bundle: `edgevfm export {manifest['source']['id']}{' ' + options if options else ''}`, then recipe "
-            f"{(manifest.get('recipe') or {}).get('name', 'none (FP32)')}.")
     lines = [f"# KV cache: explicit or stateful, {bundle} part {part!r}", "",
-             f"Produced by `{command}`. {made}", "",
+             f"Produced by `{command}`. {made_by(manifest)}", "",
              "| context tokens | cache MB | explicit ms/step (spread) | stateful ms/step (spread) | explicit / stateful "
              "| logits max diff |", "|---|---|---|---|---|---|"]
     for r in rows:

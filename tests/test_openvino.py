@@ -253,3 +253,23 @@ def test_a_full_disk_is_named(clip_bundle, tmp_path, monkeypatch):
                                             r"about \d+ MB: free some space, or write the bundle elsewhere\)"):
         api.quantize(clip_bundle, "ov-fp32", tmp_path / "x", show_progress=False)
     assert not (tmp_path / "x").exists() and not list(tmp_path.glob(".*"))
+
+
+def test_the_profile_sums_openvino_s_own_node_times(ov_clip, clip_bundle, tmp_path):
+    """benchmarks/profile.py reads OpenVINO's per-node profile of a part: the node types add up to
+    the nodes, the matrix products are there, and it names the command; a part on another backend
+    or a part that is not there is a typed error."""
+    from edgevfm.benchmarks import profile
+
+    found = profile.measure(ov_clip["ov-fp32"], "vision", threads=1, runs=2)
+    assert found["call_ms"] > 0 and found["by_kind"] and found["nodes"]
+    assert sum(k[2] for k in found["by_kind"]) == pytest.approx(sum(n[0] for n in found["nodes"]), rel=1e-9)
+    assert {"FullyConnected", "MatMul"} & {k[0] for k in found["by_kind"]}, found["by_kind"]
+    out = tmp_path / "profile.md"
+    assert profile.main([str(ov_clip["ov-fp32"]), "--part", "text", "--threads", "1", "--runs", "1", "-o", str(out)]) == 0
+    text = out.read_text()
+    assert "python -m edgevfm.benchmarks.profile" in text and "| node type | kernel |" in text
+    with pytest.raises(UsageError, match="runs on onnxruntime.*ov-\\* bundle"):
+        profile.measure(clip_bundle, "vision")
+    with pytest.raises(UsageError, match="no part 'nosuch'"):
+        profile.measure(ov_clip["ov-fp32"], "nosuch")
