@@ -43,6 +43,30 @@ def test_random_sam_is_not_degenerate(sam_checkpoint, photos):
     assert out.pred_masks.abs().max() > 1e-2 and out.iou_scores.abs().max() > 1e-2
 
 
+@pytest.mark.parametrize("window,qkv_bias", [(3, True), (3, False), (4, True)])
+def test_windowed_layers_project_outside_the_windows_exactly(window, qkv_bias):
+    """ImageEncoder runs a windowed layer's qkv and output projections on the image's tokens (not the
+    padded windows'): transformers' encoder's numbers, with padding (8 tokens in windows of 3) and
+    without, a qkv bias or none, and learned-looking relative positions (SAM's init leaves them 0)."""
+    from transformers import SamConfig, SamModel
+
+    config = SamConfig(vision_config=dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, image_size=128,
+                                          patch_size=16, output_channels=32, window_size=window,
+                                          global_attn_indexes=[1], num_pos_feats=16, qkv_bias=qkv_bias,
+                                          initializer_range=0.02))
+    torch.manual_seed(0)
+    model = SamModel(config).eval()
+    with torch.no_grad():
+        for layer in model.vision_encoder.layers:
+            layer.attn.rel_pos_h.normal_(), layer.attn.rel_pos_w.normal_()
+            if qkv_bias:
+                layer.attn.qkv.bias.normal_()
+        pixels = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(1))
+        got, want = ImageEncoder(model)(pixels), model.get_image_embeddings(pixels)
+    assert want.abs().max() > 1
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
 def test_encoder_parity_at_batch_2(sam_bundle, sam_checkpoint):
     pixels = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(7))
     got = OrtBackend(sam_bundle / "image_encoder.onnx").run({"pixel_values": pixels.numpy()})["image_embeddings"]

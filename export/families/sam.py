@@ -15,14 +15,57 @@ MASK_OUTPUTS = 4  # mask 0: the single-mask answer; masks 1-3: the multimask ans
 
 
 class ImageEncoder(nn.Module):
-    """pixel_values (batch, 3, S, S) float32 -> image_embeddings (batch, C, S/16, S/16)."""
+    """pixel_values (batch, 3, S, S) float32 -> image_embeddings (batch, C, S/16, S/16).
+
+    A window-attention layer runs its qkv and output projections on the image's tokens, not on the
+    padded windows' (SAM ViT-B: 64 x 64 tokens in windows of 14, padded to 70 x 70): the same
+    numbers (a padding token is zeros after the norm, so its qkv is the bias; the output projection
+    is per token, and the padding is cropped after it), 16% less work in those projections on every
+    backend, and the qkv's INT8 input quantizer sits right on its MatMul: with the Pad in between,
+    OpenVINO ran 7 of ViT-B's 8 windowed qkv layers in FP32 (``python -m edgevfm.benchmarks.profile``).
+    """
 
     def __init__(self, model):
         super().__init__()
         self.encoder = model.vision_encoder
 
     def forward(self, pixel_values):
-        return self.encoder(pixel_values)[0]
+        encoder = self.encoder
+        hidden = encoder.patch_embed(pixel_values)
+        if encoder.pos_embed is not None:
+            hidden = hidden + encoder.pos_embed
+        for layer in encoder.layers:
+            hidden = _windowed_layer(layer, hidden) if layer.window_size > 0 else layer(hidden)
+        return encoder.neck(hidden)
+
+
+def _windowed_layer(layer, hidden):
+    """transformers' SamVisionLayer with a window, projections outside the windows (see ImageEncoder)."""
+    attn, size = layer.attn, layer.window_size
+    height, width = hidden.shape[1], hidden.shape[2]
+    qkv = attn.qkv(layer.layer_norm1(hidden))
+    padded = attn.qkv.bias is not None and bool(height % size or width % size)
+    windows, padding = layer.window_partition(qkv - attn.qkv.bias if padded else qkv, size)
+    if padded:  # the padding tokens' qkv is the bias
+        windows = windows + attn.qkv.bias
+    out = layer.window_unpartition(_attention(attn, windows), size, padding, (height, width))
+    hidden = hidden + attn.proj(out)
+    return hidden + layer.mlp(layer.layer_norm2(hidden))
+
+
+def _attention(attn, qkv):
+    """SamVisionAttention after its qkv projection and before its output projection:
+    (windows, h, w, 3 * C) -> (windows, h, w, C)."""
+    batch, height, width, _ = qkv.shape
+    heads = attn.num_attention_heads
+    qkv = qkv.reshape(batch, height * width, 3, heads, -1).permute(2, 0, 3, 1, 4)
+    query, key, value = qkv.reshape(3, batch * heads, height * width, -1).unbind(0)
+    weights = (query * attn.scale) @ key.transpose(-2, -1)
+    if attn.use_rel_pos:
+        weights = weights + attn.get_decomposed_rel_pos(query, attn.rel_pos_h, attn.rel_pos_w, (height, width),
+                                                        (height, width)).reshape_as(weights)
+    out = (torch.softmax(weights, dim=-1) @ value).reshape(batch, heads, height, width, -1)
+    return out.permute(0, 2, 3, 1, 4).reshape(batch, height, width, -1)
 
 
 class PromptDecoder(nn.Module):
