@@ -21,7 +21,8 @@ compressed with NNCF. Every family has them.
   measurement: ``INT4_CANDIDATES`` in order of bits per weight, the first whose outputs on held-out
   feeds stay within the floor ships (decoders: next-token top-1 agreement with FP32 of at least
   ``INT4_MIN_AGREEMENT``; other parts: mean output cosine of at least ``INT4_MIN_COSINE``), else the
-  closest of them; ``--block-size`` fixes the group and leaves the share to measure.
+  closest of them (a candidate whose groups come out as an earlier one's on this part's layer
+  widths is not tried again); ``--block-size`` fixes the group and leaves the share to measure.
 
 onnxruntime-genai's builder graph (LLaVA's default ``llm``) uses ONNX Runtime's own operators
 (GroupQueryAttention), which OpenVINO cannot convert: such a part is refused with the fix.
@@ -277,8 +278,12 @@ def openvino_int4(src: Path, dst: Path, feeds=None, block_size: int | None = Non
         return dict(settings, group_size=group, ratio=ratio)
     held_out = _HeldOut(model, list(feeds))
     measure, floor = ((held_out.agreement, INT4_MIN_AGREEMENT) if decoder else (held_out.cosine, INT4_MIN_COSINE))
-    tried, best = {}, None
+    tried, best, seen = {}, None, set()
     for group, ratio in candidates:  # the fewest bits first; the first within the floor ships
+        in_effect = (_groups_in_effect(model, group), ratio)
+        if in_effect in seen:  # narrow layers: another group size came to the same groups
+            continue
+        seen.add(in_effect)
         compressed = _int4(nncf, converted(src), group, ratio, held_out.calibration if decoder else None)
         tried[f"group {group}, ratio {ratio}"] = value = round(measure(compressed), 6)
         if best is None or value > best[0]:
@@ -291,6 +296,23 @@ def openvino_int4(src: Path, dst: Path, feeds=None, block_size: int | None = Non
                 measured="next-token top-1 agreement" if decoder else "mean output cosine", floor=floor,
                 tried=tried, checked_on=held_out.described,
                 chosen="the fewest bits within the floor" if value >= floor else "none within the floor: the closest")
+
+
+def _groups_in_effect(model, group: int) -> tuple[int, ...]:
+    """The group each weight MatMul gets with NNCF's ADJUST fallback: ``group`` where it divides the
+    layer's input width, else the width's largest power-of-two divisor."""
+    found = []
+    for op in model.get_ops():
+        if op.get_type_name() != "MatMul":
+            continue
+        weight = op.input_value(1).get_node()
+        while weight.get_type_name() == "Convert":
+            weight = weight.input_value(0).get_node()
+        shape = list(weight.get_output_shape(0)) if weight.get_type_name() == "Constant" else []
+        if len(shape) >= 2:
+            width = shape[-1] if op.get_attributes().get("transpose_b") else shape[-2]
+            found.append(group if width % group == 0 else width & -width)
+    return tuple(found)
 
 
 def _bits_per_weight(group: int, ratio: float) -> float:
