@@ -22,7 +22,7 @@ import numpy as np
 
 from edgevfm.runtime.errors import UsageError
 
-from .machine import machine_info
+from .tool import command_of, emit, machine_line, made_by
 
 
 def decoder_backend(bundle: str | Path, part: str, threads: int):
@@ -121,17 +121,10 @@ def _decode(model, kind: str, prefill: dict, tokens: list[dict], empty: dict, pa
     return logits, cache, np.array(times) * 1e3
 
 
-def made_by(manifest: dict) -> str:
-    """The commands that made a bundle, from its manifest: the export and the recipe."""
-    options = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in ((manifest.get("export") or {}).get("options") or {}).items())
-    return (f"Bundle: `edgevfm export {manifest['source']['id']}{' ' + options if options else ''}`, then recipe "
-            f"{(manifest.get('recipe') or {}).get('name', 'none (FP32)')}.")
-
-
 def report(rows: list[dict], bundle, part: str, threads: int, command: str) -> str:
     from edgevfm.runtime.bundle import open_bundle
 
-    machine, manifest = machine_info(threads), open_bundle(bundle).manifest
+    manifest = open_bundle(bundle).manifest
     lines = [f"# KV cache: explicit or stateful, {bundle} part {part!r}", "",
              f"Produced by `{command}`. {made_by(manifest)}", "",
              "| context tokens | cache MB | explicit ms/step (spread) | stateful ms/step (spread) | explicit / stateful "
@@ -140,8 +133,7 @@ def report(rows: list[dict], bundle, part: str, threads: int, command: str) -> s
         lines.append(f"| {r['context']} | {r['cache_mb']:.1f} | {r['explicit_ms']:.2f} (±{r['explicit_spread']:.0%}) | "
                      f"{r['stateful_ms']:.2f} (±{r['stateful_spread']:.0%}) | {r['explicit_ms'] / r['stateful_ms']:.2f}x | "
                      f"{r['logits_max_diff']:.1e} |")
-    lines += ["", f"CPU: {machine.get('cpu')}; instruction sets: {', '.join(machine.get('instruction_sets', []))}; "
-              f"{threads} threads; the part's precision ({manifest['parts'][part].get('compute') or manifest['parts'][part]['precision']}); batch 1; median of every decode step over rounds that "
+    lines += ["", f"{machine_line(manifest, part, threads)}; batch 1; median of every decode step over rounds that "
               "alternate the two (each round: one prefill, then the steps); spread: half the range of the rounds' medians."]
     return "\n".join(lines) + "\n"
 
@@ -157,12 +149,7 @@ def main(argv=None) -> int:
     parser.add_argument("-o", "--output", type=Path)
     args = parser.parse_args(argv)
     rows = measure(args.bundle, args.part, args.contexts, args.steps, args.threads, args.rounds)
-    command = "python -m edgevfm.benchmarks.kv_cache " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = report(rows, args.bundle, args.part, args.threads, command)
-    if args.output:
-        args.output.write_text(text)
-    print(text)
-    return 0
+    return emit(report(rows, args.bundle, args.part, args.threads, command_of("kv_cache", argv)), args.output)
 
 
 if __name__ == "__main__":

@@ -22,8 +22,7 @@ import numpy as np
 
 from edgevfm.runtime.errors import UsageError
 
-from .kv_cache import made_by
-from .machine import machine_info
+from .tool import command_of, emit, machine_line, made_by
 
 
 def _feeds(inputs: list[dict], rng) -> dict:
@@ -75,7 +74,7 @@ def measure(bundle: str | Path, part: str, threads: int = 2, runs: int = 2) -> d
 def report(found: dict, bundle, part: str, threads: int, command: str, top: int) -> str:
     from edgevfm.runtime.bundle import open_bundle
 
-    machine, manifest = machine_info(threads), open_bundle(bundle).manifest
+    manifest = open_bundle(bundle).manifest
     total = sum(ms for *_, ms, _ in found["by_kind"]) or 1.0
     lines = [f"# OpenVINO profile: {bundle} part {part!r}", "", f"Produced by `{command}`. {made_by(manifest)}", "",
              f"One call: {found['call_ms']:.1f} ms (median); the nodes' own times add up to {total:.1f} ms "
@@ -86,10 +85,8 @@ def report(found: dict, bundle, part: str, threads: int, command: str, top: int)
     lines += ["", f"The {top} slowest nodes:", "", "| ms | node type | kernel | node |", "|---|---|---|---|"]
     for ms, node_type, kernel, name in found["nodes"][:top]:
         lines.append(f"| {ms:.1f} | {node_type} | {kernel} | `{name}` |")
-    lines += ["", f"CPU: {machine.get('cpu')}; instruction sets: {', '.join(machine.get('instruction_sets', []))}; "
-              f"{threads} threads; the part's precision as the runtime sets it "
-              f"({manifest['parts'][part].get('compute') or manifest['parts'][part]['precision']}); seeded random "
-              "inputs at the manifest's sizes."]
+    lines += ["", f"{machine_line(manifest, part, threads)}, set as the runtime sets it; seeded random inputs at "
+              "the manifest's sizes."]
     return "\n".join(lines) + "\n"
 
 
@@ -103,12 +100,7 @@ def main(argv=None) -> int:
     parser.add_argument("-o", "--output", type=Path)
     args = parser.parse_args(argv)
     found = measure(args.bundle, args.part, args.threads, args.runs)
-    command = "python -m edgevfm.benchmarks.profile " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = report(found, args.bundle, args.part, args.threads, command, args.top)
-    if args.output:
-        args.output.write_text(text)
-    print(text)
-    return 0
+    return emit(report(found, args.bundle, args.part, args.threads, command_of("profile", argv), args.top), args.output)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,34 @@
+"""What the one-part measuring tools (``kv_cache``, ``profile``) share: the command that ran, the
+commands that made the bundle, the machine, and where the Markdown goes."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .machine import machine_info
+
+
+def command_of(module: str, argv) -> str:
+    return f"python -m edgevfm.benchmarks.{module} " + " ".join(argv if argv is not None else sys.argv[1:])
+
+
+def made_by(manifest: dict) -> str:
+    """The commands that made a bundle, from its manifest: the export and the recipe."""
+    options = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in ((manifest.get("export") or {}).get("options") or {}).items())
+    return (f"Bundle: `edgevfm export {manifest['source']['id']}{' ' + options if options else ''}`, then recipe "
+            f"{(manifest.get('recipe') or {}).get('name', 'none (FP32)')}.")
+
+
+def machine_line(manifest: dict, part: str, threads: int) -> str:
+    """The CPU, its instruction sets, the threads and the precision the part runs at."""
+    machine, found = machine_info(threads), manifest["parts"][part]
+    return (f"CPU: {machine.get('cpu')}; instruction sets: {', '.join(machine.get('instruction_sets', []))}; "
+            f"{threads} threads; the part's precision ({found.get('compute') or found['precision']})")
+
+
+def emit(text: str, output: Path | None) -> int:
+    if output:
+        output.write_text(text)
+    print(text)
+    return 0
