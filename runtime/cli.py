@@ -110,8 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib", type=existing_folder, help="folder of calibration images (default: scikit-image's photos)")
     p.add_argument("--samples", type=positive_int, help="calibration images (default: 32 for CLIP, 8 for SAM)")
     p.add_argument("--block-size", type=int, choices=[16, 32, 64, 128, 256],
-                   help="int4 block size (default 32; ov-int4 measures 128, 64 and 32 and keeps the largest "
-                        "within its floor)")
+                   help="int4 block size (default 32; ov-int4 measures 128, 64 and 32 and keeps the fewest "
+                        "bits per weight within its floor)")
     p.add_argument("--force", action="store_true", help=FORCE_HELP)
     p.set_defaults(func=cmd_quantize)
 
