@@ -23,6 +23,10 @@ class ImageEncoder(nn.Module):
     is per token, and the padding is cropped after it), 16% less work in those projections on every
     backend, and the qkv's INT8 input quantizer sits right on its MatMul: with the Pad in between,
     OpenVINO ran 7 of ViT-B's 8 windowed qkv layers in FP32 (``python -m edgevfm.benchmarks.profile``).
+    Between the attentions the tokens stay (batch, H * W, C): OpenVINO laid transformers' 4-D
+    (batch, H, W, C) out channels-blocked and reordered around each of the 24 layer norms, and ran
+    the INT8 inputs' zero-point subtraction apart from their MatMuls (sam-ov-int8's encoder 2636 ->
+    2383 ms in the profile, SAM ViT-B, 2 threads).
     """
 
     def __init__(self, model):
@@ -34,22 +38,28 @@ class ImageEncoder(nn.Module):
         hidden = encoder.patch_embed(pixel_values)
         if encoder.pos_embed is not None:
             hidden = hidden + encoder.pos_embed
+        batch, height, width, channels = hidden.shape
+        hidden = hidden.reshape(batch, height * width, channels)
         for layer in encoder.layers:
-            hidden = _windowed_layer(layer, hidden) if layer.window_size > 0 else layer(hidden)
-        return encoder.neck(hidden)
+            hidden = _layer(layer, hidden, height, width)
+        return encoder.neck(hidden.reshape(batch, height, width, channels))
 
 
-def _windowed_layer(layer, hidden):
-    """transformers' SamVisionLayer with a window, projections outside the windows (see ImageEncoder)."""
+def _layer(layer, hidden, height, width):
+    """transformers' SamVisionLayer on (batch, tokens, C), the projections outside the windows (see
+    ImageEncoder)."""
     attn, size = layer.attn, layer.window_size
-    height, width = hidden.shape[1], hidden.shape[2]
-    qkv = attn.qkv(layer.layer_norm1(hidden))
-    padded = attn.qkv.bias is not None and bool(height % size or width % size)
-    windows, padding = layer.window_partition(qkv - attn.qkv.bias if padded else qkv, size)
-    if padded:  # the padding tokens' qkv is the bias
-        windows = windows + attn.qkv.bias
-    out = layer.window_unpartition(_attention(attn, windows), size, padding, (height, width))
-    hidden = hidden + attn.proj(out)
+    batch, tokens, channels = hidden.shape
+    qkv = attn.qkv(layer.layer_norm1(hidden)).reshape(batch, height, width, -1)
+    if size > 0:
+        padded = attn.qkv.bias is not None and bool(height % size or width % size)
+        windows, padding = layer.window_partition(qkv - attn.qkv.bias if padded else qkv, size)
+        if padded:  # the padding tokens' qkv is the bias
+            windows = windows + attn.qkv.bias
+        out = layer.window_unpartition(_attention(attn, windows), size, padding, (height, width))
+    else:
+        out = _attention(attn, qkv)
+    hidden = hidden + attn.proj(out.reshape(batch, tokens, channels))
     return hidden + layer.mlp(layer.layer_norm2(hidden))
 
 
