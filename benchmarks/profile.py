@@ -5,7 +5,7 @@ operations still run in float, which kernels a quantized layer fell back to)::
     python -m edgevfm.benchmarks.profile BUNDLE --part image_encoder [--threads 2] [--runs 2] [--top 12] [-o profile.md]
 
 The part is compiled as the runtime compiles it (its precision or compute, threads, the latency
-hint) with profiling on, and fed the manifest's inputs at their fixed sizes filled with seeded
+hint, the sizes its pipeline always runs it at) with profiling on, and fed the manifest's inputs at their fixed sizes filled with seeded
 random values (a dynamic dimension takes 1): timing does not depend on the values. One call warms
 up; the profile is the mean of ``runs`` calls after it.
 """
@@ -39,21 +39,22 @@ def _feeds(inputs: list[dict], rng) -> dict:
 def measure(bundle: str | Path, part: str, threads: int = 2, runs: int = 2) -> dict:
     """{"call_ms", "by_kind": [(node type, kernel, ms, count)], "nodes": [(ms, type, kernel, name)]},
     times per call, slowest first."""
-    import openvino as ov
-
-    from edgevfm.runtime.backends import OV_INFERENCE_PRECISION
+    from edgevfm.runtime import families  # noqa: F401  (registers the pipelines)
+    from edgevfm.runtime.backends import OpenVinoBackend
     from edgevfm.runtime.bundle import open_bundle
+    from edgevfm.runtime.pipeline import PIPELINES, run_shapes
 
-    parts = open_bundle(bundle).parts
+    opened = open_bundle(bundle)
+    parts = opened.parts
     if part not in parts:
         raise UsageError(f"bundle {bundle} has no part {part!r}: its parts are {sorted(parts)}")
     found = parts[part]
     if found.backend != "openvino":
         raise UsageError(f"part {part!r} of {bundle} runs on {found.backend}; this reads OpenVINO's profile: pass an "
                          "ov-* bundle (edgevfm quantize BUNDLE --recipe ov-fp32 -o OUT)")
-    config = {"INFERENCE_PRECISION_HINT": OV_INFERENCE_PRECISION.get(found.compute or found.precision, "f32"),
-              "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads, "PERF_COUNT": True}
-    request = ov.Core().compile_model(str(found.path), "CPU", config).create_infer_request()
+    sizes = PIPELINES.get(opened.manifest["family"]).run_sizes.get(part, {})
+    request = OpenVinoBackend(found.path, threads=threads, precision=found.compute or found.precision,
+                              shapes=run_shapes(found, sizes), profile=True).compiled.create_infer_request()
     feeds = _feeds(found.inputs, np.random.default_rng(0))
     request.infer(feeds)
     kinds, counts, nodes, calls = collections.Counter(), collections.Counter(), collections.Counter(), []

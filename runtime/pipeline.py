@@ -26,6 +26,9 @@ class Pipeline:
     family: ClassVar[str]
     needs: ClassVar[dict[str, tuple[tuple[str, ...], tuple[str, ...]]]]
     manifest_schema: ClassVar[dict[str, Check]] = {}
+    # the sizes a pipeline always runs a part at, by the manifest's dimension names (SAM encodes one
+    # image at a time: {"image_encoder": {"batch": 1}}); a backend may compile the part for them
+    run_sizes: ClassVar[dict[str, dict[str, int]]] = {}
 
     def __init__(self, bundle: Bundle, threads: int | None = None, providers: Sequence[str] | None = None,
                  low_memory: bool = False):
@@ -41,7 +44,7 @@ class Pipeline:
             try:
                 backend = open_backend(part.backend, part.path, threads=threads, providers=providers,
                                        low_memory=low_memory, precision=part.compute or part.precision,
-                                       digest=part.digest)
+                                       digest=part.digest, shapes=run_shapes(part, self.run_sizes.get(name, {})))
             except (UsageError, MissingExtraError):  # the caller's to fix: a device, an extra to install
                 raise
             except Exception as exc:  # the backend's own errors: not a graph, an op it lacks, ...
@@ -105,6 +108,12 @@ def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     line = text[0] if text else type(exc).__name__
     return line if len(line) <= 300 else line[:297] + "..."
+
+
+def run_shapes(part, sizes: dict[str, int]) -> dict[str, list[int]]:
+    """The inputs whose every size is known once the pipeline's ``sizes`` fill the named ones."""
+    shapes = {i["name"]: [sizes.get(d, d) if isinstance(d, str) else d for d in i["shape"]] for i in part.inputs}
+    return {name: shape for name, shape in shapes.items() if sizes and all(isinstance(d, int) for d in shape)}
 
 
 def _io_mismatch(name: str, part, backend) -> list[str]:

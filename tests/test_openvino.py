@@ -172,6 +172,23 @@ def test_sam_fp32_equals_onnxruntime(sam_bundle, sam_recipe_bundles, photos):
     reference, found = (p.predict(points=[[200, 150]], labels=[1]) for p in (theirs, ours))
     np.testing.assert_allclose(found.low_res_logits, reference.low_res_logits, atol=1e-3)
     assert (found.masks == reference.masks).mean() > 0.999
+    # the encoder is compiled for the one image SAM's pipeline runs it on; the decoder's prompts vary
+    size = ours.input_size
+    assert [list(port.get_partial_shape().to_shape()) for port in ours.parts["image_encoder"].compiled.inputs] == [
+        [1, 3, size, size]]
+    assert not all(port.get_partial_shape().is_static for port in ours.parts["prompt_decoder"].compiled.inputs)
+
+
+def test_run_shapes_fill_only_inputs_the_sizes_make_static():
+    from types import SimpleNamespace
+
+    from edgevfm.runtime.pipeline import run_shapes
+
+    part = SimpleNamespace(inputs=[{"name": "pixels", "shape": ["batch", 3, 8, 8]},
+                                   {"name": "tokens", "shape": ["batch", "sequence"]}])
+    assert run_shapes(part, {"batch": 1}) == {"pixels": [1, 3, 8, 8]}
+    assert run_shapes(part, {"batch": 2, "sequence": 5}) == {"pixels": [2, 3, 8, 8], "tokens": [2, 5]}
+    assert run_shapes(part, {}) == {}
 
 
 def test_the_cache_is_keyed_by_the_part_device_and_version(ov_clip, cache_dir, tmp_path, photos):

@@ -57,6 +57,7 @@ class SamPredictor(Pipeline):
         "prompt_decoder": (("image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input"),
                            ("low_res_masks", "iou_scores")),
     }
+    run_sizes = {"image_encoder": {"batch": 1}}  # one image at a time
     manifest_schema = {"preprocessing": PREPROCESSING,
                        "constants": obj({"input_size": integer(1, 8192), "low_res_size": integer(1, 8192),
                                          "mask_threshold": number()})}
