@@ -106,7 +106,8 @@ class OpenVinoBackend:
     ``shapes``: {input name: sizes} the part always runs at (the pipeline's ``run_sizes``): it is
     compiled for them, and OpenVINO then plans its memory once instead of on every call (SAM ViT-B's
     sam-ov-int8 encoder: 2382 -> 2279 ms, its 12 x 4096 x 4096 attention maps no longer mapped
-    afresh per image)."""
+    afresh per image). A decoder the generation engine runs stateful holds only the stateful
+    compiled model (:meth:`stateful`)."""
 
     def __init__(self, path: Path, threads: int | None = None, providers: Sequence[str] | None = None,
                  low_memory: bool = False, precision: str = "fp32", digest: str | None = None,
@@ -131,21 +132,34 @@ class OpenVinoBackend:
             self.cache = cache_root() / "openvino" / f"{digest[:32]}-{device}-{ov.__version__.split('-')[0]}"
             self.cache.mkdir(parents=True, exist_ok=True)
             config["CACHE_DIR"] = str(self.cache)
-        model = os.fspath(path)
-        if shapes:
-            model = core.read_model(model)
-            ports = {_port_name(port): port for port in model.inputs}
-            model.reshape({ports[name]: shape for name, shape in shapes.items() if name in ports})
-        self.compiled = core.compile_model(model, device, config)
         self._core, self._path, self._device, self._config = core, os.fspath(path), device, config
-        self._stateful, self._lock = None, threading.Lock()
+        self._shapes, self._stateful, self._lock = shapes, None, threading.Lock()
         self._local = threading.local()
+        self._compiled = self._compile()
         self.input_names = [_port_name(t) for t in self.compiled.inputs]
         self.output_names = [_port_name(t) for t in self.compiled.outputs]
         self.signature = {_port_name(t): (OV_DTYPES.get(t.get_element_type().get_type_name(),
                                                         t.get_element_type().get_type_name()),
                                           [d.get_length() if d.is_static else None for d in t.get_partial_shape()])
                           for t in list(self.compiled.inputs) + list(self.compiled.outputs)}
+
+    def _compile(self, model=None):
+        if model is None and not self._shapes:  # by file: a cached blob loads without reading the IR
+            return self._core.compile_model(self._path, self._device, self._config)
+        model = model or self._core.read_model(self._path)
+        if self._shapes:
+            ports = {_port_name(port): port for port in model.inputs}
+            model.reshape({ports[name]: shape for name, shape in self._shapes.items() if name in ports})
+        return self._core.compile_model(model, self._device, self._config)
+
+    @property
+    def compiled(self):
+        """The compiled part. A decoder the engine runs stateful lets go of it (see :meth:`stateful`);
+        asked for again, it is compiled again."""
+        with self._lock:
+            if self._compiled is None:
+                self._compiled = self._compile()
+            return self._compiled
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # one infer request per thread, made on its first call: the backend may serve many threads,
@@ -165,11 +179,14 @@ class OpenVinoBackend:
             if self._stateful is None:
                 from openvino._offline_transformations import apply_make_stateful_transformation
 
+                # the engine then decodes through the stateful model alone: the plain one goes
+                # first, so the decoder's weights are never compiled twice at once
+                self._compiled = self._local.request = None
                 model = self._core.read_model(self._path)
                 params = {n: p for p in model.get_parameters() for n in p.output(0).get_names()}
                 results = {n: r for r in model.get_results() for n in r.input_value(0).get_names()}
                 apply_make_stateful_transformation(model, [(params[a], results[b]) for a, b in pairs.items()])
-                self._stateful = StatefulModel(self._core.compile_model(model, self._device, self._config))
+                self._stateful = StatefulModel(self._compile(model))
             return self._stateful
 
 

@@ -165,7 +165,8 @@ def test_the_kv_cache_benchmark_compares_like_with_like(ov_bundles, tmp_path, ca
 def test_the_stateful_cache_equals_the_explicit_one_and_cuts_back(ov_bundles):
     """The stateful decoder's logits equal the explicit cache's on the same OpenVINO part (prefill,
     then a step), and a cache cut back to the prompt decodes the same step again (a chat's next turn,
-    the LLaVA benchmark's repeated decode call)."""
+    the LLaVA benchmark's repeated decode call). Decoding stateful, the part holds only the stateful
+    compiled model (the decoder's weights once); the plain one is compiled again when asked for."""
     from edgevfm.runtime.generate import KVDecoder
 
     llava = load(ov_bundles["llava_plain_bundle"]["ov-fp32"], threads=1)
@@ -175,8 +176,9 @@ def test_the_stateful_cache_equals_the_explicit_one_and_cuts_back(ov_bundles):
     prompt = rng.standard_normal((1, 5, llm["hidden_size"])).astype(np.float32)
     token = rng.standard_normal((1, 1, llm["hidden_size"])).astype(np.float32)
     steps = []
-    for decoder in (explicit, stateful):
+    for decoder in (stateful, explicit):
         _, _, cache = decoder.step(prompt, np.ones((1, 5), np.int64), np.arange(5)[None], decoder.empty_cache(1, 6))
+        assert (llava.parts["llm"]._compiled is None) == (decoder is stateful)
         again = []
         for _ in range(2):
             past = decoder.resume(cache, 5, 6)
