@@ -147,9 +147,13 @@ class OpenVinoBackend:
         if model is None and not self._shapes:  # by file: a cached blob loads without reading the IR
             return self._core.compile_model(self._path, self._device, self._config)
         model = model or self._core.read_model(self._path)
-        if self._shapes:
-            ports = {_port_name(port): port for port in model.inputs}
-            model.reshape({ports[name]: shape for name, shape in self._shapes.items() if name in ports})
+        if self._shapes:  # only the graph's dynamic sizes: a fixed one the manifest contradicts stays a mismatch
+            sizes = {}
+            for port in model.inputs:
+                shape, wanted = port.get_partial_shape(), self._shapes.get(_port_name(port))
+                if wanted and len(wanted) == shape.rank.get_length():
+                    sizes[port] = [d.get_length() if d.is_static else w for d, w in zip(shape, wanted)]
+            model.reshape(sizes)
         return self._core.compile_model(model, self._device, self._config)
 
     @property
