@@ -42,7 +42,7 @@ def measure(bundle: str | Path, part: str, threads: int = 2, runs: int = 2) -> d
     from edgevfm.runtime import families  # noqa: F401  (registers the pipelines)
     from edgevfm.runtime.backends import OpenVinoBackend
     from edgevfm.runtime.bundle import open_bundle
-    from edgevfm.runtime.pipeline import PIPELINES, run_shapes
+    from edgevfm.runtime.pipeline import PIPELINES
 
     opened = open_bundle(bundle)
     parts = opened.parts
@@ -52,9 +52,8 @@ def measure(bundle: str | Path, part: str, threads: int = 2, runs: int = 2) -> d
     if found.backend != "openvino":
         raise UsageError(f"part {part!r} of {bundle} runs on {found.backend}; this reads OpenVINO's profile: pass an "
                          "ov-* bundle (edgevfm quantize BUNDLE --recipe ov-fp32 -o OUT)")
-    sizes = PIPELINES.get(opened.manifest["family"]).run_sizes.get(part, {})
-    request = OpenVinoBackend(found.path, threads=threads, precision=found.compute or found.precision,
-                              shapes=run_shapes(found, sizes), profile=True).compiled.create_infer_request()
+    options = PIPELINES.get(opened.manifest["family"]).part_options(part, found)
+    request = OpenVinoBackend(found.path, threads=threads, profile=True, **options).compiled.create_infer_request()
     feeds = _feeds(found.inputs, np.random.default_rng(0))
     request.infer(feeds)
     kinds, counts, nodes, calls = collections.Counter(), collections.Counter(), collections.Counter(), []

@@ -105,8 +105,8 @@ class OpenVinoBackend:
     cache folder (under :func:`cache_root`), so a changed part never reuses a stale blob;
     ``shapes``: {input name: sizes} the part always runs at (the pipeline's ``run_sizes``): it is
     compiled for them, and OpenVINO then plans its memory once instead of on every call (SAM ViT-B's
-    sam-ov-int8 encoder: 2382 -> 2279 ms, its 12 x 4096 x 4096 attention maps no longer mapped
-    afresh per image). A decoder the generation engine runs stateful holds only the stateful
+    encoder: its 12 x 4096 x 4096 attention maps are no longer mapped afresh per image; the SAM
+    report's OpenVINO rows carry the effect). A decoder the generation engine runs stateful holds only the stateful
     compiled model (:meth:`stateful`)."""
 
     def __init__(self, path: Path, threads: int | None = None, providers: Sequence[str] | None = None,
@@ -151,7 +151,7 @@ class OpenVinoBackend:
             sizes = {}
             for port in model.inputs:
                 shape, wanted = port.get_partial_shape(), self._shapes.get(_port_name(port))
-                if wanted and len(wanted) == shape.rank.get_length():
+                if wanted and shape.rank.is_static and len(wanted) == shape.rank.get_length():
                     sizes[port] = [d.get_length() if d.is_static else w for d, w in zip(shape, wanted)]
             model.reshape(sizes)
         return self._core.compile_model(model, self._device, self._config)

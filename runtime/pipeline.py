@@ -30,6 +30,14 @@ class Pipeline:
     # image at a time: {"image_encoder": {"batch": 1}}); a backend may compile the part for them
     run_sizes: ClassVar[dict[str, dict[str, int]]] = {}
 
+    @classmethod
+    def part_options(cls, name: str, part) -> dict:
+        """How this pipeline opens its part ``name`` beyond threads and device: the precision the
+        backend runs it at (its compute, else its precision), its files' digest (the compiled-model
+        cache's key) and the sizes it always runs at. The profile tool opens a part the same way."""
+        return {"precision": part.compute or part.precision, "digest": part.digest,
+                "shapes": run_shapes(part, cls.run_sizes.get(name, {}))}
+
     def __init__(self, bundle: Bundle, threads: int | None = None, providers: Sequence[str] | None = None,
                  low_memory: bool = False):
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
@@ -43,8 +51,7 @@ class Pipeline:
         for name, part in bundle.parts.items():
             try:
                 backend = open_backend(part.backend, part.path, threads=threads, providers=providers,
-                                       low_memory=low_memory, precision=part.compute or part.precision,
-                                       digest=part.digest, shapes=run_shapes(part, self.run_sizes.get(name, {})))
+                                       low_memory=low_memory, **self.part_options(name, part))
             except (UsageError, MissingExtraError):  # the caller's to fix: a device, an extra to install
                 raise
             except Exception as exc:  # the backend's own errors: not a graph, an op it lacks, ...

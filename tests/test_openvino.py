@@ -191,6 +191,28 @@ def test_run_shapes_fill_only_inputs_the_sizes_make_static():
     assert run_shapes(part, {}) == {}
 
 
+def test_run_shapes_fill_only_the_graphs_dynamic_sizes(tmp_path):
+    """Given run sizes, the backend fills a graph's dynamic sizes; a fixed size the run sizes
+    contradict stays the graph's, and sizes of another rank than the input's are not applied."""
+    import openvino as ov
+
+    from edgevfm.runtime.backends import OpenVinoBackend
+
+    inputs = [ov.opset13.parameter(ov.PartialShape([-1, 3]), ov.Type.f32, name="known"),
+              ov.opset13.parameter(ov.PartialShape([-1, 2]), ov.Type.f32, name="other")]
+    outputs = [ov.opset13.relu(node) for node in inputs]
+    for node, name in zip(inputs + outputs, ("known", "other", "a", "b")):
+        node.output(0).set_names({name})
+    path = tmp_path / "part.xml"
+    ov.save_model(ov.Model(outputs, inputs), str(path))
+    backend = OpenVinoBackend(path, threads=1, shapes={"known": [2, 7], "other": [4]})
+    shapes = {port.get_any_name(): port.get_partial_shape() for port in backend.compiled.inputs}
+    assert shapes == {"known": ov.PartialShape([2, 3]), "other": ov.PartialShape([-1, 2])}
+    found = backend.run({"known": np.ones((2, 3), np.float32), "other": -np.ones((5, 2), np.float32)})
+    np.testing.assert_array_equal(found["a"], np.ones((2, 3)))
+    np.testing.assert_array_equal(found["b"], np.zeros((5, 2)))
+
+
 def test_the_cache_is_keyed_by_the_part_device_and_version(ov_clip, cache_dir, tmp_path, photos):
     import openvino as ov
 
