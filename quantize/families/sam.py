@@ -20,15 +20,15 @@ register_family_recipe("sam-int8", "sam", "SAM: INT8 static image encoder, FP32 
                        {"image_encoder": "int8-static", "prompt_decoder": "fp32"})
 # The OpenVINO encoder with the FP32 decoder (one bundle, two backends). Measured in
 # benchmarks/reports/sam-vit-b (make report; random:sam-vit-b, 2 threads, AVX-512 VNNI/BF16): whole-bundle
-# ov-int8's encoder 2208 ms at mask IoU 0.961 and ov-bf16's 2680 ms at 0.575, against sam-ov-int8's
-# 2260 ms at 0.971 and sam-ov-bf16's 2702 ms at 0.992: an INT8 or BF16 decoder flips random weights'
+# ov-int8's encoder 2260 ms at mask IoU 0.961 and ov-bf16's 2688 ms at 0.575, against sam-ov-int8's
+# 2207 ms at 0.971 and sam-ov-bf16's 2726 ms at 0.992: an INT8 or BF16 decoder flips random weights'
 # near-0 mask logits, as sam-int8's measurements showed for ONNX Runtime. Keeping the decoder FP32 is
 # what these recipes add.
 register_family_recipe("sam-ov-int8", "sam", "SAM: OpenVINO NNCF INT8 image encoder, FP32 prompt decoder (ONNX Runtime)",
                        {"image_encoder": "ov-int8", "prompt_decoder": "fp32"})
 # The same INT8 encoder with its float operations (attention products, softmax, norms) in BF16 where the
-# CPU has it, as in ov-bf16. In the same report: encoder 1791 ms (3.41x ORT FP32's 6107) at mask IoU
-# 0.971 (sam-ov-int8: 2260 ms, 0.971), the encoder run's peak 922 MB against 1354; --recipe auto keeps it.
+# CPU has it, as in ov-bf16. In the same report: encoder 1763 ms (3.48x ORT FP32's 6142) at mask IoU
+# 0.971 (sam-ov-int8: 2207 ms, 0.971), the encoder run's peak 919 MB against 1349; --recipe auto keeps it.
 register_family_recipe("sam-ov-int8-bf16", "sam", "SAM: OpenVINO NNCF INT8 image encoder with its float operations in "
                        "BF16 where the CPU has it, FP32 prompt decoder (ONNX Runtime)",
                        {"image_encoder": "ov-int8-bf16", "prompt_decoder": "fp32"})
