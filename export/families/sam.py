@@ -91,8 +91,8 @@ class PromptDecoder(nn.Module):
     positional embedding stored in that layout, instead of its 4-D (P, 1, tokens, C) and a
     (P, C, h, w) embedding flattened and transposed on every call: the same numbers, and OpenVINO's
     INT8 decoder no longer transposes the positional embedding or splits heads around a 4-D layout
-    (a one-off A/B of the two exports, random:sam-vit-b, one point, 2 threads, interleaved: NNCF
-    INT8 on OpenVINO 26.6 -> 21.9 ms; ONNX Runtime FP32 within its noise).
+    (where the decoder's time goes: ``python -m edgevfm.benchmarks.profile BUNDLE --part
+    prompt_decoder`` on an ov-int8 bundle).
     """
 
     def __init__(self, model):

@@ -21,9 +21,9 @@ register_family_recipe("sam-int8", "sam", "SAM: INT8 static image encoder, FP32 
 # The OpenVINO encoder with the FP32 decoder (one bundle, two backends). Measured in
 # benchmarks/reports/sam-vit-b (make report; random:sam-vit-b, 2 threads, AVX-512 VNNI/BF16): whole-bundle
 # ov-int8's encoder 2260 ms at mask IoU 0.961 and ov-bf16's 2688 ms at 0.575, against sam-ov-int8's
-# 2207 ms at 0.971 and sam-ov-bf16's 2726 ms at 0.992: an INT8 or BF16 decoder flips random weights'
-# near-0 mask logits, as sam-int8's measurements showed for ONNX Runtime. Keeping the decoder FP32 is
-# what these recipes add.
+# 2207 ms at 0.971 and sam-ov-bf16's 2726 ms at 0.992: a BF16 decoder flips most of random weights'
+# near-0 mask logits, NNCF's INT8 decoder some (0.961 against 0.971), as sam-int8's measurements showed
+# for ONNX Runtime. Keeping the decoder FP32 is what these recipes add.
 register_family_recipe("sam-ov-int8", "sam", "SAM: OpenVINO NNCF INT8 image encoder, FP32 prompt decoder (ONNX Runtime)",
                        {"image_encoder": "ov-int8", "prompt_decoder": "fp32"})
 # The same INT8 encoder with its float operations (attention products, softmax, norms) in BF16 where the
