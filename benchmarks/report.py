@@ -143,8 +143,8 @@ def write_report(results: dict, out_dir: Path) -> Path:
     intro = (f"Reference: `{results['reference']}` in PyTorch eager FP32. Accuracy columns compare each row "
              "with that reference on the same inputs (see Workload). "
              "With random-weight presets they measure agreement with FP32, not task accuracy.")
-    md = [f"# {results['family']} benchmark", "", f"Produced by `{results['command']}` on {results['created']}.",
-          "", intro, ""]
+    md = [f"# {results['family']} benchmark", "", f"Produced by `{results['command']}` on {results['created']}."
+          + _rederived_text(results), "", intro, ""]
     if (results.get("load_average") or {}).get("busy"):
         md += load_lines(results) + [""]
     md += ["## Latency, size and memory", "", _markdown_table(*lat), ""]
@@ -177,6 +177,66 @@ def write_report(results: dict, out_dir: Path) -> Path:
     return report
 
 
+def _rederived_text(results: dict) -> str:
+    again = results.get("goals_rederived")
+    return (f" Goals re-derived from these measurements by `{again['command']}` on {again['created']} "
+            f"({again['what']})." if again else "")
+
+
+def rederive(report_dir: str | Path, show_progress: bool = True) -> Path:
+    """Recompute a report's goals from its measured rows (``results.json``) and rewrite it: for a
+    goal's explanation that gained inputs after the report was measured. The latencies, accuracy and
+    memory stay as measured; what an older report lacks is counted again - the reference's matrix
+    products (torch's FLOP counter on the checkpoint the report names) and each bundle row's compute
+    precision and quantized operations (from the bundle folder the row names, where it still exists).
+    Returns the Markdown file."""
+    import datetime
+
+    from .api import backend_goals
+    from .families import BENCH
+    from .worker import _open_bundle_facts, product_gop, reference_calls
+
+    out_dir = Path(report_dir)
+    results = json.loads((out_dir / "results.json").read_text())
+    family_bench = BENCH.get(results["family"])(results.get("data"))
+    counted = []
+    torch_row = next(r for r in results["rows"] if r["kind"] == "pytorch")
+    if "product_gop" not in torch_row:
+        model, calls = reference_calls(results["reference"], family_bench, results["settings"])
+        torch_row["product_gop"] = {part: product_gop(model, call) for part, call in calls.items()
+                                    if part in torch_row["gop"]}
+        counted.append(f"the matrix products of {results['reference']}, counted by torch's FLOP counter")
+    found = [r for r in results["rows"] if r["kind"] == "bundle" and "quantized_ops" not in r
+             and Path(r["path"]).is_dir()]
+    for row in found:
+        row.update(_open_bundle_facts(row["path"]))
+    if found:
+        counted.append(f"the compute precision and quantized operations of {len(found)} bundles, read from their folders")
+    results["goals"] = family_bench.goals(results["rows"], results["machine"]["measured_peaks"]) + \
+        backend_goals(family_bench, results["rows"])
+    results["goals_rederived"] = {
+        "command": f"python -m edgevfm.benchmarks.report {out_dir}",
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "what": "; ".join(counted) or "nothing counted again"}
+    return write_report(results, out_dir)
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m edgevfm.benchmarks.report", description=rederive.__doc__)
+    parser.add_argument("report_dir", nargs="+", help="a report folder (holds results.json)")
+    args = parser.parse_args(argv)
+    for folder in args.report_dir:
+        if not (Path(folder) / "results.json").is_file():
+            from edgevfm.runtime.errors import UsageError
+
+            raise UsageError(f"{folder} holds no results.json: pass a folder a benchmark report was written to "
+                             "(benchmarks/reports/<model>)")
+        print(rederive(folder))
+    return 0
+
+
 def _write_html(results, out_dir, lat, acc, intro, picture) -> None:
     img = ""
     if picture:
@@ -189,7 +249,8 @@ def _write_html(results, out_dir, lat, acc, intro, picture) -> None:
              "td:first-child,th:first-child{text-align:left}code{background:#f4f4f4;padding:1px 4px}")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{results['family']} benchmark</title>"
             f"<style>{style}</style></head><body><h1>{html.escape(results['family'])} benchmark</h1>"
-            f"<p>Produced by <code>{html.escape(results['command'])}</code> on {results['created']}.</p>"
+            f"<p>Produced by <code>{html.escape(results['command'])}</code> on {results['created']}."
+            f"{html.escape(_rederived_text(results))}</p>"
             f"<p>{html.escape(intro)}</p>"
             + ("".join(f"<p><strong>{html.escape(line.replace('**', ''))}</strong></p>" for line in load_lines(results))
                if (results.get("load_average") or {}).get("busy") else "")
@@ -200,3 +261,7 @@ def _write_html(results, out_dir, lat, acc, intro, picture) -> None:
             + (f"<h2>Goals</h2><ul>{goals}</ul>" if goals else "")
             + f"<h2>Machine</h2><ul>{machine}</ul></body></html>")
     (out_dir / "report.html").write_text(page)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -68,3 +68,35 @@ def _time(fn) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+def work_floor(reference: dict, part: str, call: str, row: dict, peaks: dict, allowed_ms: float, took_ms: float,
+               what: str) -> str:
+    """Why ``row``'s ``part`` misses a time goal, in arithmetic: the reference's count of the work
+    in ``call`` (its Linear/Conv layers, ``gop``; every matrix product, ``product_gop``, of which the
+    rest is attention's activation x activation products), the precision this row runs each kind
+    at, and how long that work takes at this CPU's measured GEMM peaks against the ``allowed_ms``
+    the goal leaves (where a precision has no measured peak, only the rate the part ran at)."""
+    gemm = reference["gop"][call]
+    products = (reference.get("product_gop") or {}).get(call)
+    attention = max(products - gemm, 0.0) if products is not None else None
+    precision = row["parts"][part]
+    floats = (row.get("compute") or {}).get(part) or ("bf16" if precision == "bf16" else "fp32")
+    rates = {"int8": peaks.get("int8_gops"), "fp32": peaks.get("fp32_gflops")}
+    text = f"{what} is {gemm:.2f} GOP of Linear/Conv work ({precision.upper()} in this row)"
+    if attention is None:
+        text += " (attention products not counted)"
+    else:
+        text += f" and {attention:.2f} GOP of attention products ({floats.upper()})"
+    linear = precision if precision in rates else None
+    if linear and floats in rates and attention is not None and all(rates.values()):
+        floor = (gemm / rates[linear] + attention / rates[floats]) * 1e3
+        text += (f": at this CPU's measured GEMM peaks (INT8 {rates['int8']:.0f} GOP/s, FP32 {rates['fp32']:.0f} "
+                 f"GFLOP/s) that work alone takes {floor:.1f} ms, "
+                 + (f"more than the {allowed_ms:.1f} ms the goal allows" if floor > allowed_ms
+                    else f"within the {allowed_ms:.1f} ms the goal allows: the rest goes where the peaks do not "
+                    "reach (small matrices, layout changes, element-wise operations; the profile tool shows where)"))
+    else:
+        missing = sorted({p.upper() for p in (precision, floats) if p not in rates})
+        text += f": the goal allows {allowed_ms:.1f} ms (no {' or '.join(missing) or 'attention'} peak is measured here)"
+    return text + f"; the part ran at {(gemm + (attention or 0.0)) / took_ms * 1e3:.0f} GOP/s"

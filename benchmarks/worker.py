@@ -4,6 +4,7 @@ own: the PyTorch reference or one bundle, on the family's workload."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from .timing import current_rss_mb, latency, peak_rss_mb, runs_per_round, timed
 
@@ -25,6 +26,8 @@ def measure_row(task: dict) -> dict:
     part_calls, (unit, items, throughput_call) = bench.calls(runner, task["batch"])
     if task["kind"] == "pytorch":
         row["gop"] = {part: gemm_gop(runner.model, call) for part, call in part_calls.items()}
+        if task.get("outputs", True):  # once per row: counting every product is slow (SAM: 12 s)
+            row["product_gop"] = {part: product_gop(runner.model, call) for part, call in part_calls.items()}
     first = next(iter(part_calls.values()))
     _, row["first_call_ms"] = timed(first)
     row["first_call_ms"] *= 1e3
@@ -81,6 +84,79 @@ def gemm_gop(model, call) -> float:
     return 2 * total[0] / 1e9
 
 
+def product_gop(model, call) -> float:
+    """Giga-operations of every matrix product in one ``call``: the Linear/Conv layers of
+    :func:`gemm_gop` plus attention's activation x activation products (torch's FLOP counter). Run
+    without gradients: the counter's module tracker hooks the backward graph of any input that
+    requires one, and trips over a parameter fed to a layer as it is (BLIP-2's query tokens)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    wanted = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for parameter, _ in wanted:
+            parameter.requires_grad_(False)
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            call()
+    finally:
+        for parameter, flag in wanted:
+            parameter.requires_grad_(flag)
+    return counter.get_total_flops() / 1e9
+
+
+# operations that move or reshape a quantized tensor on its way to the operation that computes with it
+_PASS_THROUGH = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Gather", "Concat", "Convert", "Split", "VariadicSplit"}
+# operations that turn a stored constant into a weight (dequantization, layout)
+_WEIGHT_CHAIN = _PASS_THROUGH | {"Const", "FakeQuantize", "Multiply", "Subtract"}
+
+
+def quantized_ops(part_path: str | Path) -> dict[str, int]:
+    """The operations of an OpenVINO IR that compute on a quantized activation (a FakeQuantize
+    feeds them, through reshapes and transposes), by type; a MatMul counts as ``MatMul (weights)``
+    when its other input is a stored weight and as ``MatMul (activations)`` when both are computed
+    (attention's products). What a quantization recipe left in integer arithmetic, read from the IR's
+    XML without OpenVINO. Empty for a part that is not OpenVINO IR."""
+    import collections
+    import xml.etree.ElementTree as ET
+
+    path = Path(part_path)
+    if path.suffix != ".xml":
+        return {}
+    root = ET.parse(path).getroot()
+    kinds = {layer.get("id"): layer.get("type") for layer in root.iter("layer")}
+    consumers, producers = collections.defaultdict(set), collections.defaultdict(set)
+    for edge in root.iter("edge"):
+        consumers[edge.get("from-layer")].add(edge.get("to-layer"))
+        producers[edge.get("to-layer")].add(edge.get("from-layer"))
+
+    def stored(layer: str, seen: set) -> bool:  # does this input come from constants alone?
+        if kinds[layer] == "Const":
+            return True
+        if kinds[layer] not in _WEIGHT_CHAIN or layer in seen:
+            return False
+        seen.add(layer)
+        return all(stored(p, seen) for p in producers[layer])
+
+    reached, todo, seen = set(), [c for fq, kind in kinds.items() if kind == "FakeQuantize"
+                                  and not stored(fq, set()) for c in consumers[fq]], set()
+    while todo:
+        layer = todo.pop()
+        if layer in seen:
+            continue
+        seen.add(layer)
+        if kinds[layer] in _PASS_THROUGH:
+            todo.extend(consumers[layer])
+        elif kinds[layer] not in ("ShapeOf", "FakeQuantize", "Result"):
+            reached.add(layer)
+    counted = collections.Counter()
+    for layer in reached:
+        kind = kinds[layer]
+        if kind == "MatMul":
+            kind += " (weights)" if any(stored(p, set()) for p in producers[layer]) else " (activations)"
+        counted[kind] += 1
+    return dict(sorted(counted.items()))
+
+
 def _open_torch(task: dict, bench) -> dict:
     import torch
 
@@ -92,6 +168,23 @@ def _open_torch(task: dict, bench) -> dict:
     return {"name": "pytorch eager fp32", "kind": "pytorch", "backend": "torch eager", "precision": "fp32",
             "recipe": None, "path": None, "size_mb": params / 1e6, "load_s": load_s,
             "config_sha256": checkpoint.source["config_sha256"], "runner": bench.torch_runner(checkpoint)}
+
+
+def _open_bundle_facts(bundle) -> dict:
+    """What a row records about its bundle's parts beyond their precision: the precision their float
+    operations run at (where it differs), and what NNCF quantized in the OpenVINO ones."""
+    from edgevfm.runtime.bundle import open_bundle
+
+    bundle = open_bundle(bundle, verify_hashes=False) if isinstance(bundle, (str, Path)) else bundle
+    return {"compute": {name: part.compute for name, part in bundle.parts.items() if part.compute},
+            "quantized_ops": {name: quantized_ops(part.path) for name, part in bundle.parts.items()
+                              if part.backend == "openvino"}}
+
+
+def reference_calls(reference: str, bench, settings: dict) -> dict:
+    """The reference's model and the family's calls on it, by part, for counting their work."""
+    runner = _open_torch(dict(settings, target=reference), bench)["runner"]
+    return runner.model, bench.calls(runner, settings["batch"])[0]
 
 
 def _open_bundle(task: dict, bench) -> dict:
@@ -113,6 +206,7 @@ def _open_bundle(task: dict, bench) -> dict:
     return {"name": f"{'/'.join(backends)} {shown}{label}", "kind": "bundle", "backend": "/".join(backends),
             "precision": "/".join(precisions), "recipe": recipe, "path": str(bundle.path), "export_choices": choices,
             "parts": {name: part.precision for name, part in bundle.parts.items()},
+            **_open_bundle_facts(bundle),
             "size_mb": bundle.size_bytes() / 1e6, "load_s": load_s,
             "config_sha256": bundle.manifest["source"].get("config_sha256"), "runner": bench.bundle_runner(pipeline),
             **({"auto_chosen": auto.get("chosen"), "auto_floors": auto.get("floors")} if auto else {})}

@@ -4,11 +4,14 @@ report; accuracy figures are against the FP32 PyTorch reference."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edgevfm.benchmarks.api import SCHEMA, bench
 from edgevfm.runtime import BundleError, InputError
+from edgevfm.runtime.errors import UsageError
 
 
 @pytest.fixture(scope="module")
@@ -139,3 +142,88 @@ def test_openvino_rows_get_the_backend_goals(clip_bundle, clip_recipe_bundles, t
     assert "cosine >= 0.9900, drop <= 0.500" in auto_goal["goal"] and isinstance(auto_goal["met"], bool)
     ov_speed = [g for g in found["goals"] if g["goal"].startswith("openvino ov-int8: vision at batch 1 at least 5.5x")]
     assert len(ov_speed) == 1
+    # what each recipe quantized, read from the IR: every Linear layer for both; plain NNCF more besides
+    ours, theirs = by_recipe["ov-int8"]["quantized_ops"]["vision"], by_recipe["ov-int8-plain"]["quantized_ops"]["vision"]
+    assert ours["MatMul (weights)"] == theirs["MatMul (weights)"] == 2 * 6 + 1  # 2 layers x (q, k, v, o, 2 MLP) + head
+    assert by_recipe["int8-dynamic"]["quantized_ops"] == {}  # ONNX Runtime parts: nothing read
+    more = {k: n - ours.get(k, 0) for k, n in theirs.items() if n > ours.get(k, 0)}
+    assert more and all(f"{n} {k}" in plain["measured"] for k, n in more.items() if k not in ("Add", "MVN"))
+    assert "a quantized input, which ov-int8 keeps in float" in plain["measured"]
+
+
+def test_quantized_ops_follow_reshapes_to_the_computing_operation(tmp_path):
+    """An IR where a FakeQuantize reaches a MatMul through a Reshape, next to a weight: counted once,
+    as a MatMul on weights; an un-quantized MatMul of two activations is not counted."""
+    ov = pytest.importorskip("openvino", reason="the openvino extra is not installed")
+    from openvino import opset13 as ops
+
+    from edgevfm.benchmarks.worker import quantized_ops
+
+    x = ops.parameter([4, 8], np.float32, name="x")
+    lo, hi = ops.constant(np.float32(-1)), ops.constant(np.float32(1))
+    fq = ops.fake_quantize(x, lo, hi, lo, hi, 256)
+    shaped = ops.reshape(fq, ops.constant(np.int64([4, 8])), False)
+    weights = ops.constant(np.ones((8, 3), np.float32))
+    product = ops.matmul(shaped, weights, False, False)
+    square = ops.matmul(x, ops.transpose(x, ops.constant(np.int64([1, 0]))), False, False)
+    model = ov.Model([product, square], [x])
+    ov.save_model(model, tmp_path / "part.xml", compress_to_fp16=False)
+    assert quantized_ops(tmp_path / "part.xml") == {"MatMul (weights)": 1}
+    assert quantized_ops(tmp_path / "part.onnx") == {}
+
+
+def test_goals_are_rederived_from_the_measured_rows(results, tmp_path):
+    """A report measured before the work counts existed gets them counted and its goals rewritten;
+    the measurements stay as they were, and the report names the command that re-derived them."""
+    import shutil
+
+    from edgevfm.benchmarks.report import main
+
+    folder = tmp_path / "report"
+    shutil.copytree(Path(results["report"]).parent, folder)
+    older = json.loads((folder / "results.json").read_text())
+    for row in older["rows"]:
+        for key in ("product_gop", "quantized_ops", "compute"):
+            row.pop(key, None)
+    older["goals"] = []
+    (folder / "results.json").write_text(json.dumps(older))
+    assert main([str(folder)]) == 0
+    again = json.loads((folder / "results.json").read_text())
+    assert again["rows"][0]["product_gop"]["vision"] == pytest.approx(results["rows"][0]["product_gop"]["vision"])
+    assert [r["latency_ms"] for r in again["rows"]] == [r["latency_ms"] for r in results["rows"]]
+    assert [g["goal"] for g in again["goals"]] == [g["goal"] for g in results["goals"]]
+    assert "matrix products of random:clip-tiny" in again["goals_rederived"]["what"]
+    assert f"Goals re-derived from these measurements by `python -m edgevfm.benchmarks.report {folder}`" in \
+        (folder / "report.md").read_text()
+    with pytest.raises(UsageError, match="holds no results.json"):
+        main([str(tmp_path)])
+
+
+def test_every_matrix_product_is_counted_beside_the_layers(results):
+    """product_gop adds attention's activation x activation products to the Linear/Conv count:
+    clip-tiny vision, 2 layers x 2 heads x (50 x 50 x 16 for QK^T + the same for AV) MACs."""
+    torch_row = results["rows"][0]
+    attention = 2 * 2 * 2 * 50 * 50 * 16
+    assert torch_row["product_gop"]["vision"] - torch_row["gop"]["vision"] == pytest.approx(2 * attention / 1e9,
+                                                                                            rel=1e-9)
+
+
+def test_work_floor_says_whether_the_peaks_leave_room():
+    """The arithmetic behind a time goal's miss: Linear/Conv work at the row's precision, attention
+    products at its float precision, each at the measured peak."""
+    from edgevfm.benchmarks.roofline import work_floor
+
+    reference = {"gop": {"call": 100.0}, "product_gop": {"call": 120.0}}
+    peaks = {"int8_gops": 1000.0, "fp32_gflops": 100.0}
+    int8 = {"parts": {"p": "int8"}}
+    # 100 GOP at 1000 GOP/s + 20 GOP at 100 GFLOP/s = 300 ms
+    assert "takes 300.0 ms, more than the 250.0 ms" in work_floor(reference, "p", "call", int8, peaks, 250, 500, "it")
+    assert "takes 300.0 ms, within the 350.0 ms" in work_floor(reference, "p", "call", int8, peaks, 350, 500, "it")
+    text = work_floor(reference, "p", "call", int8, peaks, 350, 500, "it")
+    assert text.startswith("it is 100.00 GOP of Linear/Conv work (INT8 in this row) and 20.00 GOP of attention")
+    assert text.endswith("the part ran at 240 GOP/s")  # 120 GOP in 500 ms
+    bf16 = {"parts": {"p": "int8"}, "compute": {"p": "bf16"}}
+    assert "(BF16): the goal allows 350.0 ms (no BF16 peak is measured here)" in work_floor(
+        reference, "p", "call", bf16, peaks, 350, 500, "it")
+    older = {"gop": {"call": 100.0}}  # a report from before products were counted
+    assert "(attention products not counted)" in work_floor(older, "p", "call", int8, peaks, 350, 500, "it")

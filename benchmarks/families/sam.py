@@ -12,6 +12,7 @@ from edgevfm.quantize.calibration import skimage_photos
 from edgevfm.runtime.image import list_images, load_image
 
 from . import BENCH
+from ..roofline import work_floor
 
 GOAL_DECODER_MS, GOAL_ENCODER_SPEEDUP, GOAL_MASK_IOU = 10.0, 2.0, 0.95
 # the OpenVINO rows' goals (issue 9): encoder 3x ONNX Runtime FP32 on a CPU with AVX-512 VNNI/BF16,
@@ -146,17 +147,13 @@ class SamBench:
         torch_row = next(r for r in rows if r["kind"] == "pytorch")
         fp32 = next((r for r in rows if r["kind"] == "bundle" and r["recipe"] is None
                      and r["backend"] == "onnxruntime"), None)
-        decoder_gop = torch_row["gop"]["decoder, 1 point"]
-        floor_ms = decoder_gop / peaks["fp32_gflops"] * 1e3
         verdicts = []
         for row in rows:
             if row["kind"] != "bundle":
                 continue
             p50 = row["latency_ms"]["decoder, 1 point"]["p50"]
-            why = "" if p50 < GOAL_DECODER_MS else (
-                f"; one prompt is {decoder_gop:.2f} GOP of Linear/Conv work (attention products not counted): at this "
-                f"CPU's measured FP32 GEMM peak ({peaks['fp32_gflops']:.0f} GFLOP/s) that alone takes {floor_ms:.1f} ms, "
-                f"and the part ran at {decoder_gop / p50 * 1e3:.0f} GOP/s")
+            why = "" if p50 < GOAL_DECODER_MS else "; " + work_floor(
+                torch_row, "prompt_decoder", "decoder, 1 point", row, peaks, GOAL_DECODER_MS, p50, "one prompt")
             verdicts.append({"goal": f"{row['name']}: decoder p50 under {GOAL_DECODER_MS:g} ms per single-point prompt",
                              "met": bool(p50 < GOAL_DECODER_MS), "measured": f"{p50:.2f} ms{why}"})
             openvino = "openvino" in row["backend"]
@@ -169,15 +166,16 @@ class SamBench:
                                              f"peaked at {row['peak_rss_mb']:.0f} MB"})
             if fp32 is not None and ("int8" in row["precision"] or openvino):
                 goal = OV_GOAL_ENCODER_SPEEDUP if openvino or row["recipe"] == "auto" else GOAL_ENCODER_SPEEDUP
-                speedup = fp32["latency_ms"]["image_encoder"]["p50"] / row["latency_ms"]["image_encoder"]["p50"]
-                iou = row["accuracy"]["mask_iou_mean"]
+                base, took = fp32["latency_ms"]["image_encoder"]["p50"], row["latency_ms"]["image_encoder"]["p50"]
+                speedup, iou = base / took, row["accuracy"]["mask_iou_mean"]
                 reasons = []
-                if speedup < goal and not openvino:
-                    reasons.append("INT8 covers the encoder's Linear/Conv layers; the 4096 x 4096 attention maps of its "
-                                   "global-attention layers (matmuls, softmax) stay FP32 (quantize/calibrate.py)")
-                if iou < GOAL_MASK_IOU and row["parts"]["prompt_decoder"] != "fp32":
-                    reasons.append("the decoder is INT8 too: random weights leave most mask logits near 0, where "
-                                   "quantization noise flips pixels")
+                if speedup < goal:
+                    reasons.append(work_floor(torch_row, "image_encoder", "image_encoder", row, peaks, base / goal, took,
+                                              "the encoder"))
+                decoder = row["parts"]["prompt_decoder"]
+                if iou < GOAL_MASK_IOU and decoder != "fp32":
+                    reasons.append(f"the decoder is {decoder.upper()} too: random weights leave most mask logits near 0, "
+                                   f"where {decoder.upper()} rounding flips pixels")
                 verdicts.append({
                     "goal": f"{row['name']}: encoder at least {goal:g}x faster than FP32 ONNX, "
                             f"mean mask IoU >= {GOAL_MASK_IOU} against FP32",
