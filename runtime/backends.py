@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from pathlib import Path
 from typing import Protocol, Sequence
 
@@ -134,7 +135,8 @@ class OpenVinoBackend:
             config["CACHE_DIR"] = str(self.cache)
         self._core, self._path, self._device, self._config = core, os.fspath(path), device, config
         self._shapes, self._stateful, self._lock = shapes, None, threading.Lock()
-        self._local = threading.local()
+        # each thread's infer request, dropped with the thread (and all at once by :meth:`stateful`)
+        self._requests: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._compiled = self._compile()
         self.input_names = [_port_name(t) for t in self.compiled.inputs]
         self.output_names = [_port_name(t) for t in self.compiled.outputs]
@@ -168,9 +170,13 @@ class OpenVinoBackend:
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # one infer request per thread, made on its first call: the backend may serve many threads,
         # and a request made per call would allocate its tensors on every call
-        request = getattr(self._local, "request", None)
+        thread = threading.current_thread()
+        with self._lock:
+            request = self._requests.get(thread)
         if request is None:
-            request = self._local.request = self.compiled.create_infer_request()
+            request = self.compiled.create_infer_request()
+            with self._lock:
+                self._requests[thread] = request
         request.infer({name: np.ascontiguousarray(value) for name, value in feeds.items()})
         # copies: the request's output tensors are overwritten by this thread's next call
         return {name: np.array(request.get_tensor(name).data) for name in self.output_names}
@@ -184,8 +190,10 @@ class OpenVinoBackend:
                 from openvino._offline_transformations import apply_make_stateful_transformation
 
                 # the engine then decodes through the stateful model alone: the plain one goes
-                # first, so the decoder's weights are never compiled twice at once
-                self._compiled = self._local.request = None
+                # first, with every thread's request on it, so the decoder's weights are never
+                # compiled twice at once
+                self._compiled = None
+                self._requests.clear()
                 model = self._core.read_model(self._path)
                 params = {n: p for p in model.get_parameters() for n in p.output(0).get_names()}
                 results = {n: r for r in model.get_results() for n in r.input_value(0).get_names()}

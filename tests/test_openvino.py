@@ -312,3 +312,48 @@ def test_the_profile_sums_openvino_s_own_node_times(ov_clip, clip_bundle, tmp_pa
         profile.measure(clip_bundle, "vision")
     with pytest.raises(UsageError, match="no part 'nosuch'"):
         profile.measure(ov_clip["ov-fp32"], "nosuch")
+
+
+def test_going_stateful_lets_go_of_every_threads_plain_request(tmp_path):
+    """A part another thread ran plainly holds no compiled model once the engine goes stateful: every
+    thread's request goes with the plain compiled model; a thread that runs the part plainly again
+    gets a fresh one, and both paths compute the same."""
+    import threading
+
+    import openvino as ov
+
+    from edgevfm.runtime.backends import OpenVinoBackend
+
+    past = ov.opset13.parameter(ov.PartialShape([-1, 2, -1, 4]), ov.Type.f32, name="past")
+    step = ov.opset13.parameter(ov.PartialShape([-1, 2, 1, 4]), ov.Type.f32, name="x")
+    present = ov.opset13.concat([past, step], 2)
+    total = ov.opset13.reduce_sum(present, ov.opset13.constant(np.int64([2, 3])), False)
+    for node, name in ((past, "past"), (step, "x"), (present, "present"), (total, "total")):
+        node.output(0).set_names({name})
+    path = tmp_path / "decoder.xml"
+    ov.save_model(ov.Model([present, total], [past, step]), str(path))
+    backend = OpenVinoBackend(path, threads=1)
+    feeds = {"past": np.ones((1, 2, 3, 4), np.float32), "x": np.full((1, 2, 1, 4), 2, np.float32)}
+    ran, go_on, found = threading.Event(), threading.Event(), {}
+
+    def other_thread():
+        found["before"] = backend.run(feeds)["total"]
+        ran.set()
+        go_on.wait(30)
+        found["after"] = backend.run(feeds)["total"]
+
+    worker = threading.Thread(target=other_thread)
+    worker.start()
+    assert ran.wait(30)
+    backend.run(feeds)
+    assert len(backend._requests) == 2  # this thread's and the other's, both on the plain model
+    stateful = backend.stateful({"past": "present"})
+    assert len(backend._requests) == 0 and backend._compiled is None
+    go_on.set()
+    worker.join(30)
+    np.testing.assert_array_equal(found["before"], [[12 + 8] * 2])  # 3 x 4 ones and 4 twos per head
+    np.testing.assert_array_equal(found["after"], found["before"])
+    request = stateful.request(batch=1, heads=2, head_dim=4)
+    for length in (1, 2):  # the state grows by one step per call
+        total = request.run({"x": np.full((1, 2, 1, 4), 2, np.float32)}, "total")
+        np.testing.assert_array_equal(total, [[8 * length] * 2])
