@@ -106,17 +106,17 @@ def _decode(model, kind: str, prefill: dict, tokens: list[dict], empty: dict, pa
         cache = {past: np.array(request.get_tensor(present).data) for past, present in pairs.items()}
     else:  # the engine's: the cache stays in the request, empty for batch 1 to start
         _, heads, _, dim = next(iter(empty.values())).shape
-        request, cache = model.request(1, heads, dim).request, None
-        request.infer(prefill)
+        stateful, cache = model.request(1, heads, dim), None
+        stateful.run(prefill, "logits")
     times = []
     for feed in tokens:
         start = time.perf_counter()
         if cache is None:
-            request.infer(feed)
+            logits = stateful.run(feed, "logits")
         else:
             request.infer({**feed, **cache})
             cache = {past: np.array(request.get_tensor(present).data) for past, present in pairs.items()}
-        logits = np.array(request.get_tensor("logits").data)
+            logits = np.array(request.get_tensor("logits").data)
         times.append(time.perf_counter() - start)
     return logits, cache, np.array(times) * 1e3
 

@@ -183,8 +183,11 @@ class OpenVinoBackend:
 
     def stateful(self, pairs: dict[str, str]) -> "StatefulModel":
         """This part compiled with its KV cache inside (each ``past -> present`` pair a state), made
-        on the first call and kept: a decode step then copies no cache in or out (measured as fast up
-        to 256 cached tokens, 1.3x-1.6x faster per token from 1024: benchmarks/reports/kv-cache-*)."""
+        on the first call and kept: a decode step then copies no cache in or out. Each cached
+        tensor is read through a ``beam_idx`` gather (the rows a step continues from: beam search
+        reorders the cache inside the graph), the pattern OpenVINO's CPU plugin fuses with the
+        attention into one kernel that appends to the cache in place; the cache is kept at the
+        part's float precision (the plugin would quantize it to u8 by default)."""
         with self._lock:
             if self._stateful is None:
                 from openvino._offline_transformations import apply_make_stateful_transformation
@@ -197,9 +200,46 @@ class OpenVinoBackend:
                 model = self._core.read_model(self._path)
                 params = {n: p for p in model.get_parameters() for n in p.output(0).get_names()}
                 results = {n: r for r in model.get_results() for n in r.input_value(0).get_names()}
+                _gather_past_by_beam(model, [params[a] for a in pairs])
                 apply_make_stateful_transformation(model, [(params[a], results[b]) for a, b in pairs.items()])
-                self._stateful = StatefulModel(self._compile(model))
+                _start_states_empty(model, next(p for n, p in params.items() if n not in pairs))
+                config = dict(self._config, KV_CACHE_PRECISION=self._config["INFERENCE_PRECISION_HINT"])
+                compiled = self._core.compile_model(model, self._device, config)
+                self._stateful = StatefulModel(compiled)
             return self._stateful
+
+
+def _gather_past_by_beam(model, pasts) -> None:
+    """Feed every past input to its cache concatenation through one ``beam_idx`` gather (int32
+    rows, axis 0): the rows of the cache a step continues from."""
+    import openvino as ov
+
+    beam = ov.opset13.parameter(ov.PartialShape([-1]), ov.Type.i32, name="beam_idx")
+    beam.output(0).set_names({"beam_idx"})
+    axis = ov.opset13.constant(np.int64(0))
+    for past in pasts:
+        targets = list(past.output(0).get_target_inputs())
+        gathered = ov.opset13.gather(past, beam, axis)
+        for target in targets:
+            target.replace_source_output(gathered.output(0))
+    model.add_parameters([beam])
+
+
+def _start_states_empty(model, batch_from) -> None:
+    """Give every state its initial value in the graph - no positions, the batch of ``batch_from``
+    (an input whose first dimension is the batch) - as the CPU plugin's fused cache requires."""
+    import openvino as ov
+
+    ops = ov.opset13
+    batch = ops.gather(ops.shape_of(batch_from, output_type="i64"), ops.constant(np.int64([0])), ops.constant(np.int64(0)))
+    for op in model.get_ops():
+        if op.get_type_name() == "ReadValue":
+            dims = [batch] + [ops.constant(np.int64([d.get_length() if d.is_static else 0]))
+                              for d in list(op.get_output_partial_shape(0))[1:]]
+            zeros = ops.broadcast(ops.constant(np.zeros((), op.get_output_element_type(0).to_dtype())),
+                                  ops.concat(dims, 0))
+            op.set_arguments([zeros])
+    model.validate_nodes_and_infer_types()
 
 
 class StatefulModel:
@@ -215,32 +255,36 @@ class StatefulModel:
         request = self.compiled.create_infer_request()
         for state in request.query_state():  # their default shape has batch 0
             state.state = ov.Tensor(np.zeros((batch, heads, 0, head_dim), np.float32))
-        return StatefulRequest(request)
+        return StatefulRequest(request, batch)
 
 
 class StatefulRequest:
-    """One generation's cache: the request's states, one per past input."""
+    """One generation's cache: the request's states, one per past input, and the rows of them the
+    next step continues from (``beam_idx``: in order, or as beam search reordered them)."""
 
-    def __init__(self, request):
+    def __init__(self, request, batch: int):
         self.request = request
+        self.rows = np.arange(batch, dtype=np.int32)
 
     def run(self, feeds: dict[str, np.ndarray], output: str) -> np.ndarray:
+        feeds = dict(feeds, beam_idx=self.rows)
         self.request.infer({name: np.ascontiguousarray(value) for name, value in feeds.items()})
+        self.rows = np.arange(len(self.rows), dtype=np.int32)  # the step wrote the cache in that order
         return np.array(self.request.get_tensor(output).data)
 
-    def _replace(self, change) -> None:
-        import openvino as ov
-
-        for state in self.request.query_state():
-            state.state = ov.Tensor(np.ascontiguousarray(change(state.state.data)))
-
     def take(self, rows: np.ndarray) -> None:
-        """Keep the cache's batch rows ``rows`` (beam search), in place."""
-        self._replace(lambda data: data[rows])
+        """Keep the cache's batch rows ``rows`` (beam search): the next step gathers them inside
+        the graph, nothing is copied here."""
+        self.rows = self.rows[np.asarray(rows)]
 
     def cut(self, length: int) -> None:
-        """Keep the first ``length`` positions (a conversation's shared prefix), in place."""
-        self._replace(lambda data: data[:, :, :length])
+        """Keep the first ``length`` positions (a conversation's shared prefix), in place (rows a
+        beam search chose are taken first)."""
+        import openvino as ov
+
+        rows, self.rows = self.rows, np.arange(len(self.rows), dtype=np.int32)
+        for state in self.request.query_state():
+            state.state = ov.Tensor(np.ascontiguousarray(state.state.data[rows][:, :, :length]))
 
 
 def _port_name(port) -> str:

@@ -186,3 +186,33 @@ def test_the_stateful_cache_equals_the_explicit_one_and_cuts_back(ov_bundles):
         np.testing.assert_allclose(again[1], again[0], atol=1e-5)
         steps.append(again[0])
     np.testing.assert_allclose(steps[1], steps[0], atol=1e-4)
+
+
+def test_the_stateful_decoder_fuses_its_cache_into_attention_at_full_precision(ov_bundles):
+    """Compiled stateful, every layer's attention appends to its cache in one fused kernel (no
+    per-step concatenation of the cache, no GQA broadcast copies), the cache is kept at the part's
+    precision (the CPU plugin would keep it in u8), and beam search's reorder is a gather inside the
+    graph: taking rows 1, 0 of a two-row cache decodes what the swapped rows decode."""
+    import collections
+
+    import openvino as ov
+
+    llava = load(ov_bundles["llava_plain_bundle"]["ov-fp32"], threads=1)
+    llm, decoder = llava.manifest["llm"], llava.decoder
+    rng = np.random.default_rng(0)
+    prompt = rng.standard_normal((2, 4, llm["hidden_size"])).astype(np.float32)
+    token = rng.standard_normal((2, 1, llm["hidden_size"])).astype(np.float32)
+    mask, positions = np.ones((2, 4), np.int64), np.tile(np.arange(4), (2, 1))
+    _, _, cache = decoder.step(prompt, mask, positions, decoder.empty_cache(2, 5))
+    compiled = llava.parts["llm"].stateful({}).compiled
+    kind = lambda op: op.get_rt_info()["layerType"].astype(str)  # noqa: E731
+    ops = compiled.get_runtime_model().get_ops()
+    assert collections.Counter(map(kind, ops))["ScaledDotProductAttention"] == llm["num_layers"]
+    read = [kind(i.get_source_output().get_node()) for op in ops if kind(op) == "Concatenation" for i in op.inputs()]
+    assert "MemoryInput" not in read  # the cache is not concatenated outside the attention
+    assert compiled.get_property("KV_CACHE_PRECISION") == ov.Type.f32
+    cache = decoder.reorder(cache, np.asarray([1, 0]))
+    swapped, _, _ = decoder.step(token[::-1], np.ones((2, 5), np.int64), np.full((2, 1), 4), cache)
+    _, _, fresh = decoder.step(prompt[::-1], mask, positions, decoder.empty_cache(2, 5))
+    expected, _, _ = decoder.step(token[::-1], np.ones((2, 5), np.int64), np.full((2, 1), 4), fresh)
+    np.testing.assert_allclose(swapped, expected, atol=1e-5)

@@ -52,9 +52,10 @@ class LlavaBench:
     agreement_keys = ("next_token_top1_agreement",)
     auto_floor = {"min_cosine": None, "max_drop": 0.05}
     demo_recipes = ("llava-int4", "llava-int8", "llava-int4-rtn")  # what mixing bits buys, against 8 and 4 bits
-    # `demo --variants` (make report): the plain TorchScript llm graph against the builder's
+    # `demo --variants` (make report): the plain TorchScript llm graph against the builder's, and
+    # the OpenVINO recipes, which convert the plain graph only (OpenVINO cannot read the builder's)
     export_variants = {"plain-llm": {"llm_graph": "plain"}}
-    variant_recipes = ("llava-int4",)
+    variant_recipes = ("llava-int4", "ov-fp32", "ov-int8", "ov-int4")
     max_runs = {"prefill": 5}
 
     @staticmethod
@@ -423,9 +424,18 @@ class _BundleLlava:
         def prefill():
             return decoder.step(embeds, mask, positions, decoder.empty_cache(1, length + 1))
 
-        def decode():  # every call decodes at the prompt's past length (a stateful cache is cut back to it)
-            past = decoder.resume(cache, length, length + 1) if decoder.grows_in_place else cache
-            return decoder.step(one, np.ones((1, length + 1), np.int64), np.asarray([[length]]), past)
+        grown = [length]
+
+        def decode():
+            """One token after the prompt. A cache the step grows in place (OpenVINO's stateful one)
+            is not cut back between calls - a cut copies the whole cache out and in, which a
+            generation never does per token - so each call adds one position, from the prompt's
+            length on (the warm-up and timed calls' count more by the last: a slightly longer
+            context than the other rows decode at)."""
+            past = grown[0]
+            if decoder.grows_in_place:
+                grown[0] += 1
+            return decoder.step(one, np.ones((1, past + 1), np.int64), np.asarray([[past]]), cache)
 
         def many():
             config = GenerationConfig(max_new_tokens=GREEDY_TOKENS)
