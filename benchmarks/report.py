@@ -183,7 +183,7 @@ def _rederived_text(results: dict) -> str:
             f"({again['what']})." if again else "")
 
 
-def rederive(report_dir: str | Path, show_progress: bool = True) -> Path:
+def rederive(report_dir: str | Path) -> Path:
     """Recompute a report's goals from its measured rows (``results.json``) and rewrite it: for a
     goal's explanation that gained inputs after the report was measured. The latencies, accuracy and
     memory stay as measured; what an older report lacks is counted again - the reference's matrix

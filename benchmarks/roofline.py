@@ -98,5 +98,6 @@ def work_floor(reference: dict, part: str, call: str, row: dict, peaks: dict, al
                     "reach (small matrices, layout changes, element-wise operations; the profile tool shows where)"))
     else:
         missing = sorted({p.upper() for p in (precision, floats) if p not in rates})
-        text += f": the goal allows {allowed_ms:.1f} ms (no {' or '.join(missing) or 'attention'} peak is measured here)"
+        text += f": the goal allows {allowed_ms:.1f} ms" + (f" (no {' or '.join(missing)} peak is measured here)"
+                                                           if missing else "")
     return text + f"; the part ran at {(gemm + (attention or 0.0)) / took_ms * 1e3:.0f} GOP/s"

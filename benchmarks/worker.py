@@ -181,7 +181,7 @@ def _open_bundle_facts(bundle) -> dict:
                               if part.backend == "openvino"}}
 
 
-def reference_calls(reference: str, bench, settings: dict) -> dict:
+def reference_calls(reference: str, bench, settings: dict) -> tuple:
     """The reference's model and the family's calls on it, by part, for counting their work."""
     runner = _open_torch(dict(settings, target=reference), bench)["runner"]
     return runner.model, bench.calls(runner, settings["batch"])[0]
