@@ -180,7 +180,7 @@ def write_report(results: dict, out_dir: Path) -> Path:
 def _rederived_text(results: dict) -> str:
     again = results.get("goals_rederived")
     return (f" Goals re-derived from these measurements by `{again['command']}` on {again['created']} "
-            f"({again['what']})." if again else "")
+            f"(counted beside them: {again['what']})." if again else "")
 
 
 def rederive(report_dir: str | Path) -> Path:
@@ -213,11 +213,11 @@ def rederive(report_dir: str | Path) -> Path:
     if found:
         counted.append(f"the compute precision and quantized operations of {len(found)} bundles, read from their folders")
     results["goals"] = family_bench.goals(results["rows"], results["machine"]["measured_peaks"]) + \
-        backend_goals(family_bench, results["rows"])
+        backend_goals(family_bench, results["rows"], results["machine"]["instruction_sets"])
     results["goals_rederived"] = {
         "command": f"python -m edgevfm.benchmarks.report {out_dir}",
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "what": "; ".join(counted) or "nothing counted again"}
+        "what": "; ".join(counted) or (results.get("goals_rederived") or {}).get("what") or "nothing counted"}
     return write_report(results, out_dir)
 
 

@@ -149,6 +149,12 @@ def test_openvino_rows_get_the_backend_goals(clip_bundle, clip_recipe_bundles, t
     more = {k: n - ours.get(k, 0) for k, n in theirs.items() if n > ours.get(k, 0)}
     assert more and all(f"{n} {k}" in plain["measured"] for k, n in more.items() if k not in ("Add", "MVN"))
     assert "a quantized input, which ov-int8 keeps in float" in plain["measured"]
+    # the AVX2-only rows: measured only where the CPU is one, and said so where it is not
+    (avx2,) = [g for g in found["goals"] if g["goal"].startswith("the same rows on an AVX2-only CPU")]
+    flags = found["machine"]["instruction_sets"]
+    wide = [f for f in flags if f.startswith("avx512")]
+    assert avx2["met"] == ("avx2" in flags and not wide)
+    assert all(f in avx2["measured"] for f in wide) and avx2["measured"].startswith("nothing") == (not avx2["met"])
 
 
 def test_quantized_ops_follow_reshapes_to_the_computing_operation(tmp_path):
