@@ -225,15 +225,34 @@ def _gather_past_by_beam(model, pasts) -> None:
     model.add_parameters([beam])
 
 
+# what lies between a cached tensor and the attention that reads it (the cache's concatenation, the
+# grouped-query broadcast of its heads, layout changes)
+_TO_ATTENTION = {"Gather", "Concat", "Unsqueeze", "Broadcast", "Reshape", "Multiply", "Transpose"}
+
+
+def _feeds_attention(op, depth: int = 6) -> bool:
+    """Does this state reach a ScaledDotProductAttention through the cache's usual path?"""
+    for target in op.output(0).get_target_inputs():
+        node = target.get_node()
+        if node.get_type_name() == "ScaledDotProductAttention":
+            return True
+        if depth and node.get_type_name() in _TO_ATTENTION and _feeds_attention(node, depth - 1):
+            return True
+    return False
+
+
 def _start_states_empty(model, batch_from) -> None:
-    """Give every state its initial value in the graph - no positions, the batch of ``batch_from``
-    (an input whose first dimension is the batch) - as the CPU plugin's fused cache requires."""
+    """Give every state that feeds an attention its initial value in the graph - no positions, the
+    batch of ``batch_from`` (an input whose first dimension is the batch) - as the CPU plugin's fused
+    cache requires (without it the fused graph does not compile). Other states keep none: the plugin
+    then mis-sizes a gathered state in a graph it does not fuse (a batch of 0, seen on a bare
+    concat-and-sum decoder)."""
     import openvino as ov
 
     ops = ov.opset13
     batch = ops.gather(ops.shape_of(batch_from, output_type="i64"), ops.constant(np.int64([0])), ops.constant(np.int64(0)))
     for op in model.get_ops():
-        if op.get_type_name() == "ReadValue":
+        if op.get_type_name() == "ReadValue" and _feeds_attention(op):
             dims = [batch] + [ops.constant(np.int64([d.get_length() if d.is_static else 0]))
                               for d in list(op.get_output_partial_shape(0))[1:]]
             zeros = ops.broadcast(ops.constant(np.zeros((), op.get_output_element_type(0).to_dtype())),
