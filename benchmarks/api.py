@@ -78,6 +78,7 @@ def bench(bundles: list[str | Path], reference: str, out_dir: str | Path, data: 
         row["accuracy"] = family_bench.accuracy(reference_row["outputs"], row["outputs"])
     for row in rows:
         del row["outputs"]
+    machine = dict(machine_info(threads), measured_peaks=peaks)
     results = {
         "schema": SCHEMA,
         "command": command or _command(bundles, reference, data, threads, runs, batch, out_dir, rounds),
@@ -86,11 +87,11 @@ def bench(bundles: list[str | Path], reference: str, out_dir: str | Path, data: 
         "reference": reference,
         "settings": base,
         "workload": family_bench.workload(),
-        "machine": dict(machine_info(threads), measured_peaks=peaks),
+        "machine": machine,
         "load_average": load_record(load_before, os.getloadavg(), busy_before, busy_cores()),
         "rows": rows,
         "peers": peers,
-        "goals": family_bench.goals(rows, peaks) + backend_goals(family_bench, rows, machine_info()["instruction_sets"]),
+        "goals": family_bench.goals(rows, peaks) + backend_goals(family_bench, rows, machine["instruction_sets"]),
     }
     results["report"] = str(write_report(results, Path(out_dir)))
     return results

@@ -171,8 +171,7 @@ class OpenVinoBackend:
         # one infer request per thread, made on its first call: the backend may serve many threads,
         # and a request made per call would allocate its tensors on every call
         thread = threading.current_thread()
-        with self._lock:
-            request = self._requests.get(thread)
+        request = self._requests.get(thread)  # a lookup needs no lock; adding one does
         if request is None:
             request = self.compiled.create_infer_request()
             with self._lock:
