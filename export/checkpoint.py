@@ -68,7 +68,7 @@ def load_checkpoint(model: str, family: str | None = None, revision: str | None 
         except Exception as exc:  # transformers, safetensors and torch raise many types here
             raise CheckpointError(
                 f"could not load the {spec.name} checkpoint {model!r}: {exc}. Expected a folder saved with "
-                "save_pretrained (config.json, weights, tokenizer, preprocessor_config.json) or a reachable hub id"
+                "save_pretrained (config.json, weights, tokenizer, preprocessor_config.json or processor_config.json) or a reachable hub id"
             ) from exc
     torch_model.eval()
     source = {"id": model, "revision": revision, "config_sha256": config_sha256(torch_model.config)}

@@ -140,7 +140,7 @@ def _vision(size: int, patch: int, **sizes) -> dict:
 class BlipSpec(FamilySpec):
     name = "blip"
     model_types = ("blip",)
-    required_files = (("tokenizer.json", "vocab.txt"), ("preprocessor_config.json",))
+    required_files = (("tokenizer.json", "vocab.txt"), ("preprocessor_config.json", "processor_config.json"))
     presets = {
         "blip-tiny": Preset("blip-tiny", "tiny BLIP captioner for tests",
                             {"vision": _vision(64, 16, hidden_size=32, intermediate_size=64, num_hidden_layers=2,

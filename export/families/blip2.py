@@ -113,7 +113,7 @@ _TINY_QFORMER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, 
 class Blip2Spec(FamilySpec):
     name = "blip2"
     model_types = ("blip-2",)
-    required_files = (("tokenizer.json", "vocab.json"), ("preprocessor_config.json",))
+    required_files = (("tokenizer.json", "vocab.json"), ("preprocessor_config.json", "processor_config.json"))
     presets = {
         "blip2-tiny": Preset("blip2-tiny", "tiny BLIP-2 (ViT, Q-Former, OPT) for tests",
                              {"vision": _TINY_VISION, "qformer": _TINY_QFORMER,

@@ -135,7 +135,7 @@ class TextTower(nn.Module):
 class ClipSpec(FamilySpec):
     name = "clip"
     model_types = ("clip",)
-    required_files = (("tokenizer.json", "vocab.json"), ("preprocessor_config.json",))
+    required_files = (("tokenizer.json", "vocab.json"), ("preprocessor_config.json", "processor_config.json"))
     presets = {
         "clip-tiny": Preset("clip-tiny", "tiny CLIP for tests (seconds)",
                             {"vision": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2),

@@ -175,7 +175,7 @@ def _tiny() -> dict:
 class SamSpec(FamilySpec):
     name = "sam"
     model_types = ("sam",)
-    required_files = (("preprocessor_config.json",),)
+    required_files = (("preprocessor_config.json", "processor_config.json"),)
     presets = {
         "sam-tiny": Preset("sam-tiny", "tiny SAM for tests (128 px input)", _tiny(), seed=0),
         "sam-vit-b": Preset("sam-vit-b", "facebook/sam-vit-base sizes, random weights",
