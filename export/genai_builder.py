@@ -27,19 +27,32 @@ from .external import save_onnx
 BUILDER_MODEL_TYPES = ("llama", "qwen2", "mistral", "phi3", "gemma", "gemma2", "qwen3")
 
 
+# ONNX Runtime's CPU GroupQueryAttention refuses other head sizes at run time (1.32: "head_size shall
+# be a multiple of 16"), after the builder has written the graph
+GQA_HEAD_MULTIPLE = 16
+
+
+def builder_refusal(model_type: str, head_dim: int) -> str | None:
+    """Why the builder graph cannot hold this text model, or None when it can."""
+    if model_type not in BUILDER_MODEL_TYPES:
+        return (f"onnxruntime-genai's builder graph is set up here for {', '.join(BUILDER_MODEL_TYPES)} text models, "
+                f"found {model_type!r}")
+    if head_dim % GQA_HEAD_MULTIPLE:
+        return (f"ONNX Runtime's GroupQueryAttention (the builder graph) needs a head size that is a multiple of "
+                f"{GQA_HEAD_MULTIPLE}, found {head_dim}")
+    return None
+
+
 def check_builder(model_type: str, head_dim: int) -> None:
     """Raise a typed error before any work when the builder cannot write this text model (or
-    ONNX Runtime's GroupQueryAttention cannot run it: head sizes must be multiples of 8)."""
+    ONNX Runtime cannot run what it writes), or its extra is not installed."""
     try:
         import onnxruntime_genai  # noqa: F401
     except ImportError as exc:
         raise MissingExtraError("export", "the onnxruntime-genai builder graph (--llm-graph builder)", exc) from None
-    if model_type not in BUILDER_MODEL_TYPES:
-        raise ExportError(f"onnxruntime-genai's builder graph is set up here for {', '.join(BUILDER_MODEL_TYPES)} "
-                          f"text models, found {model_type!r}: export with --llm-graph plain")
-    if head_dim % 8:
-        raise ExportError(f"ONNX Runtime's GroupQueryAttention (the builder graph) needs a head size that is a "
-                          f"multiple of 8, found {head_dim}: export with --llm-graph plain")
+    refusal = builder_refusal(model_type, head_dim)
+    if refusal:
+        raise ExportError(f"{refusal}: export with --llm-graph plain")
 
 
 def build_decoder(causal_lm, tokenizer, path: Path) -> None:

@@ -4,9 +4,12 @@ text models (Llama, Qwen2) load."""
 
 from __future__ import annotations
 
+import copy
 import json
 
+import numpy as np
 import pytest
+import torch
 
 from edgevfm.export.api import export
 from edgevfm.export.checkpoint import load_checkpoint
@@ -50,8 +53,10 @@ def test_what_the_builder_cannot_write_is_refused_before_any_work(tmp_path):
     from edgevfm.export.genai_builder import check_builder
     from edgevfm.runtime.errors import ExportError, UsageError
 
-    with pytest.raises(ExportError, match=r"multiple of 8, found 12: export with --llm-graph plain"):
+    with pytest.raises(ExportError, match=r"multiple of 16, found 12: export with --llm-graph plain"):
         check_builder("llama", 12)
+    with pytest.raises(ExportError, match=r"multiple of 16, found 8: export with --llm-graph plain"):
+        check_builder("llama", 8)
     with pytest.raises(ExportError, match=r"found 'opt': export with --llm-graph plain"):
         check_builder("opt", 64)
     with pytest.raises(UsageError, match=r"llm_graph must be one of builder, plain, found 'fused'"):
@@ -121,3 +126,31 @@ def test_external_data_is_one_listed_file_and_quantize_drops_it(llava_bundle, tm
     files = json.loads((int4 / "manifest.json").read_text())["files"]
     assert "llm.onnx.data" not in files and "embed.onnx.data" not in files and "vision.onnx.data" in files
     assert isinstance(load(int4).answer(photos[1], question, max_new_tokens=4), str)
+
+
+def test_a_text_model_the_builder_cannot_run_exports_on_the_plain_graph(llava_checkpoint, tmp_path, capsys):
+    """Head size 8: ONNX Runtime's GroupQueryAttention refuses it at run time. Without a flag the
+    export takes the plain graph, says so on the console and in the manifest, and the bundle
+    answers; asked for explicitly, the builder graph is refused before any work."""
+    from transformers import LlavaForConditionalGeneration
+
+    from edgevfm.runtime.errors import ExportError
+
+    config = copy.deepcopy(llava_checkpoint.model.config)
+    config.text_config.num_attention_heads, config.text_config.num_key_value_heads = 8, 4
+    config.text_config.head_dim = 8  # 64 wide / 8 heads
+    torch.manual_seed(0)
+    model = LlavaForConditionalGeneration(config)
+    folder = _hub_folder(llava_checkpoint, tmp_path / "ckpt")
+    model.save_pretrained(folder)
+    bundle = export(str(folder), tmp_path / "bundle", show_progress=False)
+    assert "the llm part takes the plain graph: ONNX Runtime's GroupQueryAttention" in capsys.readouterr().err
+    options = json.loads((bundle / "manifest.json").read_text())["export"]["options"]
+    assert options["llm_graph"] == "plain" and "multiple of 16, found 8" in options["llm_graph_why"]
+    import onnx
+
+    assert "GroupQueryAttention" not in {n.op_type for n in onnx.load(str(bundle / "llm.onnx")).graph.node}
+    assert isinstance(load(bundle).answer(np.zeros((32, 32, 3), np.uint8), "What is it?", max_new_tokens=3), str)
+    with pytest.raises(ExportError, match="multiple of 16, found 8"):
+        export(str(folder), tmp_path / "builder", llm_graph="builder", show_progress=False)
+    assert not (tmp_path / "builder").exists()

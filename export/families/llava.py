@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -87,7 +88,8 @@ _TINY_TEXT = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num
 class LlavaSpec(FamilySpec):
     name = "llava"
     model_types = ("llava",)
-    required_files = (("tokenizer.json", "tokenizer.model", "vocab.json"), ("preprocessor_config.json",))
+    required_files = (("tokenizer.json", "tokenizer.model", "vocab.json"),
+                      ("preprocessor_config.json", "processor_config.json"))
     presets = {
         "llava-tiny": Preset("llava-tiny", "tiny LLaVA (CLIP tower, Llama text with GQA) for tests",
                              {"vision": _TINY_VISION, "text": dict(_TINY_TEXT, model_type="llama"), "chat": "llava"}),
@@ -163,7 +165,7 @@ class LlavaSpec(FamilySpec):
         def pixels(batch, variant):
             return {"pixel_values": torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(variant))}
 
-        graph = checkpoint.options.get("llm_graph", DEFAULT_EXPORT_OPTIONS["llm_graph"])
+        graph = default_llm_graph(checkpoint, text)
         text_model = text_parts(checkpoint, text, lambda model: (model.model.language_model, model.lm_head),
                                 graph == "builder", causal_lm, checkpoint.assets["tokenizer"])
         return [
@@ -190,6 +192,23 @@ class LlavaSpec(FamilySpec):
 
     def write_assets(self, checkpoint, stage: Path):
         checkpoint.assets["tokenizer"].backend_tokenizer.save(str(stage / "tokenizer.json"))
+
+
+def default_llm_graph(checkpoint, text) -> str:
+    """The llm graph asked for, else the builder's where it can hold the text model, else the plain
+    graph: the choice and why go on the console and into the manifest (export options)."""
+    from ..genai_builder import builder_refusal
+
+    if "llm_graph" in checkpoint.options:
+        return checkpoint.options["llm_graph"]
+    graph = DEFAULT_EXPORT_OPTIONS["llm_graph"]
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    refusal = builder_refusal(text.model_type, head_dim) if graph == "builder" else None
+    if refusal:
+        graph = "plain"
+        checkpoint.options.update(llm_graph=graph, llm_graph_why=f"{refusal}: the plain graph instead")
+        print(f"export: the llm part takes the plain graph: {refusal}", file=sys.stderr)
+    return graph
 
 
 def image_tokens(model) -> int:
