@@ -131,6 +131,14 @@ def is_preset(model: str) -> bool:
     return model.startswith(PRESET_PREFIXES)
 
 
+def preset_lines() -> list[str]:
+    """One line per preset, ``prefix:name (family): description``, as the CLI's help lists them."""
+    from . import families  # noqa: F401  (registers the family specs and their presets)
+
+    return [f"{p.prefix}{p.name} ({family}): {p.description}" for family, cls in FAMILIES.items()
+            for p in cls.presets.values()]
+
+
 def find_preset(model: str) -> tuple[str, Preset]:
     """(family, preset) for ``random:<name>`` or ``trained:<name>``; an unknown name lists every
     preset, each with its own prefix."""

@@ -28,6 +28,23 @@ def _heavy(module: str, extra: str, what: str):
         raise MissingExtraError(extra, what, exc) from None
 
 
+def _presets_in_help(parser) -> None:
+    """``export --help`` ends with the offline presets, read from the export registry only when the
+    help is shown (building the parser must not import torch)."""
+    plain = parser.format_help
+
+    def format_help() -> str:
+        try:
+            from edgevfm.export.spec import preset_lines
+
+            lines = preset_lines()
+        except ImportError:
+            return plain() + "\nThe offline presets (random:<name>) are listed once the [export] extra is installed.\n"
+        return plain() + "\npresets (MODEL offline, no download):\n" + "".join(f"  {line}\n" for line in lines)
+
+    parser.format_help = format_help
+
+
 def cmd_export(args) -> None:
     api = _heavy("edgevfm.export.api", "export", "edgevfm export")
     out = api.export(args.model, args.output, family=args.family, opset=args.opset, force=args.force,
@@ -92,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "buffer, the faster; default) or plain (torch's exporter, any text model)")
     p.add_argument("--force", action="store_true", help=FORCE_HELP)
     p.set_defaults(func=cmd_export)
+    _presets_in_help(p)
 
     p = sub.add_parser("quantize", help="FP32 bundle -> INT8 / INT4 / FP16 bundle")
     p.add_argument("bundle", type=Path, metavar="BUNDLE")

@@ -61,6 +61,10 @@ class GenerationConfig:
     num_beams: int = 1  # > 1: beam search (with do_sample False), as transformers' generate
     length_penalty: float = 1.0  # beam search: a finished beam scores sum(log p) / length ** length_penalty
     early_stopping: bool | str = False  # beam search: True, False or "never", as transformers
+    # True: max_new_tokens is a pipeline's default, which shrinks to what the model's context leaves
+    # after the prompt (the answer then ends as OpenAI's finish_reason "length"); a max_new_tokens
+    # the caller sets is held to, and one that cannot fit is an InputError (:func:`fitted`)
+    fit_context: bool = False
 
     def checked(self) -> "GenerationConfig":
         """This config, or a ``UsageError`` naming every setting out of range."""
@@ -104,6 +108,8 @@ class GenerationConfig:
 
     def with_options(self, **options) -> "GenerationConfig":
         """A copy with ``options`` set; an unknown name is a ``UsageError`` listing the valid ones."""
+        if "max_new_tokens" in options and "fit_context" not in options:  # the caller's own limit
+            options = dict(options, fit_context=False)
         unknown = sorted(set(options) - set(self.__dataclass_fields__))
         if unknown:
             raise UsageError(f"unknown generation settings {unknown}: expected some of "
@@ -499,6 +505,7 @@ class Session:
     ids: list[int] = field(default_factory=list)
     cache: object = None
     prefilled: int = 0
+    finish_reason: str | None = None  # of the last turn streamed: "stop", or "length" (cut at max_new_tokens)
 
 
 def shared_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -771,9 +778,26 @@ def first_stop(text: str, stop_strings: Sequence[str]) -> int | None:
     return min(found) if found else None
 
 
-def check_prompt_fits(length: int, max_new_tokens: int, context: int) -> None:
-    if length + max_new_tokens > context:
-        over = length + max_new_tokens - context
-        raise InputError(f"the prompt has {length} tokens and asks for up to {max_new_tokens} new ones: "
-                         f"{over} over the model's context of {context}; shorten the conversation "
-                         "(start a new chat) or lower max_new_tokens")
+def fitted(config: GenerationConfig, length: int, context: int) -> GenerationConfig:
+    """``config`` for a prompt of ``length`` tokens in a model of ``context`` positions: a default
+    ``max_new_tokens`` (``fit_context``) cut to the room left; a caller's that does not fit, or a
+    prompt that leaves no room, is an ``InputError`` that says how to fix it."""
+    room = context - length
+    if config.fit_context and room >= 1:
+        return replace(config, max_new_tokens=min(config.max_new_tokens, room))
+    if config.fit_context:
+        raise InputError(f"the prompt has {length} tokens and the model's context is {context}: no room is left "
+                         "for an answer; shorten the prompt or the conversation (start a new chat)")
+    if config.max_new_tokens > room:
+        raise InputError(f"the prompt has {length} tokens and asks for up to {config.max_new_tokens} new ones: "
+                         f"{config.max_new_tokens - room} over the model's context of {context}; shorten the "
+                         "conversation (start a new chat) or lower max_new_tokens (or leave it out: the answer then "
+                         "ends where the context does)")
+    return config
+
+
+def prompt_fits(length: int, context: int) -> None:
+    """A prompt (an encoder's input) of ``length`` tokens must fit the ``context``."""
+    if length > context:
+        raise InputError(f"the prompt has {length} tokens, {length - context} over the model's context of {context}: "
+                         "shorten it")

@@ -56,10 +56,18 @@ def finite_float(text: str) -> float:
 
 def decoding_arguments(parser, max_new_tokens: int) -> None:
     """``--max-new-tokens`` and ``--beams``, as every generating task takes them (the engine's
-    ``max_new_tokens`` and ``num_beams``)."""
-    parser.add_argument("--max-new-tokens", type=positive_int, default=max_new_tokens)
+    ``max_new_tokens`` and ``num_beams``); read them back with :func:`decoding_options`."""
+    parser.add_argument("--max-new-tokens", type=positive_int, default=None,
+                        help=f"stop after this many tokens (default: {max_new_tokens}, or fewer where the model's "
+                        "context ends first; a value that does not fit is an error)")
     parser.add_argument("--beams", type=positive_int, default=1, help="beam search with this many beams (default 1: "
                         "greedy or sampled); the answer comes at once")
+
+
+def decoding_options(args) -> dict:
+    """The generation settings ``decoding_arguments`` read: only those given, so that the
+    pipeline's defaults (which fit the context) hold for the rest."""
+    return {"num_beams": args.beams} | ({} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens})
 
 
 def nonempty_text(text: str) -> str:

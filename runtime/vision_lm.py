@@ -16,7 +16,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from .errors import InputError
-from .generate import GenerationConfig, Session, check_prompt_fits, decoder_for, first_stop, generate, \
+from .generate import GenerationConfig, Session, decoder_for, fitted, prompt_fits, first_stop, generate, \
     generate_tokens, stream_text
 from .image import ImageLike, output_size, preprocess
 from .pipeline import Pipeline, declared, mismatch
@@ -76,7 +76,8 @@ class VisionLanguagePipeline(Pipeline):
             inputs = [t["name"] for t in self.manifest["parts"]["llm"]["inputs"]]
             decoder = decoder_for(self.parts["llm"], inputs, llm["num_layers"], llm["kv_heads"], llm["head_dim"])
         self.decoder = decoder
-        self.generation = GenerationConfig(max_new_tokens=max_new_tokens, stop_token_ids=tuple(stop_token_ids))
+        self.generation = GenerationConfig(max_new_tokens=max_new_tokens, stop_token_ids=tuple(stop_token_ids),
+                                           fit_context=True)
 
     # -- the pieces -----------------------------------------------------------------------------
     def image_inputs(self, images: Sequence[ImageLike]) -> np.ndarray:
@@ -124,15 +125,14 @@ class VisionLanguagePipeline(Pipeline):
 
     def continuations(self, prompts: Sequence[Prompt], config: GenerationConfig) -> list[list[int]]:
         """The token ids each prompt continues with (its stop token excluded)."""
-        for p in prompts:
-            check_prompt_fits(len(p.ids), config.max_new_tokens, self.context_length)
+        config = fitted(config, max(len(p.ids) for p in prompts), self.context_length)
         return generate(self.decoder, self.embed, [p.embeds for p in prompts], [p.ids for p in prompts], config,
                         self._stop_check(config)).tokens
 
     def stream(self, prompt: Prompt, config: GenerationConfig, session: Session | None = None) -> Iterator[str]:
         """The text ``prompt`` continues with, in pieces as tokens come (beam search: one piece at the
         end); ``session`` keeps the KV cache for a next turn."""
-        check_prompt_fits(len(prompt.ids), config.max_new_tokens, self.context_length)
+        config = fitted(config, len(prompt.ids), self.context_length)
         if config.num_beams > 1:  # beam search picks the answer at the end: one piece
             if session is not None:
                 session.ids, session.cache = [], None  # its cache held other beams: start afresh next turn
@@ -140,6 +140,17 @@ class VisionLanguagePipeline(Pipeline):
             return iter([self.decode_text(tokens, config)])
         steps = generate_tokens(self.decoder, self.embed, [prompt.embeds], [prompt.ids], config,
                                 self._stop_check(config), session)
-        tokens = (picked[0] for picked in steps if picked[0] is not None)
+        tokens = _counted((picked[0] for picked in steps if picked[0] is not None), config.max_new_tokens, session)
         return stream_text(tokens, lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True),
                            config.stop_strings)
+
+
+def _counted(tokens: Iterator[int], limit: int, session: Session | None) -> Iterator[int]:
+    """``tokens`` as they come; at their end ``session.finish_reason`` says why they ended, as
+    OpenAI's API does: "length" at ``limit`` (the answer may be cut), else "stop"."""
+    count = 0
+    for token in tokens:
+        count += 1
+        yield token
+    if session is not None:
+        session.finish_reason = "length" if count >= limit else "stop"

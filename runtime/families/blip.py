@@ -12,12 +12,12 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InputError, UsageError
-from ..generate import GenerationConfig, check_prompt_fits, generate, kv_decoder, softmax
+from ..generate import GenerationConfig, fitted, generate, kv_decoder, softmax
 from ..image import PREPROCESSING, ImageLike, preprocess
 from ..pipeline import PIPELINES, Pipeline
 from ..retrieval import Match, rank
 from ..schema import integer, listed_file, obj, string
-from ..tasks import Task, decoding_arguments, nonempty_text, register_task
+from ..tasks import Task, decoding_arguments, decoding_options, nonempty_text, register_task
 
 _ID = integer(0, 1 << 24)
 CAPTION_TOKENS, ANSWER_TOKENS = 30, 10  # default max_new_tokens: answers are short
@@ -81,7 +81,8 @@ class BlipPipeline(Pipeline):
             return
         self.decoder = kv_decoder(self.parts["text_decoder"], text["num_layers"], text["heads"], text["head_dim"],
                                   token_input="input_ids")
-        self.generation = GenerationConfig(max_new_tokens=CAPTION_TOKENS, stop_token_ids=(text["sep_token_id"],))
+        self.generation = GenerationConfig(max_new_tokens=CAPTION_TOKENS, stop_token_ids=(text["sep_token_id"],),
+                                           fit_context=True)
 
     def image_embeds(self, images) -> np.ndarray:
         pixels = preprocess(list(images), self.manifest["preprocessing"])
@@ -111,7 +112,7 @@ class BlipPipeline(Pipeline):
                    "Salesforce/blip-image-captioning-base")
         config = self.generation.with_options(**generation)
         ids = self.prompt_ids(prompt)
-        check_prompt_fits(len(ids), config.max_new_tokens, self.text["context_length"])
+        config = fitted(config, len(ids), self.text["context_length"])
         prompts = [np.asarray(ids, np.int64)] * len(images)
         result = generate(self.image_decoder(images), lambda tokens: tokens, prompts, [ids] * len(images), config)
         return result.tokens
@@ -133,15 +134,16 @@ class BlipPipeline(Pipeline):
         return self.tokenizer.decode(self.answer_tokens(image, question, **generation), skip_special_tokens=True)
 
     def answer_tokens(self, image: ImageLike, question: str, **generation) -> list[int]:
-        config = self.generation.with_options(**({"max_new_tokens": ANSWER_TOKENS} | generation))
-        check_prompt_fits(1, config.max_new_tokens, self.text["context_length"])
+        config = self.generation.with_options(max_new_tokens=ANSWER_TOKENS, fit_context=True).with_options(**generation)
+        config = fitted(config, 1, self.text["context_length"])
         start = [self.text["bos_token_id"]]
         return generate(self.question_decoder(image, question), lambda tokens: tokens, [np.asarray(start, np.int64)],
                         [start], config).tokens[0]
 
     def question_decoder(self, image: ImageLike, question: str):
         """The answer decoder bound to ``question`` encoded against ``image`` (a VQA bundle)."""
-        self._need("vqa", "answer questions", "BlipForQuestionAnswering, e.g. Salesforce/blip-vqa-base")
+        self._need("vqa", "answer questions", "BlipForQuestionAnswering, e.g. Salesforce/blip-vqa-base (offline: "
+                   "the preset random:blip-vqa-tiny)")
         ids = self._encode(question, "question")
         states = self.run("question", {"input_ids": ids, "attention_mask": np.ones_like(ids),
                                        "image_embeds": self.image_embeds([image])})["question_embeds"]
@@ -204,7 +206,7 @@ def _caption_arguments(parser) -> None:
 
 
 def _caption(pipeline, args) -> None:
-    print(pipeline.caption(args.image, args.prompt, num_beams=args.beams, max_new_tokens=args.max_new_tokens))
+    print(pipeline.caption(args.image, args.prompt, **decoding_options(args)))
 
 
 def _ask_arguments(parser) -> None:
@@ -214,7 +216,7 @@ def _ask_arguments(parser) -> None:
 
 
 def _ask(pipeline, args) -> None:
-    print(pipeline.answer(args.image, args.question, num_beams=args.beams, max_new_tokens=args.max_new_tokens))
+    print(pipeline.answer(args.image, args.question, **decoding_options(args)))
 
 
 def _match_arguments(parser) -> None:

@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import InputError
-from ..generate import GenerationConfig, check_prompt_fits, generate, kv_decoder
+from ..generate import GenerationConfig, fitted, generate, prompt_fits, kv_decoder
 from ..image import PREPROCESSING, ImageLike
 from ..pipeline import PIPELINES
 from ..schema import boolean, integer, list_of, listed_file, nullable, obj, string
@@ -105,7 +105,7 @@ class Blip2Pipeline(VisionLanguagePipeline):
         if not self.seq2seq:
             return super().continuations(prompts, config)
         start = [self.manifest["llm"]["decoder_start_token_id"]]
-        check_prompt_fits(len(start), config.max_new_tokens, self.context_length)
+        config = fitted(config, len(start), self.context_length)
         found = []
         for p in prompts:
             found += generate(self.encoded(p), lambda tokens: tokens, [np.asarray(start, np.int64)], [start], config,
@@ -115,7 +115,7 @@ class Blip2Pipeline(VisionLanguagePipeline):
     def encoded(self, prompt: Prompt):
         """A T5 bundle's text decoder bound to ``prompt`` encoded: its cross-attention keys and
         values and the encoder's mask, as per-generation constants."""
-        check_prompt_fits(len(prompt.ids), 0, self.context_length)
+        prompt_fits(len(prompt.ids), self.context_length)
         mask = np.ones((1, len(prompt.ids)), np.int64)
         states = self.run("encoder", {"inputs_embeds": prompt.embeds[None], "attention_mask": mask})["encoder_states"]
         cross = self.run("cross_kv", {"encoder_states": states})
@@ -142,6 +142,6 @@ class Blip2Pipeline(VisionLanguagePipeline):
         "Question: {question} Answer:"."""
         if not isinstance(question, str) or not question.strip():
             raise InputError(f"a question must be a non-empty string, found {question!r}")
-        config = self.generation.with_options(**({"max_new_tokens": ANSWER_TOKENS} | generation))
+        config = self.generation.with_options(max_new_tokens=ANSWER_TOKENS, fit_context=True).with_options(**generation)
         text = self.manifest["prompt"]["question_template"].format(question.strip())
         return self.complete([self.prompt(image, text)], config)[0].strip()

@@ -21,7 +21,7 @@ from ..generate import GenerationConfig, Session
 from ..image import PREPROCESSING, ImageLike
 from ..pipeline import PIPELINES
 from ..schema import integer, list_of, listed_file, nullable, obj, string
-from ..tasks import Task, decoding_arguments, finite_float, register_task
+from ..tasks import Task, decoding_arguments, decoding_options, finite_float, register_task
 from ..vision_lm import LLM_SECTION, Prompt, VisionLanguagePipeline
 
 _ID = integer(0, 1 << 24)
@@ -56,6 +56,12 @@ class Chat:
             return self._record(user, pieces)
         return "".join(self._record(user, pieces))
 
+    @property
+    def finish_reason(self) -> str | None:
+        """Why the last streamed answer ended, as OpenAI's API says it: "stop" (a stop token or
+        string), "length" (cut at max_new_tokens, or where the context ended); None before any."""
+        return self.session.finish_reason
+
     def _record(self, user: dict, pieces: Iterator[str]) -> Iterator[str]:
         said = []
         try:
@@ -84,7 +90,7 @@ class LlavaPipeline(VisionLanguagePipeline):
                      "image_seq_length": _SIZE, "stop_token_ids": list_of(_ID, max_items=16)}),
         "llm": LLM_SECTION,
     }
-    generation = GenerationConfig(max_new_tokens=256)
+    generation = GenerationConfig(max_new_tokens=256, fit_context=True)
 
     @classmethod
     def check_consistency(cls, manifest):
@@ -145,12 +151,12 @@ def _chat_arguments(parser) -> None:
 def _chat(pipeline: LlavaPipeline, args) -> None:
     import sys
 
-    options = {"max_new_tokens": args.max_new_tokens, "seed": args.seed, "num_beams": args.beams}
+    options = decoding_options(args) | {"seed": args.seed}
     if args.temperature is not None or args.top_p is not None:
         options.update(do_sample=True, temperature=args.temperature, top_p=args.top_p)
     chat = pipeline.chat(args.image, **options)
     if args.prompt is not None:
-        _say(chat.send(args.prompt, stream=True))
+        _say(chat.send(args.prompt, stream=True), chat)
         return
     print("chat: type a message; /new starts a new conversation, /quit (or end of input) leaves", file=sys.stderr)
     for line in sys.stdin:
@@ -161,13 +167,17 @@ def _chat(pipeline: LlavaPipeline, args) -> None:
             chat = pipeline.chat(args.image, **options)
             print("(new conversation)", file=sys.stderr)
         elif text:
-            _say(chat.send(text, stream=True))
+            _say(chat.send(text, stream=True), chat)
 
 
-def _say(pieces: Iterator[str]) -> None:
+def _say(pieces: Iterator[str], chat: Chat) -> None:
+    import sys
+
     for piece in pieces:
         print(piece, end="", flush=True)
     print()
+    if chat.finish_reason == "length":
+        print("(the answer was cut: it reached --max-new-tokens or the end of the model's context)", file=sys.stderr)
 
 
 register_task(Task("chat", ("llava",), "chat about IMAGE: streams answers; --prompt for one answer",
