@@ -7,8 +7,8 @@ import platform
 import time
 from importlib.metadata import PackageNotFoundError, version
 
-FLAGS_OF_INTEREST = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile",
-                     "amx_int8", "amx_bf16", "neon", "asimddp", "sve")
+from edgevfm.runtime.cpu import instruction_sets, isa_label
+
 LIBRARIES = ("edgevfm", "numpy", "onnxruntime", "onnx", "openvino", "nncf", "torch", "transformers", "tokenizers",
              "Pillow")
 
@@ -34,7 +34,6 @@ def _memory_gib() -> float | None:
 
 def machine_info(threads: int | None = None) -> dict:
     cpu = _cpuinfo()
-    flags = set((cpu.get("flags") or cpu.get("Features") or "").split())
     libraries = {}
     for name in LIBRARIES:
         try:
@@ -47,7 +46,8 @@ def machine_info(threads: int | None = None) -> dict:
         "logical_cores": os.cpu_count(),
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "threads": threads,
-        "instruction_sets": sorted(f for f in FLAGS_OF_INTEREST if f in flags),
+        "instruction_sets": list(instruction_sets()),  # from CPUID: right under an emulator too
+        "isa": isa_label(),  # what INT8 accuracy depends on (runtime/cpu.py)
         "memory_gib": _memory_gib(),
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),

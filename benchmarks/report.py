@@ -8,6 +8,8 @@ import html
 import json
 from pathlib import Path
 
+from edgevfm.runtime.cpu import isa_label
+
 
 def _fmt(value) -> str:
     if value is None:
@@ -90,6 +92,13 @@ def _html_table(header, body) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
 
 
+def accuracy_heading(results: dict) -> str:
+    """The accuracy section's title, with the integer arithmetic its INT8 figures were measured on
+    (x86 without VNNI saturates where VNNI does not: runtime/cpu.py)."""
+    m = results["machine"]
+    return f"Accuracy against the FP32 PyTorch reference, measured on {m.get('isa') or isa_label(tuple(m['instruction_sets']))}"
+
+
 def _machine_lines(m: dict) -> list[str]:
     libs = ", ".join(f"{k} {v}" for k, v in m["libraries"].items())
     peaks = m.get("measured_peaks")
@@ -98,7 +107,8 @@ def _machine_lines(m: dict) -> list[str]:
                  + (f"; memory read {peaks['memory_gbps']:.1f} GB/s (torch sum of 512 MB)" if "memory_gbps" in peaks else "")]
                 if peaks else [])
     return measured + [f"CPU: {m['cpu']} ({m['architecture']}), {m['usable_cores']} usable cores, {m['threads']} threads used",
-            f"Instruction sets: {', '.join(m['instruction_sets']) or 'none of interest'}",
+            f"Instruction sets: {', '.join(m['instruction_sets']) or 'none of interest'} "
+            f"(INT8 arithmetic: {m.get('isa') or isa_label(tuple(m['instruction_sets']))})",
             f"Memory: {m['memory_gib']} GiB; GPU: {m['gpu'] or 'none'}; {m['os']}, Python {m['python']}",
             f"Libraries: {libs}"]
 
@@ -150,7 +160,7 @@ def write_report(results: dict, out_dir: Path) -> Path:
     md += ["## Latency, size and memory", "", _markdown_table(*lat), ""]
     if picture:
         md += [f"![latency]({picture.name})", ""]
-    md += ["## Accuracy against the FP32 PyTorch reference", "", _markdown_table(*acc), ""]
+    md += [f"## {accuracy_heading(results)}", "", _markdown_table(*acc), ""]
     extra = extra_table(results)
     if extra:
         md += ["## Other measurements", "", _markdown_table(*extra), ""]
@@ -255,7 +265,7 @@ def _write_html(results, out_dir, lat, acc, intro, picture) -> None:
             + ("".join(f"<p><strong>{html.escape(line.replace('**', ''))}</strong></p>" for line in load_lines(results))
                if (results.get("load_average") or {}).get("busy") else "")
             + f"<h2>Latency, size and memory</h2>{_html_table(*lat)}{img}"
-            f"<h2>Accuracy against the FP32 PyTorch reference</h2>{_html_table(*acc)}"
+            f"<h2>{html.escape(accuracy_heading(results))}</h2>{_html_table(*acc)}"
             + (f"<h2>Other measurements</h2>{_html_table(*extra_table(results))}" if extra_table(results) else "")
             + (f"<h2>Peers on the same weights</h2>{_html_table(*peers_table(results))}" if peers_table(results) else "")
             + (f"<h2>Goals</h2><ul>{goals}</ul>" if goals else "")

@@ -14,7 +14,7 @@ from edgevfm.runtime.output import check_out_dir, staged_bundle
 
 from .calibration import calibration_images
 from .families import CALIBRATION
-from .recipes import RECIPES, quiet_ort_logging
+from .recipes import INT8_ACTIVATIONS, RECIPES, quiet_ort_logging
 
 AUTO = "auto"  # not a recipe: the fastest recipe within the accuracy floors, measured here
 
@@ -22,7 +22,7 @@ AUTO = "auto"  # not a recipe: the fastest recipe within the accuracy floors, me
 def quantize(bundle: str | Path, recipe: str, out: str | Path, calib: str | Path | None = None,
              samples: int | None = None, force: bool = False, block_size: int | None = None, show_progress: bool = True,
              min_cosine: float | None = None, max_drop: float | None = None, threads: int = 2,
-             reuse: str | Path | None = None) -> Path:
+             reuse: str | Path | None = None, quick: bool = False) -> Path:
     """Apply ``recipe`` to every part of the FP32 ``bundle`` and write the result to ``out``.
 
     ``recipe="auto"`` measures the family's recipes of every installed backend on this machine
@@ -33,6 +33,8 @@ def quantize(bundle: str | Path, recipe: str, out: str | Path, calib: str | Path
     ``calib``: a folder of real images for calibrated recipes (default: scikit-image's photos);
     ``samples``: how many calibration images (default: the family's, 32 for CLIP, 8 for SAM).
     ``block_size``: the 4-bit recipes' group (default: 32 for ONNX Runtime's, measured by ``ov-int4``).
+    ``quick``: leave out the steps that take minutes and only repair accuracy (``ov-int8``'s
+    accuracy control), as ``edgevfm demo`` does; the manifest says what was left out.
     The new bundle is loaded and run once before it is put in place. ``force`` replaces an existing
     bundle at ``out``, never anything else, and never ``bundle`` itself.
     """
@@ -64,6 +66,8 @@ def quantize(bundle: str | Path, recipe: str, out: str | Path, calib: str | Path
                          f"{source.path} is a {source.family} bundle")
     steps = chosen.steps(list(source.parts))
     sized = {} if block_size is None else {"block_size": block_size}  # else each recipe's own (ov-int4: measured)
+    if quick:
+        sized["quick"] = True
     feeds, calibration = {}, None
     if chosen.needs_calibration:
         feeds = _calibration_feeds(source, calib, samples)
@@ -97,6 +101,8 @@ def quantize(bundle: str | Path, recipe: str, out: str | Path, calib: str | Path
                                     f"{_disk_hint(stage, source.file(parts[name]['file']))}") from exc
             parts[name].update(file=written, precision=step.precision, backend=step.backend)
             parts[name].pop("compute", None)
+            if INT8_ACTIVATIONS in settings[name]:
+                parts[name][INT8_ACTIVATIONS] = settings[name].pop(INT8_ACTIVATIONS)
             if step.compute:
                 parts[name]["compute"] = step.compute
             data = stage / (written + ".data")  # where save_onnx puts weights over 2 GB
@@ -104,10 +110,20 @@ def quantize(bundle: str | Path, recipe: str, out: str | Path, calib: str | Path
                 data = (stage / written).with_suffix(".bin")
             parts[name]["data"] = [str(Path(written).with_name(data.name))] if data.is_file() else []
         manifest.update(parts=parts, recipe={"name": chosen.name, "parts": settings},
-                        calibration=calibration, tools=tool_versions())
+                        calibration=calibration, tools=tool_versions(), quantized_on=quantized_on())
         write_manifest(stage, manifest)
         _smoke_run(stage, chosen.name)
     return out
+
+
+def quantized_on() -> dict:
+    """The CPU whose arithmetic a bundle's calibration and accuracy checks ran on: an INT8 part's
+    measured accuracy holds for that kind of integer arithmetic (``edgevfm.runtime.cpu``)."""
+    import platform
+
+    from edgevfm.runtime.cpu import instruction_sets, isa_label
+
+    return {"isa": isa_label(), "instruction_sets": list(instruction_sets()), "architecture": platform.machine()}
 
 
 def _disk_hint(stage: Path, part: Path) -> str:

@@ -25,6 +25,7 @@ from edgevfm.runtime import load
 from edgevfm.runtime.bundle import open_bundle, write_manifest
 from edgevfm.runtime.errors import EdgeVfmError, MissingExtraError, UsageError
 from edgevfm.runtime.output import check_out_dir, staged_bundle
+from edgevfm.runtime.pipeline import saturating_parts
 
 from .recipes import KEEP, RECIPES, recipes_for
 
@@ -97,7 +98,13 @@ def quantize_auto(bundle: str | Path, out: str | Path, candidates: list[str] | N
         for name in progress([n for n in names if n != KEEP], desc="auto: write candidates", enabled=show_progress):
             recipe = RECIPES.get(name)
             if name in (prebuilt or {}):
-                written[name] = _checked_prebuilt(prebuilt[name], name, source)
+                made = _checked_prebuilt(prebuilt[name], name, source)
+                saturating = saturating_parts(open_bundle(made, verify_hashes=False))
+                if saturating:  # a bundle of an older edgevfm: not safe on this CPU, so no candidate
+                    records[name] = {"recipe": name, "backend": recipe.backend, "skipped":
+                                     f"parts {sorted(saturating)} hold full-range INT8, which saturates on this CPU"}
+                    continue
+                written[name] = made
                 records[name] = {"reused": str(prebuilt[name])}
                 continue
             if not _installed(recipe.backend):
@@ -197,7 +204,7 @@ def _record(records: dict, winner: dict, floors: dict, threads: int, runs: int, 
     return {"chosen": winner["recipe"], "why": why, "floors": floors,
             "measured": {"threads": threads, "runs_per_round": runs, "rounds": rounds, "latency":
                          "sum over the family's parts of the median ms per call at batch 1",
-                         "cpu": machine["cpu"], "instruction_sets": machine["instruction_sets"]},
+                         "cpu": machine["cpu"], "isa": machine["isa"], "instruction_sets": machine["instruction_sets"]},
             "candidates": [{k: v for k, v in r.items() if k != "accuracy"} | ({"accuracy": r["accuracy"]}
                                                                               if "accuracy" in r else {})
                            for r in ranked + [r for r in records.values() if "skipped" in r]]}

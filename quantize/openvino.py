@@ -8,7 +8,8 @@ compressed with NNCF. Every family has them.
   measurement against the FP32 part); where the part's outputs on held-out feeds still fall below
   ``INT8_MIN_COSINE`` of FP32's, NNCF's accuracy control ranks the quantized operations by what
   each costs and returns the most sensitive ones to float until the floor holds (at most
-  ``RESTORE_ITERATIONS``), and the part records which; a language-model decoder (a part with
+  ``RESTORE_ITERATIONS``; ``quick``, as ``edgevfm demo`` quantizes, skips this step, which takes
+  minutes, and says so), and the part records which; a language-model decoder (a part with
   ``past_*`` inputs, driven token by token by the generation engine) gets 8-bit weights instead
   (asymmetric, per channel), as OpenVINO's own LLM pipelines do: static activation ranges from a
   prefill do not fit single-token decode steps.
@@ -31,13 +32,14 @@ onnxruntime-genai's builder graph (LLaVA's default ``llm``) uses ONNX Runtime's 
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 from pathlib import Path
 
 from edgevfm.runtime.errors import MissingExtraError, QuantizeError
 
-from .recipes import Recipe, _register
+from .recipes import FULL_RANGE, INT8_ACTIVATIONS, SATURATION_SAFE, Recipe, _register
 
 SMOOTH_QUANT_CHECK = 16  # held-out feeds ov-int8 measures its choices with, at most
 # the issue's bar for ov-int8 (mean cosine to FP32); ViT-B/32 CLIP's towers and SAM ViT-B's encoder
@@ -112,7 +114,8 @@ def openvino_ir(src: Path, dst: Path, feeds=None, **_) -> dict:
     return {"converter": f"openvino {ov.__version__.split('-')[0]}", "weights": "fp32"}
 
 
-def openvino_int8(src: Path, dst: Path, feeds=None, min_cosine: float = INT8_MIN_COSINE, **_) -> dict:
+def openvino_int8(src: Path, dst: Path, feeds=None, min_cosine: float = INT8_MIN_COSINE, quick: bool = False,
+                  **_) -> dict:
     """NNCF post-training INT8 (transformer model type: softmax and layer norms in float; SmoothQuant
     where it helps this part; the most sensitive operations back to float where the part would
     fall below ``min_cosine``) on the family's feeds; a decoder gets 8-bit weights (see the
@@ -127,10 +130,13 @@ def openvino_int8(src: Path, dst: Path, feeds=None, min_cosine: float = INT8_MIN
                 "activations": "float"}
     held_out = _HeldOut(model, list(feeds))
     model, chosen = _smooth_quant_by_measurement(nncf, src, held_out)
-    if chosen["cosine"] < min_cosine:
+    if chosen["cosine"] < min_cosine and quick:  # accuracy control ranks every quantized operation: minutes
+        chosen = dict(chosen, below_floor=min_cosine, accuracy_control="skipped (quick: edgevfm demo)")
+    elif chosen["cosine"] < min_cosine:
         model, chosen = _sensitive_back_to_float(nncf, src, held_out, model, chosen, min_cosine)
     _save(model, dst)
-    return {"quantizer": f"nncf {nncf.__version__}", "model_type": "transformer", **chosen}
+    return {"quantizer": f"nncf {nncf.__version__}", "model_type": "transformer", "overflow_fix": "every layer",
+            **chosen, INT8_ACTIVATIONS: SATURATION_SAFE}
 
 
 class _HeldOut:
@@ -163,12 +169,17 @@ def _logits_index(model) -> int:
     return next((i for i, n in enumerate(names) if any("logits" in name for name in n)), 0)
 
 
-def _advanced(smooth_quant: str):
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
+def _advanced(smooth_quant: str | None = None):
+    """NNCF's options with its overflow fix on every layer (7-bit weights: x86 CPUs without VNNI
+    saturate with full-range ones; NNCF's default fixes the first layer only); SmoothQuant at NNCF's
+    default alpha for the transformer type ("on"), off, or left to NNCF's defaults (None)."""
+    from nncf.quantization.advanced_parameters import (AdvancedQuantizationParameters, AdvancedSmoothQuantParameters,
+                                                       OverflowFix)
 
-    if smooth_quant == "on":  # NNCF's default alpha for the transformer type
-        return AdvancedQuantizationParameters()
-    return AdvancedQuantizationParameters(smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1))
+    if smooth_quant == "off":
+        return AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE,
+                                              smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1))
+    return AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE)
 
 
 def _smooth_quant_by_measurement(nncf, src: Path, held_out: _HeldOut):
@@ -252,14 +263,18 @@ def _mean_cosine(reference: list[list], outputs: list[list]) -> float:
     return float(np.mean(cosines))
 
 
-def openvino_int8_plain(src: Path, dst: Path, feeds=None, **_) -> dict:
+def openvino_int8_plain(src: Path, dst: Path, feeds=None, overflow_fix: bool = True, **_) -> dict:
     """The baseline a user tries first: ``nncf.quantize`` with its defaults on the same feeds (no
-    model type, so no SmoothQuant and every MatMul quantized, attention's too; decoders as well)."""
+    model type, so no SmoothQuant and every MatMul quantized, attention's too; decoders as well),
+    but for the overflow fix on every layer, without which no INT8 bundle of ours holds on AVX2."""
     nncf = _nncf()
     with quiet_nncf():
-        model = nncf.quantize(converted(src), nncf.Dataset(list(feeds)), subset_size=len(feeds))
+        model = nncf.quantize(converted(src), nncf.Dataset(list(feeds)), subset_size=len(feeds),
+                              **({"advanced_parameters": _advanced()} if overflow_fix else {}))
     _save(model, dst)
-    return {"quantizer": f"nncf {nncf.__version__}", "settings": "defaults", "samples": len(feeds)}
+    return {"quantizer": f"nncf {nncf.__version__}", "samples": len(feeds),
+            "settings": "defaults, overflow fix on every layer" if overflow_fix else "defaults",
+            INT8_ACTIVATIONS: SATURATION_SAFE if overflow_fix else FULL_RANGE}
 
 
 def openvino_int4(src: Path, dst: Path, feeds=None, block_size: int | None = None, **_) -> dict:
@@ -348,5 +363,8 @@ _register(Recipe("ov-int8-bf16", "int8", "OpenVINO IR, NNCF post-training INT8 a
                  compute="bf16", listed=False))
 _register(Recipe("ov-int8-plain", "int8", "baseline: OpenVINO IR, nncf.quantize with its defaults (what a user "
                  "tries first)", openvino_int8_plain, needs_calibration=True, backend="openvino"))
+_register(Recipe("ov-int8-plain-full-range", "int8", "nncf.quantize with every default, the overflow fix on the "
+                 "first layer only (saturates without VNNI): kept to measure", functools.partial(
+                     openvino_int8_plain, overflow_fix=False), needs_calibration=True, backend="openvino", listed=False))
 _register(Recipe("ov-int4", "int4", "OpenVINO IR, NNCF 4-bit weights (8-bit embeddings and LM head), group size "
                  "and 4-bit share by measurement; AWQ and scale estimation on language-model decoders", openvino_int4, needs_calibration=True, backend="openvino"))

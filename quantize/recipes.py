@@ -1,10 +1,15 @@
 """Quantization recipes. Each turns one FP32 ONNX part into a compressed one with ONNX Runtime.
 
 Choices, measured on this project's CPU (2-core EPYC with AVX-512 VNNI, see FACTS.md):
-- ``int8-static`` quantizes only MatMul/Gemm/Conv with constant weights (QDQ, U8 activations, S8
+- ``int8-static`` quantizes only MatMul/Gemm/Conv with constant weights (QDQ, U8 activations, U8
   per-channel weights): quantizing every op, or S8 activations, costs both accuracy and speed
   here. Activation ranges come from :mod:`.calibrate`, which scales to SAM's encoder.
 - ``int8-dynamic`` quantizes MatMul/Gemm/Conv weights; activations are scaled at run time.
+- both INT8 recipes multiply u8 activations by **u8** weights: x86 CPUs without VNNI add pairs of
+  u8 x s8 products in 16 bits, which saturates; ONNX Runtime's U8U8 kernels widen first and cannot,
+  so a bundle computes the same on every x86 CPU. Of the known fixes it is the only one that keeps
+  CLIP ViT-B/32's cosine floor (7-bit weights, ``reduce_range``, fall below it); it costs speed on
+  VNNI. docs/int8-on-every-cpu.md has the measurements and the command that makes them.
 - both INT8 recipes run ONNX Runtime's quantization pre-processing first (graph optimisation).
 - ``int4`` is weight-only ``MatMulNBits`` with a configurable block size, int8 compute.
 - ``fp16`` converts weights and compute to float16 with float32 inputs/outputs and LayerNorm,
@@ -14,6 +19,7 @@ Choices, measured on this project's CPU (2-core EPYC with AVX-512 VNNI, see FACT
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +34,12 @@ INT8_OPS = ["MatMul", "Gemm", "Conv"]
 
 
 KEEP = "fp32"  # in a per-part plan: leave this part as exported
+# a part's manifest key, written by a recipe whose part multiplies 8-bit activations by 8-bit
+# weights: "saturation-safe" (U8U8, or 7-bit weights) or "full-range" (saturates on x86 without VNNI)
+INT8_ACTIVATIONS = "int8_activations"
+SATURATION_SAFE, FULL_RANGE = "saturation-safe", "full-range"
+# the INT8 recipes' weights: u8 (the default: U8U8 kernels, safe everywhere) or full-range s8 (U8S8)
+WEIGHT_TYPES = {"uint8": lambda types: types.QUInt8, "int8": lambda types: types.QInt8}
 
 
 @dataclass(frozen=True)
@@ -106,16 +118,20 @@ def pre_processed(src: Path, dst: Path):
         data.unlink(missing_ok=True)
 
 
-def int8_dynamic(src: Path, dst: Path, feeds=None, **_) -> dict:
+def int8_dynamic(src: Path, dst: Path, feeds=None, weights: str = "uint8", **_) -> dict:
+    """Dynamic INT8 (see the module); ``weights="int8"`` as for :func:`int8_static`."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with pre_processed(src, dst) as pre:
-        quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8, per_channel=False,
+        quantize_dynamic(str(pre), str(dst), weight_type=WEIGHT_TYPES[weights](QuantType), per_channel=False,
                          op_types_to_quantize=INT8_OPS)
-    return {"weight_type": "int8", "op_types": INT8_OPS, "pre_processed": True}
+    return {"weight_type": weights, "op_types": INT8_OPS, "pre_processed": True,
+            INT8_ACTIVATIONS: SATURATION_SAFE if weights == "uint8" else FULL_RANGE}
 
 
-def int8_static(src: Path, dst: Path, feeds=None, **_) -> dict:
+def int8_static(src: Path, dst: Path, feeds=None, weights: str = "uint8", **_) -> dict:
+    """Static INT8 (see the module). ``weights="int8"`` writes the full-range U8S8 graph instead,
+    faster on VNNI and saturating without it (kept to measure what the default avoids)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -127,13 +143,15 @@ def int8_static(src: Path, dst: Path, feeds=None, **_) -> dict:
         try:
             quantize_static(str(pre), str(dst), None, quant_format=QuantFormat.QDQ,
                             op_types_to_quantize=INT8_OPS, nodes_to_exclude=excluded, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            activation_type=QuantType.QUInt8,
+                            weight_type=WEIGHT_TYPES[weights](QuantType),
                             calibrate_method=CalibrationMethod.MinMax, calibration_cache_path=str(cache))
         finally:
             cache.unlink(missing_ok=True)
-    return {"format": "QDQ", "activations": "uint8", "weights": "int8 per-channel", "op_types": INT8_OPS,
+    return {"format": "QDQ", "activations": "uint8", "weights": f"{weights} per-channel", "op_types": INT8_OPS,
             "calibrate_method": "minmax", "pre_processed": True, "float_nodes": len(excluded),
-            "calibrated_tensors": len(tensors)}
+            "calibrated_tensors": len(tensors),
+            INT8_ACTIVATIONS: SATURATION_SAFE if weights == "uint8" else FULL_RANGE}
 
 
 def int4(src: Path, dst: Path, feeds=None, block_size: int = 32, **_) -> dict:
@@ -280,10 +298,16 @@ def fp16(src: Path, dst: Path, feeds=None, **_) -> dict:
     return {"kept_fp32": FP16_KEEP_FP32}
 
 
-_register(Recipe("int8-dynamic", "int8", "INT8 weights, activations quantized at run time (MatMul/Gemm/Conv)",
+_register(Recipe("int8-dynamic", "int8", "INT8 (U8U8) weights, activations quantized at run time (MatMul/Gemm/Conv)",
                  int8_dynamic))
-_register(Recipe("int8-static", "int8", "INT8 QDQ calibrated on real photos (MatMul/Gemm/Conv, U8S8)",
+_register(Recipe("int8-static", "int8", "INT8 QDQ calibrated on real photos (MatMul/Gemm/Conv, U8U8)",
                  int8_static, needs_calibration=True))
+# the full-range U8S8 graphs edgevfm wrote before: faster on VNNI, saturating without it; not
+# offered, kept so that python -m edgevfm.benchmarks.isa measures what the defaults avoid
+_register(Recipe("int8-dynamic-u8s8", "int8", "int8-dynamic with full-range s8 weights (saturates without VNNI)",
+                 functools.partial(int8_dynamic, weights="int8"), listed=False))
+_register(Recipe("int8-static-u8s8", "int8", "int8-static with full-range s8 weights (saturates without VNNI)",
+                 functools.partial(int8_static, weights="int8"), needs_calibration=True, listed=False))
 _register(Recipe("int4", "int4", "4-bit weight-only MatMulNBits, int8 compute", int4))
 _register(Recipe("fp16", "fp16", "float16 weights and compute, float32 I/O and normalisation", fp16))
 # language-model steps: family recipes name them per part (see quantize/families/llava.py)

@@ -13,6 +13,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+from .cpu import runs_bf16
 from .errors import MissingExtraError, UsageError
 from .registry import Registry
 
@@ -123,7 +124,10 @@ class OpenVinoBackend:
         if device not in available:
             raise UsageError(f"OpenVINO device {device!r} is not present here (present: {available}): pick one of "
                              "those")
-        config = {"INFERENCE_PRECISION_HINT": OV_INFERENCE_PRECISION.get(precision, "f32"),
+        hint = OV_INFERENCE_PRECISION.get(precision, "f32")
+        if hint == "bf16" and not runs_bf16():  # FP32 where BF16 cannot run, as the plugin itself would
+            hint = "f32"
+        config = {"INFERENCE_PRECISION_HINT": hint,
                   "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)

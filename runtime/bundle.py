@@ -28,6 +28,7 @@ MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 8 << 20  # a real manifest is a few kB
 MAX_FILES = 10_000
 COMPUTE = ("fp32", "bf16", "fp16")
+INT8_ACTIVATIONS = ("saturation-safe", "full-range")
 DTYPES = ("bool", "uint8", "int8", "int32", "int64", "float16", "bfloat16", "float32", "float64")
 
 
@@ -44,7 +45,10 @@ _PART = obj({"file": listed_file(), "backend": string(), "precision": string(),
             {"data": list_of(listed_file(), max_items=16),  # external-data files the graph loads
              # the precision a quantized part's float operations run at, where the backend lets
              # it be chosen (OpenVINO; bf16 runs as fp32 on a CPU without BF16); default fp32
-             "compute": string(choices=COMPUTE)})
+             "compute": string(choices=COMPUTE),
+             # a part whose 8-bit activations meet 8-bit weights: "saturation-safe" (7-bit weights),
+             # or "full-range" (saturates on x86 without VNNI; see runtime/cpu.py)
+             "int8_activations": string(choices=INT8_ACTIVATIONS)})
 SCHEMA = obj({
     "format_version": integer(1, FORMAT_VERSION),
     "family": string(),

@@ -124,3 +124,8 @@ class MissingExtraError(EdgeVfmError, ImportError):
             f"{what} needs the [{extra}] extra{detail}: install it with "
             f"pip install 'edgevfm[{extra}]'"
         )
+
+
+class SaturationWarning(UserWarning):
+    """An INT8 part made with full-range 8-bit weights runs on a CPU whose 8-bit dot products
+    saturate (x86 without VNNI): its accuracy is below what was measured where it was made."""

@@ -62,6 +62,7 @@ class Pipeline:
             self.parts[name] = backend
         if problems:
             raise BundleError(bundle.path, problems)
+        warn_if_saturating(bundle)
         try:
             self.setup()
         except EdgeVfmError:
@@ -142,6 +143,50 @@ def _io_mismatch(name: str, part, backend) -> list[str]:
             problems.append(f"part {name!r}: manifest declares {tensor['name']!r} as {tensor['dtype']} "
                             f"{tensor['shape']}, the graph has {dtype} {shape}")
     return problems
+
+
+# recipes whose parts multiplied full-range 8-bit weights by 8-bit activations before bundles said
+# so (``int8_activations``); ov-int8 decoders record float activations
+_FULL_RANGE_BEFORE = ("int8-static", "int8-dynamic", "ov-int8", "ov-int8-bf16", "ov-int8-plain")
+_warned: set[tuple[str, ...]] = set()
+
+
+def saturating_parts(bundle: Bundle) -> dict[str, str]:
+    """{part: backend} of the parts whose INT8 arithmetic saturates on this CPU: full-range 8-bit
+    weights meeting 8-bit activations, on x86 without VNNI (see :mod:`.cpu`)."""
+    from .cpu import int8_saturates
+
+    settings = (bundle.manifest.get("recipe") or {}).get("parts")  # what each recipe step recorded
+    settings = settings if isinstance(settings, dict) else {}
+    found = {}
+    for name, part in bundle.manifest["parts"].items():
+        step = settings.get(name) if isinstance(settings.get(name), dict) else {}
+        kind = part.get("int8_activations")
+        if kind is None and part.get("precision") == "int8" and step.get("recipe") in _FULL_RANGE_BEFORE \
+                and step.get("activations") != "float":
+            kind = "full-range"
+        if kind == "full-range" and int8_saturates(part["backend"]):
+            found[name] = part["backend"]
+    return found
+
+
+def warn_if_saturating(bundle: Bundle) -> None:
+    """Warn once per bundle and parts when :func:`saturating_parts` finds any."""
+    import warnings
+
+    from .cpu import isa_label
+    from .errors import SaturationWarning
+
+    found = saturating_parts(bundle)
+    key = (str(bundle.path.resolve()), *sorted(found))
+    if not found or key in _warned:
+        return
+    _warned.add(key)
+    made_on = (bundle.manifest.get("quantized_on") or {}).get("isa", "a CPU this edgevfm did not record")
+    warnings.warn(f"{bundle.path}: parts {sorted(found)} multiply full-range INT8 weights by INT8 activations, "
+                  f"which saturate on this CPU ({isa_label()}): accuracy is below what was measured on {made_on}. "
+                  "Quantize the FP32 bundle again with this edgevfm (its INT8 recipes are saturation-safe), "
+                  "or use a float or 4-bit recipe", SaturationWarning, stacklevel=4)
 
 
 def load(path: str | Path, threads: int | None = None, providers: Sequence[str] | None = None,

@@ -144,7 +144,13 @@ def test_openvino_rows_get_the_backend_goals(clip_bundle, clip_recipe_bundles, t
     assert len(ov_speed) == 1
     # what each recipe quantized, read from the IR: every Linear layer for both; plain NNCF more besides
     ours, theirs = by_recipe["ov-int8"]["quantized_ops"]["vision"], by_recipe["ov-int8-plain"]["quantized_ops"]["vision"]
-    assert ours["MatMul (weights)"] == theirs["MatMul (weights)"] == 2 * 6 + 1  # 2 layers x (q, k, v, o, 2 MLP) + head
+    assert theirs["MatMul (weights)"] == 2 * 6 + 1  # 2 layers x (q, k, v, o, 2 MLP) + head
+    # ov-int8 quantizes the same, less what its accuracy control put back in float (which varies
+    # with the CPU's arithmetic: the count is reported, the floor is what holds)
+    reverted = json.loads((clip_recipe_bundles["ov-int8"] / "manifest.json").read_text())["recipe"]["parts"]["vision"]
+    back = [op for op in reverted.get("kept_in_float", [])
+            if op.endswith("/MatMul") and any(k in op for k in ("proj/", "fc1/", "fc2/", "projection/"))]
+    assert ours["MatMul (weights)"] == theirs["MatMul (weights)"] - len(back), (ours, back)
     assert by_recipe["int8-dynamic"]["quantized_ops"] == {}  # ONNX Runtime parts: nothing read
     more = {k: n - ours.get(k, 0) for k, n in theirs.items() if n > ours.get(k, 0)}
     assert more and all(f"{n} {k}" in plain["measured"] for k, n in more.items() if k not in ("Add", "MVN"))

@@ -146,6 +146,20 @@ def test_unknown_backend(family_bundle):
     _refused(bundle, "unknown backend 'tensorflow': expected one of onnxruntime")
 
 
+def test_int8_arithmetic_that_is_not_one_we_know(family_bundle):
+    _, bundle = family_bundle
+    part = _first_part(bundle)
+    edit_manifest(bundle, lambda m: m["parts"][part].update(int8_activations="fast"))
+    _refused(bundle, f"manifest.parts[{part!r}].int8_activations", "saturation-safe")
+
+
+def test_recipe_steps_that_are_not_an_object_are_read_as_none(family_bundle, photos):
+    """What the saturation check reads of ``recipe.parts`` is data: a list there is no crash."""
+    _, bundle = family_bundle
+    edit_manifest(bundle, lambda m: m.update(recipe={"name": "int8-static", "parts": [1, 2]}))
+    _use(load(bundle), photos)
+
+
 def test_corrupt_tokenizer_with_a_matching_hash(clip_bundle, tmp_path):
     bundle = copy_bundle(clip_bundle, tmp_path / "b")
     (bundle / "tokenizer.json").write_text('{"model": 3}')

@@ -17,11 +17,13 @@ from edgevfm.runtime.errors import QuantizeError
 OV_RECIPES = ("ov-fp32", "ov-bf16", "ov-int8", "ov-int4", "ov-int8-plain")
 FAMILY_BUNDLES = ("llava_plain_bundle", "blip_bundle", "blip2_bundle", "blip2_t5_bundle")
 # Mean cosine of every float output of every part to FP32's, on the family's calibration feeds
-# (prefill for decoders), over tiny random models (hidden 32-64). Measured on an AVX-512 VNNI/BF16
-# machine, worst part of the four bundles: ov-fp32 1.0000, ov-bf16 0.9997, ov-int8 0.9994, ov-int4
-# 0.941 (the tiny T5's 4-bit encoder; 0.990-0.996 elsewhere), ov-int8-plain 0.997. AVX2-only CPUs run ov-bf16 in FP32
-# and have other INT8 kernels, hence the room.
-PART_MIN_COSINE = {"ov-fp32": 0.99999, "ov-bf16": 0.998, "ov-int8": 0.99, "ov-int4": 0.90, "ov-int8-plain": 0.99}
+# (prefill for decoders), over tiny random models (hidden 32-64); the floors hold on both kinds of
+# CPU. Worst part of the four bundles on an AVX-512 VNNI/BF16 machine: ov-fp32 1.0000, ov-bf16
+# 0.9997, ov-int8 0.9985, ov-int4 0.954, ov-int8-plain 0.996 (all the tiny T5's). On an AVX2-only
+# CPU (QEMU's Haswell model, docs/int8-on-every-cpu.md) the tiny T5's INT8 parts lose more, with 7-bit
+# weights everywhere: ov-int8 0.966 (its encoder), ov-int8-plain 0.912 (its decoder); every other
+# part stays within 2e-3 of VNNI (benchmarks/reports/int8-isa). ov-bf16 runs FP32 there.
+PART_MIN_COSINE = {"ov-fp32": 0.99999, "ov-bf16": 0.998, "ov-int8": 0.95, "ov-int4": 0.90, "ov-int8-plain": 0.88}
 
 
 @pytest.fixture(scope="module")
