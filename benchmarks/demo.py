@@ -3,6 +3,7 @@ bench, on random-weight presets with the real architectures' sizes; says where t
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from edgevfm.export.api import export
@@ -36,6 +37,7 @@ def run_demo(out: str | Path = "demo-out", models=DEFAULT_MODELS, report_dir: st
         name = model.split(":")[-1].replace("/", "--")  # random:/trained: presets, hub ids, folders
         folder, reports = out / name, report_root / name
         print(f"== {model}")
+        started = time.perf_counter()
         print(f"[1/4] export -> {folder / 'fp32'}")
         bundles = [export(model, folder / "fp32", force=True)]
         family = open_bundle(bundles[0], verify_hashes=False).family
@@ -48,7 +50,7 @@ def run_demo(out: str | Path = "demo-out", models=DEFAULT_MODELS, report_dir: st
             recipes = getattr(family_bench, "quick_recipes", None) or recipes
         for recipe in recipes:
             print(f"[2/4] quantize --recipe {recipe} -> {folder / recipe}")
-            made[recipe] = quantize(bundles[0], recipe, folder / recipe, force=True)
+            made[recipe] = quantize(bundles[0], recipe, folder / recipe, force=True, quick=not variants)
         bundles += list(made.values())
         for label, options in (getattr(family_bench, "export_variants", {}) if variants else {}).items():
             print(f"[1/4] export ({label}) -> {folder / ('fp32-' + label)}")
@@ -62,7 +64,7 @@ def run_demo(out: str | Path = "demo-out", models=DEFAULT_MODELS, report_dir: st
             bundles.append(quantize_auto(bundles[0], folder / "auto", force=True, threads=threads, prebuilt=made))
         print("[3/4] run")
         family_bench.demo(bundles, reports, threads)
-        n = runs or family_bench.demo_runs
+        n = runs or (family_bench.demo_runs if variants else getattr(family_bench, "quick_runs", family_bench.demo_runs))
         command = (f"edgevfm demo -o {out} --model {model} --report-dir {report_root} --runs {n} --threads {threads}"
                    + f" --rounds {rounds}" + (" --variants" if variants else ""))
         print(f"[4/4] bench {len(bundles)} bundles against PyTorch eager FP32 ({threads} threads, {n} runs)")
@@ -70,6 +72,7 @@ def run_demo(out: str | Path = "demo-out", models=DEFAULT_MODELS, report_dir: st
                        rounds=rounds)
         for goal in result["goals"]:
             print(f"      {'MET' if goal['met'] else 'MISSED'}: {goal['goal']} ({goal['measured']})")
-        print(f"report: {result['report']} (and report.html, results.json beside it)")
+        print(f"report: {result['report']} (and report.html, results.json beside it); {model} took "
+              f"{time.perf_counter() - started:.0f} s")
         results.append(result)
     return results

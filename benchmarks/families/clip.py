@@ -49,7 +49,8 @@ def labelled_folder(data: str | None) -> tuple[list[str], list[Path], list[int]]
 @BENCH.register("clip")
 class ClipBench:
     parts = ("vision", "text")
-    demo_runs = 30
+    demo_runs = 30  # make report
+    quick_runs = 10  # make demo: a first look (ViT-B/32's rows keep their order at 10)
     # --recipe auto: the figures a candidate is held to (see quantize/auto.py), and their defaults
     cosine_keys = ("image_cosine_mean", "text_cosine_mean")
     agreement_keys = ("zero_shot_top1_agreement",)
