@@ -786,8 +786,9 @@ def fitted(config: GenerationConfig, length: int, context: int) -> GenerationCon
     if config.fit_context and room >= 1:
         return replace(config, max_new_tokens=min(config.max_new_tokens, room))
     if config.fit_context:
-        raise InputError(f"the prompt has {length} tokens and the model's context is {context}: no room is left "
-                         "for an answer; shorten the prompt or the conversation (start a new chat)")
+        raise InputError(f"the prompt has {length} tokens: with an answer of at least one, {length + 1 - context} "
+                         f"over the model's context of {context}; shorten the prompt or the conversation (start a new "
+                         "chat)")
     if config.max_new_tokens > room:
         raise InputError(f"the prompt has {length} tokens and asks for up to {config.max_new_tokens} new ones: "
                          f"{config.max_new_tokens - room} over the model's context of {context}; shorten the "
