@@ -2,9 +2,10 @@
 
 x86 CPUs without VNNI (AVX2 laptops, AVX-512F without VNNI) multiply u8 activations by s8 weights
 with ``VPMADDUBSW``, which adds each pair of products into 16 bits and saturates: an INT8 graph
-whose weights use the full 8-bit range loses accuracy there (ONNX Runtime's ``reduce_range`` and
-OpenVINO's overflow fix keep weights in 7 bits, so no pair can overflow). VNNI (AVX-512 VNNI or
-AVX-VNNI) accumulates in 32 bits, and Arm's dot products widen: neither saturates.
+whose weights use the full 8-bit range loses accuracy there (edgevfm's INT8 recipes avoid it:
+ONNX Runtime's U8U8 kernels widen before they add, OpenVINO's overflow fix keeps weights in 7 bits).
+VNNI (AVX-512 VNNI or AVX-VNNI) accumulates in 32 bits, and Arm's dot products widen: neither
+saturates.
 
 The flags come from CPUID through numpy (what the running process's libraries see, also under an
 emulator such as QEMU), with ``/proc/cpuinfo`` only for AVX-VNNI, which numpy does not report.
