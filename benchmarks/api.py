@@ -13,6 +13,7 @@ from edgevfm.export.progress import progress
 from edgevfm.runtime.bundle import open_bundle
 from edgevfm.runtime.errors import BundleError, InputError
 
+from .auto import floor_text, passes, quality, quality_text
 from .families import BENCH
 from .machine import busy_cores, machine_info
 from .report import write_report
@@ -49,8 +50,7 @@ def bench(bundles: list[str | Path], reference: str, out_dir: str | Path, data: 
     family = families[0]
     _check_reference(opened, reference)
     family_bench = BENCH.get(family)(str(data) if data else None)
-    if hasattr(family_bench, "check_bundles"):
-        family_bench.check_bundles(opened)
+    family_bench.check_bundles(opened)
     base = {"family": family, "data": str(data) if data else None, "threads": threads, "runs": runs,
             "warmup": warmup if warmup is not None else max(3, runs // 5), "batch": batch, "rounds": rounds}
     tasks = [dict(base, kind="pytorch", target=reference)] + [dict(base, kind="bundle", target=str(b.path)) for b in opened]
@@ -65,10 +65,9 @@ def bench(bundles: list[str | Path], reference: str, out_dir: str | Path, data: 
             measured[i].append(pool.submit(measure_row, dict(tasks[i], runs=per_round, outputs=r == 0)).result())
     rows = [_pooled_row(found) for found in measured]
     peers = {}
-    if hasattr(family_bench, "peers"):
+    if family_bench.measures_peers:
         with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
             peers = pool.submit(measure_peers, dict(base, target=reference)).result()
-    family_bench.peer_results = peers
     reference_row = rows[0]
     for row in rows[1:]:
         if row["config_sha256"] != reference_row["config_sha256"]:
@@ -91,7 +90,7 @@ def bench(bundles: list[str | Path], reference: str, out_dir: str | Path, data: 
         "load_average": load_record(load_before, os.getloadavg(), busy_before, busy_cores()),
         "rows": rows,
         "peers": peers,
-        "goals": family_bench.goals(rows, peaks) + backend_goals(family_bench, rows, machine["instruction_sets"]),
+        "goals": family_bench.goals(rows, peaks, peers, machine) + backend_goals(family_bench, rows, machine["instruction_sets"]),
     }
     results["report"] = str(write_report(results, Path(out_dir)))
     return results
@@ -131,8 +130,6 @@ def backend_goals(family_bench, rows: list[dict], flags: list[str]) -> list[dict
     the floors it was chosen by (5% of room: two measurements of one bundle differ so), and the same
     rows on an AVX2-only CPU, where the fastest backend flips (``flags``: this CPU's instruction
     sets)."""
-    from edgevfm.quantize.auto import floor_text, passes, quality, quality_text
-
     bundles = {r["recipe"]: r for r in rows if r["kind"] == "bundle"}
     total = lambda r: sum(p["p50"] for p in r["latency_ms"].values())
     first = next(iter(rows[0]["latency_ms"]))
@@ -157,10 +154,10 @@ def backend_goals(family_bench, rows: list[dict], flags: list[str]) -> list[dict
                          "met": avx2_only,
                          "measured": "this report's CPU is AVX2-only: its rows are those" if avx2_only else
                                      f"nothing: this CPU has {', '.join(wide or flags) or 'no AVX2'}, so its rows "
-                                     "are not the AVX2 ones; they come from make report run on an AVX2-only CPU "
-                                     "(none of this project's machines is one). Emulating one here would restrict one "
-                                     "backend only: OpenVINO honours ONEDNN_MAX_CPU_ISA=AVX2, ONNX Runtime has no such "
-                                     "switch"})
+                                     "are not the AVX2 ones; their latency comes from make report run on an AVX2-only "
+                                     "CPU. Their INT8 accuracy is measured here under QEMU's AVX2 model by python -m "
+                                     "edgevfm.benchmarks.isa (benchmarks/reports/int8-isa); an emulator's timings "
+                                     "mean nothing"})
     auto = bundles.get("auto")
     if auto:
         floors = auto.get("auto_floors") or family_bench.auto_floor

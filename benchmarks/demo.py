@@ -8,19 +8,13 @@ from pathlib import Path
 
 from edgevfm.export.api import export
 from edgevfm.quantize.api import quantize
-from edgevfm.quantize.auto import quantize_auto
 from edgevfm.quantize.recipes import recipes_for
 from edgevfm.runtime import open_bundle
 
 from .api import bench
+from .auto import quantize_auto
+from .commands import DEFAULT_MODELS
 from .families import BENCH
-
-# The demo is a newcomer's first minutes (under 15 on a 2-core CPU): CLIP at its real size, SAM tiny
-# (at ViT-B size its encoder takes seconds a call, some 25 minutes with every recipe), LLaVA on the
-# trained SmolLM2, and tiny BLIP (a caption, an answer) and BLIP-2 (a caption), whose real sizes
-# take minutes each. `make report` passes the real sizes (the Makefile lists them).
-DEFAULT_MODELS = ("random:clip-vit-b32", "random:sam-tiny", "trained:llava-smol", "random:blip-tiny",
-                  "random:blip-vqa-tiny", "random:blip2-tiny")
 
 
 def run_demo(out: str | Path = "demo-out", models=DEFAULT_MODELS, report_dir: str | Path | None = None,
@@ -45,26 +39,26 @@ def run_demo(out: str | Path = "demo-out", models=DEFAULT_MODELS, report_dir: st
         made = {}
         # make demo (a newcomer's first minutes) takes the family's quick_recipes where it names
         # some; make report (variants) takes every recipe the family measures (demo_recipes or all)
-        recipes = getattr(family_bench, "demo_recipes", None) or recipes_for(family)
+        recipes = family_bench.demo_recipes or recipes_for(family)
         if not variants:
-            recipes = getattr(family_bench, "quick_recipes", None) or recipes
+            recipes = family_bench.quick_recipes or recipes
         for recipe in recipes:
             print(f"[2/4] quantize --recipe {recipe} -> {folder / recipe}")
             made[recipe] = quantize(bundles[0], recipe, folder / recipe, force=True, quick=not variants)
         bundles += list(made.values())
-        for label, options in (getattr(family_bench, "export_variants", {}) if variants else {}).items():
+        for label, options in (family_bench.export_variants if variants else {}).items():
             print(f"[1/4] export ({label}) -> {folder / ('fp32-' + label)}")
             variant = export(model, folder / f"fp32-{label}", force=True, **options)
             bundles.append(variant)
             for recipe in family_bench.variant_recipes:
                 print(f"[2/4] quantize ({label}) --recipe {recipe} -> {folder / (recipe + '-' + label)}")
                 bundles.append(quantize(variant, recipe, folder / f"{recipe}-{label}", force=True))
-        if variants and getattr(family_bench, "auto_in_report", False):
+        if variants and family_bench.auto_in_report:
             print(f"[2/4] quantize --recipe auto -> {folder / 'auto'} (measures the bundles above here)")
             bundles.append(quantize_auto(bundles[0], folder / "auto", force=True, threads=threads, prebuilt=made))
         print("[3/4] run")
         family_bench.demo(bundles, reports, threads)
-        n = runs or (family_bench.demo_runs if variants else getattr(family_bench, "quick_runs", family_bench.demo_runs))
+        n = runs or family_bench.runs(variants)
         command = (f"edgevfm demo -o {out} --model {model} --report-dir {report_root} --runs {n} --threads {threads}"
                    + f" --rounds {rounds}" + (" --variants" if variants else ""))
         print(f"[4/4] bench {len(bundles)} bundles against PyTorch eager FP32 ({threads} threads, {n} runs)")

@@ -39,7 +39,7 @@ def measure(fp32: str, bundles: list[str], threads: int = 2, images: int | None 
     from .families import BENCH
 
     bench = BENCH.get(open_bundle(fp32, verify_hashes=False).family)(None)
-    if images and isinstance(getattr(bench, "images", None), list):
+    if images:
         bench.images = bench.images[:images]
     reference = bench.outputs(bench.bundle_runner(load(fp32, threads=threads)))
     rows = {path: bench.accuracy(reference, bench.outputs(bench.bundle_runner(load(path, threads=threads))))
@@ -82,7 +82,7 @@ def make_bundles(model: str, folder: Path) -> tuple[str, list[str]]:
 
 def report(results: dict, command: str) -> str:
     """Markdown: per bundle, each floor metric here and under emulation, and whether it holds."""
-    from edgevfm.quantize.auto import passes, quality
+    from .auto import passes, quality
 
     from .families import BENCH
 

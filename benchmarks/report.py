@@ -204,7 +204,7 @@ def rederive(report_dir: str | Path) -> Path:
 
     from .api import backend_goals
     from .families import BENCH
-    from .worker import _open_bundle_facts, product_gop, reference_calls
+    from .worker import open_bundle_facts, product_gop, reference_calls
 
     out_dir = Path(report_dir)
     results = json.loads((out_dir / "results.json").read_text())
@@ -217,18 +217,31 @@ def rederive(report_dir: str | Path) -> Path:
                                     if part in torch_row["gop"]}
         counted.append(f"the matrix products of {results['reference']}, counted by torch's FLOP counter")
     found = [r for r in results["rows"] if r["kind"] == "bundle" and "quantized_ops" not in r
-             and Path(r["path"]).is_dir()]
+             and _same_bundle(r)]
     for row in found:
-        row.update(_open_bundle_facts(row["path"]))
+        row.update(open_bundle_facts(row["path"]))
     if found:
         counted.append(f"the compute precision and quantized operations of {len(found)} bundles, read from their folders")
-    results["goals"] = family_bench.goals(results["rows"], results["machine"]["measured_peaks"]) + \
+    results["goals"] = family_bench.goals(results["rows"], results["machine"]["measured_peaks"],
+                                          results.get("peers") or {}, results["machine"]) + \
         backend_goals(family_bench, results["rows"], results["machine"]["instruction_sets"])
     results["goals_rederived"] = {
         "command": f"python -m edgevfm.benchmarks.report {out_dir}",
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "what": "; ".join(counted) or (results.get("goals_rederived") or {}).get("what") or "nothing counted"}
     return write_report(results, out_dir)
+
+
+def _same_bundle(row: dict) -> bool:
+    """Whether the folder a row names still holds the bundle it measured (same size to the byte),
+    not one made since by another run into the same folder."""
+    from edgevfm.runtime.bundle import open_bundle
+    from edgevfm.runtime.errors import EdgeVfmError
+
+    try:
+        return abs(open_bundle(row["path"], verify_hashes=False).size_bytes() / 1e6 - row["size_mb"]) < 1e-6
+    except (EdgeVfmError, OSError):
+        return False
 
 
 def main(argv=None) -> int:

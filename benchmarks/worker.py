@@ -35,7 +35,7 @@ def measure_row(task: dict) -> dict:
     # the rest of the workload (prompts, automatic masks) adds its own
     row["first_part_peak_rss_mb"] = peak_rss_mb()
     # parts that take seconds per call get fewer runs: the cap is for all rounds together
-    caps = {part: runs_per_round(cap, task.get("rounds", 1)) for part, cap in getattr(bench, "max_runs", {}).items()}
+    caps = {part: runs_per_round(cap, task.get("rounds", 1)) for part, cap in bench.max_runs.items()}
     row["latency_ms"] = {part: latency(call, min(task["runs"], caps.get(part, task["runs"])),
                                        min(task["warmup"], 1 if part in caps else task["warmup"]))
                          for part, call in part_calls.items()}
@@ -43,7 +43,7 @@ def measure_row(task: dict) -> dict:
     row["throughput"] = {"part": unit, "batch": items, "items_per_s": items / (throughput["p50"] / 1e3)}
     if task.get("outputs", True):  # outputs and extras once per row (the first round): they do not change
         row["outputs"] = bench.outputs(runner)
-        row["extra"] = bench.extra(runner) if hasattr(bench, "extra") else {}
+        row["extra"] = bench.extra(runner)
     row["rss_before_load_mb"] = rss_before
     row["peak_rss_mb"] = peak_rss_mb()
     return row
@@ -170,7 +170,7 @@ def _open_torch(task: dict, bench) -> dict:
             "config_sha256": checkpoint.source["config_sha256"], "runner": bench.torch_runner(checkpoint)}
 
 
-def _open_bundle_facts(bundle) -> dict:
+def open_bundle_facts(bundle) -> dict:
     """What a row records about its bundle's parts beyond their precision: the precision their float
     operations run at (where it differs), and what NNCF quantized in the OpenVINO ones."""
     from edgevfm.runtime.bundle import open_bundle
@@ -179,6 +179,16 @@ def _open_bundle_facts(bundle) -> dict:
     return {"compute": {name: part.compute for name, part in bundle.parts.items() if part.compute},
             "quantized_ops": {name: quantized_ops(part.path) for name, part in bundle.parts.items()
                               if part.backend == "openvino"}}
+
+
+def parts_mb(bundle) -> dict[str, float]:
+    """Each part's size on disk in MB (its graph and external-data files), kept in the row so that a
+    report's goals can be derived again once the bundle folder is gone."""
+    sizes = {}
+    for name, part in bundle.manifest["parts"].items():
+        files = [part["file"], *(part.get("data") or [])]
+        sizes[name] = sum((bundle.path / f).stat().st_size for f in files) / 1e6
+    return sizes
 
 
 def reference_calls(reference: str, bench, settings: dict) -> tuple:
@@ -206,7 +216,7 @@ def _open_bundle(task: dict, bench) -> dict:
     return {"name": f"{'/'.join(backends)} {shown}{label}", "kind": "bundle", "backend": "/".join(backends),
             "precision": "/".join(precisions), "recipe": recipe, "path": str(bundle.path), "export_choices": choices,
             "parts": {name: part.precision for name, part in bundle.parts.items()},
-            **_open_bundle_facts(bundle),
-            "size_mb": bundle.size_bytes() / 1e6, "load_s": load_s,
+            **open_bundle_facts(bundle),
+            "size_mb": bundle.size_bytes() / 1e6, "parts_mb": parts_mb(bundle), "load_s": load_s,
             "config_sha256": bundle.manifest["source"].get("config_sha256"), "runner": bench.bundle_runner(pipeline),
             **({"auto_chosen": auto.get("chosen"), "auto_floors": auto.get("floors")} if auto else {})}

@@ -3,9 +3,9 @@
 The builder emits what the plain TorchScript export does not: GroupQueryAttention with rotary
 embeddings inside, fused q/k/v and gate projections, SkipSimplifiedLayerNormalization, and a KV
 cache whose past and present share one buffer. ``exclude_embeds`` makes it take input embeddings,
-so image features (LLaVA) can be merged in. Measured on trained:llava-smol's SmolLM2 (2 threads,
-220-token prompt): FP32 decode 20.9 ms/token against 26.6 for the plain graph, and after edgevfm's
-4-bit RTN 5.8 against 13.5 (benchmarks/reports/llava-smol, the llm_graph row).
+so image features (LLaVA) can be merged in. How much faster it decodes than the plain graph, in
+FP32 and after the 4-bit recipes, is measured by make report (``edgevfm demo --variants``:
+benchmarks/reports/llava-smol, the llm_graph goals).
 
 The builder runs offline on a folder saved with ``save_pretrained`` (it needs the tokenizer there);
 its FP32 graph is what edgevfm's quantize recipes start from, like any exported part.

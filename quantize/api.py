@@ -16,7 +16,7 @@ from .calibration import calibration_images
 from .families import CALIBRATION
 from .recipes import INT8_ACTIVATIONS, RECIPES, quiet_ort_logging
 
-AUTO = "auto"  # not a recipe: the fastest recipe within the accuracy floors, measured here
+from .choosers import chooser
 
 
 def quantize(bundle: str | Path, recipe: str, out: str | Path, calib: str | Path | None = None,
@@ -26,9 +26,10 @@ def quantize(bundle: str | Path, recipe: str, out: str | Path, calib: str | Path
     """Apply ``recipe`` to every part of the FP32 ``bundle`` and write the result to ``out``.
 
     ``recipe="auto"`` measures the family's recipes of every installed backend on this machine
-    (``threads``) and keeps the fastest within ``min_cosine`` / ``max_drop`` (:mod:`.auto`);
-    ``reuse``: a folder of bundles already made from ``bundle``, one per recipe, named after it (as
-    ``edgevfm demo`` writes them), measured instead of being quantized again.
+    (``threads``) and keeps the fastest within ``min_cosine`` / ``max_drop``; measuring is the
+    benchmarks' work (:func:`edgevfm.benchmarks.auto.quantize_auto`, found through
+    :mod:`.choosers`). ``reuse``: a folder of bundles already made from ``bundle``, one per recipe,
+    named after it (as ``edgevfm demo`` writes them), measured instead of being quantized again.
 
     ``calib``: a folder of real images for calibrated recipes (default: scikit-image's photos);
     ``samples``: how many calibration images (default: the family's, 32 for CLIP, 8 for SAM).
@@ -39,12 +40,10 @@ def quantize(bundle: str | Path, recipe: str, out: str | Path, calib: str | Path
     bundle at ``out``, never anything else, and never ``bundle`` itself.
     """
     out = Path(out)
-    if recipe == AUTO:
-        from .auto import prebuilt_in, quantize_auto
-
-        return quantize_auto(bundle, out, min_cosine=min_cosine, max_drop=max_drop, calib=calib, samples=samples,
-                             force=force, block_size=block_size, threads=threads, show_progress=show_progress,
-                             prebuilt=prebuilt_in(reuse, bundle) if reuse is not None else None)
+    choose = chooser(recipe)
+    if choose is not None:  # auto: benchmarks/auto.py measures the recipes (registered in .choosers)
+        return choose(bundle, out, min_cosine=min_cosine, max_drop=max_drop, calib=calib, samples=samples,
+                      force=force, block_size=block_size, threads=threads, show_progress=show_progress, reuse=reuse)
     if min_cosine is not None or max_drop is not None or reuse is not None:
         raise UsageError(f"min_cosine, max_drop and reuse are for recipe 'auto'; recipe {recipe!r} is applied as it is")
     chosen = RECIPES.get(recipe)

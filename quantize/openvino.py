@@ -39,11 +39,11 @@ from pathlib import Path
 
 from edgevfm.runtime.errors import MissingExtraError, QuantizeError
 
-from .recipes import FULL_RANGE, INT8_ACTIVATIONS, SATURATION_SAFE, Recipe, _register
+from .recipes import FULL_RANGE, INT8_ACTIVATIONS, SATURATION_SAFE, Recipe, register
 
 SMOOTH_QUANT_CHECK = 16  # held-out feeds ov-int8 measures its choices with, at most
-# the issue's bar for ov-int8 (mean cosine to FP32); ViT-B/32 CLIP's towers and SAM ViT-B's encoder
-# meet it with SmoothQuant chosen alone (0.9995 and better, benchmarks/reports)
+# ov-int8's bar (mean cosine to FP32 on held-out feeds); where SmoothQuant's choice alone does not
+# meet it, accuracy control puts operations back in float (the part's manifest records both)
 INT8_MIN_COSINE = 0.999
 RESTORE_ITERATIONS = 12  # accuracy control's reverts at most: each costs a validation, a step back a re-ranking
 # ov-int4's (group size, share of weights at 4 bits; the rest 8-bit per channel): NNCF's and
@@ -186,8 +186,8 @@ def _smooth_quant_by_measurement(nncf, src: Path, held_out: _HeldOut):
     """NNCF's transformer PTQ with SmoothQuant (its default alpha) and without, each calibrated on
     ``held_out.calibration``; keeps the one whose outputs on the held-out feeds stay closer to FP32
     (mean cosine). SmoothQuant moves activation outliers into the weights: on CLIP ViT-B/32 it helps
-    the vision tower (0.99978 against 0.99954 without) and hurts the text tower on prompts it was
-    not calibrated on (0.99870 against 0.99946; on its calibration prompts both give 0.9995)."""
+    the vision tower and hurts the text tower on prompts it was not calibrated on; the part's
+    manifest (``recipe.parts.<part>.smooth_quant``) records both cosines."""
     tried = {}
     for smooth_quant in ("on", "off"):
         with quiet_nncf():
@@ -348,23 +348,23 @@ def _int4(nncf, model, group: int, ratio: float, calibration: list[dict] | None)
                                      advanced_parameters=advanced, **data)
 
 
-_register(Recipe("ov-fp32", "fp32", "OpenVINO IR, run in FP32 (the inference precision set explicitly)", openvino_ir,
+register(Recipe("ov-fp32", "fp32", "OpenVINO IR, run in FP32 (the inference precision set explicitly)", openvino_ir,
                  backend="openvino"))
-_register(Recipe("ov-bf16", "bf16", "OpenVINO IR, run in BF16 where the CPU has it (FP32 weights stored)",
+register(Recipe("ov-bf16", "bf16", "OpenVINO IR, run in BF16 where the CPU has it (FP32 weights stored)",
                  openvino_ir, backend="openvino"))
-_register(Recipe("ov-int8", "int8", "OpenVINO IR, NNCF post-training INT8 (transformer model type) calibrated on "
+register(Recipe("ov-int8", "int8", "OpenVINO IR, NNCF post-training INT8 (transformer model type) calibrated on "
                  "real photos; 8-bit weights for language-model decoders", openvino_int8, needs_calibration=True,
                  backend="openvino"))
 # a step of family plans (SAM's encoder): the same INT8 graph, its float operations (attention,
-# norms) run in BF16 where the CPU has it. Measured on random:sam-vit-b's encoder (2 threads, AVX-512
-# VNNI/BF16): 2017 ms and 0.93 GB peak against 2535 ms and 2.18 GB with them in FP32.
-_register(Recipe("ov-int8-bf16", "int8", "OpenVINO IR, NNCF post-training INT8 as ov-int8, float operations in "
+# norms) run in BF16 where the CPU has it: the SAM report's sam-ov-int8-bf16 row against sam-ov-int8
+# (make report) measures what it buys in time and memory.
+register(Recipe("ov-int8-bf16", "int8", "OpenVINO IR, NNCF post-training INT8 as ov-int8, float operations in "
                  "BF16 where the CPU has it", openvino_int8, needs_calibration=True, backend="openvino",
                  compute="bf16", listed=False))
-_register(Recipe("ov-int8-plain", "int8", "baseline: OpenVINO IR, nncf.quantize with its defaults (what a user "
+register(Recipe("ov-int8-plain", "int8", "baseline: OpenVINO IR, nncf.quantize with its defaults (what a user "
                  "tries first)", openvino_int8_plain, needs_calibration=True, backend="openvino"))
-_register(Recipe("ov-int8-plain-full-range", "int8", "nncf.quantize with every default, the overflow fix on the "
+register(Recipe("ov-int8-plain-full-range", "int8", "nncf.quantize with every default, the overflow fix on the "
                  "first layer only (saturates without VNNI): kept to measure", functools.partial(
                      openvino_int8_plain, overflow_fix=False), needs_calibration=True, backend="openvino", listed=False))
-_register(Recipe("ov-int4", "int4", "OpenVINO IR, NNCF 4-bit weights (8-bit embeddings and LM head), group size "
+register(Recipe("ov-int4", "int4", "OpenVINO IR, NNCF 4-bit weights (8-bit embeddings and LM head), group size "
                  "and 4-bit share by measurement; AWQ and scale estimation on language-model decoders", openvino_int4, needs_calibration=True, backend="openvino"))

@@ -1,6 +1,6 @@
 """Quantization recipes. Each turns one FP32 ONNX part into a compressed one with ONNX Runtime.
 
-Choices, measured on this project's CPU (2-core EPYC with AVX-512 VNNI, see FACTS.md):
+Choices, measured on a 2-core AVX-512 VNNI CPU (make report: benchmarks/reports, each naming its CPU):
 - ``int8-static`` quantizes only MatMul/Gemm/Conv with constant weights (QDQ, U8 activations, U8
   per-channel weights): quantizing every op, or S8 activations, costs both accuracy and speed
   here. Activation ranges come from :mod:`.calibrate`, which scales to SAM's encoder.
@@ -29,7 +29,7 @@ from edgevfm.export.external import save_onnx
 from edgevfm.runtime.registry import Registry
 
 RECIPES: Registry["Recipe"] = Registry("recipe")
-# Conv too: CLIP's patch embedding is one large Conv, worth 6 ms of ViT-B/32's 28 in dynamic INT8.
+# Conv too: CLIP's patch embedding is one large Conv, a sizeable share of ViT-B/32's time in dynamic INT8.
 INT8_OPS = ["MatMul", "Gemm", "Conv"]
 
 
@@ -79,7 +79,7 @@ def quiet_ort_logging():
             logger.setLevel(level)
 
 
-def _register(recipe: Recipe) -> Recipe:
+def register(recipe: Recipe) -> Recipe:
     return RECIPES.register(recipe.name)(recipe)
 
 
@@ -99,7 +99,7 @@ class _Reader:
 @contextlib.contextmanager
 def pre_processed(src: Path, dst: Path):
     """ONNX Runtime's quantization pre-processing (graph optimisation, shape inference) into a
-    temporary file beside ``dst``. On ViT-B/32 it takes static INT8 from 22 to 19 ms."""
+    temporary file beside ``dst``; it makes static INT8 faster on ViT-B/32 (fewer, fused nodes)."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     import onnx
@@ -165,15 +165,13 @@ def int4(src: Path, dst: Path, feeds=None, block_size: int = 32, **_) -> dict:
     return {"bits": 4, "block_size": block_size, "symmetric": True, "accuracy_level": 4}
 
 
-# Which decoder MatMuls stay at 8 bits in ``int4-mixed``, measured on trained:llava-smol
-# (SmolLM2-135M, builder graph, 302-token English text; KL to FP32 / perplexity change / llm MB):
-#   all 4-bit RTN b32                                      0.371 / +17.8% /  87
-#   + LM head, q/k/v and down projections at 8 bits         0.081 / +11.2% / 122
-#   + o projections too (only gate/up at 4 bits)            0.070 /  +9.5% / 127
-#   + every MatMul of the first and last two layers         0.044 /  +4.2% / 131   <- int4-mixed
-#   every MatMul at 8 bits (int8-weights)                   0.004 /  +0.7% / 154
-# (the FP32 reference is SmolLM2's Q4_1 GGUF dequantized: an integer 4-bit grid cannot land on
-# Q4_1's float-offset grid, which is why 4 bits cost more here than on weights trained in FP32).
+# Which decoder MatMuls stay at 8 bits in ``int4-mixed`` was chosen on trained:llava-smol (SmolLM2-135M,
+# builder graph) by KL to FP32 and perplexity on an English text, adding 8-bit layers in order of the
+# damage they removed per MB: the LM head, q/k/v, o and down projections, then every MatMul of the
+# first and last two layers; the gate/up projections stay at 4 bits. The LLaVA report's llava-int4,
+# llava-int4-rtn (all 4-bit) and llava-int8 (all 8-bit) rows measure the result against both ends.
+# (The FP32 reference is SmolLM2's Q4_1 GGUF dequantized: an integer 4-bit grid cannot land on Q4_1's
+# float-offset grid, which is why 4 bits cost more here than on weights trained in FP32.)
 # qkv_proj (the builder's) contains v_proj; OPT (BLIP-2) names its o and down projections out_proj and fc2
 WIDE_MATMULS = ("q_proj", "k_proj", "v_proj", "o_proj", "down_proj", "out_proj", "fc2")
 WIDE_EDGE_LAYERS = 2
@@ -298,24 +296,24 @@ def fp16(src: Path, dst: Path, feeds=None, **_) -> dict:
     return {"kept_fp32": FP16_KEEP_FP32}
 
 
-_register(Recipe("int8-dynamic", "int8", "INT8 (U8U8) weights, activations quantized at run time (MatMul/Gemm/Conv)",
+register(Recipe("int8-dynamic", "int8", "INT8 (U8U8) weights, activations quantized at run time (MatMul/Gemm/Conv)",
                  int8_dynamic))
-_register(Recipe("int8-static", "int8", "INT8 QDQ calibrated on real photos (MatMul/Gemm/Conv, U8U8)",
+register(Recipe("int8-static", "int8", "INT8 QDQ calibrated on real photos (MatMul/Gemm/Conv, U8U8)",
                  int8_static, needs_calibration=True))
 # the full-range U8S8 graphs edgevfm wrote before: faster on VNNI, saturating without it; not
 # offered, kept so that python -m edgevfm.benchmarks.isa measures what the defaults avoid
-_register(Recipe("int8-dynamic-u8s8", "int8", "int8-dynamic with full-range s8 weights (saturates without VNNI)",
+register(Recipe("int8-dynamic-u8s8", "int8", "int8-dynamic with full-range s8 weights (saturates without VNNI)",
                  functools.partial(int8_dynamic, weights="int8"), listed=False))
-_register(Recipe("int8-static-u8s8", "int8", "int8-static with full-range s8 weights (saturates without VNNI)",
+register(Recipe("int8-static-u8s8", "int8", "int8-static with full-range s8 weights (saturates without VNNI)",
                  functools.partial(int8_static, weights="int8"), needs_calibration=True, listed=False))
-_register(Recipe("int4", "int4", "4-bit weight-only MatMulNBits, int8 compute", int4))
-_register(Recipe("fp16", "fp16", "float16 weights and compute, float32 I/O and normalisation", fp16))
+register(Recipe("int4", "int4", "4-bit weight-only MatMulNBits, int8 compute", int4))
+register(Recipe("fp16", "fp16", "float16 weights and compute, float32 I/O and normalisation", fp16))
 # language-model steps: family recipes name them per part (see quantize/families/llava.py)
-_register(Recipe("int4-mixed", "int4", "4-bit weight-only MLP gate/up projections; attention, down projections, LM "
+register(Recipe("int4-mixed", "int4", "4-bit weight-only MLP gate/up projections; attention, down projections, LM "
                  "head and the first and last two layers at 8 bits", int4_mixed, families=("llava", "blip2")))
-_register(Recipe("int8-weights", "int8", "8-bit weight-only MatMulNBits, every MatMul", int8_weights,
+register(Recipe("int8-weights", "int8", "8-bit weight-only MatMulNBits, every MatMul", int8_weights,
                  families=("llava", "blip2")))
-_register(Recipe("int4-embed", "int4", "4-bit embedding table (GatherBlockQuantized)", int4_gather,
+register(Recipe("int4-embed", "int4", "4-bit embedding table (GatherBlockQuantized)", int4_gather,
                  families=("llava", "blip2")))
 
 
@@ -324,7 +322,7 @@ def register_family_recipe(name: str, family: str, description: str, plan: dict[
     steps = [RECIPES.get(r) for r in plan.values() if r != KEEP]
     precision = "/".join(sorted({s.precision for s in steps} | ({"fp32"} if KEEP in plan.values() else set())))
     backends = sorted({s.backend for s in steps} | ({"onnxruntime"} if KEEP in plan.values() else set()))
-    return _register(Recipe(name, precision, description, plan=plan, families=(family,),
+    return register(Recipe(name, precision, description, plan=plan, families=(family,),
                             needs_calibration=any(s.needs_calibration for s in steps), backend="/".join(backends)))
 
 

@@ -107,8 +107,8 @@ class OpenVinoBackend:
     cache folder (under :func:`cache_root`), so a changed part never reuses a stale blob;
     ``shapes``: {input name: sizes} the part always runs at (the pipeline's ``run_sizes``): it is
     compiled for them, and OpenVINO then plans its memory once instead of on every call (SAM ViT-B's
-    encoder: its 12 x 4096 x 4096 attention maps are no longer mapped afresh per image; the SAM
-    report's OpenVINO rows carry the effect). A decoder the generation engine runs stateful holds
+    encoder: its global attention maps are no longer mapped afresh per image; the SAM report's
+    OpenVINO rows carry the effect). A decoder the generation engine runs stateful holds
     only the stateful compiled model (:meth:`stateful`)."""
 
     def __init__(self, path: Path, threads: int | None = None, providers: Sequence[str] | None = None,

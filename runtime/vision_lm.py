@@ -16,8 +16,10 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from .errors import InputError
-from .generate import GenerationConfig, Session, decoder_for, fitted, prompt_fits, first_stop, generate, \
-    generate_tokens, stream_text
+from .decoders import decoder_for
+from .generate import Session, generate, generate_tokens
+from .sampling import GenerationConfig, fitted
+from .streaming import first_stop, stream_text
 from .image import ImageLike, output_size, preprocess
 from .pipeline import Pipeline, declared, mismatch
 from .schema import integer, obj

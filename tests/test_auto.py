@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from edgevfm.quantize.api import quantize
-from edgevfm.quantize.auto import quantize_auto
+from edgevfm.benchmarks.auto import quantize_auto
 from edgevfm.runtime import load
 from edgevfm.runtime.cli import main
 from edgevfm.runtime.errors import UsageError

@@ -45,11 +45,10 @@ def test_goals(results):
     decoder = [g for g in results["goals"] if "decoder p50 under 10 ms" in g["goal"]]
     encoder = [g for g in results["goals"] if "encoder at least 2x faster than FP32 ONNX" in g["goal"]]
     assert len(decoder) == 2 and len(encoder) == 1  # every bundle's decoder; the INT8 bundle's encoder
-    assert all(isinstance(g["met"], bool) and " ms" in g["measured"] for g in decoder)
+    assert all(g["measured"].endswith(" ms") or " ms; " in g["measured"] for g in decoder)
     # the memory goal is the encoder run's, as the issue states it, with the whole row's beside it
     (memory,) = [g for g in results["goals"] if "the encoder run within 3.5 GB" in g["goal"]]
     int8 = results["rows"][2]
-    assert memory["met"] == (int8["first_part_peak_rss_mb"] <= 3500)
     assert memory["measured"].startswith(f"{int8['first_part_peak_rss_mb']:.0f} MB")
     assert f"peaked at {int8['peak_rss_mb']:.0f} MB" in memory["measured"]
 
@@ -86,3 +85,22 @@ def test_missed_goals_say_why_in_the_rows_precisions():
     decoder = goals["onnxruntime fp32: decoder p50 under 10 ms per single-point prompt"]
     # 3.0 GOP + 0.1 GOP in FP32 at 200 GFLOP/s = 15.5 ms
     assert "takes 15.5 ms, more than the 10.0 ms the goal allows" in decoder["measured"]
+
+
+def test_the_memory_goal_is_the_encoder_runs_peak_against_3_5_gb():
+    """1200 MB after loading and encoding meets it even when the whole row peaked at 4000; 3600
+    misses it."""
+    from edgevfm.benchmarks.families.sam import SamBench
+
+    def row(encoder_peak):
+        return {"kind": "bundle", "name": f"openvino ov-int8 {encoder_peak}", "recipe": "ov-int8", "backend": "openvino",
+                "precision": "int8", "parts": {"image_encoder": "int8", "prompt_decoder": "fp32"},
+                "latency_ms": {"image_encoder": {"p50": 100.0}, "decoder, 1 point": {"p50": 5.0}},
+                "accuracy": {"mask_iou_mean": 0.99}, "first_part_peak_rss_mb": encoder_peak, "peak_rss_mb": 4000}
+
+    torch_row = {"kind": "pytorch", "latency_ms": {"image_encoder": {"p50": 900.0}, "decoder, 1 point": {"p50": 9.0}}}
+    goals = SamBench.goals(None, [torch_row, row(1200), row(3600)], {"int8_gops": 800.0, "fp32_gflops": 200.0})
+    memory = {g["goal"].split(":")[0]: g for g in goals if "within 3.5 GB" in g["goal"]}
+    assert memory["openvino ov-int8 1200"]["met"] is True and memory["openvino ov-int8 3600"]["met"] is False
+    assert memory["openvino ov-int8 1200"]["measured"].startswith("1200 MB; the whole row (every prompt, automatic masks) "
+                                                                   "peaked at 4000 MB")

@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from edgevfm.runtime.errors import UsageError
-from edgevfm.runtime.generate import (GenerationConfig, left_pad, min_p, no_repeat_ngram, processors,
-                                      repetition_penalty, stream_text, temperature, top_k, top_p)
+from edgevfm.runtime.generate import left_pad
+from edgevfm.runtime.sampling import (GenerationConfig, min_p, no_repeat_ngram, processors, repetition_penalty,
+                                      temperature, top_k, top_p)
+from edgevfm.runtime.streaming import stream_text
 
 from helpers import assert_close
 

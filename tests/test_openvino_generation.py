@@ -169,7 +169,7 @@ def test_the_stateful_cache_equals_the_explicit_one_and_cuts_back(ov_bundles):
     then a step), and a cache cut back to the prompt decodes the same step again (a chat's next turn,
     the LLaVA benchmark's repeated decode call). Decoding stateful, the part holds only the stateful
     compiled model (the decoder's weights once); the plain one is compiled again when asked for."""
-    from edgevfm.runtime.generate import KVDecoder
+    from edgevfm.runtime.decoders import KVDecoder
 
     llava = load(ov_bundles["llava_plain_bundle"]["ov-fp32"], threads=1)
     llm, stateful = llava.manifest["llm"], llava.decoder

@@ -5,6 +5,8 @@ input is a typed error."""
 
 from __future__ import annotations
 
+from edgevfm.runtime.errors import UnknownNameError
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +14,8 @@ import torch
 from edgevfm.runtime import InputError, load
 from edgevfm.runtime.errors import UsageError
 from edgevfm.runtime.families.llava import message
-from edgevfm.runtime.generate import GenerationConfig, generate, generate_tokens
+from edgevfm.runtime.generate import generate, generate_tokens
+from edgevfm.runtime.sampling import GenerationConfig
 
 QUESTION = "What is unusual about this image?"
 
@@ -302,7 +305,7 @@ def test_trained_preset_answers_and_int4_keeps_the_answer(smol_bundle, tmp_path)
     four = sorted(name for name, b in bits.items() if b == 4)
     assert four == sorted(f"/model/layers.{i}/mlp/{p}_proj/MatMul_Q4" for i in range(2, 28) for p in ("gate", "up"))
     assert len(bits) == 151 and set(bits.values()) == {4, 8}
-    with pytest.raises(Exception, match="unknown preset 'random:llava-smol'.*trained:llava-smol"):
+    with pytest.raises(UnknownNameError, match="unknown preset 'random:llava-smol'.*trained:llava-smol"):
         from edgevfm.export.checkpoint import load_checkpoint
 
         load_checkpoint("random:llava-smol")

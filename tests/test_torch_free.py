@@ -98,3 +98,20 @@ def test_blip_and_blip2_without_torch(blip_bundle, blip_vqa_bundle, blip_itm_bun
     """)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["True", "True", "True", "True", "2"] + ["True"] * 4
+
+
+def test_the_help_of_every_command_without_torch():
+    """Every layer's commands load without torch (the CLI imports each layer's commands module);
+    help that lists a registry of the export layer says which extra brings the list."""
+    result = _run_without_torch("""
+        from edgevfm.runtime.cli import main
+        for command in (['export', '--help'], ['quantize', '--help'], ['run', '--help'], ['demo', '--help'], ['--help']):
+            try:
+                main(command)
+            except SystemExit as exit:
+                assert exit.code == 0, (command, exit.code)
+        assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]
+    """)
+    assert result.returncode == 0, result.stderr
+    assert "presets (MODEL offline, no download) are listed once the [export] extra is installed" in result.stdout
+    assert "recipes (RECIPE):" in result.stdout and "sam-int8" in result.stdout

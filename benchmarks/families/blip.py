@@ -27,6 +27,7 @@ from edgevfm.runtime.generate import shared_prefix
 from edgevfm.runtime.image import preprocess
 
 from . import BENCH
+from .base import Bench
 
 CAPTION_TOKENS, ANSWER_TOKENS = 20, 8
 REFERENCE_CAPTION = "a photo of a cat sitting on a couch next to a cup of coffee"
@@ -40,13 +41,13 @@ GOAL_SPEEDUP, GOAL_AGREEMENT = 2.0, 0.90
 
 
 @BENCH.register("blip")
-class BlipBench:
+class BlipBench(Bench):
     demo_runs = 5
     # the generic recipes and OpenVINO's INT8 and INT4 (ov-fp32/ov-bf16/ov-int8-plain would add a
     # minute each to make demo, and say little about captions that ov-int8 does not)
     demo_recipes = ("int8-dynamic", "int8-static", "int4", "fp16", "ov-int8", "ov-int4")
     quick_recipes = ("int8-dynamic", "int8-static", "fp16", "ov-int8")  # make demo
-    # --recipe auto: the figures a candidate is held to (see quantize/auto.py), and their defaults
+    # --recipe auto: the figures a candidate is held to (see benchmarks/auto.py), and their defaults
     cosine_keys = ()
     agreement_keys = ("next_token_top1_agreement", "text_to_image_top1_agreement", "image_to_text_top1_agreement")
     auto_floor = {"min_cosine": None, "max_drop": 0.05}
@@ -141,7 +142,7 @@ class BlipBench:
                                for image, a in zip(self.data_images, self.annotated)]}
 
     def accuracy(self, ref: dict, out: dict) -> dict:
-        from edgevfm.runtime.generate import softmax
+        from edgevfm.runtime.sampling import softmax
 
         from ..captions import bleu4, cider_d, vqa_accuracy
 
@@ -200,7 +201,7 @@ class BlipBench:
                     "document frequencies over those few captions); with --data, CIDEr-D and BLEU-4 against the "
                     "human captions"}
 
-    def goals(self, rows: list[dict], peaks: dict) -> list[dict]:
+    def goals(self, rows: list[dict], peaks: dict, peers: dict | None = None, machine: dict | None = None) -> list[dict]:
         torch_row = next(r for r in rows if r["kind"] == "pytorch")
         verdicts = []
         whole = next(k for k in ("answer", "match", "caption") if k in torch_row["latency_ms"])

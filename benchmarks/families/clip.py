@@ -12,6 +12,7 @@ from edgevfm.quantize.families.clip import LABELS, TEMPLATES, prompts
 from edgevfm.runtime.image import list_images
 
 from . import BENCH
+from .base import Bench
 from ..machine import machine_info
 
 GOAL_SPEEDUP, GOAL_COSINE = 5.0, 0.999
@@ -47,11 +48,11 @@ def labelled_folder(data: str | None) -> tuple[list[str], list[Path], list[int]]
 
 
 @BENCH.register("clip")
-class ClipBench:
+class ClipBench(Bench):
     parts = ("vision", "text")
     demo_runs = 30  # make report
     quick_runs = 10  # make demo: a first look (ViT-B/32's rows keep their order at 10)
-    # --recipe auto: the figures a candidate is held to (see quantize/auto.py), and their defaults
+    # --recipe auto: the figures a candidate is held to (see benchmarks/auto.py), and their defaults
     cosine_keys = ("image_cosine_mean", "text_cosine_mean")
     agreement_keys = ("zero_shot_top1_agreement",)
     auto_floor = {"min_cosine": GOAL_COSINE, "max_drop": 0.02}
@@ -122,10 +123,10 @@ class ClipBench:
                                 "scikit-image's photos; calibration used the whole photos and mirrors",
                 "text_source": f"{len(TEMPLATES)} templates x {len(LABELS)} labels"}
 
-    def goals(self, rows: list[dict], peaks: dict) -> list[dict]:
+    def goals(self, rows: list[dict], peaks: dict, peers: dict | None = None, machine: dict | None = None) -> list[dict]:
         torch_row = next(r for r in rows if r["kind"] == "pytorch")
         base, gop = torch_row["latency_ms"]["vision"]["p50"], torch_row["gop"]["vision"]
-        flags = machine_info()["instruction_sets"]
+        flags = (machine or machine_info())["instruction_sets"]
         verdicts = []
         for row in rows:
             if row["kind"] != "bundle" or row["recipe"] not in ("int8-static", "int8-dynamic", "ov-int8", "auto"):

@@ -15,6 +15,7 @@ from edgevfm.runtime.generate import shared_prefix
 from edgevfm.quantize.families.llava import QUESTIONS
 
 from . import BENCH
+from .base import Bench
 
 GOAL_SIZE_RATIO, GOAL_TOP1, GOAL_PERPLEXITY, GOAL_BANDWIDTH = 0.30, 0.90, 0.05, 0.60
 GREEDY_TOKENS = 16
@@ -44,10 +45,10 @@ def _messages(question: str) -> list[dict]:
 
 
 @BENCH.register("llava")
-class LlavaBench:
+class LlavaBench(Bench):
     parts = ("vision", "prefill", "decode")
     demo_runs = 5
-    # --recipe auto: the figures a candidate is held to (see quantize/auto.py), and their defaults
+    # --recipe auto: the figures a candidate is held to (see benchmarks/auto.py), and their defaults
     cosine_keys = ()
     agreement_keys = ("next_token_top1_agreement",)
     auto_floor = {"min_cosine": None, "max_drop": 0.05}
@@ -57,6 +58,7 @@ class LlavaBench:
     export_variants = {"plain-llm": {"llm_graph": "plain"}}
     variant_recipes = ("llava-int4", "ov-fp32", "ov-int8", "ov-int4")
     max_runs = {"prefill": 5}
+    measures_peers = True  # llama.cpp and bitsandbytes on the same weights
 
     @staticmethod
     def demo(bundles: list[Path], report_dir: Path, threads: int) -> None:
@@ -132,7 +134,7 @@ class LlavaBench:
     def accuracy(self, ref: dict, out: dict) -> dict:
         """Next-token agreement and KL over every position of the English text (teacher-forced)
         and the last position of each image prompt; perplexity of the text."""
-        from edgevfm.runtime.generate import softmax
+        from edgevfm.runtime.sampling import softmax
 
         stack = lambda o: np.concatenate([o["next_logits"], o["text_logits"][:-1]]).astype(np.float64)
         p, q = softmax(stack(ref)), softmax(stack(out))
@@ -151,7 +153,7 @@ class LlavaBench:
                 "note": "latency at batch 1: vision is one image, prefill the image tokens + the first question, "
                         "decode one token after that prefill"}
 
-    def goals(self, rows: list[dict], peaks: dict) -> list[dict]:
+    def goals(self, rows: list[dict], peaks: dict, peers: dict | None = None, machine: dict | None = None) -> list[dict]:
         fp32 = next((r for r in rows if r["kind"] == "bundle" and r["recipe"] is None), None)
         verdicts = self._graph_verdicts(rows)
         for row in rows:
@@ -176,7 +178,7 @@ class LlavaBench:
                             f"{acc['fp32_perplexity']:.2f} ({ppl_drift:+.1%})"
                             + ("" if trained else "; near-tied logits (random weights): not a goal here")})
             decode = row["latency_ms"]["decode"]["p50"]
-            llm_mb = Path(row["path"], "llm.onnx").stat().st_size / 1e6
+            llm_mb = row["parts_mb"]["llm"]
             limit = llm_mb / 1e3 / peaks["memory_gbps"] * 1e3
             overhead = row["extra"].get("loop_overhead_ms_per_token", 0.0)
             verdicts.append({
@@ -187,7 +189,7 @@ class LlavaBench:
                             f"{limit / decode:.0%} of the limit (the loop's own overhead: {overhead:.2f} ms/token; "
                             "the rest is the graph's own cost beyond reading weights: per-op dispatch, "
                             "dequantization, attention over the cache)"})
-            peer = getattr(self, "peer_results", {}).get("llama.cpp", {})
+            peer = (peers or {}).get("llama.cpp", {})
             verdicts.append({
                 "goal": f"{row['name']}: decode at least as fast as llama.cpp Q4_0 on the same weights",
                 "met": bool("decode_ms" in peer and decode <= peer["decode_ms"]),
@@ -243,9 +245,9 @@ def llama_cpp_decode(threads: int, runs: int, past: int) -> dict:
 
     import llama_cpp
 
-    from edgevfm.export.families.llava import SMOLLM2_FILE, _smollm2_folder
+    from edgevfm.export.families.llava import SMOLLM2_FILE, smollm2_folder
 
-    shipped = _smollm2_folder() / SMOLLM2_FILE
+    shipped = smollm2_folder() / SMOLLM2_FILE
     folder = tempfile.mkdtemp()
     target = Path(folder) / "smollm2-q4_0.gguf"
     params = llama_cpp.llama_model_quantize_default_params()
@@ -411,7 +413,8 @@ class _BundleLlava:
         return self.p.prompt(_messages(question), self.p.image_features([image]))
 
     def calls(self, image, question):
-        from edgevfm.runtime.generate import GenerationConfig, generate
+        from edgevfm.runtime.generate import generate
+        from edgevfm.runtime.sampling import GenerationConfig
 
         p, decoder = self.p, self.p.decoder
         pixels = {"pixel_values": p.image_inputs([image])}
@@ -455,7 +458,8 @@ class _BundleLlava:
         return self.generation(image, question, tokens).tokens[0]
 
     def generation(self, image, question, tokens: int):
-        from edgevfm.runtime.generate import GenerationConfig, generate
+        from edgevfm.runtime.generate import generate
+        from edgevfm.runtime.sampling import GenerationConfig
 
         prompt = self._prompt(image, question)
         return generate(self.p.decoder, self.p.embed, [prompt.embeds], [prompt.ids],

@@ -12,6 +12,7 @@ from edgevfm.quantize.calibration import skimage_photos
 from edgevfm.runtime.image import list_images, load_image
 
 from . import BENCH
+from .base import Bench
 from ..roofline import work_floor
 
 GOAL_DECODER_MS, GOAL_ENCODER_SPEEDUP, GOAL_MASK_IOU = 10.0, 2.0, 0.95
@@ -45,10 +46,10 @@ def ground_truth(data: str | None) -> list[tuple[Path, Path]]:
 
 
 @BENCH.register("sam")
-class SamBench:
+class SamBench(Bench):
     demo_runs = 20  # make report
     quick_runs = 10  # make demo
-    # --recipe auto: the figures a candidate is held to (see quantize/auto.py), and their defaults
+    # --recipe auto: the figures a candidate is held to (see benchmarks/auto.py), and their defaults
     cosine_keys = ()
     agreement_keys = ("mask_iou_mean",)  # its drop: 1 - mean mask IoU
     auto_floor = {"min_cosine": None, "max_drop": 0.05}
@@ -145,7 +146,7 @@ class SamBench:
                 "image_source": "scikit-image's astronaut, chelsea, coffee",
                 "prompt_source": "8 grid points, 2 boxes, 1 point + box per image", "ground_truth_pairs": len(self.truth)}
 
-    def goals(self, rows: list[dict], peaks: dict) -> list[dict]:
+    def goals(self, rows: list[dict], peaks: dict, peers: dict | None = None, machine: dict | None = None) -> list[dict]:
         torch_row = next(r for r in rows if r["kind"] == "pytorch")
         fp32 = next((r for r in rows if r["kind"] == "bundle" and r["recipe"] is None
                      and r["backend"] == "onnxruntime"), None)

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..llm import given_caches, past_feeds, self_attention_presents, step_shape
 from ..spec import FAMILIES, RESAMPLE_NAMES, FamilySpec, PartSpec, Preset, TensorSpec
-from .clip import _size
+from .clip import processor_size
 
 CAPTION_CORPUS = """a photo of a cat sitting on a couch. a dog running in the grass. a man riding a horse.
 an astronaut in a space suit. a cup of coffee on a wooden table. a rocket on the launch pad.
@@ -126,7 +126,8 @@ class TextDecoderStep(nn.Module):
 
 # Real-size random presets: the LM head at this std gives logits of std ~4 over a hidden state of
 # width ~800, so the FP32 top-1 is as decisive as a trained model's (init 0.02 leaves every
-# position near-tied, top-1 margin 0.004 at blip-base, and no position to judge quantization by)
+# position near-tied, and no position to judge quantization by; each report prints the FP32 top-1
+# margin beside its agreement figures)
 LM_HEAD_STD = 0.15
 
 
@@ -297,25 +298,17 @@ class BlipSpec(FamilySpec):
     def manifest_sections(self, checkpoint):
         text = checkpoint.model.config.text_config
         if task_of(checkpoint.model) == "retrieval":
-            return {"task": "retrieval", "preprocessing": self._preprocessing(checkpoint), "tokenizer":
+            return {"task": "retrieval", "preprocessing": blip_preprocessing(checkpoint), "tokenizer":
                     {"file": "tokenizer.json"}, "text": {"context_length": text.max_position_embeddings}}
         return {
             "task": task_of(checkpoint.model),
-            "preprocessing": self._preprocessing(checkpoint),
+            "preprocessing": blip_preprocessing(checkpoint),
             "tokenizer": {"file": "tokenizer.json"},
             "text": {"num_layers": text.num_hidden_layers, "heads": text.num_attention_heads,
                      "head_dim": text.hidden_size // text.num_attention_heads, "vocab_size": text.vocab_size,
                      "context_length": text.max_position_embeddings, "bos_token_id": int(text.bos_token_id),
                      "sep_token_id": int(text.sep_token_id), "pad_token_id": int(text.pad_token_id)},
         }
-
-    @staticmethod
-    def _preprocessing(checkpoint) -> dict:
-        proc = checkpoint.assets["image_processor"]
-        return {"resize": _size(proc.size), "interpolation": RESAMPLE_NAMES[int(proc.resample)],
-                "rescale": float(proc.rescale_factor) if proc.do_rescale else 1.0,
-                "mean": list(proc.image_mean) if proc.do_normalize else [0.0, 0.0, 0.0],
-                "std": list(proc.image_std) if proc.do_normalize else [1.0, 1.0, 1.0], "convert_rgb": True}
 
     def write_assets(self, checkpoint, stage: Path):
         checkpoint.assets["tokenizer"].backend_tokenizer.save(str(stage / "tokenizer.json"))
@@ -350,3 +343,12 @@ def _tokenizer():
     tokenizer.add_tokens(["[DEC]", "[ENC]"], special_tokens=True)
     tokenizer.bos_token = "[DEC]"
     return tokenizer
+
+
+def blip_preprocessing(checkpoint) -> dict:
+    """BLIP's (and BLIP-2's) image processor as the manifest's preprocessing."""
+    proc = checkpoint.assets["image_processor"]
+    return {"resize": processor_size(proc.size), "interpolation": RESAMPLE_NAMES[int(proc.resample)],
+            "rescale": float(proc.rescale_factor) if proc.do_rescale else 1.0,
+            "mean": list(proc.image_mean) if proc.do_normalize else [0.0, 0.0, 0.0],
+            "std": list(proc.image_std) if proc.do_normalize else [1.0, 1.0, 1.0], "convert_rgb": True}

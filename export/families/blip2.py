@@ -26,7 +26,7 @@ from torch import nn
 
 from ..llm import given_caches, llm_section, past_feeds, self_attention_presents, step_shape, text_parts
 from ..spec import FAMILIES, FamilySpec, PartSpec, Preset, TensorSpec
-from .blip import LM_HEAD_STD, BlipSpec
+from .blip import LM_HEAD_STD, blip_preprocessing
 
 IMAGE_TOKEN = "<image>"
 PROMPT_CORPUS = """Question: what is in the picture? Answer: a cat sitting on a couch.
@@ -222,7 +222,7 @@ class Blip2Spec(FamilySpec):
         text = config.text_config
         ends = tok("a").input_ids
         sections = {
-            "preprocessing": BlipSpec._preprocessing(checkpoint),
+            "preprocessing": blip_preprocessing(checkpoint),
             # whether the tokenizer starts a text with BOS (OPT's does) or ends it with EOS (T5's), as the
             # processor feeds it
             "tokenizer": {"file": "tokenizer.json", "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,

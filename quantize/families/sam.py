@@ -18,17 +18,14 @@ PROMPTS_PER_IMAGE = 4
 
 register_family_recipe("sam-int8", "sam", "SAM: INT8 static image encoder, FP32 prompt decoder",
                        {"image_encoder": "int8-static", "prompt_decoder": "fp32"})
-# The OpenVINO encoder with the FP32 decoder (one bundle, two backends). Measured in
-# benchmarks/reports/sam-vit-b (make report; random:sam-vit-b, 2 threads, AVX-512 VNNI/BF16): whole-bundle
-# ov-int8's encoder 2260 ms at mask IoU 0.961 and ov-bf16's 2688 ms at 0.575, against sam-ov-int8's
-# 2207 ms at 0.971 and sam-ov-bf16's 2726 ms at 0.992: a BF16 decoder flips most of random weights'
-# near-0 mask logits, NNCF's INT8 decoder some (0.961 against 0.971), as sam-int8's measurements showed
-# for ONNX Runtime. Keeping the decoder FP32 is what these recipes add.
+# The OpenVINO encoder with the FP32 decoder (one bundle, two backends): a BF16 or NNCF INT8 decoder
+# flips random weights' near-0 mask logits, as sam-int8's measurements showed for ONNX Runtime, so
+# keeping the decoder FP32 is what these recipes add (the SAM report, make report, has every row).
 register_family_recipe("sam-ov-int8", "sam", "SAM: OpenVINO NNCF INT8 image encoder, FP32 prompt decoder (ONNX Runtime)",
                        {"image_encoder": "ov-int8", "prompt_decoder": "fp32"})
 # The same INT8 encoder with its float operations (attention products, softmax, norms) in BF16 where the
-# CPU has it, as in ov-bf16. In the same report: encoder 1763 ms (3.48x ORT FP32's 6142) at mask IoU
-# 0.971 (sam-ov-int8: 2207 ms, 0.971), the encoder run's peak 919 MB against 1349; --recipe auto keeps it.
+# CPU has it, as in ov-bf16; the SAM report's rows give its time, mask IoU and peak memory against
+# sam-ov-int8's, and --recipe auto's choice between them.
 register_family_recipe("sam-ov-int8-bf16", "sam", "SAM: OpenVINO NNCF INT8 image encoder with its float operations in "
                        "BF16 where the CPU has it, FP32 prompt decoder (ONNX Runtime)",
                        {"image_encoder": "ov-int8-bf16", "prompt_decoder": "fp32"})
@@ -58,4 +55,4 @@ def calibration_feeds(predictor, images: list, samples: int) -> dict[str, list[d
     return {"image_encoder": encoder, "prompt_decoder": decoder}
 
 
-calibration_feeds.default_samples = 8  # each is an encoder run at 1024 x 1024: about 15 s on 2 cores
+calibration_feeds.default_samples = 8  # each is an encoder run at 1024 x 1024: seconds each at ViT-B size

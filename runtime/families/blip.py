@@ -12,7 +12,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InputError, UsageError
-from ..generate import GenerationConfig, fitted, generate, kv_decoder, softmax
+from ..decoders import kv_decoder
+from ..generate import generate
+from ..sampling import GenerationConfig, fitted, softmax
 from ..image import PREPROCESSING, ImageLike, preprocess
 from ..pipeline import PIPELINES, Pipeline
 from ..retrieval import Match, rank

@@ -21,7 +21,9 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import InputError
-from ..generate import GenerationConfig, fitted, generate, prompt_fits, kv_decoder
+from ..decoders import kv_decoder
+from ..generate import generate
+from ..sampling import GenerationConfig, fitted, prompt_fits
 from ..image import PREPROCESSING, ImageLike
 from ..pipeline import PIPELINES
 from ..schema import boolean, integer, list_of, listed_file, nullable, obj, string

@@ -17,7 +17,8 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from ..errors import InputError
-from ..generate import GenerationConfig, Session
+from ..generate import Session
+from ..sampling import GenerationConfig
 from ..image import PREPROCESSING, ImageLike
 from ..pipeline import PIPELINES
 from ..schema import integer, list_of, listed_file, nullable, obj, string

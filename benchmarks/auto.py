@@ -3,12 +3,16 @@ fastest whose accuracy against the FP32 bundle stays within the floors.
 
 Each candidate (the FP32 bundle itself, and every recipe of the family whose backend is installed)
 is written to a temporary folder (or taken ready-made, ``prebuilt``), loaded, and measured on the family benchmark's own workload
-(:mod:`edgevfm.benchmarks.families`): its outputs against the FP32 bundle's (the family's
+(:mod:`.families`): its outputs against the FP32 bundle's (the family's
 ``cosine_keys``, the lowest of them, and ``agreement_keys``, whose lowest gives the drop
 ``1 - agreement``), and its latency, the sum over the family's parts of the median per call at
 batch 1, timed in interleaved rounds (A B C, A B C, ...) so that a busy moment of a shared machine
 hurts every candidate alike. The FP32 bundle always passes, so there is always a winner. The
 written bundle's manifest records every candidate's figures and why the winner won.
+
+It is a measurement, so it lives with the benchmarks (which may import the recipes), not in
+:mod:`edgevfm.quantize` (which must not import the benchmarks); ``edgevfm quantize --recipe auto``
+reaches it through the command line.
 """
 
 from __future__ import annotations
@@ -21,13 +25,17 @@ from pathlib import Path
 import numpy as np
 
 from edgevfm.export.progress import progress
+from edgevfm.quantize.api import quantize
+from edgevfm.quantize.recipes import KEEP, RECIPES, recipes_for
 from edgevfm.runtime import load
 from edgevfm.runtime.bundle import open_bundle, write_manifest
 from edgevfm.runtime.errors import EdgeVfmError, MissingExtraError, UsageError
 from edgevfm.runtime.output import check_out_dir, staged_bundle
 from edgevfm.runtime.pipeline import saturating_parts
 
-from .recipes import KEEP, RECIPES, recipes_for
+from .families import BENCH
+from .machine import machine_info
+from .timing import runs_per_round
 
 BACKEND_MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 
@@ -71,22 +79,19 @@ def quantize_auto(bundle: str | Path, out: str | Path, candidates: list[str] | N
                   min_cosine: float | None = None, max_drop: float | None = None, calib=None,
                   samples: int | None = None, force: bool = False, block_size: int | None = None, threads: int = 2,
                   runs: int = 3, rounds: int = 3, show_progress: bool = True,
-                  prebuilt: dict[str, Path] | None = None) -> Path:
+                  prebuilt: dict[str, Path] | None = None, reuse: str | Path | None = None) -> Path:
     """Write to ``out`` the candidate that measured fastest within the floors (see the module).
     ``prebuilt``: {recipe: a bundle that recipe already made from ``bundle``}, measured instead of
-    being written again (the demo has them all)."""
-    from edgevfm.benchmarks.families import BENCH
-    from edgevfm.benchmarks.machine import machine_info
-
-    from .api import quantize
-
+    being written again (the demo has them all); ``reuse``: a folder of such bundles, one per
+    recipe, named after it (as ``edgevfm demo`` writes them in demo-out/MODEL)."""
     out = Path(out)
+    if reuse is not None:
+        prebuilt = {**prebuilt_in(reuse, bundle), **(prebuilt or {})}
     check_out_dir(out, force, inputs=[bundle])
     source = open_bundle(bundle)
     bench = BENCH.get(source.family)(None)
     floors = floors_for(bench, source.family, min_cosine, max_drop)
-    if hasattr(bench, "check_bundles"):
-        bench.check_bundles([source])
+    bench.check_bundles([source])
     names = candidates or [KEEP] + [r for r in recipes_for(source.family)]
     unknown = [n for n in names if n != KEEP and n not in recipes_for(source.family)]
     if unknown:
@@ -163,9 +168,7 @@ def _measure(bench, written: dict[str, Path], threads: int, runs: int, rounds: i
     per_round: dict[str, list[float]] = {name: [] for name in written}
     steps = [(r, name) for r in range(rounds) for name in written]  # A B C, A B C, ...
     # parts that take seconds per call (SAM ViT-B's encoder): the benchmark's cap, over all rounds
-    from edgevfm.benchmarks.timing import runs_per_round
-
-    caps = {part: runs_per_round(cap, rounds) for part, cap in getattr(bench, "max_runs", {}).items()}
+    caps = {part: runs_per_round(cap, rounds) for part, cap in bench.max_runs.items()}
     for r, name in progress(steps, desc=f"auto: measure ({rounds} interleaved rounds)", enabled=show_progress):
         runner = bench.bundle_runner(load(written[name], threads=threads))
         if r == 0:
