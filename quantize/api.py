@@ -69,7 +69,7 @@ def quantize(bundle: str | Path, recipe: str, out: str | Path, calib: str | Path
         sized["quick"] = True
     feeds, calibration = {}, None
     if chosen.needs_calibration:
-        feeds = _calibration_feeds(source, calib, samples)
+        feeds = bundle_feeds(source, calib, samples)
         calibration = {"source": str(calib) if calib else "scikit-image photos", "samples":
                        {part: len(f) for part, f in feeds.items() if steps.get(part) and steps[part].needs_calibration}}
     manifest = {k: v for k, v in source.manifest.items() if k not in ("files", "format_version")}
@@ -136,7 +136,7 @@ def _disk_hint(stage: Path, part: Path) -> str:
             f"{need / 2e6:.0f} MB: free some space, or write the bundle elsewhere)")
 
 
-def _calibration_feeds(source, calib, samples: int) -> dict[str, list[dict]]:
+def bundle_feeds(source, calib, samples: int) -> dict[str, list[dict]]:
     """The family's calibration feeds, made with the FP32 bundle's own pipeline, which is released
     on return: its sessions hold gigabytes for SAM's encoder."""
     make_feeds = CALIBRATION.get(source.family)

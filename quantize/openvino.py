@@ -128,7 +128,7 @@ def openvino_int8(src: Path, dst: Path, feeds=None, min_cosine: float = INT8_MIN
         _save(model, dst)
         return {"compressor": f"nncf {nncf.__version__}", "weights": "int8 asymmetric, per channel",
                 "activations": "float"}
-    held_out = _HeldOut(model, list(feeds))
+    held_out = HeldOut(model, list(feeds))
     model, chosen = _smooth_quant_by_measurement(nncf, src, held_out)
     if chosen["cosine"] < min_cosine and quick:  # accuracy control ranks every quantized operation: minutes
         chosen = dict(chosen, below_floor=min_cosine, accuracy_control="skipped (quick: edgevfm demo)")
@@ -139,7 +139,7 @@ def openvino_int8(src: Path, dst: Path, feeds=None, min_cosine: float = INT8_MIN
             **chosen, INT8_ACTIVATIONS: SATURATION_SAFE}
 
 
-class _HeldOut:
+class HeldOut:
     """The calibration feeds split for measuring a choice: the first three quarters calibrate, the
     last quarter (at most ``SMOOTH_QUANT_CHECK``), which no calibration saw, checks against the FP32
     part's outputs (``reference``); with under 4 feeds, all of them do both."""
@@ -153,7 +153,7 @@ class _HeldOut:
         self.logits = _logits_index(model)
 
     def cosine(self, model) -> float:
-        return _mean_cosine(self.reference, _outputs(model, self.check))
+        return mean_cosine(self.reference, _outputs(model, self.check))
 
     def agreement(self, model) -> float:
         """Next-token top-1 agreement with FP32 over every position of the held-out prefills."""
@@ -182,7 +182,7 @@ def _advanced(smooth_quant: str | None = None):
     return AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE)
 
 
-def _smooth_quant_by_measurement(nncf, src: Path, held_out: _HeldOut):
+def _smooth_quant_by_measurement(nncf, src: Path, held_out: HeldOut):
     """NNCF's transformer PTQ with SmoothQuant (its default alpha) and without, each calibrated on
     ``held_out.calibration``; keeps the one whose outputs on the held-out feeds stay closer to FP32
     (mean cosine). SmoothQuant moves activation outliers into the weights: on CLIP ViT-B/32 it helps
@@ -201,7 +201,7 @@ def _smooth_quant_by_measurement(nncf, src: Path, held_out: _HeldOut):
                             "checked_on": held_out.described, "cosine": round(tried[best][1], 6)}
 
 
-def _sensitive_back_to_float(nncf, src: Path, held_out: _HeldOut, quantized, chosen: dict, min_cosine: float):
+def _sensitive_back_to_float(nncf, src: Path, held_out: HeldOut, quantized, chosen: dict, min_cosine: float):
     """NNCF's accuracy control over the chosen quantization: it ranks the quantized operations by the
     cosine each costs on the held-out feeds and returns the worst to float, one group at a time,
     until the part's mean cosine to FP32 reaches ``min_cosine`` (or ``RESTORE_ITERATIONS`` pass).
@@ -214,7 +214,7 @@ def _sensitive_back_to_float(nncf, src: Path, held_out: _HeldOut, quantized, cho
         for index, feed in items:
             result = compiled(feed)
             found = [np.array(result[port], dtype=np.float64).ravel() for port in compiled.outputs]
-            values.append(_mean_cosine([held_out.reference[index]], [found]))
+            values.append(mean_cosine([held_out.reference[index]], [found]))
         return float(np.mean(values)), values
 
     with quiet_nncf():
@@ -226,14 +226,14 @@ def _sensitive_back_to_float(nncf, src: Path, held_out: _HeldOut, quantized, cho
             advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
                 max_num_iterations=RESTORE_ITERATIONS, ranking_subset_size=len(held_out.check)))
     cosine = held_out.cosine(restored)
-    back = sorted(_quantized_ops(quantized) - _quantized_ops(restored))
+    back = sorted(fake_quantized_ops(quantized) - fake_quantized_ops(restored))
     if cosine <= chosen["cosine"] or not back:
         return quantized, dict(chosen, below_floor=min_cosine, kept_in_float=[])
     return restored, dict(chosen, below_floor=min_cosine, cosine=round(cosine, 6), cosine_all_int8=chosen["cosine"],
                           kept_in_float=back)
 
 
-def _quantized_ops(model) -> set[str]:
+def fake_quantized_ops(model) -> set[str]:
     """The operations that take a quantized activation (a FakeQuantize feeding them)."""
     return {op.get_friendly_name() for op in model.get_ops() if op.get_type_name() != "FakeQuantize"
             and any(i.get_source_output().get_node().get_type_name() == "FakeQuantize" for i in op.inputs())}
@@ -255,7 +255,7 @@ def _outputs(model, feeds: list[dict]) -> list[list]:
     return found
 
 
-def _mean_cosine(reference: list[list], outputs: list[list]) -> float:
+def mean_cosine(reference: list[list], outputs: list[list]) -> float:
     import numpy as np
 
     cosines = [float(a.ravel() @ b.ravel() / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
@@ -284,14 +284,14 @@ def openvino_int4(src: Path, dst: Path, feeds=None, block_size: int | None = Non
     model = converted(src)
     decoder = is_decoder(model)
     groups = (block_size,) if block_size else INT4_GROUPS
-    candidates = sorted(((g, r) for g in groups for r in INT4_RATIOS), key=lambda c: _bits_per_weight(*c))
+    candidates = sorted(((g, r) for g in groups for r in INT4_RATIOS), key=lambda c: bits_per_weight(*c))
     settings = {"compressor": f"nncf {nncf.__version__}", "weights": "int4 symmetric",
                 "data_aware": "awq, scale estimation" if decoder else False}
     if not feeds:  # nothing to measure with: the most accurate candidate
         group, ratio = candidates[-1]
         _save(_int4(nncf, model, group, ratio, None), dst)
         return dict(settings, group_size=group, ratio=ratio)
-    held_out = _HeldOut(model, list(feeds))
+    held_out = HeldOut(model, list(feeds))
     measure, floor = ((held_out.agreement, INT4_MIN_AGREEMENT) if decoder else (held_out.cosine, INT4_MIN_COSINE))
     tried, best, seen = {}, None, set()
     for group, ratio in candidates:  # the fewest bits first; the first within the floor ships
@@ -330,7 +330,7 @@ def _groups_in_effect(model, group: int) -> tuple[int, ...]:
     return tuple(found)
 
 
-def _bits_per_weight(group: int, ratio: float) -> float:
+def bits_per_weight(group: int, ratio: float) -> float:
     """4-bit values with an FP16 scale per group; the rest 8-bit, per channel."""
     return ratio * (4 + 16 / group) + (1 - ratio) * 8
 

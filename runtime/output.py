@@ -83,14 +83,14 @@ def staged_bundle(out: str | os.PathLike, force: bool = False,
 def _put_in_place(stage: Path, out: Path) -> None:
     if not out.exists():
         os.rename(stage, out)
-    elif not _exchange(stage, out):  # the stage now holds the old bundle, removed by the caller
+    elif not exchange(stage, out):  # the stage now holds the old bundle, removed by the caller
         old = stage.with_name(stage.name[: -len(".partial")] + ".old")
         os.rename(out, old)
         os.rename(stage, out)  # dying before this leaves the old bundle in `old`: see clean_stale
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _exchange(a: Path, b: Path) -> bool:
+def exchange(a: Path, b: Path) -> bool:
     """Swap two paths atomically; False where the system or file system cannot."""
     import ctypes
 

@@ -17,7 +17,7 @@ from edgevfm.runtime import open_bundle
 from edgevfm.runtime.bundle import write_manifest
 from edgevfm.runtime.cli import main
 from edgevfm.runtime.errors import OutputError
-from edgevfm.runtime.output import _exchange, clean_stale, staged_bundle
+from edgevfm.runtime.output import exchange, clean_stale, staged_bundle
 
 from helpers import copy_bundle, write_fake_bundle
 
@@ -124,7 +124,7 @@ def test_death_between_the_two_renames_loses_nothing(tmp_path):
         import os
         from edgevfm.runtime import output
         from edgevfm.runtime.bundle import write_manifest
-        output._exchange = lambda a, b: False  # as on a system without renameat2
+        output.exchange = lambda a, b: False  # as on a system without renameat2
         real_rename = os.rename
         def rename_then_die(a, b):
             real_rename(a, b)
@@ -148,7 +148,7 @@ def test_the_swap_is_atomic_on_this_system(tmp_path):
     a.mkdir()
     b.mkdir()
     (a / "from_a").touch()
-    if not _exchange(a, b):
+    if not exchange(a, b):
         pytest.skip("this file system has no renameat2(RENAME_EXCHANGE): the two-rename path is tested above")
     assert (b / "from_a").exists() and not (a / "from_a").exists()
 

@@ -66,13 +66,13 @@ def test_smooth_quant_is_kept_per_part_by_measurement(clip_bundle, clip_recipe_b
     """ov-int8 quantizes each part with SmoothQuant and without on three quarters of the calibration
     feeds, records both cosines against FP32 on the held-out quarter and ships the closer one: the
     shipped part's cosine on those feeds is the one recorded."""
-    from edgevfm.quantize.api import _calibration_feeds
-    from edgevfm.quantize.openvino import _mean_cosine
+    from edgevfm.quantize.api import bundle_feeds
+    from edgevfm.quantize.openvino import mean_cosine
     from edgevfm.runtime.bundle import open_bundle
 
     bundle = clip_recipe_bundles["ov-int8"]
     manifest = json.loads((bundle / "manifest.json").read_text())
-    feeds = _calibration_feeds(open_bundle(clip_bundle), None, 8)
+    feeds = bundle_feeds(open_bundle(clip_bundle), None, 8)
     fp32, int8 = load(clip_bundle, threads=1), load(bundle, threads=1)
     for part in ("vision", "text"):
         settings = manifest["recipe"]["parts"][part]
@@ -84,7 +84,7 @@ def test_smooth_quant_is_kept_per_part_by_measurement(clip_bundle, clip_recipe_b
         held_out = feeds[part][6:]
         want = [[v.astype(np.float64).ravel() for v in fp32.run(part, f).values()] for f in held_out]
         got = [[v.astype(np.float64).ravel() for v in int8.run(part, f).values()] for f in held_out]
-        assert _mean_cosine(want, got) == pytest.approx(settings["cosine"], abs=1e-4)
+        assert mean_cosine(want, got) == pytest.approx(settings["cosine"], abs=1e-4)
 
 
 @pytest.mark.parametrize("floor", [0.5, 0.99999])
@@ -95,23 +95,23 @@ def test_sensitive_operations_go_back_to_float_below_the_floor(clip_bundle, tmp_
     higher than all-INT8's."""
     import openvino as ov
 
-    from edgevfm.quantize.api import _calibration_feeds
-    from edgevfm.quantize.openvino import _HeldOut, _quantized_ops, openvino_int8
+    from edgevfm.quantize.api import bundle_feeds
+    from edgevfm.quantize.openvino import HeldOut, fake_quantized_ops, openvino_int8
     from edgevfm.runtime.bundle import open_bundle
 
     source = open_bundle(clip_bundle)
-    feeds = _calibration_feeds(source, None, 8)["text"]
+    feeds = bundle_feeds(source, None, 8)["text"]
     settings = openvino_int8(source.file("text.onnx"), tmp_path / "text.xml", feeds=feeds, min_cosine=floor)
     shipped = ov.Core().read_model(str(tmp_path / "text.xml"))
-    held_out = _HeldOut(ov.convert_model(str(source.file("text.onnx"))), feeds)
+    held_out = HeldOut(ov.convert_model(str(source.file("text.onnx"))), feeds)
     assert held_out.cosine(shipped) == pytest.approx(settings["cosine"], abs=1e-5)
     if floor == 0.5:
         assert "below_floor" not in settings and "kept_in_float" not in settings, settings
         return
     assert settings["below_floor"] == floor and settings["kept_in_float"], settings
     assert settings["cosine"] > settings["cosine_all_int8"], settings
-    assert not set(settings["kept_in_float"]) & _quantized_ops(shipped)
-    assert _quantized_ops(shipped), "accuracy control put every operation back in float"
+    assert not set(settings["kept_in_float"]) & fake_quantized_ops(shipped)
+    assert fake_quantized_ops(shipped), "accuracy control put every operation back in float"
 
 
 def test_int4_group_and_share_are_chosen_by_measurement(clip_bundle, clip_recipe_bundles, tmp_path):
@@ -120,23 +120,23 @@ def test_int4_group_and_share_are_chosen_by_measurement(clip_bundle, clip_recipe
     size the user gives fixes the group."""
     import openvino as ov
 
-    from edgevfm.quantize.api import _calibration_feeds, quantize
-    from edgevfm.quantize.openvino import INT4_MIN_COSINE, _bits_per_weight, _HeldOut
+    from edgevfm.quantize.api import bundle_feeds, quantize
+    from edgevfm.quantize.openvino import INT4_MIN_COSINE, bits_per_weight, HeldOut
     from edgevfm.runtime.bundle import open_bundle
 
     source = open_bundle(clip_bundle)
-    feeds = _calibration_feeds(source, None, 8)
+    feeds = bundle_feeds(source, None, 8)
     parts = json.loads((clip_recipe_bundles["ov-int4"] / "manifest.json").read_text())["recipe"]["parts"]
     for part, settings in parts.items():
         tried = [(int(k.split(",")[0].split()[1]), float(k.split()[-1]), v) for k, v in settings["tried"].items()]
-        bits = [_bits_per_weight(g, r) for g, r, _ in tried]
+        bits = [bits_per_weight(g, r) for g, r, _ in tried]
         assert bits == sorted(bits) and settings["floor"] == INT4_MIN_COSINE, settings
         values = [v for _, _, v in tried]
         assert all(v < INT4_MIN_COSINE for v in values[:-1]), settings  # it stopped at the first within the floor
         best = tried[-1] if values[-1] >= INT4_MIN_COSINE else max(tried, key=lambda t: t[2])
         assert (settings["group_size"], settings["ratio"]) == best[:2], settings
         shipped = ov.Core().read_model(str(clip_recipe_bundles["ov-int4"] / f"{part}.xml"))
-        held_out = _HeldOut(ov.convert_model(str(source.file(f"{part}.onnx"))), feeds[part])
+        held_out = HeldOut(ov.convert_model(str(source.file(f"{part}.onnx"))), feeds[part])
         assert held_out.cosine(shipped) == pytest.approx(best[2], abs=1e-5)
     fixed = quantize(clip_bundle, "ov-int4", tmp_path / "g64", block_size=64, samples=8, show_progress=False)
     for settings in json.loads((fixed / "manifest.json").read_text())["recipe"]["parts"].values():

@@ -108,7 +108,7 @@ def test_int4_decoders_are_measured_by_next_token_agreement(fixture, ov_bundles)
 
     import openvino as ov
 
-    from edgevfm.quantize.openvino import INT4_MIN_AGREEMENT, _HeldOut, is_decoder
+    from edgevfm.quantize.openvino import INT4_MIN_AGREEMENT, HeldOut, is_decoder
     from edgevfm.runtime.bundle import open_bundle
 
     fp32, int4 = open_bundle(ov_bundles[fixture]["fp32"]), ov_bundles[fixture]["ov-int4"]
@@ -122,7 +122,7 @@ def test_int4_decoders_are_measured_by_next_token_agreement(fixture, ov_bundles)
         assert settings["measured"] == "next-token top-1 agreement" and settings["floor"] == INT4_MIN_AGREEMENT
         assert settings["data_aware"] == "awq, scale estimation", settings
         chosen = settings["tried"][f"group {settings['group_size']}, ratio {settings['ratio']}"]
-        held_out = _HeldOut(ov.convert_model(str(fp32.file(f"{name}.onnx"))), feeds[name])
+        held_out = HeldOut(ov.convert_model(str(fp32.file(f"{name}.onnx"))), feeds[name])
         assert held_out.agreement(ov.Core().read_model(str(int4 / f"{name}.xml"))) == pytest.approx(chosen, abs=1e-6)
 
 

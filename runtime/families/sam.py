@@ -253,7 +253,7 @@ def _check_inside(xy: np.ndarray, what: str, image_size: tuple[int, int]) -> Non
                          "(input-image pixels)")
 
 
-def _xy(n: int, what: str):
+def numbers_arg(n: int, what: str):
     """An argparse type: ``n`` comma-separated finite numbers."""
     import argparse
     import math
@@ -275,11 +275,11 @@ def _segment_arguments(parser) -> None:
     from pathlib import Path
 
     parser.add_argument("image", metavar="IMAGE")
-    parser.add_argument("--point", action="append", default=[], type=_xy(2, "X,Y"), metavar="X,Y",
+    parser.add_argument("--point", action="append", default=[], type=numbers_arg(2, "X,Y"), metavar="X,Y",
                         help="foreground point (repeatable)")
-    parser.add_argument("--negative", action="append", default=[], type=_xy(2, "X,Y"), metavar="X,Y",
+    parser.add_argument("--negative", action="append", default=[], type=numbers_arg(2, "X,Y"), metavar="X,Y",
                         help="background point (repeatable)")
-    parser.add_argument("--box", type=_xy(4, "X0,Y0,X1,Y1"), metavar="X0,Y0,X1,Y1", help="box, XYXY in image pixels")
+    parser.add_argument("--box", type=numbers_arg(4, "X0,Y0,X1,Y1"), metavar="X0,Y0,X1,Y1", help="box, XYXY in image pixels")
     parser.add_argument("--single", action="store_true", help="one mask instead of the best of three")
     parser.add_argument("--out", type=png_file, default=Path("mask.png"),
                         help="mask PNG (.png); the overlay goes beside it")
