@@ -90,6 +90,13 @@ class Pipeline:
         return problems or cls.check_consistency(bundle.manifest)
 
     @classmethod
+    def variant(cls, manifest: dict) -> type:
+        """The pipeline class that runs this bundle: the family's own, or, for a family whose
+        bundles do different tasks (BLIP), the task's (read before the manifest is checked: a
+        manifest it cannot read gets the family's class, whose checks then say what is wrong)."""
+        return cls
+
+    @classmethod
     def check_consistency(cls, manifest: dict) -> list[str]:
         """The family's rules across sections (sizes that must agree); runs once the schema holds."""
         return []
@@ -201,7 +208,7 @@ def load(path: str | Path, threads: int | None = None, providers: Sequence[str] 
 
     bundle = open_bundle(path, verify_hashes=verify_hashes)
     try:
-        cls = PIPELINES.get(bundle.family)
+        cls = PIPELINES.get(bundle.family).variant(bundle.manifest)
     except ValueError as exc:
         raise BundleError(bundle.path, [str(exc)]) from None
     return cls(bundle, threads=threads, providers=providers, low_memory=low_memory)

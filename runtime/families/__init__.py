@@ -1,3 +1,3 @@
 """One module per family; importing this package registers every family's pipeline."""
 
-from . import blip, blip2, clip, llava, sam  # noqa: F401
+from . import blip, blip2, blip_caption, blip_retrieval, blip_vqa, clip, llava, sam  # noqa: F401
