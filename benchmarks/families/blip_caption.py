@@ -11,7 +11,8 @@ import numpy as np
 from edgevfm.runtime.generate import shared_prefix
 from edgevfm.runtime.image import preprocess
 
-from .blip import ANSWER_TOKENS, CAPTION_TOKENS, CLEAR_MARGIN, GOAL_AGREEMENT, REFERENCE_CAPTION, BlipTask, task_work
+from .blip import (ANSWER_TOKENS, CAPTION_TOKENS, CLEAR_MARGIN, GOAL_AGREEMENT, REFERENCE_CAPTION, BlipTask,
+                   task_work)
 
 
 class TorchBlip:

@@ -1,23 +1,21 @@
-"""BLIP captioning (work in progress: captioning only; VQA, ITM/ITC still to come).
+"""BLIP: what every task's export shares (the ``vision`` part, loading, presets, the tokenizer, the
+preprocessing) and, in a file of each task's own, the task's parts and manifest sections:
+captioning (:mod:`.blip_caption`, from ``BlipForConditionalGeneration``), visual question answering
+(:mod:`.blip_vqa`, ``BlipForQuestionAnswering``) and image-text retrieval (:mod:`.blip_retrieval`,
+``BlipForImageTextRetrieval``). The checkpoint's class says which.
 
-Parts, from ``BlipForConditionalGeneration``:
-- ``vision``: pixels -> image_embeds (batch, 1 + patches, vision hidden).
-- ``cross_kv``: image_embeds -> every decoder layer's cross-attention keys and values, computed once
-  per image (not per token): ``cross_key.i`` / ``cross_value.i`` (batch, heads, patches + 1, head dim).
-- ``text_decoder``: input_ids, attention_mask, position_ids, the self-attention cache (``past_key.i``
-  -> ``present_key.i``, present = past + new) and the cross keys/values -> logits. The runtime's
-  generation engine drives it like any plain decoder (ids in, not embeddings; the cross keys and
-  values ride in its cache as constants, so beam search reorders them too).
+- ``vision``: pixels -> image_embeds (batch, 1 + patches, vision hidden), every task's first part.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
 
-from ..llm import given_caches, past_feeds, self_attention_presents, step_shape
 from ..spec import FAMILIES, RESAMPLE_NAMES, FamilySpec, PartSpec, Preset, TensorSpec
 from .clip import processor_size
 
@@ -52,76 +50,56 @@ class QuestionEncoder(nn.Module):
                             encoder_attention_mask=image_mask)[0]
 
 
-class MatchHead(nn.Module):
-    """ITM: input_ids, attention_mask (batch, text) and image_embeds -> itm_logits (batch, 2)
-    (no match, match): the text encoder attending to the image, its [CLS] state through the head."""
+@dataclass(frozen=True)
+class Shapes:
+    """A BLIP checkpoint's sizes, and the example feeds every task's parts start from."""
 
-    def __init__(self, model):
-        super().__init__()
-        self.encoder, self.head = QuestionEncoder(model), model.itm_head
+    model: nn.Module
+    size: int  # the input image's side
+    tokens: int  # image tokens: patches + [CLS]
+    layers: int  # text decoder layers
+    heads: int
+    head_dim: int
+    vocab: int
 
-    def forward(self, input_ids, attention_mask, image_embeds):
-        return self.head(self.encoder(input_ids, attention_mask, image_embeds)[:, 0])
+    @classmethod
+    def of(cls, model) -> "Shapes":
+        text, vision = model.config.text_config, model.config.vision_config
+        return cls(model, vision.image_size, (vision.image_size // vision.patch_size) ** 2 + 1, text.num_hidden_layers,
+                   text.num_attention_heads, text.hidden_size // text.num_attention_heads, text.vocab_size)
 
+    def image(self) -> TensorSpec:
+        return TensorSpec("image_embeds", "float32", ("batch", self.tokens, self.model.config.vision_config.hidden_size))
 
-class ImageFeature(nn.Module):
-    """ITC: image_embeds -> image_feat (batch, projection), unit length."""
+    def pixels(self, batch, variant):
+        return {"pixel_values": torch.randn(batch, 3, self.size, self.size,
+                                            generator=torch.Generator().manual_seed(variant))}
 
-    def __init__(self, model):
-        super().__init__()
-        self.proj = model.vision_proj
+    def embeds(self, batch, variant):
+        with torch.no_grad():
+            return {"image_embeds": VisionEncoder(self.model)(self.pixels(batch, variant)["pixel_values"])}
 
-    def forward(self, image_embeds):
-        return nn.functional.normalize(self.proj(image_embeds[:, 0]), dim=-1)
-
-
-class TextFeature(nn.Module):
-    """ITC: input_ids, attention_mask -> text_feat (batch, projection), unit length (no image)."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.encoder, self.proj = model.text_encoder, model.text_proj
-
-    def forward(self, input_ids, attention_mask):
-        states = self.encoder(input_ids=input_ids, attention_mask=attention_mask)[0]
-        return nn.functional.normalize(self.proj(states[:, 0]), dim=-1)
-
-
-class CrossKeysValues(nn.Module):
-    """image_embeds -> cross_key.i, cross_value.i of every decoder layer (batch, heads, tokens, head dim)."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.layers = model.text_decoder.bert.encoder.layer
-
-    def forward(self, image_embeds):
-        out = []
-        for layer in self.layers:
-            attention = layer.crossattention.self
-            shape = (*image_embeds.shape[:-1], -1, attention.attention_head_size)
-            out += [attention.key(image_embeds).view(shape).transpose(1, 2),
-                    attention.value(image_embeds).view(shape).transpose(1, 2)]
-        return tuple(out)
+    def question(self, batch, variant):
+        """A text (a question, or a caption to match) with the image's embeddings."""
+        length = 5 if variant == 0 else 8
+        g = torch.Generator().manual_seed(variant + 10)
+        mask = torch.ones(batch, length, dtype=torch.int64)
+        if variant == 1:
+            mask[0, -3:] = 0  # a shorter question, right-padded as the tokenizer pads
+        return {"input_ids": torch.randint(0, self.vocab, (batch, length), generator=g), "attention_mask": mask,
+                "image_embeds": self.embeds(batch, variant)["image_embeds"]}
 
 
-class TextDecoderStep(nn.Module):
-    """One decoder call: input_ids (batch, sequence), attention_mask (batch, past + sequence),
-    position_ids (batch, sequence), past_key.i / past_value.i, then cross_key.i / cross_value.i ->
-    logits (batch, sequence, vocab), present_key.i / present_value.i."""
+@dataclass(frozen=True)
+class TaskExport:
+    """One task's parts after ``vision`` and its manifest ``text`` section."""
 
-    def __init__(self, model):
-        super().__init__()
-        self.decoder, self.layers = model.text_decoder, model.config.text_config.num_hidden_layers
+    parts: Callable[[Shapes], list[PartSpec]]
+    text: Callable[[object], dict]  # (the checkpoint's text config) -> the manifest's text section
 
-    def forward(self, input_ids, attention_mask, position_ids, *caches):
-        key = caches[2 * self.layers]
-        # the cross-attention branch is taken when encoder states are given; their values are unused
-        states = key.new_zeros(key.shape[0], key.shape[2], 1)
-        mask = torch.ones(key.shape[0], key.shape[2], dtype=torch.int64)
-        out = self.decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                           encoder_hidden_states=states, encoder_attention_mask=mask,
-                           cache=given_caches(caches, self.layers), use_cache=True)
-        return (out.logits, *self_attention_presents(out.cache))
+
+# {task: its export}, filled by the task files
+TASK_EXPORTS: dict[str, TaskExport] = {}
 
 
 # Real-size random presets: the LM head at this std gives logits of std ~4 over a hidden state of
@@ -210,105 +188,16 @@ class BlipSpec(FamilySpec):
         return model, dict(assets, image_processor=BlipImageProcessorPil(size={"height": size, "width": size}))
 
     def parts(self, checkpoint):
-        config = checkpoint.model.config
-        text, vision = config.text_config, config.vision_config
-        size, layers, heads = vision.image_size, text.num_hidden_layers, text.num_attention_heads
-        head_dim, vocab = text.hidden_size // heads, text.vocab_size
-        tokens = (size // vision.patch_size) ** 2 + 1
-        vqa = task_of(checkpoint.model) == "vqa"
-        # the decoder cross-attends to the image (captions) or to the question's states (VQA)
-        encoder = "question" if vqa else tokens
-
-        def pixels(batch, variant):
-            return {"pixel_values": torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(variant))}
-
-        def embeds(batch, variant):
-            with torch.no_grad():
-                return {"image_embeds": VisionEncoder(checkpoint.model)(pixels(batch, variant)["pixel_values"])}
-
-        def step(batch, variant):
-            past, length, mask, g = step_shape(batch, variant)
-            feeds = {"input_ids": torch.randint(0, vocab, (batch, length), generator=g), "attention_mask": mask,
-                     "position_ids": (mask.cumsum(1) - 1).clamp(min=0)[:, past:]}
-            feeds |= past_feeds(batch, past, layers, heads, head_dim, g)
-            with torch.no_grad():
-                states = embeds(batch, variant)["image_embeds"]
-                if vqa:
-                    states = QuestionEncoder(checkpoint.model)(**question(batch, variant))
-                cross = CrossKeysValues(checkpoint.model)(states)
-            for i in range(layers):
-                feeds[f"cross_key.{i}"], feeds[f"cross_value.{i}"] = cross[2 * i], cross[2 * i + 1]
-            return feeds
-
-        def question(batch, variant):
-            length = 5 if variant == 0 else 8
-            g = torch.Generator().manual_seed(variant + 10)
-            mask = torch.ones(batch, length, dtype=torch.int64)
-            if variant == 1:
-                mask[0, -3:] = 0  # a shorter question, right-padded as the tokenizer pads
-            return {"input_ids": torch.randint(0, vocab, (batch, length), generator=g), "attention_mask": mask,
-                    "image_embeds": embeds(batch, variant)["image_embeds"]}
-
-        def question_states(batch, variant):
-            with torch.no_grad():
-                return {"question_embeds": QuestionEncoder(checkpoint.model)(**question(batch, variant))}
-
-        def kv(prefix, length):
-            return [TensorSpec(f"{prefix}_{kv}.{i}", "float32", ("batch", heads, length, head_dim))
-                    for i in range(layers) for kv in ("key", "value")]
-
-        cross = kv("cross", encoder)
-        image = TensorSpec("image_embeds", "float32", ("batch", tokens, vision.hidden_size))
-        parts = [PartSpec("vision", VisionEncoder, [TensorSpec("pixel_values", "float32", ("batch", 3, size, size))],
-                          [image], pixels)]
-        if task_of(checkpoint.model) == "retrieval":
-            text_in = [TensorSpec("input_ids", "int64", ("batch", "text")),
-                       TensorSpec("attention_mask", "int64", ("batch", "text"))]
-            projection = checkpoint.model.config.image_text_hidden_size
-
-            def texts(batch, variant):
-                found = question(batch, variant)
-                return {"input_ids": found["input_ids"], "attention_mask": found["attention_mask"]}
-
-            return parts + [
-                PartSpec("itm", MatchHead, text_in + [image], [TensorSpec("itm_logits", "float32", ("batch", 2))],
-                         question),
-                PartSpec("image_proj", ImageFeature, [image],
-                         [TensorSpec("image_feat", "float32", ("batch", projection))], embeds),
-                PartSpec("text_proj", TextFeature, text_in,
-                         [TensorSpec("text_feat", "float32", ("batch", projection))], texts),
-            ]
-        if vqa:
-            states = TensorSpec("question_embeds", "float32", ("batch", "question", text.hidden_size))
-            parts += [PartSpec("question", QuestionEncoder, [TensorSpec("input_ids", "int64", ("batch", "question")),
-                                                             TensorSpec("attention_mask", "int64", ("batch", "question")),
-                                                             image], [states], question),
-                      PartSpec("cross_kv", CrossKeysValues, [states], cross, question_states)]
-        else:
-            parts.append(PartSpec("cross_kv", CrossKeysValues, [image], cross, embeds))
-        return parts + [
-            PartSpec("text_decoder", TextDecoderStep,
-                     [TensorSpec("input_ids", "int64", ("batch", "sequence")),
-                      TensorSpec("attention_mask", "int64", ("batch", "total")),
-                      TensorSpec("position_ids", "int64", ("batch", "sequence"))] + kv("past", "past") + cross,
-                     [TensorSpec("logits", "float32", ("batch", "sequence", vocab))] + kv("present", "total"), step,
-                     check_variants=(1, 2)),
-        ]
+        shapes = Shapes.of(checkpoint.model)
+        vision = PartSpec("vision", VisionEncoder,
+                          [TensorSpec("pixel_values", "float32", ("batch", 3, shapes.size, shapes.size))],
+                          [shapes.image()], shapes.pixels)
+        return [vision] + TASK_EXPORTS[task_of(checkpoint.model)].parts(shapes)
 
     def manifest_sections(self, checkpoint):
-        text = checkpoint.model.config.text_config
-        if task_of(checkpoint.model) == "retrieval":
-            return {"task": "retrieval", "preprocessing": blip_preprocessing(checkpoint), "tokenizer":
-                    {"file": "tokenizer.json"}, "text": {"context_length": text.max_position_embeddings}}
-        return {
-            "task": task_of(checkpoint.model),
-            "preprocessing": blip_preprocessing(checkpoint),
-            "tokenizer": {"file": "tokenizer.json"},
-            "text": {"num_layers": text.num_hidden_layers, "heads": text.num_attention_heads,
-                     "head_dim": text.hidden_size // text.num_attention_heads, "vocab_size": text.vocab_size,
-                     "context_length": text.max_position_embeddings, "bos_token_id": int(text.bos_token_id),
-                     "sep_token_id": int(text.sep_token_id), "pad_token_id": int(text.pad_token_id)},
-        }
+        task = task_of(checkpoint.model)
+        return {"task": task, "preprocessing": blip_preprocessing(checkpoint), "tokenizer": {"file": "tokenizer.json"},
+                "text": TASK_EXPORTS[task].text(checkpoint.model.config.text_config)}
 
     def write_assets(self, checkpoint, stage: Path):
         checkpoint.assets["tokenizer"].backend_tokenizer.save(str(stage / "tokenizer.json"))
@@ -352,3 +241,6 @@ def blip_preprocessing(checkpoint) -> dict:
             "rescale": float(proc.rescale_factor) if proc.do_rescale else 1.0,
             "mean": list(proc.image_mean) if proc.do_normalize else [0.0, 0.0, 0.0],
             "std": list(proc.image_std) if proc.do_normalize else [1.0, 1.0, 1.0], "convert_rgb": True}
+
+
+from . import blip_caption, blip_retrieval, blip_vqa  # noqa: E402,F401  (register each task's export)
