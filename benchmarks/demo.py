@@ -23,15 +23,18 @@ def run_demo(out: str | Path = "demo-out", models=DEFAULT_MODELS, report_dir: st
     interleaved rounds. ``variants`` also exports the family's ``export_variants`` (other export
     choices, e.g. LLaVA's plain llm graph) and quantizes each with ``variant_recipes``, so the
     report measures the choice, and, for families with ``auto_in_report``, adds the bundle
-    ``--recipe auto`` picks on this machine."""
+    ``--recipe auto`` picks on this machine. Each model's time, step by step, goes to
+    ``REPORT_DIR/demo.md`` (:func:`write_summary`)."""
     out = Path(out)
     report_root = Path(report_dir) if report_dir else out / "report"
-    results = []
+    results, timings = [], []
+    begun = time.perf_counter()
     for model in models:
         name = model.split(":")[-1].replace("/", "--")  # random:/trained: presets, hub ids, folders
         folder, reports = out / name, report_root / name
         print(f"== {model}")
         started = time.perf_counter()
+        steps = {}
         print(f"[1/4] export -> {folder / 'fp32'}")
         bundles = [export(model, folder / "fp32", force=True)]
         family = open_bundle(bundles[0], verify_hashes=False).family
@@ -42,6 +45,7 @@ def run_demo(out: str | Path = "demo-out", models=DEFAULT_MODELS, report_dir: st
         recipes = family_bench.demo_recipes or recipes_for(family)
         if not variants:
             recipes = family_bench.quick_recipes or recipes
+        steps["export"] = time.perf_counter() - started
         for recipe in recipes:
             print(f"[2/4] quantize --recipe {recipe} -> {folder / recipe}")
             made[recipe] = quantize(bundles[0], recipe, folder / recipe, force=True, quick=not variants)
@@ -56,8 +60,10 @@ def run_demo(out: str | Path = "demo-out", models=DEFAULT_MODELS, report_dir: st
         if variants and family_bench.auto_in_report:
             print(f"[2/4] quantize --recipe auto -> {folder / 'auto'} (measures the bundles above here)")
             bundles.append(quantize_auto(bundles[0], folder / "auto", force=True, threads=threads, prebuilt=made))
+        steps["quantize"] = time.perf_counter() - started - sum(steps.values())
         print("[3/4] run")
         family_bench.demo(bundles, reports, threads)
+        steps["run"] = time.perf_counter() - started - sum(steps.values())
         n = runs or family_bench.runs(variants)
         command = (f"edgevfm demo -o {out} --model {model} --report-dir {report_root} --runs {n} --threads {threads}"
                    + f" --rounds {rounds}" + (" --variants" if variants else ""))
@@ -66,7 +72,54 @@ def run_demo(out: str | Path = "demo-out", models=DEFAULT_MODELS, report_dir: st
                        rounds=rounds)
         for goal in result["goals"]:
             print(f"      {'MET' if goal['met'] else 'MISSED'}: {goal['goal']} ({goal['measured']})")
+        steps["bench"] = time.perf_counter() - started - sum(steps.values())
         print(f"report: {result['report']} (and report.html, results.json beside it); {model} took "
               f"{time.perf_counter() - started:.0f} s")
         results.append(result)
+        timings.append({"model": model, "family": family, "bundles": len(bundles), "seconds": steps})
+    summary = write_summary(report_root, timings, time.perf_counter() - begun,
+                            _command(out, models, report_dir, runs, threads, variants, rounds), threads)
+    print(f"the demo took {(time.perf_counter() - begun) / 60:.1f} minutes: {summary}")
     return results
+
+
+def write_summary(report_root: Path, timings: list[dict], total_s: float, command: str, threads: int) -> Path:
+    """``demo.md`` and ``demo.json``: each model's seconds per step (export, quantize every recipe,
+    run, bench), the total, the command and the machine (CPU, instruction sets, INT8 arithmetic),
+    so that the demo's time on a kind of CPU is a report anyone can make again."""
+    import datetime
+    import json
+
+    from .machine import machine_info
+
+    machine = machine_info(threads)
+    created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    lines = ["# edgevfm demo: time per model", "",
+             f"Produced by `{command}` on {created}, after the set-up (`make demo` runs it once .venv exists).", "",
+             "| model | family | bundles | export s | quantize s | run s | bench s | total s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for t in timings:
+        s = t["seconds"]
+        lines.append(f"| {t['model']} | {t['family']} | {t['bundles']} | {s['export']:.0f} | {s['quantize']:.0f} | "
+                     f"{s['run']:.0f} | {s['bench']:.0f} | {sum(s.values()):.0f} |")
+    lines += ["", f"Total: {total_s / 60:.1f} minutes.", "", "## Machine", "",
+              f"- CPU: {machine['cpu']} ({machine['usable_cores']} usable cores, {threads} threads)",
+              f"- INT8 arithmetic: {machine['isa']}; instruction sets: {', '.join(machine['instruction_sets'])}",
+              f"- Memory: {machine['memory_gib']} GiB; {machine['os']}, Python {machine['python']}", ""]
+    report_root.mkdir(parents=True, exist_ok=True)
+    (report_root / "demo.json").write_text(json.dumps({"command": command, "created": created, "models": timings,
+                                                       "total_s": total_s, "machine": machine}, indent=2) + "\n")
+    (report_root / "demo.md").write_text("\n".join(lines))
+    return report_root / "demo.md"
+
+
+def _command(out, models, report_dir, runs, threads, variants, rounds) -> str:
+    words = ["edgevfm", "demo", "-o", str(out)]
+    if tuple(models) != tuple(DEFAULT_MODELS):
+        words += [w for m in models for w in ("--model", m)]
+    if report_dir:
+        words += ["--report-dir", str(report_dir)]
+    if runs:
+        words += ["--runs", str(runs)]
+    words += ["--threads", str(threads), "--rounds", str(rounds)] + (["--variants"] if variants else [])
+    return " ".join(words)

@@ -101,3 +101,23 @@ def test_task_of_another_family_is_refused(sam_bundle, clip_bundle, tmp_path, ca
         main(["run", str(sam_bundle), "segment", "x.png", "--point", "1"])
     assert exit_info.value.code == 2
     assert "X,Y must be 2 comma-separated finite numbers, found '1'" in capsys.readouterr().err
+
+
+def test_the_demo_summary_says_each_models_time_and_the_machine(tmp_path):
+    """demo.md: one row per model with its seconds per step and their total, the whole run in
+    minutes, the command that makes it again and the CPU's INT8 arithmetic."""
+    import json
+
+    from edgevfm.benchmarks.demo import _command, write_summary
+    from edgevfm.runtime.cpu import isa_label
+
+    timings = [{"model": "random:clip-tiny", "family": "clip", "bundles": 5,
+                "seconds": {"export": 4.2, "quantize": 30.4, "run": 1.0, "bench": 20.6}}]
+    command = _command(tmp_path / "out", ["random:clip-tiny"], None, None, 2, False, 1)
+    assert command == f"edgevfm demo -o {tmp_path / 'out'} --model random:clip-tiny --threads 2 --rounds 1"
+    page = write_summary(tmp_path / "report", timings, 61.0, command, 2).read_text()
+    assert "| random:clip-tiny | clip | 5 | 4 | 30 | 1 | 21 | 56 |" in page
+    assert "Total: 1.0 minutes." in page and f"Produced by `{command}`" in page
+    assert f"INT8 arithmetic: {isa_label()}" in page
+    saved = json.loads((tmp_path / "report" / "demo.json").read_text())
+    assert saved["models"] == timings and saved["total_s"] == 61.0
