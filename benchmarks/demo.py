@@ -78,7 +78,7 @@ def run_demo(out: str | Path = "demo-out", models=DEFAULT_MODELS, report_dir: st
         results.append(result)
         timings.append({"model": model, "family": family, "bundles": len(bundles), "seconds": steps})
     summary = write_summary(report_root, timings, time.perf_counter() - begun,
-                            _command(out, models, report_dir, runs, threads, variants, rounds), threads)
+                            demo_command(out, models, report_dir, runs, threads, variants, rounds), threads)
     print(f"the demo took {(time.perf_counter() - begun) / 60:.1f} minutes: {summary}")
     return results
 
@@ -113,7 +113,7 @@ def write_summary(report_root: Path, timings: list[dict], total_s: float, comman
     return report_root / "demo.md"
 
 
-def _command(out, models, report_dir, runs, threads, variants, rounds) -> str:
+def demo_command(out, models, report_dir, runs, threads, variants, rounds) -> str:
     words = ["edgevfm", "demo", "-o", str(out)]
     if tuple(models) != tuple(DEFAULT_MODELS):
         words += [w for m in models for w in ("--model", m)]

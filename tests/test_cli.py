@@ -108,12 +108,12 @@ def test_the_demo_summary_says_each_models_time_and_the_machine(tmp_path):
     minutes, the command that makes it again and the CPU's INT8 arithmetic."""
     import json
 
-    from edgevfm.benchmarks.demo import _command, write_summary
+    from edgevfm.benchmarks.demo import demo_command, write_summary
     from edgevfm.runtime.cpu import isa_label
 
     timings = [{"model": "random:clip-tiny", "family": "clip", "bundles": 5,
                 "seconds": {"export": 4.2, "quantize": 30.4, "run": 1.0, "bench": 20.6}}]
-    command = _command(tmp_path / "out", ["random:clip-tiny"], None, None, 2, False, 1)
+    command = demo_command(tmp_path / "out", ["random:clip-tiny"], None, None, 2, False, 1)
     assert command == f"edgevfm demo -o {tmp_path / 'out'} --model random:clip-tiny --threads 2 --rounds 1"
     page = write_summary(tmp_path / "report", timings, 61.0, command, 2).read_text()
     assert "| random:clip-tiny | clip | 5 | 4 | 30 | 1 | 21 | 56 |" in page
