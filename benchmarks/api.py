@@ -9,7 +9,7 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from edgevfm.export.progress import progress
+from edgevfm.runtime.progress import progress
 from edgevfm.runtime.bundle import open_bundle
 from edgevfm.runtime.errors import BundleError, InputError
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgevfm.export.progress import progress
+from edgevfm.runtime.progress import progress
 from edgevfm.quantize.api import quantize
 from edgevfm.quantize.recipes import KEEP, RECIPES, recipes_for
 from edgevfm.runtime import load

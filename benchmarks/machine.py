@@ -5,9 +5,8 @@ from __future__ import annotations
 import os
 import platform
 import time
-from importlib.metadata import PackageNotFoundError, version
-
 from edgevfm.runtime.cpu import instruction_sets, isa_label
+from edgevfm.runtime.versions import library_versions
 
 LIBRARIES = ("edgevfm", "numpy", "onnxruntime", "onnx", "openvino", "nncf", "torch", "transformers", "tokenizers",
              "Pillow")
@@ -34,12 +33,7 @@ def _memory_gib() -> float | None:
 
 def machine_info(threads: int | None = None) -> dict:
     cpu = _cpuinfo()
-    libraries = {}
-    for name in LIBRARIES:
-        try:
-            libraries[name] = version(name)
-        except PackageNotFoundError:
-            pass
+    libraries = library_versions(LIBRARIES)
     return {
         "cpu": cpu.get("model name") or platform.processor() or platform.machine(),
         "architecture": platform.machine(),

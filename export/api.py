@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import platform
 from pathlib import Path
 
 from edgevfm.runtime.bundle import write_manifest
@@ -12,21 +11,15 @@ from edgevfm.runtime.errors import UsageError
 
 from .checkpoint import load_checkpoint
 from .onnx_export import DEFAULT_OPSET, check_opset, export_part
-from .progress import progress
+from edgevfm.runtime.progress import progress
+from edgevfm.runtime.versions import library_versions
 from .spec import LLM_GRAPHS
 
 
 def tool_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {"python": platform.python_version()}
-    for name in ("edgevfm", "torch", "transformers", "onnx", "onnxruntime", "onnxruntime-genai", "tokenizers",
-                 "numpy"):
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            pass
-    return found
+    """What a bundle records it was made with."""
+    return library_versions(("edgevfm", "torch", "transformers", "onnx", "onnxruntime", "onnxruntime-genai",
+                             "tokenizers", "numpy"), python=True)
 
 
 def export(model: str, out: str | Path, family: str | None = None, opset: int = DEFAULT_OPSET,

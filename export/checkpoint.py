@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgevfm.runtime.errors import CheckpointError, UnknownNameError
+from edgevfm.export.errors import CheckpointError
+from edgevfm.runtime.errors import UnknownNameError
 
 from . import families  # noqa: F401  (registers the family specs)
 from .spec import FAMILIES, FamilySpec, family_for_model_type, find_preset, is_preset

@@ -19,7 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from edgevfm.runtime.errors import ExportError, MissingExtraError
+from edgevfm.export.errors import ExportError
+from edgevfm.runtime.errors import MissingExtraError
 
 from .external import save_onnx
 

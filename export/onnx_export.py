@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from edgevfm.runtime.backends import OrtBackend
-from edgevfm.runtime.errors import ExportError, NonFiniteOutputError, UsageError
+from edgevfm.export.errors import ExportError, NonFiniteOutputError
+from edgevfm.runtime.errors import UsageError
 
 from .spec import PartSpec
 

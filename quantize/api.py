@@ -6,10 +6,11 @@ import shutil
 from pathlib import Path
 
 from edgevfm.export.api import tool_versions
-from edgevfm.export.progress import progress
+from edgevfm.runtime.progress import progress
 from edgevfm.runtime import load
 from edgevfm.runtime.bundle import open_bundle, write_manifest
-from edgevfm.runtime.errors import BundleError, CalibrationError, MissingExtraError, QuantizeError, UsageError
+from edgevfm.quantize.errors import CalibrationError, QuantizeError
+from edgevfm.runtime.errors import BundleError, MissingExtraError, UsageError
 from edgevfm.runtime.output import check_out_dir, staged_bundle
 
 from .calibration import calibration_images

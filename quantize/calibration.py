@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgevfm.runtime.errors import CalibrationError
+from edgevfm.quantize.errors import CalibrationError
 from edgevfm.runtime.image import IMAGE_SUFFIXES, list_images
 
 # scikit-image's bundled photographs (colour first); greyscale ones are converted to RGB by the

@@ -37,7 +37,8 @@ import io
 import logging
 from pathlib import Path
 
-from edgevfm.runtime.errors import MissingExtraError, QuantizeError
+from edgevfm.quantize.errors import QuantizeError
+from edgevfm.runtime.errors import MissingExtraError
 
 from .recipes import FULL_RANGE, INT8_ACTIVATIONS, SATURATION_SAFE, Recipe, register
 

@@ -3,6 +3,9 @@
 Every error subclasses ``EdgeVfmError`` and a builtin (``ValueError``, ``RuntimeError``, ...), so
 callers can catch either. Validation collects every problem and raises once.
 
+The export and quantize layers' own errors (``export/errors.py``, ``quantize/errors.py``) subclass
+these, so the command maps every error to its exit code here.
+
 Each class carries the ``edgevfm`` command's exit code for it (see :data:`EXIT_CODES`): 1 the work
 failed, 2 a bad command line, 3 bad input (a bundle, checkpoint, image, prompt or output path),
 4 an optional extra is missing.
@@ -86,30 +89,6 @@ class StateError(EdgeVfmError, RuntimeError):
     """A call made out of order, e.g. ``predict`` before ``set_image``; the message says the fix."""
 
     exit_code = EXIT_INPUT
-
-
-class CheckpointError(EdgeVfmError, ValueError):
-    """A checkpoint that is missing, corrupt or of an unsupported architecture."""
-
-    exit_code = EXIT_INPUT
-
-
-class ExportError(EdgeVfmError, RuntimeError):
-    """An exported graph that does not reproduce the PyTorch model."""
-
-
-class NonFiniteOutputError(ExportError):
-    """NaN or infinity in an output: its own error, since no tolerance makes it right."""
-
-
-class CalibrationError(EdgeVfmError, ValueError):
-    """Calibration data that cannot calibrate: none found, unreadable, ..."""
-
-    exit_code = EXIT_INPUT
-
-
-class QuantizeError(EdgeVfmError, RuntimeError):
-    """A recipe that could not produce a runnable bundle."""
 
 
 class MissingExtraError(EdgeVfmError, ImportError):

@@ -40,7 +40,7 @@ def test_hub_shaped_folder_exports_and_runs_alike(task, blip_checkpoint, blip_bu
 
 def test_an_unknown_blip_architecture_is_refused_with_what_is_built(blip_checkpoint, tmp_path):
     from edgevfm.export.checkpoint import load_checkpoint
-    from edgevfm.runtime.errors import CheckpointError
+    from edgevfm.export.errors import CheckpointError
 
     folder = save_checkpoint(blip_checkpoint, tmp_path / "ckpt")
     config = json.loads((folder / "config.json").read_text())

@@ -65,7 +65,7 @@ def test_other_language_models_and_the_builder_graph_are_refused_with_what_to_do
 
     from edgevfm.export.api import export
     from edgevfm.export.checkpoint import load_checkpoint
-    from edgevfm.runtime.errors import CheckpointError, ExportError
+    from edgevfm.export.errors import CheckpointError, ExportError
 
     config = blip2_checkpoint.model.config
     llama = Blip2Config(vision_config=config.vision_config.to_dict(), qformer_config=config.qformer_config.to_dict(),

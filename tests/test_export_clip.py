@@ -14,7 +14,7 @@ from edgevfm.export.checkpoint import load_checkpoint
 from edgevfm.export.families.clip import TextTower, VisionTower
 from edgevfm.runtime import BundleExistsError, UnknownNameError, load
 from edgevfm.runtime.backends import OrtBackend
-from edgevfm.runtime.errors import CheckpointError
+from edgevfm.export.errors import CheckpointError
 
 from helpers import assert_close
 

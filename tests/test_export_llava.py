@@ -14,7 +14,7 @@ import torch
 from edgevfm.export.api import export
 from edgevfm.export.checkpoint import load_checkpoint
 from edgevfm.runtime import load
-from edgevfm.runtime.errors import CheckpointError
+from edgevfm.export.errors import CheckpointError
 
 
 @pytest.mark.parametrize("graph, past", [("builder", "past_key_values.0.key"), ("plain", "past_key.0")])
@@ -51,7 +51,8 @@ def test_builder_graph_is_fused_and_the_plain_graph_is_not(llava_bundle, llava_p
 
 def test_what_the_builder_cannot_write_is_refused_before_any_work(tmp_path):
     from edgevfm.export.genai_builder import check_builder
-    from edgevfm.runtime.errors import ExportError, UsageError
+    from edgevfm.export.errors import ExportError
+    from edgevfm.runtime.errors import UsageError
 
     with pytest.raises(ExportError, match=r"multiple of 16, found 12: export with --llm-graph plain"):
         check_builder("llama", 12)
@@ -134,7 +135,7 @@ def test_a_text_model_the_builder_cannot_run_exports_on_the_plain_graph(llava_ch
     answers; asked for explicitly, the builder graph is refused before any work."""
     from transformers import LlavaForConditionalGeneration
 
-    from edgevfm.runtime.errors import ExportError
+    from edgevfm.export.errors import ExportError
 
     config = copy.deepcopy(llava_checkpoint.model.config)
     config.text_config.num_attention_heads, config.text_config.num_key_value_heads = 8, 4

@@ -8,7 +8,8 @@ import torch
 
 from edgevfm.export.onnx_export import export_part
 from edgevfm.export.spec import PartSpec, TensorSpec
-from edgevfm.runtime.errors import ExportError, NonFiniteOutputError, UsageError
+from edgevfm.export.errors import ExportError, NonFiniteOutputError
+from edgevfm.runtime.errors import UsageError
 
 
 class Log(torch.nn.Module):

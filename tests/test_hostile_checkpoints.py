@@ -14,7 +14,7 @@ from edgevfm.export.api import export
 from edgevfm.export.checkpoint import load_checkpoint
 from edgevfm.export.families.clip import check_tokenizer
 from edgevfm.runtime.cli import main
-from edgevfm.runtime.errors import CheckpointError
+from edgevfm.export.errors import CheckpointError
 
 
 @pytest.fixture(scope="module")

@@ -281,7 +281,7 @@ def test_a_full_disk_is_named(clip_bundle, tmp_path, monkeypatch):
     import collections
 
     from edgevfm.quantize import api, openvino
-    from edgevfm.runtime.errors import QuantizeError
+    from edgevfm.quantize.errors import QuantizeError
 
     def full(model, dst):
         raise RuntimeError("basic_ios::clear: iostream error")

@@ -12,7 +12,7 @@ from edgevfm.quantize.api import quantize
 from edgevfm.quantize.calibration import calibration_images
 from edgevfm.quantize.families import CALIBRATION
 from edgevfm.runtime import load
-from edgevfm.runtime.errors import QuantizeError
+from edgevfm.quantize.errors import QuantizeError
 
 OV_RECIPES = ("ov-fp32", "ov-bf16", "ov-int8", "ov-int4", "ov-int8-plain")
 FAMILY_BUNDLES = ("llava_plain_bundle", "blip_bundle", "blip2_bundle", "blip2_t5_bundle")

@@ -12,7 +12,7 @@ from edgevfm.quantize.api import quantize
 from edgevfm.quantize.calibration import calibration_images
 from edgevfm.quantize.recipes import recipes_for
 from edgevfm.runtime import BundleError, BundleExistsError, InputError, UnknownNameError, load
-from edgevfm.runtime.errors import CalibrationError
+from edgevfm.quantize.errors import CalibrationError
 
 from helpers import op_type_count
 

@@ -148,7 +148,7 @@ class BlipSpec(FamilySpec):
     def load_pretrained(self, source, revision):
         from transformers import AutoConfig, AutoTokenizer, BlipImageProcessorPil
 
-        from edgevfm.runtime.errors import CheckpointError
+        from edgevfm.export.errors import CheckpointError
 
         from .clip import check_tokenizer
 

@@ -142,7 +142,7 @@ class Blip2Spec(FamilySpec):
     def load_pretrained(self, source, revision):
         from transformers import AutoTokenizer, Blip2ForConditionalGeneration, BlipImageProcessorPil
 
-        from edgevfm.runtime.errors import CheckpointError
+        from edgevfm.export.errors import CheckpointError
 
         from .clip import check_tokenizer
 
@@ -193,7 +193,7 @@ class Blip2Spec(FamilySpec):
         return model, dict(assets, image_processor=BlipImageProcessorPil(size={"height": size, "width": size}))
 
     def parts(self, checkpoint):
-        from edgevfm.runtime.errors import ExportError
+        from edgevfm.export.errors import ExportError
 
         config = checkpoint.model.config
         text, size = config.text_config, config.vision_config.image_size

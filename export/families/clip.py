@@ -43,7 +43,7 @@ def _clip_tokenizer():
 def check_tokenizer(tokenizer, source: str) -> None:
     """Refuse a tokenizer that cannot tell texts apart: transformers builds one silently from a
     folder that lacks the tokenizer files, and every label then gets the same ids."""
-    from edgevfm.runtime.errors import CheckpointError
+    from edgevfm.export.errors import CheckpointError
 
     a, b = (tokenizer(text)["input_ids"] for text in ("a photo of a cat", "a drawing of two dogs"))
     if a == b or len(tokenizer) < 10:

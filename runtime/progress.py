@@ -1,4 +1,5 @@
-"""Progress bars for long work (exports, calibration, benchmarks), on stderr."""
+"""Progress bars for long work (exports, calibration, benchmarks), on stderr: shared by every layer
+above the runtime, so it lives here; tqdm (the [export] extra) is imported only when a bar is shown."""
 
 from __future__ import annotations
 
