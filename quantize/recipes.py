@@ -332,4 +332,4 @@ def recipes_for(family: str) -> list[str]:
             if recipe.listed and (recipe.families is None or family in recipe.families)]
 
 
-from . import openvino  # noqa: E402,F401  (registers the OpenVINO recipes)
+from . import openvino, tensorrt  # noqa: E402,F401  (registers the OpenVINO and TensorRT-format recipes)
