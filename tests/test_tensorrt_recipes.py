@@ -69,3 +69,34 @@ def test_the_bundles_say_what_they_are_and_run_on_the_cpu(trt_bundles, clip_bund
 
 def test_auto_and_the_demo_leave_them_to_the_device():
     assert not {"trt-int8", "trt-fp16"} & set(recipes_for("clip"))
+
+
+def test_a_tensorrt_format_bundle_runs_without_torch(trt_bundles):
+    """The runtime opens the TensorRT-format graphs (their CPU simulation) with torch made
+    unimportable, as on a Jetson without PyTorch."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import sys
+        for name in ('torch', 'transformers', 'tensorrt'):
+            sys.modules[name] = None
+        import numpy as np
+        from edgevfm.runtime import load
+        for path in {[str(p) for p in trt_bundles.values()]!r}:
+            found = load(path, threads=1).embed_texts(['a cat', 'a dog'])
+            assert found.shape[0] == 2 and np.isfinite(found).all()
+        assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]
+        print('ok')
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_a_bundle_that_is_not_fp32_is_refused(trt_bundles, tmp_path):
+    from edgevfm.runtime.errors import BundleError
+
+    with pytest.raises(BundleError, match="quantize starts from an FP32 bundle"):
+        quantize(trt_bundles["trt-fp16"], "trt-int8", tmp_path / "again", samples=2, show_progress=False)
+    assert not (tmp_path / "again").exists()
