@@ -90,7 +90,8 @@ def bench(bundles: list[str | Path], reference: str, out_dir: str | Path, data: 
         "load_average": load_record(load_before, os.getloadavg(), busy_before, busy_cores()),
         "rows": rows,
         "peers": peers,
-        "goals": family_bench.goals(rows, peaks, peers, machine) + backend_goals(family_bench, rows, machine["instruction_sets"]),
+        "goals": (family_bench.goals(rows, peaks, peers, machine)
+                  + backend_goals(family_bench, rows, machine["instruction_sets"])),
     }
     results["report"] = str(write_report(results, Path(out_dir)))
     return results

@@ -12,6 +12,7 @@ a heavier layer is read when the help is shown (:func:`help_from`).
 from __future__ import annotations
 
 import argparse
+import functools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -45,11 +46,18 @@ def register_command(command: Command) -> Command:
 def load_commands() -> list[Command]:
     """Every registered subcommand, in help order: the other layers' ``commands`` modules are
     imported from the distribution's entry points (once; a second import registers nothing)."""
+    _load_entry_points()
+    return sorted((command for _, command in COMMANDS.items()), key=lambda c: c.order)
+
+
+@functools.lru_cache(maxsize=1)
+def _load_entry_points() -> None:
+    """Import every layer's commands module once per process (quantize() asks for choosers on
+    every call; the distribution's metadata is read the first time only)."""
     from importlib.metadata import entry_points
 
     for point in entry_points(group=ENTRY_POINTS):
         point.load()
-    return sorted((command for _, command in COMMANDS.items()), key=lambda c: c.order)
 
 
 def import_layer(module: str, extra: str, what: str):
