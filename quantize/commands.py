@@ -69,3 +69,38 @@ def run(args) -> None:
 
 
 register_command(Command("quantize", "FP32 bundle -> INT8 / INT4 / FP16 bundle", arguments, run, order=20))
+
+
+def check_arguments(p) -> None:
+    p.add_argument("bundle", type=Path, metavar="BUNDLE")
+    p.add_argument("--target", default="tensorrt", metavar="TARGET",
+                   help="tensorrt (every pinned TensorRT) or tensorrt-VERSION (listed below)")
+    p.add_argument("--json", action="store_true", help="the findings as JSON, for machines")
+
+    def lines() -> list[str]:
+        from .check import tables
+
+        return [f"{name}: {t['platform']}, opset {t['opset'][0]} to {t['opset'][1]}; from {t['source'][0]}"
+                for name, t in tables().items()]
+
+    help_from(p, "targets (onnx-tensorrt's operator tables, quantize/tensorrt-operators.json)", lines, "export")
+
+
+def check_run(args) -> None:
+    check = import_layer("edgevfm.quantize.check", "export", "edgevfm check")
+    findings = check.check_bundle(args.bundle, args.target)
+    errors = [f for f in findings if f.severity == "error"]
+    if args.json:
+        print(check.as_json(findings))
+    else:
+        for finding in findings:
+            print(finding.line())
+        for target, counts in check.summary(findings, args.target).items():
+            verdict = "passes" if not counts["errors"] else "fails"
+            print(f"{target}: {verdict} ({counts['errors']} errors, {counts['warnings']} warnings)")
+    if errors:
+        raise check.CheckError(f"{args.bundle}: {len(errors)} findings TensorRT would refuse (listed above)")
+
+
+register_command(Command("check", "will TensorRT build an engine from a bundle? (every node against its operator "
+                         "table)", check_arguments, check_run, order=25))
