@@ -45,7 +45,8 @@ class OrtBackend:
     (with the arena, SAM ViT-B's calibration graph grew from 6 to 11 GB on its second run)."""
 
     def __init__(self, path: Path, threads: int | None = None, providers: Sequence[str] | None = None,
-                 low_memory: bool = False, **_):
+                 low_memory: bool = False, provider_options: Sequence[dict] | None = None,
+                 config: dict[str, str] | None = None, **_):
         try:
             import onnxruntime as ort
         except ImportError as exc:  # pragma: no cover - onnxruntime is a core dependency
@@ -56,6 +57,8 @@ class OrtBackend:
             options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # errors only: FP16 graphs warn about every unfoldable Resize
+        for key, value in (config or {}).items():  # session configuration entries
+            options.add_session_config_entry(key, value)
         if low_memory:
             options.enable_cpu_mem_arena = False
             options.enable_mem_pattern = False
@@ -67,7 +70,8 @@ class OrtBackend:
                 f"execution providers {unknown} are not available in this onnxruntime build "
                 f"(available: {available}): install the matching onnxruntime package or pick one of those"
             )
-        self.session = ort.InferenceSession(os.fspath(path), sess_options=options, providers=wanted)
+        self.session = ort.InferenceSession(os.fspath(path), sess_options=options, providers=wanted,
+                                            provider_options=list(provider_options) if provider_options else None)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.signature = {t.name: (ONNX_DTYPES.get(t.type, t.type), list(t.shape))
@@ -113,7 +117,7 @@ class OpenVinoBackend:
 
     def __init__(self, path: Path, threads: int | None = None, providers: Sequence[str] | None = None,
                  low_memory: bool = False, precision: str = "fp32", digest: str | None = None,
-                 shapes: dict[str, list[int]] | None = None, profile: bool = False):
+                 shapes: dict[str, list[int]] | None = None, profile: bool = False, **_):
         try:
             import openvino as ov
         except ImportError as exc:
@@ -318,6 +322,11 @@ def _port_name(port) -> str:
 
 def open_backend(name: str, path: Path, threads: int | None = None, providers: Sequence[str] | None = None,
                  low_memory: bool = False, precision: str = "fp32", digest: str | None = None,
-                 shapes: dict[str, list[int]] | None = None):
+                 shapes: dict[str, list[int]] | None = None, profiles: dict | None = None):
+    """``profiles``: {input: (min, opt, max) sizes}, for a backend that builds for a range of
+    shapes (TensorRT's optimization profiles, :mod:`.engines`); the others ignore it."""
     return BACKENDS.get(name)(path, threads=threads, providers=providers, low_memory=low_memory,
-                              precision=precision, digest=digest, shapes=shapes)
+                              precision=precision, digest=digest, shapes=shapes, profiles=profiles)
+
+
+from . import tensorrt  # noqa: E402,F401  (registers the tensorrt backend; it imports no SDK until a part opens)

@@ -19,7 +19,7 @@ def cmd_run(args) -> None:
     from .pipeline import load
     from .tasks import TASKS, tasks_of
 
-    pipeline = load(args.bundle, threads=args.threads)
+    pipeline = load(args.bundle, threads=args.threads, providers=args.providers)
     task = TASKS.get(args.task)
     if pipeline.family not in task.families:
         raise InputError(f"task {task.name!r} answers {' and '.join(task.families)} bundles, but {args.bundle} is a "
@@ -37,6 +37,9 @@ def cmd_info(args) -> None:
 def run_arguments(p) -> None:
     p.add_argument("bundle", type=Path, metavar="BUNDLE")
     p.add_argument("--threads", type=positive_int, help="intra-op threads (default: one per core)")
+    p.add_argument("--providers", type=provider_list, metavar="P[,P...]",
+                   help="ONNX Runtime execution providers in order (default: CPU; a TensorRT-format bundle: "
+                        "TensorrtExecutionProvider where present; CPUExecutionProvider alone simulates it on the CPU)")
     tasks = p.add_subparsers(dest="task", required=True, metavar="TASK")
     from . import families  # noqa: F401  (registers each family's tasks; numpy only)
     from .tasks import TASKS
@@ -49,6 +52,40 @@ def info_arguments(p) -> None:
     p.add_argument("bundle", type=Path, metavar="BUNDLE")
 
 
+def provider_list(text: str) -> list[str]:
+    found = [p.strip() for p in text.split(",") if p.strip()]
+    if not found:
+        raise argparse.ArgumentTypeError("expected one or more provider names, e.g. CPUExecutionProvider")
+    return found
+
+
+def engines_arguments(p) -> None:
+    from .engines import TARGETS
+
+    p.add_argument("bundle", type=Path, metavar="BUNDLE")
+    p.add_argument("--target", choices=TARGETS, help="the TensorRT the engines are for, where this machine has none "
+                   "to ask (default: the installed one)")
+    p.add_argument("--json", action="store_true", help="the plan as JSON")
+    p.add_argument("--output", type=Path, metavar="FILE", help="write the plan as a shell script to run on the device")
+    p.add_argument("--build", action="store_true", help="build the engines here (needs trtexec or TensorRT's Python "
+                   "package: a Jetson or a GPU machine)")
+
+
+def cmd_engines(args) -> None:
+    from .engines import build, describe, plan, write_json, write_script
+
+    found = plan(args.bundle, args.target)
+    if args.output:
+        write_script(found, args.output)
+        print(f"wrote {args.output}")
+    print(write_json(found) if args.json else describe(found))
+    if args.build:
+        for engine in build(found):
+            print(f"built {engine}")
+
+
+register_command(Command("engines", "TensorRT engine build plans (trtexec commands, profiles, cache keys) for a "
+                         "TensorRT-format bundle; --build on the device", engines_arguments, cmd_engines, order=55))
 register_command(Command("run", "run a bundle: classify, retrieve, segment, masks", run_arguments, cmd_run, order=30))
 register_command(Command("info", "parts, precisions, sizes and source of a bundle", info_arguments, cmd_info,
                          order=50))

@@ -96,13 +96,12 @@ class MissingExtraError(EdgeVfmError, ImportError):
 
     exit_code = EXIT_MISSING_EXTRA
 
-    def __init__(self, extra: str, what: str, cause: BaseException | None = None):
+    def __init__(self, extra: str, what: str, cause: BaseException | None = None, install: str | None = None):
+        """``install``: what to install, where no pip extra provides it (TensorRT on a Jetson)."""
         self.extra = extra
         detail = f" ({cause})" if cause else ""
-        super().__init__(
-            f"{what} needs the [{extra}] extra{detail}: install it with "
-            f"pip install 'edgevfm[{extra}]'"
-        )
+        super().__init__(f"{what} needs the [{extra}] extra{detail}: "
+                         + (install or f"install it with pip install 'edgevfm[{extra}]'"))
 
 
 class SaturationWarning(UserWarning):

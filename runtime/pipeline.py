@@ -49,9 +49,14 @@ class Pipeline:
         self.manifest = bundle.manifest
         self.parts = {}
         for name, part in bundle.parts.items():
+            options = self.part_options(name, part)
+            if part.backend == "tensorrt":  # an engine is built for ranges of shapes (optimization profiles)
+                from .engines import profiles
+
+                options["profiles"] = profiles(bundle.manifest, name, self.run_sizes.get(name))
             try:
                 backend = open_backend(part.backend, part.path, threads=threads, providers=providers,
-                                       low_memory=low_memory, **self.part_options(name, part))
+                                       low_memory=low_memory, **options)
             except (UsageError, MissingExtraError):  # the caller's to fix: a device, an extra to install
                 raise
             except Exception as exc:  # the backend's own errors: not a graph, an op it lacks, ...
@@ -200,7 +205,8 @@ def load(path: str | Path, threads: int | None = None, providers: Sequence[str] 
          verify_hashes: bool = True, low_memory: bool = False):
     """Open a bundle and return its family's pipeline (``ClipPipeline`` for a CLIP bundle).
 
-    ``threads``: intra-op threads per part; ``providers``: ONNX Runtime execution providers;
+    ``threads``: intra-op threads per part; ``providers``: ONNX Runtime execution providers (for a
+    TensorRT-format bundle, ``["CPUExecutionProvider"]`` simulates it on the CPU: :mod:`.tensorrt`);
     ``low_memory``: give memory back after every run (no arena), for small devices.
     Raises ``BundleError`` listing every problem with the bundle.
     """

@@ -191,6 +191,8 @@ def test_empty_clip_query(clip, photos):
     (["quantize", "NOWHERE", "--recipe", "int4", "-o", "o", "--calib", "NOWHERE"], "is not a folder"),
     (["bench", "NOWHERE", "--reference", "random:clip-tiny", "-o", "r", "--runs", "0"], "expected an integer >= 1"),
     (["demo", "--threads", "-2"], "expected an integer >= 1"),
+    (["run", "NOWHERE", "--providers", " , ", "classify", "x.png", "--labels", "a"], "expected one or more provider"),
+    (["engines", "NOWHERE", "--target", "tensorrt-9"], "invalid choice"),
 ], ids=lambda v: v if isinstance(v, str) else " ".join(v[2:4] if v[0] == "run" else v[:1]))
 def test_bad_argument_is_a_usage_error_before_any_work(argv, message, tmp_path, capsys):
     (tmp_path / "FILE").write_text("a file")
