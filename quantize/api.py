@@ -10,7 +10,7 @@ from edgevfm.runtime.progress import progress
 from edgevfm.runtime import load
 from edgevfm.runtime.bundle import open_bundle, write_manifest
 from edgevfm.quantize.errors import CalibrationError, QuantizeError
-from edgevfm.runtime.errors import BundleError, MissingExtraError, UsageError
+from edgevfm.runtime.errors import BundleError, InputError, MissingExtraError, UsageError
 from edgevfm.runtime.output import check_out_dir, staged_bundle
 
 from .calibration import calibration_images
@@ -94,7 +94,7 @@ def quantize(bundle: str | Path, recipe: str, out: str | Path, calib: str | Path
                 with quiet_ort_logging():
                     settings[name] = dict(step.apply(source.file(parts[name]["file"]), stage / written,
                                                      feeds=feeds.get(name), **sized), recipe=step.name)
-            except MissingExtraError:  # an extra to install, not a failure of the recipe
+            except (MissingExtraError, InputError):  # an extra to install, a part the recipe cannot take
                 raise
             except Exception as exc:  # an ORT failure: say which part and recipe
                 raise QuantizeError(f"recipe {step.name!r} failed on part {name!r}: {exc}"
@@ -109,10 +109,14 @@ def quantize(bundle: str | Path, recipe: str, out: str | Path, calib: str | Path
             if step.backend == "openvino":
                 data = (stage / written).with_suffix(".bin")
             parts[name]["data"] = [str(Path(written).with_name(data.name))] if data.is_file() else []
-        manifest.update(parts=parts, recipe={"name": chosen.name, "parts": settings},
+        recipe_entry = {"name": chosen.name, "parts": settings}
+        checked = tensorrt_check(stage, parts, chosen.name)
+        if checked:
+            recipe_entry["tensorrt_check"] = checked
+        manifest.update(parts=parts, recipe=recipe_entry,
                         calibration=calibration, tools=tool_versions(), quantized_on=quantized_on())
         write_manifest(stage, manifest)
-        _smoke_run(stage, chosen.name)
+        _smoke_run(stage, chosen.name, simulate=bool(checked))
     return out
 
 
@@ -146,9 +150,30 @@ def bundle_feeds(source, calib, samples: int) -> dict[str, list[dict]]:
     return make_feeds(pipeline, calibration_images(calib, samples), samples)
 
 
-def _smoke_run(stage: Path, recipe: str) -> None:
-    """Load the new bundle with the runtime; a graph the backend cannot run fails here."""
+def tensorrt_check(stage: Path, parts: dict, recipe: str) -> dict | None:
+    """``edgevfm check --target tensorrt`` on the TensorRT-format parts just written: an error
+    finding fails the recipe (nothing is left behind); the summary, warnings included, goes into
+    the manifest. None when the recipe wrote no TensorRT-format part."""
+    from .check import CheckError, check_parts, summary
+
+    written = {name: stage / p["file"] for name, p in parts.items() if p["backend"] == "tensorrt"}
+    if not written:
+        return None
+    findings = check_parts(written)
+    errors = [f for f in findings if f.severity == "error"]
+    if errors:
+        lines = "\n".join(f"  - {f.line()}" for f in errors[:20])
+        raise CheckError(f"recipe {recipe!r} wrote graphs TensorRT would refuse ({len(errors)} findings):\n{lines}")
+    return {"parts": sorted(written), "targets": summary(findings),
+            "warnings": sorted({f"{f.target}: {f.part}: {f.kind}: {f.why}" for f in findings})[:20]}
+
+
+def _smoke_run(stage: Path, recipe: str, simulate: bool = False) -> None:
+    """Load the new bundle with the runtime (a TensorRT-format one in its CPU simulation); a graph
+    the backend cannot run fails here."""
+    from edgevfm.runtime.tensorrt import SIMULATE
+
     try:
-        load(stage, threads=1)
+        load(stage, threads=1, providers=SIMULATE if simulate else None)
     except Exception as exc:
         raise QuantizeError(f"recipe {recipe!r} produced a bundle the runtime cannot open: {exc}") from exc

@@ -16,15 +16,16 @@ from pathlib import Path
 import numpy as np
 
 
-def weight_nodes(model, op_types: list[str]) -> tuple[list[str], list[str]]:
-    """(activation tensors to calibrate, names of op_types nodes without a constant weight)."""
+def weight_nodes(model, op_types: list[str], exclude=()) -> tuple[list[str], list[str]]:
+    """(activation tensors to calibrate, names of op_types nodes without a constant weight or in
+    ``exclude``: the nodes to leave in float)."""
     constants = {t.name for t in model.graph.initializer}
     constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
     tensors, excluded = [], []
     for node in model.graph.node:
         if node.op_type not in op_types:
             continue
-        if len(node.input) < 2 or node.input[1] not in constants:
+        if len(node.input) < 2 or node.input[1] not in constants or node.name in exclude:
             excluded.append(node.name)
         else:  # the quantizer wants ranges for the activation in and the result out
             tensors += [t for t in (node.input[0], *node.output) if t not in constants]

@@ -235,12 +235,12 @@ def _nbits(model, bits: int, block_size: int, **chosen):
     model = gemms_as_matmuls(model)
     quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=True, accuracy_level=4,
                                      **chosen)
-    with _all_zero_blocks_allowed():
+    with all_zero_blocks_allowed():
         quantizer.process()
     return quantizer.model.model
 
 
-def _all_zero_blocks_allowed():
+def all_zero_blocks_allowed():
     """A block of zeros (an embedding's padding row) has scale 0: ORT's quantizer divides by it
     under ``np.where(scale == 0, 0, ...)``, which is right but makes numpy warn on every such block."""
     import numpy as np
@@ -278,7 +278,7 @@ def int4_gather(src: Path, dst: Path, feeds=None, block_size: int = 32, **_) -> 
 
     quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), bits=4, block_size=block_size, is_symmetric=True,
                                      op_types_to_quantize=("Gather",), quant_axes=(("Gather", 1),))
-    with _all_zero_blocks_allowed():
+    with all_zero_blocks_allowed():
         quantizer.process()
     save_onnx(quantizer.model.model, dst)
     return {"bits": 4, "block_size": block_size, "symmetric": True, "op": "GatherBlockQuantized"}
@@ -317,13 +317,16 @@ register(Recipe("int4-embed", "int4", "4-bit embedding table (GatherBlockQuantiz
                  families=("llava", "blip2")))
 
 
-def register_family_recipe(name: str, family: str, description: str, plan: dict[str, str]) -> Recipe:
-    """A family's own recipe: one existing recipe (or "fp32") per part."""
+def register_family_recipe(name: str, family: str, description: str, plan: dict[str, str],
+                           listed: bool = True) -> Recipe:
+    """A family's own recipe: one existing recipe (or "fp32") per part; ``listed=False`` leaves it
+    out of ``--recipe auto`` and the demo (the TensorRT-format ones)."""
     steps = [RECIPES.get(r) for r in plan.values() if r != KEEP]
     precision = "/".join(sorted({s.precision for s in steps} | ({"fp32"} if KEEP in plan.values() else set())))
     backends = sorted({s.backend for s in steps} | ({"onnxruntime"} if KEEP in plan.values() else set()))
     return register(Recipe(name, precision, description, plan=plan, families=(family,),
-                            needs_calibration=any(s.needs_calibration for s in steps), backend="/".join(backends)))
+                            needs_calibration=any(s.needs_calibration for s in steps), backend="/".join(backends),
+                            listed=listed))
 
 
 def recipes_for(family: str) -> list[str]:

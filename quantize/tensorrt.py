@@ -1,38 +1,69 @@
 """TensorRT-format recipes: graphs that TensorRT's ONNX parser builds an engine from, written on any
-machine and simulated on ONNX Runtime's CPU provider until the engine is built on the device.
+machine, checked against TensorRT's operator tables (:mod:`.check`, run at the end of every one of
+them) and simulated on ONNX Runtime's CPU provider until the engine is built on the device. Their
+parts have the ``tensorrt`` backend (``edgevfm.runtime.tensorrt``).
 
 - ``trt-int8``: explicit quantization as TensorRT wants it (the option set NVIDIA's Model Optimizer
   passes to ONNX Runtime's quantizer): QuantizeLinear/DequantizeLinear pairs, signed INT8 with zero
   points 0 for activations and weights, weights per output channel, biases left in float; only on
   the MatMul/Gemm/Conv nodes with a constant weight (attention's activation x activation products
-  stay float), calibrated on the family's feeds. No ONNX Runtime contrib operator, no
+  stay float, and so do the MatMuls after a GELU: :func:`after_gelu`), calibrated on the family's feeds. No ONNX Runtime contrib operator, no
   integer-arithmetic operator (MatMulInteger, QLinear*), no graph pre-processing (TensorRT fuses
   the Q/DQ pairs itself).
 - ``trt-fp16``: the ``fp16`` recipe's graph (float16 weights and compute, normalisation in float32),
   marked for a strongly typed build (``trtexec --stronglyTyped``).
+- ``trt-int4``: a language model's MatMul weights at 4 bits, symmetric blocks of 32 along the input
+  axis, as standard ``DequantizeLinear`` (INT4, ``block_size``, no zero point, opset 21) before a
+  plain MatMul: TensorRT 10 reads the blocked scales; ONNX Runtime's CPU optimizer fuses the pattern
+  into its 4-bit kernel. The LM head (the MatMul making ``logits``) stays in float: int4-mixed's
+  measurement (recipes.py) found it the costliest MatMul at 4 bits. Family recipes
+  (``llava-trt-int4``, ``blip2-trt-int4``) put it on the LLM and trt-fp16 on the rest.
+- ``trt-fp32``: the graph as exported, for parts measurement keeps in float32 (``sam-trt-int8``'s
+  prompt decoder, as ``sam-int8``'s).
 
-Not offered by ``--recipe auto`` or the demo: they are judged on a GPU, not on this CPU.
+All refuse a graph that holds ONNX Runtime contrib operators before they start (LLaVA's default
+builder graph: export it with ``--llm-graph plain``). Not offered by ``--recipe auto`` or the demo:
+they are judged on the device, not on this CPU.
 """
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
-from .recipes import FULL_RANGE, INT8_ACTIVATIONS, INT8_OPS, Recipe, fp16, register
+from edgevfm.runtime.errors import InputError
+
+from .recipes import INT8_OPS, Recipe, fp16, gemms_as_matmuls, register
 
 TARGET = "tensorrt"
 # what no TensorRT-format graph may hold: ONNX Runtime's integer-arithmetic and contrib operators
 NOT_FOR_TENSORRT = ("DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "QLinearMatMul", "QLinearConv",
                     "MatMulIntegerToFloat", "MatMulNBits", "GatherBlockQuantized", "QAttention", "QGemm")
+INT4_BLOCK = 32
 
 
-def trt_int8(src: Path, dst: Path, feeds=None, **_) -> dict:
+def standard_onnx(src: Path):
+    """The FP32 part, refused when it holds operators outside standard ONNX (TensorRT cannot parse them)."""
     import onnx
+
+    model = onnx.load(str(src))
+    custom = sorted({f"{n.domain}.{n.op_type}" for n in model.graph.node if n.domain not in ("", "ai.onnx")})
+    if custom:
+        raise InputError(f"{src.name} holds operators TensorRT cannot parse ({', '.join(custom[:5])}): export the model "
+                         "again with --llm-graph plain (standard ONNX operators) and quantize that bundle")
+    return model
+
+
+def trt_int8(src: Path, dst: Path, feeds=None, gelu_in_float: bool = True, **_) -> dict:
+    """``gelu_in_float=False``: every MatMul/Gemm with a constant weight in INT8, the inputs after a
+    GELU included (the control the TensorRT reports measure the default against: :func:`after_gelu`)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     from .calibrate import activation_ranges, weight_nodes, write_cache
 
-    tensors, excluded = weight_nodes(onnx.load(str(src), load_external_data=False), INT8_OPS)
+    model = standard_onnx(src)
+    one_sided = after_gelu(model) if gelu_in_float else []
+    tensors, excluded = weight_nodes(model, INT8_OPS, exclude=one_sided)
     cache = write_cache(activation_ranges(src, feeds, tensors), dst.with_name(f".{dst.stem}.calib.json"))
     try:
         quantize_static(str(src), str(dst), None, quant_format=QuantFormat.QDQ, op_types_to_quantize=INT8_OPS,
@@ -43,17 +74,118 @@ def trt_int8(src: Path, dst: Path, feeds=None, **_) -> dict:
                                        "QDQDisableWeightAdjustForInt32Bias": True})
     finally:
         cache.unlink(missing_ok=True)
-    return {"target": TARGET, "format": "QDQ", "activations": "int8 symmetric", "weights": "int8 symmetric per-channel",
-            "op_types": INT8_OPS, "calibrate_method": "minmax", "float_nodes": len(excluded),
-            "calibrated_tensors": len(tensors), INT8_ACTIVATIONS: FULL_RANGE}
+    return {"target": TARGET, "strongly_typed": True, "format": "QDQ", "activations": "int8 symmetric",
+            "weights": "int8 symmetric per-channel", "op_types": INT8_OPS, "calibrate_method": "minmax",
+            "float_nodes": len(excluded), "float_after_gelu": len(one_sided), "calibrated_tensors": len(tensors)}
+
+
+ONE_SIDED = ("Erf", "Gelu", "Sigmoid", "Tanh")  # GELU as exported (erf), CLIP's quick GELU (sigmoid), tanh GELU
+THROUGH = ("Mul", "Add", "Div")
+
+
+def after_gelu(model) -> list[str]:
+    """The MatMul/Gemm nodes whose input is a GELU's output (an MLP's second projection): its values
+    lie in [-0.17, max], so symmetric INT8 spends half its codes on values that never occur. Kept in
+    float; the TensorRT report (benchmarks/reports/tensorrt-clip-tiny, its command inside) has the
+    accuracy of both choices (trt-int8 and trt-int8-gelu)."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+
+    def one_sided(name: str, depth: int = 4) -> bool:
+        node = producer.get(name)
+        if node is None or depth == 0:
+            return False
+        if node.op_type in ONE_SIDED:
+            return True
+        return node.op_type in THROUGH and any(one_sided(i, depth - 1) for i in node.input if i)
+
+    return [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and one_sided(n.input[0])]
 
 
 def trt_fp16(src: Path, dst: Path, feeds=None, **_) -> dict:
+    standard_onnx(src)
     return {"target": TARGET, "strongly_typed": True, **fp16(src, dst)}
+
+
+def trt_int4(src: Path, dst: Path, feeds=None, block_size: int = INT4_BLOCK, **_) -> dict:
+    """Symmetric 4-bit blocks with positive scales (amax / 7, as TensorRT requires scales > 0: ONNX
+    Runtime's own 4-bit quantizer signs its scales) on every MatMul with a constant [K, N] weight
+    whose K divides into blocks, the LM head excepted."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgevfm.export.external import save_onnx
+
+    model = gemms_as_matmuls(at_opset(standard_onnx(src), 21))  # OPT's fc1/fc2 (BLIP-2) are Gemm
+    weights = {t.name: t for t in model.graph.initializer}
+    uses = {}
+    for node in model.graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    nodes, kept, head = [], 0, 0
+    for node in model.graph.node:
+        weight = weights.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) > 1 else None
+        if weight is None or len(weight.dims) != 2 or weight.dims[0] % block_size or uses[node.input[1]] > 1:
+            nodes.append(node)
+            kept += node.op_type == "MatMul"
+            continue
+        if "logits" in node.output:
+            head += 1
+            nodes.append(node)
+            continue
+        values = numpy_helper.to_array(weight).astype(np.float32)
+        rows, cols = values.shape
+        blocks = values.reshape(rows // block_size, block_size, cols)
+        scale = np.abs(blocks).max(axis=1) / 7.0
+        scale[scale == 0] = 1.0  # an all-zero block: any positive scale
+        quantized = np.clip(np.rint(blocks / scale[:, None, :]), -8, 7).astype(np.int8).reshape(rows, cols)
+        name = node.input[1]
+        model.graph.initializer.remove(weight)
+        model.graph.initializer.extend([
+            helper.make_tensor(f"{name}_int4", TensorProto.INT4, [rows, cols], quantized.flatten().tolist()),
+            numpy_helper.from_array(scale.astype(np.float32), f"{name}_scale")])
+        nodes.append(helper.make_node("DequantizeLinear", [f"{name}_int4", f"{name}_scale"], [f"{name}_dequantized"],
+                                      name=f"{node.name}/DequantizeLinear", axis=0, block_size=block_size))
+        nodes.append(helper.make_node("MatMul", [node.input[0], f"{name}_dequantized"], list(node.output),
+                                      name=node.name))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    save_onnx(model, dst)
+    return {"target": TARGET, "strongly_typed": True, "format": "DequantizeLinear INT4 blocks", "bits": 4,
+            "block_size": block_size, "symmetric": True, "scale": "amax / 7", "opset": 21,
+            "float_matmuls": kept, "float_lm_head": bool(head)}
+
+
+def at_opset(model, opset: int):
+    """``model`` converted to ``opset`` (INT4 and DequantizeLinear's ``block_size`` need 21): the
+    operators whose signature changed since the export's opset (ReduceMean's axes) are rewritten."""
+    from onnx import version_converter
+
+    current = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), opset)
+    if current >= opset:
+        return model
+    converted = version_converter.convert_version(model, opset)
+    converted.ir_version = max(converted.ir_version, 10)
+    return converted
+
+
+def trt_fp32(src: Path, dst: Path, feeds=None, **_) -> dict:
+    """The FP32 graph as it is, for TensorRT: a part that measurement keeps in float32."""
+    from edgevfm.export.external import save_onnx
+
+    save_onnx(standard_onnx(src), dst)
+    return {"target": TARGET, "strongly_typed": True}
 
 
 register(Recipe("trt-int8", "int8", "TensorRT format: signed symmetric INT8 Q/DQ (zero points 0, per-channel weights, "
                 "float biases) on MatMul/Gemm/Conv, calibrated on real photos; simulated on the CPU here", trt_int8,
-                needs_calibration=True, listed=False))
+                needs_calibration=True, listed=False, backend=TARGET))
+register(Recipe("trt-int8-gelu", "int8", "trt-int8 with the MatMuls after a GELU in INT8 too (the control its choice is "
+                "measured against)", functools.partial(trt_int8, gelu_in_float=False), needs_calibration=True,
+                listed=False, backend=TARGET))
 register(Recipe("trt-fp16", "fp16", "TensorRT format: float16 weights and compute, normalisation in float32, for a "
-                "strongly typed build; simulated on the CPU here", trt_fp16, listed=False))
+                "strongly typed build; simulated on the CPU here", trt_fp16, listed=False, backend=TARGET))
+register(Recipe("trt-int4", "int4", "TensorRT format: 4-bit weight-only MatMul blocks as standard DequantizeLinear "
+                "(INT4, opset 21), for language models; simulated on the CPU here", trt_int4, listed=False,
+                backend=TARGET, families=("llava", "blip2")))
+register(Recipe("trt-fp32", "fp32", "TensorRT format: the FP32 graph as exported (a part kept in float32)", trt_fp32,
+                listed=False, backend=TARGET))

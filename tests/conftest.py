@@ -170,3 +170,19 @@ def blip2_t5_checkpoint():
 @pytest.fixture(scope="session")
 def blip2_t5_bundle(tmp_path_factory) -> Path:
     return _bundle("random:blip2-t5-tiny", tmp_path_factory, "blip2-t5")
+
+
+@pytest.fixture(scope="session")
+def trt_bundles(request, tmp_path_factory) -> dict[tuple[str, str], Path]:
+    """The TensorRT-format recipes of every family (helpers.TRT_MADE), made once."""
+    from edgevfm.quantize.api import quantize
+
+    from helpers import TRT_MADE
+
+    out = tmp_path_factory.mktemp("trt")
+    made = {}
+    for family, recipes in TRT_MADE.items():
+        source = request.getfixturevalue(family)
+        for recipe in recipes:
+            made[family, recipe] = quantize(source, recipe, out / f"{family}-{recipe}", samples=4, show_progress=False)
+    return made

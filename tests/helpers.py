@@ -80,3 +80,9 @@ def save_checkpoint(checkpoint, folder):
     checkpoint.assets["tokenizer"].save_pretrained(folder)
     checkpoint.assets["image_processor"].save_pretrained(folder)
     return folder
+
+
+# {family fixture: the TensorRT-format recipes made from it} (tests/test_tensorrt_*.py)
+TRT_MADE = {"clip_bundle": ("trt-int8", "trt-fp16"), "sam_bundle": ("sam-trt-int8", "trt-fp16"),
+            "blip_bundle": ("trt-int8", "trt-fp16"), "blip2_bundle": ("blip2-trt-int4", "trt-int8", "trt-fp16"),
+            "llava_plain_bundle": ("llava-trt-int4", "trt-int8", "trt-fp16")}

@@ -56,3 +56,7 @@ def calibration_feeds(predictor, images: list, samples: int) -> dict[str, list[d
 
 
 calibration_feeds.default_samples = 8  # each is an encoder run at 1024 x 1024: seconds each at ViT-B size
+# TensorRT: the INT8 encoder (Q/DQ as TensorRT fuses them) with the decoder in FP32, for the reason
+# sam-int8 keeps it there (its measurement, benchmarks/reports/sam-vit-b).
+register_family_recipe("sam-trt-int8", "sam", "SAM, TensorRT format: INT8 image encoder (trt-int8), FP32 prompt decoder",
+                       {"image_encoder": "trt-int8", "prompt_decoder": "trt-fp32"}, listed=False)
