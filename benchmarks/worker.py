@@ -199,8 +199,10 @@ def reference_calls(reference: str, bench, settings: dict) -> tuple:
 
 def _open_bundle(task: dict, bench) -> dict:
     from edgevfm.runtime import load
+    from edgevfm.runtime.tensorrt import SIMULATED, simulation_providers
 
-    pipeline, load_s = timed(lambda: load(task["target"], threads=task["threads"]))
+    providers = simulation_providers(task["target"])  # a TensorRT-format bundle: its CPU simulation
+    pipeline, load_s = timed(lambda: load(task["target"], threads=task["threads"], providers=providers))
     bundle = pipeline.bundle
     recipe = (bundle.manifest.get("recipe") or {}).get("name")
     auto = (bundle.manifest.get("recipe") or {}).get("auto") or {}
@@ -213,7 +215,9 @@ def _open_bundle(task: dict, bench) -> dict:
                if DEFAULT_EXPORT_OPTIONS.get(k) != v}
     label = "".join(f" ({k}={v})" for k, v in sorted(choices.items()))
     shown = f"auto ({auto.get('chosen')})" if auto else recipe or "fp32"
-    return {"name": f"{'/'.join(backends)} {shown}{label}", "kind": "bundle", "backend": "/".join(backends),
+    if providers:
+        label += f" ({SIMULATED})"
+    return {"name": f"{'/'.join(backends)} {shown}{label}", **({"simulated": SIMULATED} if providers else {}), "kind": "bundle", "backend": "/".join(backends),
             "precision": "/".join(precisions), "recipe": recipe, "path": str(bundle.path), "export_choices": choices,
             "parts": {name: part.precision for name, part in bundle.parts.items()},
             **open_bundle_facts(bundle),

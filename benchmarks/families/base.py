@@ -25,6 +25,10 @@ class Bench(ABC):
     variant_recipes: ClassVar[tuple[str, ...]] = ()  # each variant quantized with these
     auto_in_report: ClassVar[bool] = False  # make report adds the bundle --recipe auto picks
     measures_peers: ClassVar[bool] = False  # peers() measures other runtimes on the same weights
+    # -- python -m edgevfm.benchmarks.tensorrt: the family's TensorRT-format recipes, and the export
+    # options they need (a language model's plain graph)
+    tensorrt_recipes: ClassVar[tuple[str, ...]] = ("trt-int8", "trt-fp16")
+    tensorrt_export: ClassVar[dict] = {}
 
     # -- the figures --recipe auto holds a candidate to (benchmarks/auto.py) ---------------------
     cosine_keys: ClassVar[tuple[str, ...]] = ()  # accuracy keys that are cosines to FP32 (the lowest counts)

@@ -19,6 +19,8 @@ few photos and captions, and whether each query's top-1 (text -> image, image ->
 
 from __future__ import annotations
 
+from edgevfm.runtime.tensorrt import simulation_providers
+
 from pathlib import Path
 
 import numpy as np
@@ -102,7 +104,7 @@ class BlipBench(Bench):
         from edgevfm.runtime import load
 
         for path in bundles:
-            pipeline = load(path, threads=threads)
+            pipeline = load(path, threads=threads, providers=simulation_providers(path))
             said = TASK_WORK[pipeline.manifest.get("task", "caption")].say(pipeline, skimage.data.chelsea())
             print(f"      {path.name:>13}: {said or '(nothing: the model chose its stop token first)'}")
 

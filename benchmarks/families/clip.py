@@ -3,6 +3,8 @@ embeddings, zero-shot classification and retrieval (and top-1 accuracy on a labe
 
 from __future__ import annotations
 
+from edgevfm.runtime.tensorrt import simulation_providers
+
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +53,7 @@ def labelled_folder(data: str | None) -> tuple[list[str], list[Path], list[int]]
 class ClipBench(Bench):
     parts = ("vision", "text")
     demo_runs = 30  # make report
+    tensorrt_recipes = ("trt-int8", "trt-int8-gelu", "trt-fp16")
     quick_runs = 10  # make demo: a first look (ViT-B/32's rows keep their order at 10)
     # --recipe auto: the figures a candidate is held to (see benchmarks/auto.py), and their defaults
     cosine_keys = ("image_cosine_mean", "text_cosine_mean")
@@ -70,7 +73,7 @@ class ClipBench(Bench):
 
         labels = ["an astronaut", "a cat", "a rocket", "a cup of coffee"]
         for path in bundles:
-            ranking = load(path, threads=threads).classify(np.asarray(skimage.data.astronaut()), labels)
+            ranking = load(path, threads=threads, providers=simulation_providers(path)).classify(np.asarray(skimage.data.astronaut()), labels)
             print(f"      {path.name:>13}: " + ", ".join(f"{label} {p:.3f}" for label, p in ranking))
         print("      (random weights: the ranking is arbitrary; what matters is that every bundle agrees)")
 

@@ -6,6 +6,8 @@ logits, so agreement there says little; the ``llava-smol`` preset has a trained 
 
 from __future__ import annotations
 
+from edgevfm.runtime.tensorrt import simulation_providers
+
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +61,8 @@ class LlavaBench(Bench):
     variant_recipes = ("llava-int4", "ov-fp32", "ov-int8", "ov-int4")
     max_runs = {"prefill": 5}
     measures_peers = True  # llama.cpp and bitsandbytes on the same weights
+    tensorrt_recipes = ("llava-trt-int4", "trt-int8", "trt-fp16")
+    tensorrt_export = {"llm_graph": "plain"}  # TensorRT parses no contrib operator (the builder graph's)
 
     @staticmethod
     def demo(bundles: list[Path], report_dir: Path, threads: int) -> None:
@@ -69,7 +73,7 @@ class LlavaBench(Bench):
 
         for path in bundles:
             print(f"      {path.name:>13}: ", end="", flush=True)
-            for piece in load(path, threads=threads).chat(skimage.data.chelsea()).send(QUESTIONS[0], stream=True,
+            for piece in load(path, threads=threads, providers=simulation_providers(path)).chat(skimage.data.chelsea()).send(QUESTIONS[0], stream=True,
                                                                                           max_new_tokens=24):
                 print(piece, end="", flush=True)
             print()
