@@ -346,3 +346,33 @@ def test_fuzzed_blip2_prompt_question_and_settings_are_text_or_a_typed_error(tex
     except InputError:  # UsageError is one too
         return
     assert isinstance(said, str)
+
+
+def test_tensorrt_check_on_hostile_bundles_is_a_typed_error(trt_bundles, tmp_path, capsys):
+    """A folder that is not a bundle, a tampered part (hashes rewritten, as a hostile writer would),
+    and a part replaced by bytes that are no graph: each a typed error (exit 3), never a traceback;
+    a tampered part that parses is checked like any other (the contrib operator planted is found)."""
+    import json
+
+    import onnx
+    from onnx import helper
+
+    from helpers import copy_bundle, edit_manifest
+
+    assert main(["check", str(tmp_path)]) == 3
+    assert "invalid bundle" in capsys.readouterr().err
+    garbage = copy_bundle(trt_bundles["clip_bundle", "trt-int8"], tmp_path / "garbage")
+    (garbage / "text.onnx").write_bytes(b"\x08\x07not a graph" * 100)
+    edit_manifest(garbage, lambda m: None, rehash=True)
+    assert main(["check", str(garbage)]) == 3
+    assert "part 'text' (text.onnx) is not an ONNX graph" in capsys.readouterr().err
+    planted = copy_bundle(trt_bundles["clip_bundle", "trt-int8"], tmp_path / "planted")
+    model = onnx.load(str(planted / "vision.onnx"))
+    node = next(n for n in model.graph.node if n.op_type == "Softmax")
+    node.domain, node.op_type = "com.microsoft", "FastGelu"
+    model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    onnx.save(model, str(planted / "vision.onnx"))
+    edit_manifest(planted, lambda m: None, rehash=True)
+    assert main(["check", str(planted), "--target", "tensorrt-10.3", "--json"]) == 1
+    found = json.loads(capsys.readouterr().out)
+    assert [(f["part"], f["kind"], f["node"]) for f in found] == [("vision", "domain", node.name)]
