@@ -285,15 +285,74 @@ def int4_gather(src: Path, dst: Path, feeds=None, block_size: int = 32, **_) -> 
 
 
 FP16_KEEP_FP32 = ["LayerNormalization", "Softmax", "ReduceMean", "Pow", "Sqrt", "Div", "Erf"]
+# after a norm's square, the statistic's elementwise steps stay float32 too (see norm_statistics)
+NORM_STEPS = ("ReduceMean", "Add", "Sqrt", "Div", "Reciprocal")
+
+
+def norm_statistics(model) -> list[str]:
+    """The nodes of every normalisation written out in elementwise operations (RMSNorm, T5's norm,
+    SAM's LayerNorm2d): from the Pow that squares to the Mul or Div that scales by the statistic.
+    ONNX Runtime's converter keeps each blocked node in float32 but casts its output back to float16
+    before the next one: a square of 290 (trained:llava-smol's residual stream at layer 2) is past
+    float16's 65504, and the statistic became inf (python -m edgevfm.benchmarks.tensorrt has the
+    bench rows of trt-fp16 on trained:llava-smol)."""
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    kept: set[str] = set()
+    for start in (n for n in model.graph.node if n.op_type == "Pow"):
+        frontier = [start]
+        while frontier:
+            node = frontier.pop()
+            if node.name in kept:
+                continue
+            kept.add(node.name)
+            for after in (c for out in node.output for c in consumers.get(out, [])):
+                if after.op_type in NORM_STEPS:
+                    frontier.append(after)
+                elif after.op_type == "Mul":
+                    kept.add(after.name)  # x * 1/rms: the normalised value, back in range
+    return sorted(kept)
+
+
+def without_round_trips(model):
+    """Drop every Cast to float16 followed at once by a Cast back to float32: the converter puts
+    one between two nodes it keeps in float32, and the value must not pass through float16."""
+    from onnx import TensorProto, helper
+
+    producer = {o: n for n in model.graph.node for o in n.output}
+    types = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.value_info, *model.graph.input]}
+    types.update({t.name: t.data_type for t in model.graph.initializer})
+    rename, dropped = {}, set()
+    for node in model.graph.node:
+        if node.op_type != "Cast" or helper.get_attribute_value(node.attribute[0]) != TensorProto.FLOAT:
+            continue
+        before = producer.get(node.input[0])
+        if before is not None and before.op_type == "Cast" \
+                and helper.get_attribute_value(before.attribute[0]) == TensorProto.FLOAT16 \
+                and types.get(before.input[0]) == TensorProto.FLOAT:
+            rename[node.output[0]] = before.input[0]
+            dropped.add(node.name)
+    outputs = {o.name for o in model.graph.output}
+    for node in model.graph.node:
+        node.input[:] = [rename.get(i, i) if i not in outputs else i for i in node.input]
+    kept = [n for n in model.graph.node if n.name not in dropped or any(o in outputs for o in n.output)]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    return model
 
 
 def fp16(src: Path, dst: Path, feeds=None, **_) -> dict:
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True, op_block_list=FP16_KEEP_FP32)
-    save_onnx(model, dst)
-    return {"kept_fp32": FP16_KEEP_FP32}
+    model = onnx.load(str(src))
+    statistics = norm_statistics(model)
+    model = convert_float_to_float16(model, keep_io_types=True, op_block_list=FP16_KEEP_FP32,
+                                     node_block_list=statistics)
+    save_onnx(without_round_trips(model), dst)
+    return {"kept_fp32": FP16_KEEP_FP32, "norm_statistics_fp32": len(statistics)}
 
 
 register(Recipe("int8-dynamic", "int8", "INT8 (U8U8) weights, activations quantized at run time (MatMul/Gemm/Conv)",

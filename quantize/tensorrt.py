@@ -12,12 +12,13 @@ parts have the ``tensorrt`` backend (``edgevfm.runtime.tensorrt``).
   the Q/DQ pairs itself).
 - ``trt-fp16``: the ``fp16`` recipe's graph (float16 weights and compute, normalisation in float32),
   marked for a strongly typed build (``trtexec --stronglyTyped``).
-- ``trt-int4``: a language model's MatMul weights at 4 bits, symmetric blocks of 32 along the input
-  axis, as standard ``DequantizeLinear`` (INT4, ``block_size``, no zero point, opset 21) before a
-  plain MatMul: TensorRT 10 reads the blocked scales; ONNX Runtime's CPU optimizer fuses the pattern
-  into its 4-bit kernel. The LM head (the MatMul making ``logits``) stays in float: int4-mixed's
-  measurement (recipes.py) found it the costliest MatMul at 4 bits. Family recipes
-  (``llava-trt-int4``, ``blip2-trt-int4``) put it on the LLM and trt-fp16 on the rest.
+- ``trt-int4``: a language model's MatMul weights, weight-only, as standard ``DequantizeLinear``
+  before a plain MatMul (no zero point, opset 21): symmetric 4-bit blocks of 32 along the input
+  axis (INT4, ``block_size``) where ``int4-mixed`` puts 4 bits, 8-bit weights per output channel
+  where it puts 8 (the LM head among them: int4-mixed's measurement, recipes.py). TensorRT 10 reads
+  both (weight-only quantization); ONNX Runtime's CPU optimizer fuses the pattern into its own
+  kernels. Family recipes (``llava-trt-int4``, ``blip2-trt-int4``) put it on the LLM and
+  trt-fp16 on the rest.
 - ``trt-fp32``: the graph as exported, for parts measurement keeps in float32 (``sam-trt-int8``'s
   prompt decoder, as ``sam-int8``'s).
 
@@ -107,52 +108,66 @@ def trt_fp16(src: Path, dst: Path, feeds=None, **_) -> dict:
 
 
 def trt_int4(src: Path, dst: Path, feeds=None, block_size: int = INT4_BLOCK, **_) -> dict:
-    """Symmetric 4-bit blocks with positive scales (amax / 7, as TensorRT requires scales > 0: ONNX
-    Runtime's own 4-bit quantizer signs its scales) on every MatMul with a constant [K, N] weight
-    whose K divides into blocks, the LM head excepted."""
-    import numpy as np
-    from onnx import TensorProto, helper, numpy_helper
-
+    """Weight-only, with int4-mixed's measured choice of bits (recipes.wide_matmuls): symmetric 4-bit
+    blocks along K on the MLP's gate/up projections, 8-bit weights per output channel on the
+    attention and down projections, the LM head and the first and last layers. Scales are positive
+    (amax / 7, amax / 127), as TensorRT requires (ONNX Runtime's own 4-bit quantizer signs them).
+    A MatMul whose K does not divide into blocks keeps 8 bits."""
     from edgevfm.export.external import save_onnx
 
+    from .recipes import wide_matmuls
+
     model = gemms_as_matmuls(at_opset(standard_onnx(src), 21))  # OPT's fc1/fc2 (BLIP-2) are Gemm
+    wide = set(wide_matmuls(model))
     weights = {t.name: t for t in model.graph.initializer}
-    uses = {}
+    uses: dict[str, int] = {}
     for node in model.graph.node:
         for name in node.input:
             uses[name] = uses.get(name, 0) + 1
-    nodes, kept, head = [], 0, 0
+    nodes, bits = [], {4: 0, 8: 0}
     for node in model.graph.node:
         weight = weights.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) > 1 else None
-        if weight is None or len(weight.dims) != 2 or weight.dims[0] % block_size or uses[node.input[1]] > 1:
-            nodes.append(node)
-            kept += node.op_type == "MatMul"
-            continue
-        if "logits" in node.output:
-            head += 1
+        if weight is None or len(weight.dims) != 2 or uses[node.input[1]] > 1:
             nodes.append(node)
             continue
-        values = numpy_helper.to_array(weight).astype(np.float32)
-        rows, cols = values.shape
-        blocks = values.reshape(rows // block_size, block_size, cols)
-        scale = np.abs(blocks).max(axis=1) / 7.0
-        scale[scale == 0] = 1.0  # an all-zero block: any positive scale
-        quantized = np.clip(np.rint(blocks / scale[:, None, :]), -8, 7).astype(np.int8).reshape(rows, cols)
-        name = node.input[1]
-        model.graph.initializer.remove(weight)
-        model.graph.initializer.extend([
-            helper.make_tensor(f"{name}_int4", TensorProto.INT4, [rows, cols], quantized.flatten().tolist()),
-            numpy_helper.from_array(scale.astype(np.float32), f"{name}_scale")])
-        nodes.append(helper.make_node("DequantizeLinear", [f"{name}_int4", f"{name}_scale"], [f"{name}_dequantized"],
-                                      name=f"{node.name}/DequantizeLinear", axis=0, block_size=block_size))
-        nodes.append(helper.make_node("MatMul", [node.input[0], f"{name}_dequantized"], list(node.output),
-                                      name=node.name))
+        four = node.name not in wide and weight.dims[0] % block_size == 0
+        nodes += dequantized_matmul(model, node, weight, block_size if four else None)
+        bits[4 if four else 8] += 1
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     save_onnx(model, dst)
-    return {"target": TARGET, "strongly_typed": True, "format": "DequantizeLinear INT4 blocks", "bits": 4,
-            "block_size": block_size, "symmetric": True, "scale": "amax / 7", "opset": 21,
-            "float_matmuls": kept, "float_lm_head": bool(head)}
+    return {"target": TARGET, "strongly_typed": True, "format": "weight-only DequantizeLinear", "block_size": block_size,
+            "symmetric": True, "opset": 21, "matmuls_4_bit": bits[4], "matmuls_8_bit": bits[8],
+            "8_bit": "as int4-mixed: attention, down projections, LM head, first and last layers"}
+
+
+def dequantized_matmul(model, node, weight, block_size: int | None) -> list:
+    """``node``'s constant [K, N] weight replaced by a DequantizeLinear of it: INT4 blocks of
+    ``block_size`` along K (scale [K / block, N]), or with None INT8 per output channel (scale [N])."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    values = numpy_helper.to_array(weight).astype(np.float32)
+    rows, cols = values.shape
+    if block_size:
+        blocks = values.reshape(rows // block_size, block_size, cols)
+        scale = np.abs(blocks).max(axis=1) / 7.0
+        scale[scale == 0] = 1.0  # an all-zero block: any positive scale
+        quantized = np.clip(np.rint(blocks / scale[:, None, :]), -8, 7).reshape(rows, cols)
+        stored = helper.make_tensor(f"{weight.name}_int4", TensorProto.INT4, [rows, cols],
+                                    quantized.astype(np.int8).flatten().tolist())
+        attrs = {"axis": 0, "block_size": block_size}
+    else:
+        scale = np.abs(values).max(axis=0) / 127.0
+        scale[scale == 0] = 1.0
+        quantized = np.clip(np.rint(values / scale), -127, 127).astype(np.int8)
+        stored = numpy_helper.from_array(quantized, f"{weight.name}_int8")
+        attrs = {"axis": 1}
+    model.graph.initializer.remove(weight)
+    model.graph.initializer.extend([stored, numpy_helper.from_array(scale.astype(np.float32), f"{weight.name}_scale")])
+    return [helper.make_node("DequantizeLinear", [stored.name, f"{weight.name}_scale"], [f"{weight.name}_dequantized"],
+                             name=f"{node.name}/DequantizeLinear", **attrs),
+            helper.make_node("MatMul", [node.input[0], f"{weight.name}_dequantized"], list(node.output), name=node.name)]
 
 
 def at_opset(model, opset: int):
@@ -184,8 +199,8 @@ register(Recipe("trt-int8-gelu", "int8", "trt-int8 with the MatMuls after a GELU
                 listed=False, backend=TARGET))
 register(Recipe("trt-fp16", "fp16", "TensorRT format: float16 weights and compute, normalisation in float32, for a "
                 "strongly typed build; simulated on the CPU here", trt_fp16, listed=False, backend=TARGET))
-register(Recipe("trt-int4", "int4", "TensorRT format: 4-bit weight-only MatMul blocks as standard DequantizeLinear "
-                "(INT4, opset 21), for language models; simulated on the CPU here", trt_int4, listed=False,
+register(Recipe("trt-int4", "int4", "TensorRT format: weight-only DequantizeLinear before each MatMul, 4-bit blocks "
+                "(INT4, opset 21) and 8 bits where int4-mixed keeps 8, for language models; simulated on the CPU here", trt_int4, listed=False,
                 backend=TARGET, families=("llava", "blip2")))
 register(Recipe("trt-fp32", "fp32", "TensorRT format: the FP32 graph as exported (a part kept in float32)", trt_fp32,
                 listed=False, backend=TARGET))

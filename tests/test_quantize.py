@@ -183,3 +183,45 @@ def test_gemms_become_matmuls_with_the_same_outputs():
     assert [n.name for n in converted.graph.node] == ["fc1/Gemm/MatMul", "fc1/Gemm/Add", "fc2/Gemm/MatMul"]
     np.testing.assert_allclose(run(converted), expected, rtol=1e-6, atol=1e-6)
     assert {t.name for t in converted.graph.initializer} == {"b", "fc1/Gemm.weight", "fc2/Gemm.weight"}
+
+
+def test_fp16_keeps_a_norm_statistic_in_float32_where_its_square_overflows_float16(tmp_path):
+    """An RMSNorm written out in elementwise operations, on a residual of 300 (trained:llava-smol's
+    reaches 290): its square is past float16's 65504. ONNX Runtime's converter alone keeps Pow and
+    ReduceMean in float32 but passes the square between them through float16 (inf); the fp16 recipe
+    keeps the whole statistic in float32 and matches FP32."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    from edgevfm.quantize.recipes import FP16_KEEP_FP32, fp16
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Pow", ["x", "two"], ["sq"], name="norm/Pow"),
+             helper.make_node("ReduceMean", ["sq"], ["ms"], name="norm/ReduceMean", axes=[-1]),
+             helper.make_node("Add", ["ms", "eps"], ["mse"], name="norm/Add"),
+             helper.make_node("Sqrt", ["mse"], ["rms"], name="norm/Sqrt"),
+             helper.make_node("Div", ["one", "rms"], ["inv"], name="norm/Div"),
+             helper.make_node("Mul", ["x", "inv"], ["normed"], name="norm/Mul"),
+             helper.make_node("MatMul", ["normed", "w"], ["y"], name="proj")]
+    inits = [numpy_helper.from_array(np.float32(v), n) for n, v in (("two", 2.0), ("eps", 1e-5), ("one", 1.0))]
+    inits.append(numpy_helper.from_array(rng.normal(size=(64, 16)).astype(np.float32), "w"))
+    model = helper.make_model(helper.make_graph(nodes, "rmsnorm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 64])],
+                                                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 16])], inits),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "fp32.onnx"))
+    x = rng.normal(size=(2, 64)).astype(np.float32)
+    x[:, 3] = 300.0
+
+    def run(path):
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+    expected = run(tmp_path / "fp32.onnx")
+    onnx.save(convert_float_to_float16(onnx.load(str(tmp_path / "fp32.onnx")), keep_io_types=True,
+                                       op_block_list=FP16_KEEP_FP32), str(tmp_path / "converter.onnx"))
+    assert not np.allclose(run(tmp_path / "converter.onnx"), expected, rtol=0.05, atol=0.05)  # the trap is real
+    settings = fp16(tmp_path / "fp32.onnx", tmp_path / "fp16.onnx")
+    assert settings["norm_statistics_fp32"] == 6
+    np.testing.assert_allclose(run(tmp_path / "fp16.onnx"), expected, rtol=0.02, atol=0.02)

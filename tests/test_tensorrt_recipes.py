@@ -77,28 +77,69 @@ def test_int8_is_signed_symmetric_with_weights_per_output_channel(trt_bundles, f
 
 
 @pytest.mark.parametrize("family", ["blip2_bundle", "llava_plain_bundle"])
-def test_int4_is_standard_blocked_dequantize_before_plain_matmul(trt_bundles, family):
+def test_int4_is_standard_weight_only_dequantize_before_plain_matmul(trt_bundles, family):
+    """Every LLM MatMul weight goes through a DequantizeLinear without a zero point: 4-bit blocks of
+    32 along K, or 8 bits per output channel where int4-mixed keeps 8 (the LM head, and every layer
+    of a 2-layer tiny model, whose layers are all first or last)."""
     recipe = {"blip2_bundle": "blip2-trt-int4", "llava_plain_bundle": "llava-trt-int4"}[family]
     model = graphs(trt_bundles[family, recipe])["llm"]
     constants = {t.name: t for t in model.graph.initializer}
     produced_by = {o: n for n in model.graph.node for o in n.output}
-    blocked = 0
+    found = {}
     for node in (n for n in model.graph.node if n.op_type == "MatMul"):
         source = produced_by.get(node.input[1])
-        if "logits" in node.output:  # the LM head stays in float
-            assert source is None or source.op_type != "DequantizeLinear"
-            continue
         if source is None or source.op_type != "DequantizeLinear":
             continue
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in source.attribute}
         weight, scale = constants[source.input[0]], numpy_helper.to_array(constants[source.input[1]])
-        assert weight.data_type == onnx.TensorProto.INT4 and len(source.input) == 2  # no zero point
-        assert attrs == {"axis": 0, "block_size": 32}
-        assert scale.shape == (weight.dims[0] // 32, weight.dims[1]) and (scale > 0).all()
-        blocked += 1
-    assert blocked >= 8
+        assert len(source.input) == 2 and (scale > 0).all(), node.name  # no zero point, positive scales
+        if weight.data_type == onnx.TensorProto.INT4:
+            assert attrs == {"axis": 0, "block_size": 32} and scale.shape == (weight.dims[0] // 32, weight.dims[1])
+        else:
+            assert weight.data_type == onnx.TensorProto.INT8 and attrs == {"axis": 1} and scale.shape == (weight.dims[1],)
+        found[node.name] = weight.data_type
+    head = next(n.name for n in model.graph.node if n.op_type == "MatMul" and "logits" in n.output)
+    assert found[head] == onnx.TensorProto.INT8 and len(found) >= 8
     other = graphs(trt_bundles[family, recipe])["vision"]
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in other.graph.initializer)  # the rest: trt-fp16
+
+
+@pytest.mark.parametrize("block_size", [32, None], ids=["int4-blocks", "int8-per-channel"])
+def test_a_dequantized_weight_computes_what_its_rounded_weight_does(block_size, tmp_path):
+    """The 4-bit and 8-bit weight-only forms trt-int4 writes, run as the simulation runs them (Q/DQ
+    unfused), equal the float MatMul on the weight rounded to their grid (amax / 7 or amax / 127
+    per block or channel): what an engine computes from them."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from edgevfm.quantize.tensorrt import dequantized_matmul
+
+    rng = np.random.default_rng(0)
+    weight = rng.normal(size=(64, 24)).astype(np.float32)
+    model = helper.make_model(helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="layers.3/mlp/up_proj/MatMul")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 24])], [numpy_helper.from_array(weight, "w")]),
+        opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    node = model.graph.node[0]
+    nodes = dequantized_matmul(model, node, model.graph.initializer[0], block_size)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    x = rng.normal(size=(2, 64)).astype(np.float32)
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.disable_quant_qdq", "1")  # as runtime/tensorrt.py's simulation
+    found = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(
+        None, {"x": x})[0]
+    if block_size:
+        blocks = weight.reshape(2, 32, 24)
+        scale = np.abs(blocks).max(1, keepdims=True) / 7
+        rounded = (np.clip(np.rint(blocks / scale), -8, 7) * scale).reshape(64, 24)
+    else:
+        scale = np.abs(weight).max(0) / 127
+        rounded = np.clip(np.rint(weight / scale), -127, 127) * scale
+    np.testing.assert_allclose(found, x @ rounded, rtol=1e-4, atol=1e-4)
+    assert not np.allclose(found, x @ weight, rtol=1e-4, atol=1e-4)  # it did round
 
 
 def test_the_cpu_simulation_keeps_what_an_engine_computes(trt_bundles, clip_bundle, photos):
