@@ -116,11 +116,12 @@ def default_providers() -> list[str]:
 
 def trt_provider_options(cache: Path, precision: str, profiles: dict) -> dict:
     """ONNX Runtime TensorRT provider options: engine and timing caches in ``cache``, FP16 for a
-    float16 part (a Q/DQ part's INT8 comes from its graph, explicit quantization), and one
-    optimization profile from ``profiles``."""
+    float16 part, INT8 kernels allowed for a Q/DQ part (its scales come from its graph: explicit
+    quantization, no calibration table), and one optimization profile from ``profiles``."""
     options = {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache),
                "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(cache),
-               "trt_fp16_enable": "True" if precision == "fp16" else "False"}
+               "trt_fp16_enable": "True" if precision == "fp16" else "False",
+               "trt_int8_enable": "True" if precision in ("int8", "int4") else "False"}
     if profiles:
         for i, key in enumerate(("trt_profile_min_shapes", "trt_profile_opt_shapes", "trt_profile_max_shapes")):
             options[key] = ",".join(f"{name}:{'x'.join(str(d) for d in sizes[i])}" for name, sizes in profiles.items())

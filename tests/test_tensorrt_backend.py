@@ -58,7 +58,7 @@ def test_onnx_runtime_s_tensorrt_provider_gets_keyed_caches_profiles_and_precisi
     monkeypatch.setattr(tensorrt, "gpu_identity", lambda: {"name": "Orin (nvgpu)", "compute_capability": "8.7"})
     monkeypatch.setattr(tensorrt, "tensorrt_version", lambda: "10.3.0")
     monkeypatch.setenv("EDGEVFM_CACHE_DIR", str(tmp_path))
-    for recipe, fp16 in (("trt-int8", "False"), ("trt-fp16", "True")):
+    for recipe, fp16, int8 in (("trt-int8", "False", "True"), ("trt-fp16", "True", "False")):
         seen.clear()
         bundle = trt_bundles["clip_bundle", recipe]
         load(bundle, threads=1)
@@ -70,6 +70,7 @@ def test_onnx_runtime_s_tensorrt_provider_gets_keyed_caches_profiles_and_precisi
             cache = tmp_path / "tensorrt" / f"{part.digest[:16]}-orin-nvgpu-sm87-trt10.3.0"
             assert trt["trt_engine_cache_path"] == trt["trt_timing_cache_path"] == str(cache) and cache.is_dir()
             assert trt["trt_engine_cache_enable"] == "True" and trt["trt_fp16_enable"] == fp16
+            assert trt["trt_int8_enable"] == int8 and "trt_int8_calibration_table_name" not in trt
             profile = engines.profiles(json.loads((bundle / "manifest.json").read_text()), part.name)
             assert trt["trt_profile_max_shapes"] == ",".join(f"{k}:{'x'.join(map(str, v[2]))}" for k, v in profile.items())
         assert len(seen) == 2
