@@ -19,13 +19,12 @@ few photos and captions, and whether each query's top-1 (text -> image, image ->
 
 from __future__ import annotations
 
-from edgevfm.runtime.tensorrt import simulation_providers
-
 from pathlib import Path
 
 import numpy as np
 
 from edgevfm.quantize.calibration import skimage_photos
+from edgevfm.runtime.tensorrt import simulation_providers
 
 from . import BENCH
 from .base import Bench

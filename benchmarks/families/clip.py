@@ -3,8 +3,6 @@ embeddings, zero-shot classification and retrieval (and top-1 accuracy on a labe
 
 from __future__ import annotations
 
-from edgevfm.runtime.tensorrt import simulation_providers
-
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +10,7 @@ import numpy as np
 from edgevfm.quantize.calibration import skimage_photos
 from edgevfm.quantize.families.clip import LABELS, TEMPLATES, prompts
 from edgevfm.runtime.image import list_images
+from edgevfm.runtime.tensorrt import simulation_providers
 
 from . import BENCH
 from .base import Bench

@@ -6,8 +6,6 @@ logits, so agreement there says little; the ``llava-smol`` preset has a trained 
 
 from __future__ import annotations
 
-from edgevfm.runtime.tensorrt import simulation_providers
-
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +13,7 @@ import numpy as np
 from edgevfm.quantize.calibration import skimage_photos
 from edgevfm.runtime.generate import shared_prefix
 from edgevfm.quantize.families.llava import QUESTIONS
+from edgevfm.runtime.tensorrt import simulation_providers
 
 from . import BENCH
 from .base import Bench

@@ -10,6 +10,7 @@ import numpy as np
 
 from edgevfm.quantize.calibration import skimage_photos
 from edgevfm.runtime.image import list_images, load_image
+from edgevfm.runtime.tensorrt import simulation_providers
 
 from . import BENCH
 from .base import Bench
@@ -57,7 +58,7 @@ class SamBench(Bench):
     auto_in_report = True  # make report adds the --recipe auto bundle
     # make demo: one recipe of each kind (make report adds the rest); sam-ov-int8 is the OpenVINO
     # INT8 row (ov-int8 would quantize the same encoder with NNCF a second time)
-    quick_recipes = ("sam-int8", "fp16", "int8-dynamic", "sam-ov-int8")
+    quick_recipes = ("sam-int8", "fp16", "int8-dynamic", "sam-ov-int8", "sam-trt-int8")  # make demo
     max_runs = {"image_encoder": 5}  # seconds per call at ViT-B size: 5 runs after 1 warm-up
 
     @staticmethod
@@ -74,7 +75,8 @@ class SamBench(Bench):
         for path in bundles:  # the FP32 picture goes with the report, the others beside the bundles
             out = report_dir / "segment-fp32.png" if path.name == "fp32" else path.parent / "segment" / f"{path.name}.png"
             print(f"      {path.name:>13}: ", end="", flush=True)
-            main(["run", str(path), "--threads", str(threads), "segment", str(chelsea), "--point", "220,150",
+            simulated = ["--providers", ",".join(simulation_providers(path))] if simulation_providers(path) else []
+            main(["run", str(path), "--threads", str(threads), *simulated, "segment", str(chelsea), "--point", "220,150",
                   "--box", "80,20,330,290", "--out", str(out)])
 
     def __init__(self, data: str | None = None):
