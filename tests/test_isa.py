@@ -38,6 +38,7 @@ _MEASURE = textwrap.dedent("""
     import json, sys, warnings
     import numpy as np
     from edgevfm.runtime import cpu, load
+    from edgevfm.runtime.tensorrt import simulation_providers
     photos = [np.asarray(p) for p in np.load(sys.argv[1])["photos"]]
     texts, fp32_path, paths = json.loads(sys.argv[2]), sys.argv[3], sys.argv[4:]
     fp32 = load(fp32_path, threads=1)
@@ -46,7 +47,7 @@ _MEASURE = textwrap.dedent("""
     for path in paths:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            bundle = load(path, threads=1)
+            bundle = load(path, threads=1, providers=simulation_providers(path))
         found["bundles"][path] = {
             "image": float((image * bundle.embed_images(photos)).sum(1).mean()),
             "text": float((text * bundle.embed_texts(texts)).sum(1).mean()),
@@ -106,6 +107,22 @@ def test_every_int8_recipe_keeps_its_floor_without_vnni(clip_bundle, clip_recipe
     if not cpu.int8_saturates():  # here is VNNI: the control must lose on the emulated AVX2 side
         assert control_here["warnings"] == []
         assert control_there["text"] < control_here["text"] - 5e-3, (control_here, control_there)
+
+
+@needs_qemu
+def test_the_tensorrt_simulation_computes_the_same_on_every_cpu(clip_bundle, trt_bundles, photos, tmp_path):
+    """A trt-int8 bundle's CPU simulation runs its Q/DQ pairs unfused (float MatMuls on the
+    dequantized values, as an engine computes them): the AVX2-only CPU gives the cosines this CPU
+    does, to float rounding, without a warning; nothing saturates (TensorRT's own INT8 on a GPU
+    does not either)."""
+    bundle = trt_bundles["clip_bundle", "trt-int8"]
+    native = _measure([bundle], clip_bundle, photos, tmp_path, emulated=False)
+    avx2 = _measure([bundle], clip_bundle, photos, tmp_path, emulated=True)
+    assert avx2["isa"] == "AVX2 (no VNNI)"
+    here, there = native["bundles"][str(bundle)], avx2["bundles"][str(bundle)]
+    for tower in ("image", "text"):
+        assert there[tower] >= TINY_MIN_COSINE["int8-static"] and abs(there[tower] - here[tower]) <= 1e-4, (here, there)
+    assert here["warnings"] == there["warnings"] == []
 
 
 def test_a_full_range_part_warns_once_where_int8_saturates(full_range_bundle, clip_recipe_bundles, monkeypatch):
