@@ -25,7 +25,7 @@ def recipe_lines() -> list[str]:
     for listed in (True, False):
         for r in (r for r in recipes if r.listed == listed):
             where = f"[{', '.join(r.families)}] " if r.families else ""
-            mark = "" if listed else " (not offered by auto or the demo)"
+            mark = "" if listed else " (not offered by --recipe auto)"
             lines.append(f"{r.name:<{width}}  {where}{r.backend}: {r.description}{mark}")
     return lines
 

@@ -56,9 +56,9 @@ def calibration_feeds(pipeline, images: list, samples: int) -> dict[str, list[di
 
 
 calibration_feeds.default_samples = 8
-# TensorRT: 4-bit language model (trt-int4; its LM head in float), FP16 ViT, Q-Former and embeddings;
+# TensorRT: 4/8-bit weight-only language model (trt-int4), FP16 ViT, Q-Former and embeddings;
 # a T5 bundle's encoder and cross keys/values in FP16 and its decoder at 4 bits.
-register_family_recipe("blip2-trt-int4", "blip2", "BLIP-2, TensorRT format: 4-bit language model (trt-int4, LM head "
-                       "float), FP16 vision and embeddings", {"vision": "trt-fp16", "embed": "trt-fp16", "llm": "trt-int4",
+register_family_recipe("blip2-trt-int4", "blip2", "BLIP-2, TensorRT format: 4/8-bit weight-only language model "
+                       "(trt-int4), FP16 vision and embeddings", {"vision": "trt-fp16", "embed": "trt-fp16", "llm": "trt-int4",
                                                               "encoder": "trt-fp16", "cross_kv": "trt-fp16",
                                                               "text_decoder": "trt-int4"}, listed=False)

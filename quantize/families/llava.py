@@ -50,8 +50,8 @@ def calibration_feeds(pipeline, images: list, samples: int) -> dict[str, list[di
 
 
 calibration_feeds.default_samples = 8
-# TensorRT: 4-bit LLM weights as standard DequantizeLinear (trt-int4; its LM head in float), float16
-# vision tower and embeddings. Needs the plain llm graph (export --llm-graph plain).
-register_family_recipe("llava-trt-int4", "llava", "LLaVA, TensorRT format: 4-bit LLM (trt-int4, LM head float), FP16 "
+# TensorRT: the LLM's weights as standard DequantizeLinear (trt-int4: 4 bits where int4-mixed puts 4, 8 where it
+# puts 8), float16 vision tower and embeddings. Needs the plain llm graph (export --llm-graph plain).
+register_family_recipe("llava-trt-int4", "llava", "LLaVA, TensorRT format: 4/8-bit weight-only LLM (trt-int4), FP16 "
                        "vision tower and embeddings", {"vision": "trt-fp16", "embed": "trt-fp16", "llm": "trt-int4"},
                        listed=False)
