@@ -19,6 +19,10 @@ parts have the ``tensorrt`` backend (``edgevfm.runtime.tensorrt``).
   both (weight-only quantization); ONNX Runtime's CPU optimizer fuses the pattern into its own
   kernels. Family recipes (``llava-trt-int4``, ``blip2-trt-int4``) put it on the LLM and
   trt-fp16 on the rest.
+- ``trt-int8-weights``: every MatMul weight of a language model at 8 bits per output channel,
+  weight-only: static INT8 activations (``trt-int8``) lose most of a trained LLM's next-token
+  agreement (its activations have outlier channels; the TensorRT report's trained:llava-smol rows),
+  weight-only keeps it. Family recipes ``llava-trt-int8``, ``blip2-trt-int8``.
 - ``trt-fp32``: the graph as exported, for parts measurement keeps in float32 (``sam-trt-int8``'s
   prompt decoder, as ``sam-int8``'s).
 
@@ -107,24 +111,28 @@ def trt_fp16(src: Path, dst: Path, feeds=None, **_) -> dict:
     return {"target": TARGET, "strongly_typed": True, **fp16(src, dst)}
 
 
-def trt_int4(src: Path, dst: Path, feeds=None, block_size: int = INT4_BLOCK, **_) -> dict:
+def trt_int4(src: Path, dst: Path, feeds=None, block_size: int = INT4_BLOCK, bits: int = 4, **_) -> dict:
     """Weight-only, with int4-mixed's measured choice of bits (recipes.wide_matmuls): symmetric 4-bit
     blocks along K on the MLP's gate/up projections, 8-bit weights per output channel on the
     attention and down projections, the LM head and the first and last layers. Scales are positive
     (amax / 7, amax / 127), as TensorRT requires (ONNX Runtime's own 4-bit quantizer signs them).
-    A MatMul whose K does not divide into blocks keeps 8 bits."""
+    A MatMul whose K does not divide into blocks keeps 8 bits. ``bits=8``: every MatMul at 8 bits
+    (``trt-int8-weights``: a language model's INT8, as TensorRT-LLM's int8 weight-only)."""
     from edgevfm.export.external import save_onnx
 
     from .recipes import wide_matmuls
 
-    model = gemms_as_matmuls(at_opset(standard_onnx(src), 21))  # OPT's fc1/fc2 (BLIP-2) are Gemm
-    wide = set(wide_matmuls(model))
+    model = standard_onnx(src)
+    if bits == 4:
+        model = at_opset(model, 21)  # INT4 and DequantizeLinear's block_size; 8 bits per channel need 13
+    model = gemms_as_matmuls(model)  # OPT's fc1/fc2 (BLIP-2) are Gemm
+    wide = set(wide_matmuls(model)) if bits == 4 else {n.name for n in model.graph.node}
     weights = {t.name: t for t in model.graph.initializer}
     uses: dict[str, int] = {}
     for node in model.graph.node:
         for name in node.input:
             uses[name] = uses.get(name, 0) + 1
-    nodes, bits = [], {4: 0, 8: 0}
+    nodes, counts = [], {4: 0, 8: 0}
     for node in model.graph.node:
         weight = weights.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) > 1 else None
         if weight is None or len(weight.dims) != 2 or uses[node.input[1]] > 1:
@@ -132,13 +140,16 @@ def trt_int4(src: Path, dst: Path, feeds=None, block_size: int = INT4_BLOCK, **_
             continue
         four = node.name not in wide and weight.dims[0] % block_size == 0
         nodes += dequantized_matmul(model, node, weight, block_size if four else None)
-        bits[4 if four else 8] += 1
+        counts[4 if four else 8] += 1
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     save_onnx(model, dst)
-    return {"target": TARGET, "strongly_typed": True, "format": "weight-only DequantizeLinear", "block_size": block_size,
-            "symmetric": True, "opset": 21, "matmuls_4_bit": bits[4], "matmuls_8_bit": bits[8],
-            "8_bit": "as int4-mixed: attention, down projections, LM head, first and last layers"}
+    found = {"target": TARGET, "strongly_typed": True, "format": "weight-only DequantizeLinear", "symmetric": True,
+             "matmuls_8_bit": counts[8]}
+    if bits == 4:
+        found.update(block_size=block_size, opset=21, matmuls_4_bit=counts[4],
+                     eight_bit="as int4-mixed: attention, down projections, LM head, first and last layers")
+    return found
 
 
 def dequantized_matmul(model, node, weight, block_size: int | None) -> list:
@@ -202,5 +213,8 @@ register(Recipe("trt-fp16", "fp16", "TensorRT format: float16 weights and comput
 register(Recipe("trt-int4", "int4", "TensorRT format: weight-only DequantizeLinear before each MatMul, 4-bit blocks "
                 "(INT4, opset 21) and 8 bits where int4-mixed keeps 8, for language models; simulated on the CPU here", trt_int4, listed=False,
                 backend=TARGET, families=("llava", "blip2")))
+register(Recipe("trt-int8-weights", "int8", "TensorRT format: 8-bit weight-only DequantizeLinear (per output channel) "
+                "before every MatMul, activations in float, for language models; simulated on the CPU here",
+                functools.partial(trt_int4, bits=8), listed=False, backend=TARGET, families=("llava", "blip2")))
 register(Recipe("trt-fp32", "fp32", "TensorRT format: the FP32 graph as exported (a part kept in float32)", trt_fp32,
                 listed=False, backend=TARGET))

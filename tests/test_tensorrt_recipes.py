@@ -47,6 +47,7 @@ def test_every_graph_holds_only_what_tensorrt_parses(trt_bundles, family, recipe
         opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
         # 4-bit blocks need opset 21, past TensorRT 10.3's documented 20 (a warning of the check); 10.15 documents 24
         assert 9 <= opset <= (24 if "int4" in recipe and name in ("llm", "text_decoder") else 20), (name, opset)
+        assert not ("int4" in recipe and name in ("llm", "text_decoder")) or opset == 21, (name, opset)
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert {p["backend"] for p in manifest["parts"].values()} == {"tensorrt"}
     assert all(t["errors"] == 0 for t in manifest["recipe"]["tensorrt_check"]["targets"].values())
@@ -76,12 +77,13 @@ def test_int8_is_signed_symmetric_with_weights_per_output_channel(trt_bundles, f
     assert weighted >= 4
 
 
-@pytest.mark.parametrize("family", ["blip2_bundle", "llava_plain_bundle"])
-def test_int4_is_standard_weight_only_dequantize_before_plain_matmul(trt_bundles, family):
+@pytest.mark.parametrize("family,recipe", [("blip2_bundle", "blip2-trt-int4"), ("llava_plain_bundle", "llava-trt-int4"),
+                                           ("llava_plain_bundle", "llava-trt-int8")])
+def test_llm_weights_are_standard_weight_only_dequantize_before_plain_matmul(trt_bundles, family, recipe):
     """Every LLM MatMul weight goes through a DequantizeLinear without a zero point: 4-bit blocks of
     32 along K, or 8 bits per output channel where int4-mixed keeps 8 (the LM head, and every layer
-    of a 2-layer tiny model, whose layers are all first or last)."""
-    recipe = {"blip2_bundle": "blip2-trt-int4", "llava_plain_bundle": "llava-trt-int4"}[family]
+    of a 2-layer tiny model, whose layers are all first or last); trt-int8-weights: 8 bits everywhere,
+    at the export's opset."""
     model = graphs(trt_bundles[family, recipe])["llm"]
     constants = {t.name: t for t in model.graph.initializer}
     produced_by = {o: n for n in model.graph.node for o in n.output}
@@ -100,8 +102,11 @@ def test_int4_is_standard_weight_only_dequantize_before_plain_matmul(trt_bundles
         found[node.name] = weight.data_type
     head = next(n.name for n in model.graph.node if n.op_type == "MatMul" and "logits" in n.output)
     assert found[head] == onnx.TensorProto.INT8 and len(found) >= 8
-    other = graphs(trt_bundles[family, recipe])["vision"]
-    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in other.graph.initializer)  # the rest: trt-fp16
+    if recipe.endswith("int8"):
+        assert set(found.values()) == {onnx.TensorProto.INT8}
+        assert next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) < 21
+    embed = graphs(trt_bundles[family, recipe])["embed"]
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in embed.graph.initializer)  # embeddings: trt-fp16
 
 
 @pytest.mark.parametrize("block_size", [32, None], ids=["int4-blocks", "int8-per-channel"])

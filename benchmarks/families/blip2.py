@@ -20,7 +20,7 @@ from .blip import ANSWER_TOKENS, CAPTION_TOKENS, QUESTIONS, BlipBench
 class Blip2Bench(BlipBench):
     demo_recipes = ("blip2-int8", "blip2-int4", "int8-dynamic")
     quick_recipes = None  # make demo takes demo_recipes too (BLIP's quick list is not BLIP-2's)
-    tensorrt_recipes = ("blip2-trt-int4", "trt-int8", "trt-fp16")
+    tensorrt_recipes = ("blip2-trt-int4", "blip2-trt-int8", "trt-int8", "trt-fp16")
 
     def __init__(self, data: str | None = None):
         super().__init__(data)

@@ -60,7 +60,7 @@ class LlavaBench(Bench):
     variant_recipes = ("llava-int4", "ov-fp32", "ov-int8", "ov-int4")
     max_runs = {"prefill": 5}
     measures_peers = True  # llama.cpp and bitsandbytes on the same weights
-    tensorrt_recipes = ("llava-trt-int4", "trt-int8", "trt-fp16")
+    tensorrt_recipes = ("llava-trt-int4", "llava-trt-int8", "trt-int8", "trt-fp16")
     tensorrt_export = {"llm_graph": "plain"}  # TensorRT parses no contrib operator (the builder graph's)
 
     @staticmethod

@@ -62,3 +62,7 @@ register_family_recipe("blip2-trt-int4", "blip2", "BLIP-2, TensorRT format: 4/8-
                        "(trt-int4), FP16 vision and embeddings", {"vision": "trt-fp16", "embed": "trt-fp16", "llm": "trt-int4",
                                                               "encoder": "trt-fp16", "cross_kv": "trt-fp16",
                                                               "text_decoder": "trt-int4"}, listed=False)
+register_family_recipe("blip2-trt-int8", "blip2", "BLIP-2, TensorRT format: INT8 vision (trt-int8), 8-bit weight-only "
+                       "language model (trt-int8-weights), FP16 embeddings",
+                       {"vision": "trt-int8", "embed": "trt-fp16", "llm": "trt-int8-weights", "encoder": "trt-int8-weights",
+                        "cross_kv": "trt-int8-weights", "text_decoder": "trt-int8-weights"}, listed=False)

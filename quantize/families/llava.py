@@ -55,3 +55,6 @@ calibration_feeds.default_samples = 8
 register_family_recipe("llava-trt-int4", "llava", "LLaVA, TensorRT format: 4/8-bit weight-only LLM (trt-int4), FP16 "
                        "vision tower and embeddings", {"vision": "trt-fp16", "embed": "trt-fp16", "llm": "trt-int4"},
                        listed=False)
+register_family_recipe("llava-trt-int8", "llava", "LLaVA, TensorRT format: INT8 vision tower (trt-int8), 8-bit weight-only "
+                       "LLM (trt-int8-weights), FP16 embeddings",
+                       {"vision": "trt-int8", "embed": "trt-fp16", "llm": "trt-int8-weights"}, listed=False)
