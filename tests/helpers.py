@@ -83,7 +83,7 @@ def save_checkpoint(checkpoint, folder):
 
 
 # {family fixture: the TensorRT-format recipes made from it} (tests/test_tensorrt_*.py)
-TRT_MADE = {"clip_bundle": ("trt-int8", "trt-fp16"), "sam_bundle": ("sam-trt-int8", "trt-fp16"),
+TRT_MADE = {"clip_bundle": ("trt-int8", "trt-fp16"), "sam_bundle": ("sam-trt-int8", "sam-trt-fp16", "trt-fp16"),
             "blip_bundle": ("trt-int8", "trt-fp16"), "blip_vqa_bundle": ("trt-int8",), "blip_itm_bundle": ("trt-int8",),
             "blip2_bundle": ("blip2-trt-int4", "trt-int8", "trt-fp16"), "blip2_t5_bundle": ("blip2-trt-int4",),
             "llava_plain_bundle": ("llava-trt-int4", "llava-trt-int8", "trt-int8", "trt-fp16")}

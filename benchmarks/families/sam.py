@@ -49,7 +49,7 @@ def ground_truth(data: str | None) -> list[tuple[Path, Path]]:
 @BENCH.register("sam")
 class SamBench(Bench):
     demo_runs = 20  # make report
-    tensorrt_recipes = ("sam-trt-int8", "trt-int8", "trt-fp16")
+    tensorrt_recipes = ("sam-trt-int8", "sam-trt-fp16", "trt-int8", "trt-fp16")
     quick_runs = 10  # make demo
     # --recipe auto: the figures a candidate is held to (see benchmarks/auto.py), and their defaults
     cosine_keys = ()

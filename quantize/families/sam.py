@@ -60,3 +60,8 @@ calibration_feeds.default_samples = 8  # each is an encoder run at 1024 x 1024: 
 # sam-int8 keeps it there (its measurement, benchmarks/reports/sam-vit-b).
 register_family_recipe("sam-trt-int8", "sam", "SAM, TensorRT format: INT8 image encoder (trt-int8), FP32 prompt decoder",
                        {"image_encoder": "trt-int8", "prompt_decoder": "trt-fp32"}, listed=False)
+# FP16 the same way: the encoder in float16, the decoder in FP32. SAM's decoder in FP16 loses mask IoU
+# on random weights as INT8 does (the TensorRT report's trt-fp16 row against this one), and NanoSAM
+# keeps its decoder in FP32 on the Jetson for the same reason (benchmarks/reports/tensorrt/published-jetson.md).
+register_family_recipe("sam-trt-fp16", "sam", "SAM, TensorRT format: FP16 image encoder (trt-fp16), FP32 prompt decoder",
+                       {"image_encoder": "trt-fp16", "prompt_decoder": "trt-fp32"}, listed=False)
