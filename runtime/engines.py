@@ -162,7 +162,7 @@ def build(found: dict) -> list[Path]:
             try:
                 import tensorrt  # noqa: F401
             except ImportError as exc:
-                raise MissingExtraError("tensorrt", "building engines (trtexec is not on PATH either)", exc,
+                raise MissingExtraError("TensorRT", "building engines (trtexec is not on PATH either)", exc,
                                         install=JETSON_INSTALL) from None
             from .trt_engine import build_engine
 

@@ -100,8 +100,10 @@ class MissingExtraError(EdgeVfmError, ImportError):
         """``install``: what to install, where no pip extra provides it (TensorRT on a Jetson)."""
         self.extra = extra
         detail = f" ({cause})" if cause else ""
-        super().__init__(f"{what} needs the [{extra}] extra{detail}: "
-                         + (install or f"install it with pip install 'edgevfm[{extra}]'"))
+        if install:  # not a pip extra of edgevfm: say what it is and how to get it
+            super().__init__(f"{what} needs {extra}{detail}: {install}")
+        else:
+            super().__init__(f"{what} needs the [{extra}] extra{detail}: install it with pip install 'edgevfm[{extra}]'")
 
 
 class SaturationWarning(UserWarning):

@@ -68,7 +68,7 @@ class TensorRtBackend:
             inner = EngineRunner(engine_file(path, digest), profiles or {})
         elif wanted[0] == TRT:
             if TRT not in ort_providers():
-                raise MissingExtraError("tensorrt", f"the tensorrt part {Path(path).name}", install=JETSON_INSTALL)
+                raise MissingExtraError("TensorRT", f"the tensorrt part {Path(path).name}", install=JETSON_INSTALL)
             cache = engine_cache(digest or Path(path).stem)
             options = [trt_provider_options(cache, precision, profiles or {})] + [{} for _ in wanted[1:]]
             inner = OrtBackend(path, threads=threads, providers=wanted, low_memory=low_memory, provider_options=options)
@@ -110,7 +110,7 @@ def default_providers() -> list[str]:
     try:
         import tensorrt  # noqa: F401
     except ImportError:
-        raise MissingExtraError("tensorrt", "a TensorRT-format part (recipes trt-*)", install=JETSON_INSTALL) from None
+        raise MissingExtraError("TensorRT", "a TensorRT-format part (recipes trt-*)", install=JETSON_INSTALL) from None
     return [ENGINE]
 
 

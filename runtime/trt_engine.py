@@ -22,7 +22,7 @@ class EngineRunner:
         except ImportError as exc:
             from .tensorrt import JETSON_INSTALL
 
-            raise MissingExtraError("tensorrt", "running a prebuilt engine", exc, install=JETSON_INSTALL) from None
+            raise MissingExtraError("TensorRT", "running a prebuilt engine", exc, install=JETSON_INSTALL) from None
         self._trt, self._cudart = trt, cudart
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engine = runtime.deserialize_cuda_engine(Path(engine).read_bytes())
