@@ -35,16 +35,16 @@ def measure(fp32: str, bundles: list[str], threads: int = 2, images: int | None 
     """{isa, instruction_sets, rows: {bundle: the family's accuracy against the FP32 bundle}} on
     the CPU this process sees; ``images``: only the first of the workload's images."""
     from edgevfm.runtime import cpu, load, open_bundle
-    from edgevfm.runtime.tensorrt import simulation_providers
 
     from .families import BENCH
+    from .families.base import load_on_this_cpu
 
     bench = BENCH.get(open_bundle(fp32, verify_hashes=False).family)(None)
     if images:
         bench.images = bench.images[:images]
     reference = bench.outputs(bench.bundle_runner(load(fp32, threads=threads)))
-    rows = {path: bench.accuracy(reference, bench.outputs(bench.bundle_runner(
-        load(path, threads=threads, providers=simulation_providers(path))))) for path in bundles}
+    rows = {path: bench.accuracy(reference, bench.outputs(bench.bundle_runner(load_on_this_cpu(path, threads))))
+            for path in bundles}
     return {"isa": cpu.isa_label(), "instruction_sets": list(cpu.instruction_sets()), "rows": rows}
 
 

@@ -198,11 +198,12 @@ def reference_calls(reference: str, bench, settings: dict) -> tuple:
 
 
 def _open_bundle(task: dict, bench) -> dict:
-    from edgevfm.runtime import load
-    from edgevfm.runtime.tensorrt import SIMULATED, simulation_providers
+    from edgevfm.runtime.tensorrt import SIMULATED
 
-    providers = simulation_providers(task["target"])  # a TensorRT-format bundle: its CPU simulation
-    pipeline, load_s = timed(lambda: load(task["target"], threads=task["threads"], providers=providers))
+    from .families.base import load_on_this_cpu
+
+    pipeline, load_s = timed(lambda: load_on_this_cpu(task["target"], task["threads"]))
+    simulated = any(getattr(part, "simulated", False) for part in pipeline.parts.values())
     bundle = pipeline.bundle
     recipe = (bundle.manifest.get("recipe") or {}).get("name")
     auto = (bundle.manifest.get("recipe") or {}).get("auto") or {}
@@ -215,9 +216,10 @@ def _open_bundle(task: dict, bench) -> dict:
                if DEFAULT_EXPORT_OPTIONS.get(k) != v}
     label = "".join(f" ({k}={v})" for k, v in sorted(choices.items()))
     shown = f"auto ({auto.get('chosen')})" if auto else recipe or "fp32"
-    if providers:
+    if simulated:
         label += f" ({SIMULATED})"
-    return {"name": f"{'/'.join(backends)} {shown}{label}", **({"simulated": SIMULATED} if providers else {}), "kind": "bundle", "backend": "/".join(backends),
+    return {"name": f"{'/'.join(backends)} {shown}{label}", **({"simulated": SIMULATED} if simulated else {}),
+            "kind": "bundle", "backend": "/".join(backends),
             "precision": "/".join(precisions), "recipe": recipe, "path": str(bundle.path), "export_choices": choices,
             "parts": {name: part.precision for name, part in bundle.parts.items()},
             **open_bundle_facts(bundle),

@@ -343,11 +343,12 @@ def without_round_trips(model):
     return model
 
 
-def fp16(src: Path, dst: Path, feeds=None, **_) -> dict:
+def fp16(src: Path, dst: Path, feeds=None, model=None, **_) -> dict:
+    """``model``: the part at ``src`` already loaded (trt-fp16 has read it to check it)."""
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    model = onnx.load(str(src))
+    model = model if model is not None else onnx.load(str(src))
     statistics = norm_statistics(model)
     model = convert_float_to_float16(model, keep_io_types=True, op_block_list=FP16_KEEP_FP32,
                                      node_block_list=statistics)

@@ -47,11 +47,12 @@ NOT_FOR_TENSORRT = ("DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "QL
 INT4_BLOCK = 32
 
 
-def standard_onnx(src: Path):
-    """The FP32 part, refused when it holds operators outside standard ONNX (TensorRT cannot parse them)."""
+def standard_onnx(src: Path, weights: bool = True):
+    """The FP32 part (``weights=False``: its graph without the weights kept beside it), refused when
+    it holds operators outside standard ONNX (TensorRT cannot parse them)."""
     import onnx
 
-    model = onnx.load(str(src))
+    model = onnx.load(str(src), load_external_data=weights)
     custom = sorted({f"{n.domain}.{n.op_type}" for n in model.graph.node if n.domain not in ("", "ai.onnx")})
     if custom:
         raise InputError(f"{src.name} holds operators TensorRT cannot parse ({', '.join(custom[:5])}): export the model "
@@ -66,7 +67,7 @@ def trt_int8(src: Path, dst: Path, feeds=None, gelu_in_float: bool = True, **_) 
 
     from .calibrate import activation_ranges, weight_nodes, write_cache
 
-    model = standard_onnx(src)
+    model = standard_onnx(src, weights=False)  # ONNX Runtime's quantizer reads the weights itself
     one_sided = after_gelu(model) if gelu_in_float else []
     tensors, excluded = weight_nodes(model, INT8_OPS, exclude=one_sided)
     cache = write_cache(activation_ranges(src, feeds, tensors), dst.with_name(f".{dst.stem}.calib.json"))
@@ -107,8 +108,7 @@ def after_gelu(model) -> list[str]:
 
 
 def trt_fp16(src: Path, dst: Path, feeds=None, **_) -> dict:
-    standard_onnx(src)
-    return {"target": TARGET, "strongly_typed": True, **fp16(src, dst)}
+    return {"target": TARGET, "strongly_typed": True, **fp16(src, dst, model=standard_onnx(src))}
 
 
 def trt_int4(src: Path, dst: Path, feeds=None, block_size: int = INT4_BLOCK, bits: int = 4, **_) -> dict:

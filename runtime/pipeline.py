@@ -8,6 +8,7 @@ from typing import ClassVar, Sequence
 
 from .backends import open_backend
 from .bundle import Bundle, listed_files, open_bundle
+from .engines import profiles
 from .errors import BundleError, EdgeVfmError, MissingExtraError, UsageError
 from .registry import Registry
 from .schema import Check, Problems, obj
@@ -49,11 +50,8 @@ class Pipeline:
         self.manifest = bundle.manifest
         self.parts = {}
         for name, part in bundle.parts.items():
-            options = self.part_options(name, part)
-            if part.backend == "tensorrt":  # an engine is built for ranges of shapes (optimization profiles)
-                from .engines import profiles
-
-                options["profiles"] = profiles(bundle.manifest, name, self.run_sizes.get(name))
+            # the ranges of shapes the part runs at, for a backend that builds for them (TensorRT)
+            options = dict(self.part_options(name, part), profiles=profiles(bundle.manifest, name, self.run_sizes.get(name)))
             try:
                 backend = open_backend(part.backend, part.path, threads=threads, providers=providers,
                                        low_memory=low_memory, **options)

@@ -23,6 +23,7 @@ small, kept here, and unverified until a device runs them (README, "Jetson").
 from __future__ import annotations
 
 import ctypes
+import functools
 import re
 import shutil
 import subprocess
@@ -128,8 +129,10 @@ def trt_provider_options(cache: Path, precision: str, profiles: dict) -> dict:
     return options
 
 
+@functools.lru_cache(maxsize=1)
 def gpu_identity() -> dict | None:
-    """{"name", "compute_capability"} of the first CUDA GPU (cuda-python, else nvidia-smi), or None."""
+    """{"name", "compute_capability"} of the first CUDA GPU (cuda-python, else nvidia-smi), or None;
+    asked once per process (each part's engine cache is keyed by it)."""
     try:
         from cuda import cudart  # cuda-python, which TensorRT's Python samples use
 
@@ -150,6 +153,7 @@ def gpu_identity() -> dict | None:
     return None
 
 
+@functools.lru_cache(maxsize=1)
 def tensorrt_version() -> str | None:
     """The TensorRT this process would build with: its Python package's, else libnvinfer's (which
     onnxruntime-gpu loads), or None."""

@@ -196,7 +196,7 @@ def test_the_builder_graph_is_refused_before_anything_is_written(llava_bundle, t
     assert not (tmp_path / "trt").exists() and not list(tmp_path.iterdir())
 
 
-def test_auto_and_the_demo_leave_them_to_the_device():
+def test_auto_leaves_them_to_the_device_and_each_family_names_its_own():
     from edgevfm.benchmarks.families import BENCH
 
     for family in ("clip", "sam", "blip", "blip2", "llava"):

@@ -15,6 +15,15 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 
+def load_on_this_cpu(path, threads: int | None = None):
+    """A bundle opened to run on this CPU, as every measurement here opens it: a TensorRT-format
+    one in its CPU simulation (``edgevfm.runtime.tensorrt``), any other with its backend's default."""
+    from edgevfm.runtime import load
+    from edgevfm.runtime.tensorrt import simulation_providers
+
+    return load(path, threads=threads, providers=simulation_providers(path))
+
+
 class Bench(ABC):
     # -- what make demo and make report run (edgevfm demo) ---------------------------------------
     demo_runs: ClassVar[int] = 5  # timed runs per figure in make report (--variants)

@@ -24,10 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from edgevfm.quantize.calibration import skimage_photos
-from edgevfm.runtime.tensorrt import simulation_providers
 
 from . import BENCH
-from .base import Bench
+from .base import Bench, load_on_this_cpu
 
 CAPTION_TOKENS, ANSWER_TOKENS = 20, 8
 REFERENCE_CAPTION = "a photo of a cat sitting on a couch next to a cup of coffee"
@@ -100,10 +99,8 @@ class BlipBench(Bench):
         """Prints each bundle's caption of scikit-image's cat (a VQA bundle: its answer)."""
         import skimage.data
 
-        from edgevfm.runtime import load
-
         for path in bundles:
-            pipeline = load(path, threads=threads, providers=simulation_providers(path))
+            pipeline = load_on_this_cpu(path, threads)
             said = TASK_WORK[pipeline.manifest.get("task", "caption")].say(pipeline, skimage.data.chelsea())
             print(f"      {path.name:>13}: {said or '(nothing: the model chose its stop token first)'}")
 

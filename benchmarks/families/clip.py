@@ -10,10 +10,9 @@ import numpy as np
 from edgevfm.quantize.calibration import skimage_photos
 from edgevfm.quantize.families.clip import LABELS, TEMPLATES, prompts
 from edgevfm.runtime.image import list_images
-from edgevfm.runtime.tensorrt import simulation_providers
 
 from . import BENCH
-from .base import Bench
+from .base import Bench, load_on_this_cpu
 from ..machine import machine_info
 
 GOAL_SPEEDUP, GOAL_COSINE = 5.0, 0.999
@@ -68,11 +67,9 @@ class ClipBench(Bench):
         """Zero-shot classification of scikit-image's astronaut with each bundle."""
         import skimage.data
 
-        from edgevfm.runtime import load
-
         labels = ["an astronaut", "a cat", "a rocket", "a cup of coffee"]
         for path in bundles:
-            ranking = load(path, threads=threads, providers=simulation_providers(path)).classify(np.asarray(skimage.data.astronaut()), labels)
+            ranking = load_on_this_cpu(path, threads).classify(np.asarray(skimage.data.astronaut()), labels)
             print(f"      {path.name:>13}: " + ", ".join(f"{label} {p:.3f}" for label, p in ranking))
         print("      (random weights: the ranking is arbitrary; what matters is that every bundle agrees)")
 

@@ -13,10 +13,9 @@ import numpy as np
 from edgevfm.quantize.calibration import skimage_photos
 from edgevfm.runtime.generate import shared_prefix
 from edgevfm.quantize.families.llava import QUESTIONS
-from edgevfm.runtime.tensorrt import simulation_providers
 
 from . import BENCH
-from .base import Bench
+from .base import Bench, load_on_this_cpu
 
 GOAL_SIZE_RATIO, GOAL_TOP1, GOAL_PERPLEXITY, GOAL_BANDWIDTH = 0.30, 0.90, 0.05, 0.60
 GREEDY_TOKENS = 16
@@ -68,11 +67,9 @@ class LlavaBench(Bench):
         """Streams each bundle's answer about scikit-image's cat."""
         import skimage.data
 
-        from edgevfm.runtime import load
-
         for path in bundles:
             print(f"      {path.name:>13}: ", end="", flush=True)
-            for piece in load(path, threads=threads, providers=simulation_providers(path)).chat(skimage.data.chelsea()).send(QUESTIONS[0], stream=True,
+            for piece in load_on_this_cpu(path, threads).chat(skimage.data.chelsea()).send(QUESTIONS[0], stream=True,
                                                                                           max_new_tokens=24):
                 print(piece, end="", flush=True)
             print()

@@ -75,7 +75,8 @@ class SamBench(Bench):
         for path in bundles:  # the FP32 picture goes with the report, the others beside the bundles
             out = report_dir / "segment-fp32.png" if path.name == "fp32" else path.parent / "segment" / f"{path.name}.png"
             print(f"      {path.name:>13}: ", end="", flush=True)
-            simulated = ["--providers", ",".join(simulation_providers(path))] if simulation_providers(path) else []
+            providers = simulation_providers(path)  # a TensorRT-format bundle: its CPU simulation
+            simulated = ["--providers", ",".join(providers)] if providers else []
             main(["run", str(path), "--threads", str(threads), *simulated, "segment", str(chelsea), "--point", "220,150",
                   "--box", "80,20,330,290", "--out", str(out)])
 
