@@ -18,6 +18,7 @@ from .families import BENCH
 from .machine import busy_cores, machine_info
 from .report import write_report
 from .roofline import gemm_peaks
+from .scene_data import held_out, scene_trained
 from .timing import pooled
 from .worker import measure_peers, measure_row
 
@@ -49,6 +50,9 @@ def bench(bundles: list[str | Path], reference: str, out_dir: str | Path, data: 
         raise InputError(f"bundles of one family per report, found {families}: run bench once per family")
     family = families[0]
     _check_reference(opened, reference)
+    given_data = data  # the command to rerun names only what the user passed
+    if data is None and scene_trained(reference):  # judged on task accuracy: its held-out scenes
+        data = held_out(family)
     family_bench = BENCH.get(family)(str(data) if data else None)
     family_bench.check_bundles(opened)
     base = {"family": family, "data": str(data) if data else None, "threads": threads, "runs": runs,
@@ -75,12 +79,15 @@ def bench(bundles: list[str | Path], reference: str, out_dir: str | Path, data: 
                                             f"{reference!r}: pass the checkpoint the bundle came from"])
     for row in rows:
         row["accuracy"] = family_bench.accuracy(reference_row["outputs"], row["outputs"])
+    fp32_task = {k: reference_row["accuracy"][k] for k in family_bench.task_keys if k in reference_row["accuracy"]}
+    for row in rows:
+        row["accuracy"].update({f"{k} drop": v - row["accuracy"][k] for k, v in fp32_task.items()})
     for row in rows:
         del row["outputs"]
     machine = dict(machine_info(threads), measured_peaks=peaks)
     results = {
         "schema": SCHEMA,
-        "command": command or _command(bundles, reference, data, threads, runs, batch, out_dir, rounds),
+        "command": command or _command(bundles, reference, given_data, threads, runs, batch, out_dir, rounds),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "family": family,
         "reference": reference,
@@ -91,7 +98,7 @@ def bench(bundles: list[str | Path], reference: str, out_dir: str | Path, data: 
         "rows": rows,
         "peers": peers,
         "goals": (family_bench.goals(rows, peaks, peers, machine)
-                  + backend_goals(family_bench, rows, machine["instruction_sets"])),
+                  + backend_goals(family_bench, rows, machine["instruction_sets"]) + task_goals(family_bench, rows)),
     }
     results["report"] = str(write_report(results, Path(out_dir)))
     return results
@@ -123,6 +130,24 @@ def _pooled_row(rounds: list[dict]) -> dict:
     speeds = sorted(r["throughput"]["items_per_s"] for r in rounds)
     row["throughput"] = dict(row["throughput"], items_per_s=speeds[len(speeds) // 2])
     return row
+
+
+def task_goals(family_bench, rows: list[dict]) -> list[dict]:
+    """Each INT8 row's task scores (ground truth: --data, or a trained preset's held-out scenes)
+    within the family's ``task_goals`` of FP32 PyTorch's."""
+    verdicts = []
+    for row in rows:
+        if row["kind"] != "bundle" or "int8" not in row["precision"]:
+            continue
+        for key, most in family_bench.task_goals.items():
+            drop = row["accuracy"].get(f"{key} drop")
+            if drop is None:
+                continue
+            verdicts.append({"goal": f"{row['name']}: {key} at most {most:g} below FP32 PyTorch's",
+                             "met": bool(drop <= most + 1e-12),
+                             "measured": f"{row['accuracy'][key]:.4f} against {row['accuracy'][key] + drop:.4f}: "
+                                         f"{drop:+.4f}"})
+    return verdicts
 
 
 def backend_goals(family_bench, rows: list[dict], flags: list[str]) -> list[dict]:

@@ -35,14 +35,22 @@ from edgevfm.runtime.pipeline import saturating_parts
 
 from .families import BENCH
 from .machine import machine_info
+from .scene_data import held_out, scene_trained
 from .timing import runs_per_round
 
 BACKEND_MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 
 
-def floors_for(bench, family: str, min_cosine: float | None, max_drop: float | None) -> dict[str, float | None]:
+def floors_for(bench, family: str, min_cosine: float | None, max_drop: float | None,
+               max_task_drop: float | None = None) -> dict[str, float | None]:
     """The floors: the user's, else the family's defaults (``bench.auto_floor``)."""
     floors = dict(bench.auto_floor)
+    if max_task_drop is not None:
+        if not bench.task_keys:
+            raise UsageError(f"--max-task-drop: the {family} benchmark has no task metric yet")
+        if not 0 <= max_task_drop < 1:
+            raise UsageError(f"--max-task-drop must be in [0, 1), found {max_task_drop!r} (0.01: one point of top-1)")
+        floors["max_task_drop"] = max_task_drop
     if min_cosine is not None:
         if not bench.cosine_keys:
             raise UsageError(f"--min-cosine: a {family} bundle has no embedding to compare by cosine; its "
@@ -64,9 +72,16 @@ def quality(bench, accuracy: dict) -> dict[str, float | None]:
     return {"cosine": min(cosines) if cosines else None, "drop": 1 - min(agreements) if agreements else 0.0}
 
 
+def task_drop(bench, fp32: dict, accuracy: dict) -> float | None:
+    """The largest drop of the candidate's task scores (``bench.task_keys``) below the FP32 bundle's."""
+    drops = [fp32[k] - accuracy[k] for k in bench.task_keys if k in fp32 and k in accuracy]
+    return max(drops) if drops else None
+
+
 def passes(found: dict, floors: dict) -> bool:
     cosine_ok = floors.get("min_cosine") is None or found["cosine"] is None or found["cosine"] >= floors["min_cosine"]
-    return cosine_ok and found["drop"] <= floors["max_drop"] + 1e-12
+    task_ok = floors.get("max_task_drop") is None or (found.get("task_drop") or 0.0) <= floors["max_task_drop"] + 1e-12
+    return cosine_ok and task_ok and found["drop"] <= floors["max_drop"] + 1e-12
 
 
 def _installed(backend: str) -> bool:
@@ -79,7 +94,8 @@ def quantize_auto(bundle: str | Path, out: str | Path, candidates: list[str] | N
                   min_cosine: float | None = None, max_drop: float | None = None, calib=None,
                   samples: int | None = None, force: bool = False, block_size: int | None = None, threads: int = 2,
                   runs: int = 3, rounds: int = 3, show_progress: bool = True,
-                  prebuilt: dict[str, Path] | None = None, reuse: str | Path | None = None) -> Path:
+                  prebuilt: dict[str, Path] | None = None, reuse: str | Path | None = None,
+                  data: str | Path | None = None, max_task_drop: float | None = None) -> Path:
     """Write to ``out`` the candidate that measured fastest within the floors (see the module).
     ``prebuilt``: {recipe: a bundle that recipe already made from ``bundle``}, measured instead of
     being written again (the demo has them all); ``reuse``: a folder of such bundles, one per
@@ -89,8 +105,14 @@ def quantize_auto(bundle: str | Path, out: str | Path, candidates: list[str] | N
         prebuilt = {**prebuilt_in(reuse, bundle), **(prebuilt or {})}
     check_out_dir(out, force, inputs=[bundle])
     source = open_bundle(bundle)
-    bench = BENCH.get(source.family)(None)
-    floors = floors_for(bench, source.family, min_cosine, max_drop)
+    floors = floors_for(BENCH.get(source.family), source.family, min_cosine, max_drop, max_task_drop)
+    if data is None and max_task_drop is not None:
+        reference = source.manifest["source"].get("id", "")
+        if not scene_trained(reference):
+            raise UsageError(f"--max-task-drop needs --data (a data set with ground truth; edgevfm scenes writes "
+                             f"one): {reference!r} is not a preset trained on the scenes, whose held-out split is the default")
+        data = held_out(source.family)
+    bench = BENCH.get(source.family)(str(data) if data is not None else None)
     bench.check_bundles([source])
     names = candidates or [KEEP] + [r for r in recipes_for(source.family)]
     unknown = [n for n in names if n != KEEP and n not in recipes_for(source.family)]
@@ -123,11 +145,14 @@ def quantize_auto(bundle: str | Path, out: str | Path, candidates: list[str] | N
         measured = _measure(bench, written, threads, runs, rounds, show_progress)
         for name, figures in measured.items():
             found = quality(bench, figures["accuracy"])
+            if data is not None:
+                found["task_drop"] = task_drop(bench, measured[KEEP]["accuracy"], figures["accuracy"])
             backend = "onnxruntime" if name == KEEP else RECIPES.get(name).backend
             records[name] = dict(recipe=name, backend=backend, **found, passed=passes(found, floors), **figures,
                                  **records.get(name, {}))  # "reused": the prebuilt bundle measured
         winner = min((r for r in records.values() if r.get("passed")), key=lambda r: r["latency_ms"])
         record = _record(records, winner, floors, threads, runs, rounds, machine_info(threads))
+        record["data"] = None if data is None else str(data)  # what the task scores were measured on
         with staged_bundle(out, force=force, inputs=[bundle]) as stage:
             chosen = open_bundle(written[winner["recipe"]], verify_hashes=False)
             manifest = {k: v for k, v in chosen.manifest.items() if k not in ("files", "format_version")}
@@ -215,6 +240,8 @@ def _record(records: dict, winner: dict, floors: dict, threads: int, runs: int, 
 
 def floor_text(floors: dict) -> str:
     words = [f"drop <= {floors['max_drop']:.3f}"]
+    if floors.get("max_task_drop") is not None:
+        words.append(f"task drop <= {floors['max_task_drop']:.3f}")
     if floors.get("min_cosine") is not None:
         words.insert(0, f"cosine >= {floors['min_cosine']:.4f}")
     return ", ".join(words)
@@ -222,6 +249,8 @@ def floor_text(floors: dict) -> str:
 
 def quality_text(r: dict) -> str:
     words = [f"drop {r['drop']:.3f}"]
+    if r.get("task_drop") is not None:
+        words.append(f"task drop {r['task_drop']:.3f}")
     if r.get("cosine") is not None:
         words.insert(0, f"cosine {r['cosine']:.4f}")
     return ", ".join(words)

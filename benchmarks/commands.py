@@ -68,6 +68,24 @@ def demo_run(args) -> None:
                   threads=args.threads, variants=args.variants, rounds=args.rounds)
 
 
+def scenes_arguments(p) -> None:
+    from .scene_data import KINDS
+
+    p.add_argument("output", type=new_folder, metavar="OUT", help="the data set's folder (replaced if it exists)")
+    p.add_argument("--kind", choices=KINDS, default="classify",
+                   help="classify: a labelled folder (CLIP; with a retrieval set); captions: COCO captions "
+                        "(BLIP, BLIP-2, LLaVA); vqa: VQA questions and answers; masks: COCO instance masks (SAM)")
+    p.add_argument("--count", type=positive_int, default=200, help="scenes (default 200)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="the split (default: the held-out seed the benchmarks use, which training never reads)")
+
+
+def scenes_run(args) -> None:
+    data = import_layer("edgevfm.benchmarks.scene_data", "bench", "edgevfm scenes")
+    seed = data.HELD_OUT_SEED if args.seed is None else args.seed
+    print(f"wrote {data.write(args.kind, args.output, args.count, seed, progress=True)}")
+
+
 @CHOOSERS.register(AUTO)
 def quantize_auto(bundle, out, **options) -> Path:
     """``quantize(bundle, "auto", out)`` and ``edgevfm quantize --recipe auto``: a measurement, so
@@ -78,5 +96,7 @@ def quantize_auto(bundle, out, **options) -> Path:
 
 register_command(Command("bench", "latency, memory, size and accuracy against the FP32 PyTorch reference",
                          bench_arguments, bench_run, order=40, epilog=True))
+register_command(Command("scenes", "write a data set of generated scenes with exact ground truth, for bench --data",
+                         scenes_arguments, scenes_run, order=45))
 register_command(Command("demo", "offline: export -> quantize (every recipe) -> run -> bench, with a report",
                          demo_arguments, demo_run, order=60))

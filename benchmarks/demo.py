@@ -70,8 +70,7 @@ def run_demo(out: str | Path = "demo-out", models=DEFAULT_MODELS, report_dir: st
         print(f"[4/4] bench {len(bundles)} bundles against PyTorch eager FP32 ({threads} threads, {n} runs)")
         result = bench(bundles, reference=model, out_dir=reports, threads=threads, runs=n, command=command,
                        rounds=rounds)
-        for goal in result["goals"]:
-            print(f"      {'MET' if goal['met'] else 'MISSED'}: {goal['goal']} ({goal['measured']})")
+        print(f"      {headline(result, family_bench)}")
         steps["bench"] = time.perf_counter() - started - sum(steps.values())
         print(f"report: {result['report']} (and report.html, results.json beside it); {model} took "
               f"{time.perf_counter() - started:.0f} s")
@@ -81,6 +80,30 @@ def run_demo(out: str | Path = "demo-out", models=DEFAULT_MODELS, report_dir: st
                             demo_command(out, models, report_dir, runs, threads, variants, rounds), threads)
     print(f"the demo took {(time.perf_counter() - begun) / 60:.1f} minutes: {summary}")
     return results
+
+
+def headline(result: dict, family_bench) -> str:
+    """One line for the console: the fastest bundle within the family's floors against FP32 PyTorch
+    (latency: the sum of its parts' p50), its speed-up over the FP32 bundle and its task score. The
+    goals, met or not, stay in the report (a tiny model's encoder cannot be "2x faster" and is no
+    news to a newcomer)."""
+    from .auto import floor_text, passes, quality
+
+    rows = [r for r in result["rows"] if r["kind"] == "bundle"]
+    total = lambda r: sum(p["p50"] for p in r["latency_ms"].values())
+    fp32 = next((r for r in rows if r["recipe"] is None), None)
+    within = [r for r in rows if passes(quality(family_bench, r["accuracy"]), family_bench.auto_floor)
+              and all(r["accuracy"].get(f"{k} drop", 0.0) <= most + 1e-12 for k, most in family_bench.task_goals.items())]
+    if not within or fp32 is None:
+        return "no bundle stayed within the family's floors: see the report"
+    best = min(within, key=total)
+    line = (f"fastest within the floors ({floor_text(family_bench.auto_floor)}): {best['name']}, "
+            f"{total(fp32) / total(best):.2f}x the FP32 bundle's speed")
+    task = [k for k in family_bench.task_keys if k in best["accuracy"]]
+    if task:
+        line += ", " + ", ".join(f"{k} {best['accuracy'][k]:.3f} (FP32 PyTorch {best['accuracy'][k] + best['accuracy'][k + ' drop']:.3f})"
+                                 for k in task[:2])
+    return line
 
 
 def write_summary(report_root: Path, timings: list[dict], total_s: float, command: str, threads: int) -> Path:

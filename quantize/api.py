@@ -23,7 +23,8 @@ from .choosers import chooser
 def quantize(bundle: str | Path, recipe: str, out: str | Path, calib: str | Path | None = None,
              samples: int | None = None, force: bool = False, block_size: int | None = None, show_progress: bool = True,
              min_cosine: float | None = None, max_drop: float | None = None, threads: int = 2,
-             reuse: str | Path | None = None, quick: bool = False) -> Path:
+             reuse: str | Path | None = None, quick: bool = False, data: str | Path | None = None,
+             max_task_drop: float | None = None) -> Path:
     """Apply ``recipe`` to every part of the FP32 ``bundle`` and write the result to ``out``.
 
     ``recipe="auto"`` measures the family's recipes of every installed backend on this machine
@@ -31,6 +32,9 @@ def quantize(bundle: str | Path, recipe: str, out: str | Path, calib: str | Path
     benchmarks' work (:func:`edgevfm.benchmarks.auto.quantize_auto`, found through
     :mod:`.choosers`). ``reuse``: a folder of bundles already made from ``bundle``, one per recipe,
     named after it (as ``edgevfm demo`` writes them), measured instead of being quantized again.
+    ``data`` and ``max_task_drop``: auto also holds each candidate's task score on ``data`` (the
+    family benchmark's ``--data``; a scene-trained preset's held-out scenes by default) to at most
+    ``max_task_drop`` below the FP32 bundle's.
 
     ``calib``: a folder of real images for calibrated recipes (default: scikit-image's photos);
     ``samples``: how many calibration images (default: the family's, 32 for CLIP, 8 for SAM).
@@ -44,9 +48,11 @@ def quantize(bundle: str | Path, recipe: str, out: str | Path, calib: str | Path
     choose = chooser(recipe)
     if choose is not None:  # auto: benchmarks/auto.py measures the recipes (registered in .choosers)
         return choose(bundle, out, min_cosine=min_cosine, max_drop=max_drop, calib=calib, samples=samples,
-                      force=force, block_size=block_size, threads=threads, show_progress=show_progress, reuse=reuse)
-    if min_cosine is not None or max_drop is not None or reuse is not None:
-        raise UsageError(f"min_cosine, max_drop and reuse are for recipe 'auto'; recipe {recipe!r} is applied as it is")
+                      force=force, block_size=block_size, threads=threads, show_progress=show_progress, reuse=reuse,
+                      data=data, max_task_drop=max_task_drop)
+    if any(v is not None for v in (min_cosine, max_drop, reuse, data, max_task_drop)):
+        raise UsageError(f"min_cosine, max_drop, reuse, data and max_task_drop are for recipe 'auto'; recipe {recipe!r} "
+                         "is applied as it is")
     chosen = RECIPES.get(recipe)
     if block_size is not None and (isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 16
                                    or block_size & (block_size - 1)):

@@ -43,6 +43,11 @@ def arguments(p) -> None:
                    "with embeddings; default: the family benchmark's floor)")
     p.add_argument("--max-drop", type=float, help="auto: the largest drop in agreement with FP32 allowed (zero-shot "
                    "top-1, mask IoU, next-token top-1; default: the family benchmark's floor)")
+    p.add_argument("--data", type=existing_folder, metavar="DIR", help="auto: a data set with ground truth, as bench "
+                   "--data reads it (edgevfm scenes writes one), to hold candidates to --max-task-drop")
+    p.add_argument("--max-task-drop", type=float, help="auto: the largest drop in task score below the FP32 bundle's "
+                   "allowed (zero-shot top-1, mask mIoU; 0.01 is one point), on --data or a trained preset's "
+                   "held-out scenes")
     p.add_argument("--threads", type=positive_int, default=2, help="auto: threads to measure with (default 2)")
     p.add_argument("--reuse", type=Path, metavar="DIR", help="auto: bundles already made from BUNDLE, one folder per "
                    "recipe named after it (as edgevfm demo writes them in demo-out/MODEL): measured, not made again")
@@ -64,7 +69,8 @@ def run(args) -> None:
     api = import_layer("edgevfm.quantize.api", "export", "edgevfm quantize")
     out = api.quantize(args.bundle, args.recipe, args.output, calib=args.calib, samples=args.samples,
                        force=args.force, block_size=args.block_size, min_cosine=args.min_cosine,
-                       max_drop=args.max_drop, threads=args.threads, reuse=args.reuse)
+                       max_drop=args.max_drop, threads=args.threads, reuse=args.reuse, data=args.data,
+                       max_task_drop=args.max_task_drop)
     print(f"wrote {out}")
 
 

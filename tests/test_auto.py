@@ -123,3 +123,31 @@ def test_reuse_is_checked(clip_bundle, sam_bundle, sam_recipe_bundles, tmp_path)
     with pytest.raises(UsageError, match="prebuilt candidate .* is not 'int8-dynamic' of .*made by 'fp16'"):
         quantize(clip_bundle, "auto", tmp_path / "a", reuse=wrong)
     assert not (tmp_path / "a").exists()
+
+
+def test_a_task_floor_holds_candidates_to_their_task_score(clip_bundle, tmp_path):
+    """--data with --max-task-drop: each candidate's zero-shot top-1 on the data set against the FP32
+    bundle's; a floor of 0 keeps only candidates that lose nothing."""
+    from edgevfm.benchmarks.scene_data import write
+
+    data = write("classify", tmp_path / "scenes", 12)
+    out = quantize_auto(clip_bundle, tmp_path / "auto", candidates=["fp32", "int8-dynamic", "fp16"], max_drop=0.9,
+                        data=data, max_task_drop=0.0, threads=1, runs=2, rounds=1, show_progress=False)
+    auto = _record(out)["auto"]
+    assert auto["floors"]["max_task_drop"] == 0.0 and auto["data"] == str(data)
+    for c in auto["candidates"]:
+        fp32 = next(f for f in auto["candidates"] if f["recipe"] == "fp32")["accuracy"]
+        drops = [fp32[k] - c["accuracy"][k] for k in ("top1_accuracy", "text_to_image_recall@1", "image_to_text_recall@1")]
+        assert c["task_drop"] == pytest.approx(max(drops))
+        assert c["passed"] == (c["drop"] <= 0.9 and c["task_drop"] <= 1e-12)
+    assert "task drop <= 0.000" in auto["why"]
+
+
+def test_a_task_floor_needs_ground_truth(clip_bundle, tmp_path):
+    with pytest.raises(UsageError, match=r"--max-task-drop needs --data .*'random:clip-tiny' is not a preset "
+                                         r"trained on the scenes"):
+        quantize_auto(clip_bundle, tmp_path / "auto", max_task_drop=0.01, show_progress=False)
+    with pytest.raises(UsageError, match=r"--max-task-drop must be in \[0, 1\), found 2"):
+        quantize_auto(clip_bundle, tmp_path / "auto", max_task_drop=2, data=tmp_path, show_progress=False)
+    with pytest.raises(UsageError, match=r"min_cosine, max_drop, reuse, data and max_task_drop are for recipe 'auto'"):
+        quantize(clip_bundle, "int8-dynamic", tmp_path / "x", max_task_drop=0.01)

@@ -285,3 +285,25 @@ def test_work_floor_says_whether_the_peaks_leave_room():
         reference, "p", "call", bf16, peaks, 350, 500, "it")
     older = {"gop": {"call": 100.0}}  # a report from before products were counted
     assert "(attention products not counted)" in work_floor(older, "p", "call", int8, peaks, 350, 500, "it")
+
+
+def test_scene_data_gives_task_scores_their_drops_and_goals(clip_bundle, clip_recipe_bundles, tmp_path):
+    """Zero-shot top-1 and retrieval recall against ground truth (edgevfm scenes' classify set), FP32
+    PyTorch's score minus each row's as its drop, and the INT8 row's task goal."""
+    from edgevfm.benchmarks.scene_data import write
+
+    data = write("classify", tmp_path / "scenes", 10)
+    out = bench([clip_bundle, clip_recipe_bundles["int8-dynamic"]], reference="random:clip-tiny",
+                out_dir=tmp_path / "r", data=data, runs=1, warmup=0, batch=1, threads=1, show_progress=False)
+    torch_row, fp32, int8 = out["rows"]
+    for key in ("top1_accuracy", "text_to_image_recall@1", "text_to_image_recall@5", "image_to_text_recall@1"):
+        assert 0.0 <= fp32["accuracy"][key] <= 1.0
+        assert fp32["accuracy"][key] == pytest.approx(torch_row["accuracy"][key], abs=0.1)  # 1 of 10 may flip
+    for row in out["rows"]:
+        for key in ("top1_accuracy", "text_to_image_recall@1", "image_to_text_recall@1"):
+            assert row["accuracy"][f"{key} drop"] == pytest.approx(torch_row["accuracy"][key] - row["accuracy"][key])
+    assert out["workload"]["retrieval_pairs"] == 10 and out["workload"]["labelled_images"] == 10
+    (goal,) = [g for g in out["goals"] if "top1_accuracy at most 0.01 below" in g["goal"]]
+    assert goal["goal"].startswith(int8["name"])
+    assert goal["met"] == (int8["accuracy"]["top1_accuracy drop"] <= 0.01)
+    assert "data" not in out["command"].split("--reference")[0] and "--data" in out["command"]

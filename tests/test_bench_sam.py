@@ -37,8 +37,13 @@ def test_mask_accuracy(results):
     assert fp32["accuracy"]["mask_iou_mean"] > 0.999  # same graph, pixels at logit ~0 may flip
     assert fp32["accuracy"]["iou_score_diff_max"] < 1e-4
     assert 0.5 < int8["accuracy"]["mask_iou_mean"] <= 1.0
-    assert torch_row["accuracy"]["ground_truth_miou"] == pytest.approx(fp32["accuracy"]["ground_truth_miou"], abs=1e-3)
-    assert results["workload"]["ground_truth_pairs"] == 1
+    for kind in ("point", "box"):  # the one mask, prompted by its centre point and by its box
+        key = f"{kind}_miou"
+        assert torch_row["accuracy"][key] == pytest.approx(fp32["accuracy"][key], abs=1e-3)
+        assert 0.0 <= fp32["accuracy"][key] <= 1.0
+        assert fp32["accuracy"][f"{key} drop"] == pytest.approx(torch_row["accuracy"][key] - fp32["accuracy"][key])
+        assert torch_row["accuracy"][f"{key} drop"] == 0.0
+    assert results["workload"]["ground_truth"].startswith("1 images, 1 masks")
 
 
 def test_goals(results):

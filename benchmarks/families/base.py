@@ -43,6 +43,11 @@ class Bench(ABC):
     cosine_keys: ClassVar[tuple[str, ...]] = ()  # accuracy keys that are cosines to FP32 (the lowest counts)
     agreement_keys: ClassVar[tuple[str, ...]] = ()  # accuracy keys in [0, 1]: 1 - the lowest is the drop
     auto_floor: ClassVar[dict[str, float | None]] = {"min_cosine": None, "max_drop": 0.05}
+    # task metrics against ground truth (with --data, or a trained preset's held-out scenes): each
+    # row gains "<key> drop", FP32 PyTorch's score minus its own
+    task_keys: ClassVar[tuple[str, ...]] = ()
+    # {task key: the largest drop below FP32 PyTorch an INT8 row may have} (the report's task goals)
+    task_goals: ClassVar[dict[str, float]] = {}
     max_runs: ClassVar[dict[str, int]] = {}  # {part: runs at most, over all rounds}: parts of seconds per call
 
     images: list  # the workload's images (arrays or paths); the INT8-per-CPU measurement may shorten it

@@ -35,15 +35,52 @@ def prompts_for(height: int, width: int) -> dict[str, dict]:
     }
 
 
-def ground_truth(data: str | None) -> list[tuple[Path, Path]]:
-    """(image, mask) pairs of a folder where X.png has its binary mask in X.mask.png."""
+def ground_truth(data: str | None) -> list[tuple[Path, list]]:
+    """(image, its masks) of a folder: COCO instances (``instances.json`` with masks as uncompressed
+    RLE, as ``edgevfm scenes --kind masks`` writes them), or X.png with its one binary mask in
+    X.mask.png. A mask is a path or a (H, W) bool array."""
     if not data:
         return []
+    instances = Path(data) / "instances.json"
+    if instances.is_file():
+        return _coco_instances(instances)
     pairs = [(p, p.with_name(p.stem + ".mask.png")) for p in list_images(data) if not p.stem.endswith(".mask")]
-    pairs = [(image, mask) for image, mask in pairs if mask.is_file()]
+    pairs = [(image, [mask]) for image, mask in pairs if mask.is_file()]
     if not pairs:
-        raise ValueError(f"no image/mask pairs under {data!r}: expected X.png with X.mask.png beside it")
+        raise ValueError(f"no image/mask pairs under {data!r}: expected instances.json (COCO, RLE masks) or X.png "
+                         "with X.mask.png beside it")
     return pairs
+
+
+def _coco_instances(path: Path) -> list[tuple[Path, list]]:
+    import json
+
+    from edgevfm.runtime.masks import rle_to_mask
+
+    content = json.loads(path.read_text())
+    masks: dict[int, list] = {}
+    for a in content.get("annotations", []):
+        if not isinstance(a.get("segmentation"), dict):
+            raise ValueError(f"{path}: annotation {a.get('id')} is not an uncompressed RLE mask (polygons and "
+                             "compressed RLE are not read)")
+        masks.setdefault(int(a["image_id"]), []).append(rle_to_mask(a["segmentation"]))
+    return [(path.parent / im["file_name"], masks[int(im["id"])]) for im in content.get("images", [])
+            if int(im["id"]) in masks]
+
+
+def centre_point(mask: np.ndarray) -> list[float]:
+    """The mask's pixel farthest from its boundary (x, y at the pixel centre): the one-point prompt
+    SAM's single-point evaluation clicks."""
+    from scipy.ndimage import distance_transform_edt
+
+    distance = distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    y, x = np.unravel_index(int(np.argmax(distance)), mask.shape)
+    return [x + 0.5, y + 0.5]
+
+
+def tight_box(mask: np.ndarray) -> list[float]:
+    ys, xs = np.nonzero(mask)
+    return [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
 
 
 @BENCH.register("sam")
@@ -54,6 +91,8 @@ class SamBench(Bench):
     # --recipe auto: the figures a candidate is held to (see benchmarks/auto.py), and their defaults
     cosine_keys = ()
     agreement_keys = ("mask_iou_mean",)  # its drop: 1 - mean mask IoU
+    task_keys = ("point_miou", "box_miou")
+    task_goals = {"point_miou": 0.01, "box_miou": 0.01}  # an INT8 row loses at most 0.01 mIoU
     auto_floor = {"min_cosine": None, "max_drop": 0.05}
     auto_in_report = True  # make report adds the --recipe auto bundle
     # make demo: one recipe of each kind (make report adds the rest); sam-ov-int8 is the OpenVINO
@@ -63,22 +102,40 @@ class SamBench(Bench):
 
     @staticmethod
     def demo(bundles: list[Path], report_dir: Path, threads: int) -> None:
-        """``edgevfm run BUNDLE segment`` on chelsea the cat with each bundle; the FP32 mask and
-        its overlay go into the report folder."""
+        """``edgevfm run BUNDLE segment`` with each bundle: a point on a shape of a held-out generated
+        scene for a preset trained on them (and the mask's IoU with the drawn shape), else a point
+        and a box on chelsea the cat. The FP32 mask and its overlay go into the report folder."""
         from PIL import Image
 
+        from edgevfm.runtime import open_bundle
         from edgevfm.runtime.cli import main
 
-        chelsea = report_dir / "chelsea.png"
+        from ..scene_data import scene_trained
+        from ..scenes import HELD_OUT_SEED, scene
+
         report_dir.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(skimage_photos()[1]).save(chelsea)
+        truth = None
+        if scene_trained(open_bundle(bundles[0], verify_hashes=False).manifest["source"]["id"]):
+            shown = scene(HELD_OUT_SEED, 3, objects=(3, 3))
+            picture = report_dir / "scene.png"
+            Image.fromarray(shown.image).save(picture)
+            pick = int(np.argmax(shown.masks.sum((1, 2))))
+            truth, (x, y) = shown.masks[pick], centre_point(shown.masks[pick])
+            prompt = ["--point", f"{x:.0f},{y:.0f}"]
+            print(f"      {picture.name}: {shown.captions[0]}; a point on the {shown.objects[pick].name} at ({x:.0f}, {y:.0f})")
+        else:
+            picture = report_dir / "chelsea.png"
+            Image.fromarray(skimage_photos()[1]).save(picture)
+            prompt = ["--point", "220,150", "--box", "80,20,330,290"]
         for path in bundles:  # the FP32 picture goes with the report, the others beside the bundles
             out = report_dir / "segment-fp32.png" if path.name == "fp32" else path.parent / "segment" / f"{path.name}.png"
             print(f"      {path.name:>13}: ", end="", flush=True)
             providers = simulation_providers(path)  # a TensorRT-format bundle: its CPU simulation
             simulated = ["--providers", ",".join(providers)] if providers else []
-            main(["run", str(path), "--threads", str(threads), *simulated, "segment", str(chelsea), "--point", "220,150",
-                  "--box", "80,20,330,290", "--out", str(out)])
+            main(["run", str(path), "--threads", str(threads), *simulated, "segment", str(picture), *prompt,
+                  "--out", str(out)])
+            if truth is not None:
+                print(f"      {'':>13}  IoU with the drawn shape: {_iou(np.asarray(Image.open(out)) > 127, truth):.3f}")
 
     def __init__(self, data: str | None = None):
         self.images = skimage_photos()[:PHOTOS]
@@ -113,13 +170,15 @@ class SamBench(Bench):
             for kind, prompt in prompts_for(*image.shape[:2]).items():
                 masks, scores = runner.predict(prompt)
                 out[f"{i}/{kind}"] = (np.packbits(masks, axis=-1), scores, masks.shape)
-        for i, (image, mask) in enumerate(self.truth):
+        for i, (image, masks) in enumerate(self.truth):
             runner.set_image(load_image(image))
-            truth = np.asarray(load_image(mask))[..., 0] > 127
-            ys, xs = np.nonzero(truth)
-            masks, scores = runner.predict({"boxes": np.float32([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]])})
-            best = masks[0, int(np.argmax(scores[0]))]
-            out[f"truth/{i}"] = _iou(best, truth)
+            for k, truth in enumerate(masks):
+                truth = truth if isinstance(truth, np.ndarray) else np.asarray(load_image(truth))[..., 0] > 127
+                for kind, prompt in (("box", {"boxes": np.float32([tight_box(truth)])}),
+                                     ("point", {"points": np.float32([[centre_point(truth)]]),
+                                                "labels": np.ones((1, 1), np.float32)})):
+                    masks_out, scores = runner.predict(prompt)  # the best-scored of the multimask answers
+                    out[f"truth/{kind}/{i}/{k}"] = _iou(masks_out[0, int(np.argmax(scores[0]))], truth)
         return out
 
     def extra(self, runner) -> dict:
@@ -139,16 +198,20 @@ class SamBench(Bench):
         diffs = np.concatenate(score_diffs)
         metrics = {"mask_iou_mean": float(np.mean(ious)), "mask_iou_worst": float(np.min(ious)),
                    "iou_score_diff_mean": float(diffs.mean()), "iou_score_diff_max": float(diffs.max())}
-        truth = [v for k, v in out.items() if k.startswith("truth/")]
-        if truth:
-            metrics["ground_truth_miou"] = float(np.mean(truth))
+        for kind in ("point", "box"):
+            truth = [v for k, v in out.items() if k.startswith(f"truth/{kind}/")]
+            if truth:
+                metrics[f"{kind}_miou"] = float(np.mean(truth))
         return metrics
 
     def workload(self) -> dict:
         per_image = sum(len(p.get("boxes", p.get("points"))) for p in prompts_for(100, 100).values())
         return {"images": len(self.images), "prompts_per_image": per_image, "masks_compared": "3 per prompt (multimask)",
                 "image_source": "scikit-image's astronaut, chelsea, coffee",
-                "prompt_source": "8 grid points, 2 boxes, 1 point + box per image", "ground_truth_pairs": len(self.truth)}
+                "prompt_source": "8 grid points, 2 boxes, 1 point + box per image",
+                "ground_truth": f"{len(self.truth)} images, {sum(len(m) for _, m in self.truth)} masks: each prompted "
+                                "with its tight box and with its centre point (farthest from the boundary); the "
+                                "best-scored of the three masks counts"}
 
     def goals(self, rows: list[dict], peaks: dict, peers: dict | None = None, machine: dict | None = None) -> list[dict]:
         torch_row = next(r for r in rows if r["kind"] == "pytorch")

@@ -16,9 +16,10 @@ _STD = [0.26862954, 0.26130258, 0.27577711]
 _MERGES = 400  # about 1,000 tokens in all: every word of the corpus becomes one token
 
 
-def _clip_tokenizer():
-    """A real CLIP tokenizer (transformers' CLIPTokenizer) with merges trained on ``_CORPUS`` by
-    the deterministic :func:`..bpe.train_merges`: the same tokenizer in every process."""
+def clip_tokenizer(corpus: list[str] | None = None, max_merges: int = _MERGES):
+    """A real CLIP tokenizer (transformers' CLIPTokenizer) with merges trained on ``corpus``
+    (default :data:`..bpe.ENGLISH`) by the deterministic :func:`..bpe.train_merges`: the same
+    tokenizer in every process."""
     from tokenizers import pre_tokenizers
     from transformers import CLIPTokenizer
 
@@ -26,10 +27,10 @@ def _clip_tokenizer():
 
     pipeline = CLIPTokenizer()._tokenizer
     words = []
-    for line in ENGLISH:
+    for line in ENGLISH if corpus is None else corpus:
         for word, _ in pipeline.pre_tokenizer.pre_tokenize_str(pipeline.normalizer.normalize_str(line)):
             words.append(tuple(word[:-1]) + (word[-1] + "</w>",))
-    merges = train_merges(words, max_merges=_MERGES)
+    merges = train_merges(words, max_merges=max_merges)
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     tokens = alphabet + [c + "</w>" for c in alphabet]
     for a, b in merges:
@@ -158,7 +159,7 @@ class ClipSpec(FamilySpec):
         return model, {"tokenizer": tokenizer, "image_processor": processor}
 
     def random_config(self, preset):
-        tokenizer = _clip_tokenizer()
+        tokenizer = clip_tokenizer()
         special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
                    "pad_token_id": tokenizer.pad_token_id}
         text = {"vocab_size": len(tokenizer), **preset.config["text"], **special}

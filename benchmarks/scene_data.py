@@ -1,0 +1,116 @@
+"""Data sets of generated scenes (:mod:`.scenes`) in the formats ``edgevfm bench --data`` reads,
+written by ``edgevfm scenes``, and the held-out data a trained preset's benchmark uses.
+
+- ``classify``: a labelled folder, ``<shape>/<index>.png`` (one shape per scene), and beside it
+  ``captions.json`` (COCO captions) over ``retrieval/<index>.png`` for image-text retrieval;
+- ``captions``: ``images/<index>.png`` and ``captions.json`` (COCO captions, five references each);
+- ``vqa``: ``images/`` with ``questions.json`` and ``annotations.json`` (VQA v2 layout, the one
+  answer given by three annotators, so a right answer scores 1);
+- ``masks``: ``images/`` and ``instances.json`` (COCO instances, masks as uncompressed RLE).
+
+Each folder is written to a temporary name and renamed; ``scenes.json`` records what made it, and
+:func:`held_out` reuses a folder whose record matches.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from edgevfm.runtime.masks import mask_to_rle
+
+from .scenes import HELD_OUT_SEED, SHAPES, scene
+
+KINDS = ("classify", "captions", "vqa", "masks")
+# what a family's benchmark reads from the held-out split, and how many scenes of it
+FAMILY_DATA = {"clip": ("classify", 300), "sam": ("masks", 60), "blip": ("captions", 100), "blip2": ("vqa", 100),
+               "llava": ("vqa", 100)}
+
+
+def write(kind: str, out: str | Path, count: int, seed: int = HELD_OUT_SEED, progress: bool = False) -> Path:
+    """Write ``count`` scenes of split ``seed`` as a ``kind`` data set at ``out`` (replacing it)."""
+    from PIL import Image
+
+    if kind not in KINDS:
+        from edgevfm.runtime.errors import UnknownNameError
+
+        raise UnknownNameError("scene data kind", kind, list(KINDS))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    items = range(count)
+    if progress:
+        from tqdm import tqdm
+
+        items = tqdm(items, desc=f"scenes ({kind})", unit="scene")
+    images, annotations, questions = [], [], []
+    for index in items:
+        name = f"{index:05d}.png"
+        if kind == "classify":
+            s = scene(seed, index, objects=(1, 1))
+            (stage / s.label).mkdir(exist_ok=True)
+            Image.fromarray(s.image).save(stage / s.label / name)
+            s = scene(seed, 10 ** 6 + index)  # the retrieval set: 1 to 3 shapes, other scenes
+            folder = "retrieval"
+        else:
+            s = scene(seed, index)
+            folder = "images"
+        (stage / folder).mkdir(exist_ok=True)
+        Image.fromarray(s.image).save(stage / folder / name)
+        images.append({"id": index, "file_name": f"{folder}/{name}", "height": s.image.shape[0], "width": s.image.shape[1]})
+        if kind in ("classify", "captions"):
+            captions = s.captions[:1] if kind == "classify" else s.captions
+            annotations += [{"id": len(annotations), "image_id": index, "caption": c} for c in captions]
+        elif kind == "vqa":
+            for q, answer, what in s.questions:
+                qid = len(questions)
+                questions.append({"question_id": qid, "image_id": index, "question": q})
+                annotations.append({"question_id": qid, "image_id": index, "question_type": what,
+                                    "answers": [{"answer": answer, "answer_id": k} for k in (1, 2, 3)]})
+        else:
+            for k, (obj, mask) in enumerate(zip(s.objects, s.masks)):
+                ys, xs = np.nonzero(mask)
+                annotations.append({"id": len(annotations), "image_id": index, "category_id": SHAPES.index(obj.shape) + 1,
+                                    "segmentation": mask_to_rle(mask), "area": int(mask.sum()), "iscrowd": 0,
+                                    "bbox": [int(xs.min()), int(ys.min()), int(np.ptp(xs)) + 1, int(np.ptp(ys)) + 1],
+                                    "colour": obj.colour, "size": obj.size, "layer": k})
+    record = {"kind": kind, "seed": seed, "count": count}
+    if kind == "vqa":
+        (stage / "questions.json").write_text(json.dumps({"questions": questions}))
+        (stage / "annotations.json").write_text(json.dumps({"annotations": annotations}))
+    else:
+        content = {"images": images, "annotations": annotations}
+        if kind == "masks":
+            content["categories"] = [{"id": i + 1, "name": s} for i, s in enumerate(SHAPES)]
+        (stage / ("instances.json" if kind == "masks" else "captions.json")).write_text(json.dumps(content))
+    (stage / "scenes.json").write_text(json.dumps(record))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(stage, out)
+    return out
+
+
+def scene_trained(reference: str) -> bool:
+    """Whether ``reference`` is a preset trained on the scenes (one whose weights ship in a folder)."""
+    from edgevfm.export.spec import find_preset, is_preset
+
+    return is_preset(reference) and find_preset(reference)[1].folder is not None
+
+
+def held_out(family: str, root: str | Path | None = None) -> Path:
+    """The held-out data set ``family``'s benchmark reads, written once under ``root`` (default:
+    ``edgevfm-scenes`` in the temporary folder) and reused while its record matches."""
+    kind, count = FAMILY_DATA[family]
+    root = Path(tempfile.gettempdir()) / "edgevfm-scenes" if root is None else Path(root)
+    folder = Path(root) / f"{kind}-{HELD_OUT_SEED}-{count}"
+    try:
+        if json.loads((folder / "scenes.json").read_text()) == {"kind": kind, "seed": HELD_OUT_SEED, "count": count}:
+            return folder
+    except (OSError, ValueError):
+        pass
+    return write(kind, folder, count)
