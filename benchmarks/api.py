@@ -18,7 +18,7 @@ from .families import BENCH
 from .machine import busy_cores, machine_info
 from .report import write_report
 from .roofline import gemm_peaks
-from .scene_data import held_out, scene_trained
+from .scene_data import held_out, held_out_command, scene_trained
 from .timing import pooled
 from .worker import measure_peers, measure_row
 
@@ -51,11 +51,13 @@ def bench(bundles: list[str | Path], reference: str, out_dir: str | Path, data: 
     family = families[0]
     _check_reference(opened, reference)
     given_data = data  # the command to rerun names only what the user passed
+    made_by = None
     if data is None and scene_trained(reference):  # judged on task accuracy: its held-out scenes
         data = held_out(family)
+        made_by = held_out_command(family)
     family_bench = BENCH.get(family)(str(data) if data else None)
     family_bench.check_bundles(opened)
-    base = {"family": family, "data": str(data) if data else None, "threads": threads, "runs": runs,
+    base = {"family": family, "data": str(data) if data else None, "data_made_by": made_by, "threads": threads, "runs": runs,
             "warmup": warmup if warmup is not None else max(3, runs // 5), "batch": batch, "rounds": rounds}
     tasks = [dict(base, kind="pytorch", target=reference)] + [dict(base, kind="bundle", target=str(b.path)) for b in opened]
     load_before, busy_before = os.getloadavg(), busy_cores()

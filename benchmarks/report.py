@@ -144,6 +144,18 @@ def plot(results: dict, out_dir: Path) -> Path | None:
     return path
 
 
+def task_text(results: dict) -> str:
+    """What the accuracy columns mean: task scores against ground truth where the rows have them."""
+    drops = [k[:-len(" drop")] for k in results["rows"][0]["accuracy"] if k.endswith(" drop")]
+    if not drops:
+        return "With random-weight presets they measure agreement with FP32, not task accuracy."
+    settings = results["settings"]
+    data = (f"the held-out generated scenes, `{settings['data_made_by']}`" if settings.get("data_made_by")
+            else f"`{settings.get('data')}`")
+    return (f"Task scores against ground truth ({', '.join(drops)}; data: {data}) stand beside the agreement "
+            "figures, each with its drop: FP32 PyTorch's score minus the row's (positive: the row lost).")
+
+
 def write_report(results: dict, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -151,8 +163,7 @@ def write_report(results: dict, out_dir: Path) -> Path:
     lat, acc = latency_table(results), accuracy_table(results)
     w = results["workload"]
     intro = (f"Reference: `{results['reference']}` in PyTorch eager FP32. Accuracy columns compare each row "
-             "with that reference on the same inputs (see Workload). "
-             "With random-weight presets they measure agreement with FP32, not task accuracy.")
+             "with that reference on the same inputs (see Workload). " + task_text(results))
     md = [f"# {results['family']} benchmark", "", f"Produced by `{results['command']}` on {results['created']}."
           + _rederived_text(results), "", intro, ""]
     if (results.get("load_average") or {}).get("busy"):

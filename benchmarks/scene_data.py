@@ -102,6 +102,12 @@ def scene_trained(reference: str) -> bool:
     return is_preset(reference) and find_preset(reference)[1].folder is not None
 
 
+def held_out_command(family: str) -> str:
+    """The command that writes ``family``'s held-out data set (what :func:`held_out` writes)."""
+    kind, count = FAMILY_DATA[family]
+    return f"edgevfm scenes DIR --kind {kind} --count {count} --seed {HELD_OUT_SEED}"
+
+
 def held_out(family: str, root: str | Path | None = None) -> Path:
     """The held-out data set ``family``'s benchmark reads, written once under ``root`` (default:
     ``edgevfm-scenes`` in the temporary folder) and reused while its record matches."""

@@ -60,6 +60,17 @@ def clip_recipe_bundles(clip_bundle, tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def clip_shapes_bundle(tmp_path_factory) -> Path:
+    """trained:clip-shapes (training/clip_shapes.py), exported as a user's folder is."""
+    return _bundle("trained:clip-shapes", tmp_path_factory, "clip-shapes")
+
+
+@pytest.fixture(scope="session")
+def sam_shapes_bundle(tmp_path_factory) -> Path:
+    return _bundle("trained:sam-shapes", tmp_path_factory, "sam-shapes")
+
+
+@pytest.fixture(scope="session")
 def photos():
     from edgevfm.quantize.calibration import skimage_photos
 

@@ -21,6 +21,7 @@ from edgevfm.runtime.image import MAX_RESIZED_PIXELS, load_image, preprocess
 from helpers import fuzz_settings
 
 FAMILIES = ["blip", "blip2", "clip", "llava", "sam"]
+TRAINED = ["clip-shapes", "sam-shapes"]  # the presets trained on generated scenes
 
 @pytest.fixture(scope="module")
 def clip(clip_bundle):
@@ -47,9 +48,14 @@ def blip2(blip2_bundle):
     return load(blip2_bundle, threads=1)
 
 
+@pytest.fixture(scope="module")
+def trained(clip_shapes_bundle, sam_shapes_bundle):
+    return {"clip-shapes": load(clip_shapes_bundle, threads=1), "sam-shapes": load(sam_shapes_bundle, threads=1)}
+
+
 @pytest.fixture
-def pipelines(blip, blip2, clip, llava, sam):
-    return {"blip": blip, "blip2": blip2, "clip": clip, "llava": llava, "sam": sam}
+def pipelines(blip, blip2, clip, llava, sam, trained):
+    return {"blip": blip, "blip2": blip2, "clip": clip, "llava": llava, "sam": sam, **trained}
 
 
 def _take(pipeline, image):
@@ -63,7 +69,7 @@ def _take(pipeline, image):
     return pipeline.set_image(image)
 
 
-@pytest.fixture(params=FAMILIES)
+@pytest.fixture(params=FAMILIES + TRAINED)
 def pipeline(request, pipelines):
     return pipelines[request.param]
 
@@ -240,7 +246,7 @@ ARRAYS = st.tuples(
 )
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES + TRAINED)
 @fuzz_settings(examples=80)
 @given(array=ARRAYS, size=st.tuples(st.integers(1, 3000), st.integers(1, 40)))
 def test_fuzzed_image_preprocesses_or_is_an_input_error(family, array, size, pipelines):
@@ -248,7 +254,7 @@ def test_fuzzed_image_preprocesses_or_is_an_input_error(family, array, size, pip
     preprocessing: the model's input shape, finite, or an InputError."""
     spec = pipelines[family].manifest["preprocessing"]
     expected = {"blip": (1, 3, 64, 64), "blip2": (1, 3, 56, 56), "clip": (1, 3, 224, 224), "llava": (1, 3, 56, 56),
-                "sam": (1, 3, 128, 128)}[family]
+                "sam": (1, 3, 128, 128), "clip-shapes": (1, 3, 128, 128), "sam-shapes": (1, 3, 128, 128)}[family]
     dtype, shape = array
     candidates = [np.zeros(shape, dtype), np.full((size[1], size[0], 3), 200, np.uint8),
                   np.full((size[0], size[1]), 7, np.uint8)]

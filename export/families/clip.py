@@ -147,6 +147,8 @@ class ClipSpec(FamilySpec):
                                 "text": dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8,
                                              vocab_size=49408),
                                 "projection_dim": 512}, seed=0),
+        "clip-shapes": Preset("clip-shapes", "small CLIP trained here on generated scenes (training/clip_shapes.py)",
+                              {}, trained=True, folder="clip-shapes"),
     }
 
     def load_pretrained(self, source, revision):

@@ -180,6 +180,8 @@ class SamSpec(FamilySpec):
         "sam-tiny": Preset("sam-tiny", "tiny SAM for tests (128 px input)", _tiny(), seed=0),
         "sam-vit-b": Preset("sam-vit-b", "facebook/sam-vit-base sizes, random weights",
                             {"vision": {}, "prompt": {}, "decoder": {}}, seed=0),
+        "sam-shapes": Preset("sam-shapes", "small SAM trained here on generated scenes (training/sam_shapes.py)",
+                             {}, trained=True, folder="sam-shapes"),
     }
 
     def load_pretrained(self, source, revision):
