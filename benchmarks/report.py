@@ -213,7 +213,7 @@ def rederive(report_dir: str | Path) -> Path:
     Returns the Markdown file."""
     import datetime
 
-    from .api import backend_goals
+    from .api import backend_goals, task_goals
     from .families import BENCH
     from .worker import open_bundle_facts, product_gop, reference_calls
 
@@ -235,7 +235,8 @@ def rederive(report_dir: str | Path) -> Path:
         counted.append(f"the compute precision and quantized operations of {len(found)} bundles, read from their folders")
     results["goals"] = family_bench.goals(results["rows"], results["machine"]["measured_peaks"],
                                           results.get("peers") or {}, results["machine"]) + \
-        backend_goals(family_bench, results["rows"], results["machine"]["instruction_sets"])
+        backend_goals(family_bench, results["rows"], results["machine"]["instruction_sets"]) + \
+        task_goals(family_bench, results["rows"])
     results["goals_rederived"] = {
         "command": f"python -m edgevfm.benchmarks.report {out_dir}",
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

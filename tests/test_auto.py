@@ -87,7 +87,7 @@ def test_floors_are_checked(clip_bundle, sam_bundle, tmp_path):
         quantize(sam_bundle, "auto", tmp_path / "a", min_cosine=0.99)
     with pytest.raises(UsageError, match=r"--max-drop must be in \[0, 1\), found 2"):
         quantize(clip_bundle, "auto", tmp_path / "a", max_drop=2)
-    with pytest.raises(UsageError, match="min_cosine, max_drop and reuse are for recipe 'auto'"):
+    with pytest.raises(UsageError, match="min_cosine, max_drop, reuse, data and max_task_drop are for recipe 'auto'"):
         quantize(clip_bundle, "int8-dynamic", tmp_path / "a", min_cosine=0.99)
     with pytest.raises(UsageError, match=r"unknown candidate recipes \['llava-int4'\]"):
         quantize_auto(clip_bundle, tmp_path / "a", candidates=["fp32", "llava-int4"])
@@ -115,7 +115,7 @@ def test_the_command_line_runs_every_candidate(clip_bundle, clip_recipe_bundles,
 def test_reuse_is_checked(clip_bundle, sam_bundle, sam_recipe_bundles, tmp_path):
     with pytest.raises(UsageError, match="--reuse expects a folder of bundles named after their recipes"):
         quantize(clip_bundle, "auto", tmp_path / "a", reuse=tmp_path / "absent")
-    with pytest.raises(UsageError, match="reuse are for recipe 'auto'"):
+    with pytest.raises(UsageError, match="reuse, data and max_task_drop are for recipe 'auto'"):
         quantize(clip_bundle, "int8-dynamic", tmp_path / "a", reuse=tmp_path)
     wrong = tmp_path / "wrong"  # a SAM bundle where CLIP's int8-dynamic should be
     wrong.mkdir()
