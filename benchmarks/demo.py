@@ -91,14 +91,14 @@ def headline(result: dict, family_bench) -> str:
     (latency: the sum of its parts' p50), its speed-up over the FP32 bundle and its task score. The
     goals, met or not, stay in the report (a tiny model's encoder cannot be "2x faster" and is no
     news to a newcomer)."""
-    from .auto import floor_text, passes, quality
+    from .auto import floor_text, floors_for, passes, quality
 
     rows = [r for r in result["rows"] if r["kind"] == "bundle"]
     total = lambda r: sum(p["p50"] for p in r["latency_ms"].values())
     fp32 = next((r for r in rows if r["recipe"] is None), None)
     floors = family_bench.auto_floor  # with task scores, the task goals: what a user loses
     if family_bench.task_goals and all(f"{k} drop" in rows[0]["accuracy"] for k in family_bench.task_goals):
-        floors = {"min_cosine": None, "max_drop": None, "max_task_drop": min(family_bench.task_goals.values())}
+        floors = floors_for(family_bench, result["family"], None, None, min(family_bench.task_goals.values()))
     within = [r for r in rows if passes(quality(family_bench, r["accuracy"]), floors)]
     if not within or fp32 is None:
         return "no bundle stayed within the family's floors: see the report"

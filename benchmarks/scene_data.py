@@ -102,6 +102,13 @@ def scene_trained(reference: str) -> bool:
     return is_preset(reference) and find_preset(reference)[1].folder is not None
 
 
+def bundle_from_scenes(bundle) -> bool:
+    """Whether ``bundle`` (a folder) was exported from a preset trained on the scenes."""
+    from edgevfm.runtime import open_bundle
+
+    return scene_trained(open_bundle(bundle, verify_hashes=False).manifest["source"].get("id", ""))
+
+
 def held_out_command(family: str) -> str:
     """The command that writes ``family``'s held-out data set (what :func:`held_out` writes)."""
     kind, count = FAMILY_DATA[family]

@@ -146,6 +146,8 @@ def find_preset(model: str) -> tuple[str, Preset]:
     preset, each with its own prefix."""
     from edgevfm.runtime.errors import UnknownNameError
 
+    from . import families  # noqa: F401  (registers the family specs and their presets)
+
     for family, cls in FAMILIES.items():
         for preset in cls.presets.values():
             if model == preset.prefix + preset.name:

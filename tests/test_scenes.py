@@ -154,3 +154,12 @@ def test_a_trained_preset_refuses_other_bytes(tmp_path, monkeypatch):
         presets.verify("toy")
     with pytest.raises(CheckpointError, match=r"trained:absent has no readable .*preset.json"):
         presets.verify("absent")
+
+
+def test_a_fresh_process_knows_the_scene_trained_presets():
+    """find_preset registers the families itself: a bench started from the command line asks before
+    anything else has imported them."""
+    code = ("from edgevfm.benchmarks.scene_data import scene_trained\n"
+            "print(scene_trained('trained:clip-shapes'), scene_trained('random:clip-tiny'), scene_trained('./x'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "False", "False"]

@@ -15,7 +15,6 @@ preset on :data:`~edgevfm.benchmarks.scenes.HELD_OUT_SEED`, which this script ne
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import LossLog, cosine_lr, start, write_preset  # noqa: E402
+from common import LossLog, arguments, cosine_lr, write_preset  # noqa: E402
 
 from edgevfm.benchmarks.scenes import SHAPES, TRAIN_SEED, scenes, vocabulary  # noqa: E402
 from edgevfm.export.bpe import ENGLISH  # noqa: E402
@@ -57,15 +56,7 @@ def pixels(images: np.ndarray) -> torch.Tensor:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--scenes", type=int, default=20000)
-    parser.add_argument("--steps", type=int, default=4000)
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args(argv)
-    start(args.seed)
+    args = arguments(__doc__, argv, scenes=20000, steps=4000, batch=128, lr=1e-3)
     model, tokenizer, processor = build()
     print(f"rendering {args.scenes} training scenes and as many single-shape ones (seed {TRAIN_SEED}) ...", flush=True)
     data = scenes(TRAIN_SEED, args.scenes)

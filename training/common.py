@@ -24,6 +24,22 @@ PRESETS = Path(__file__).resolve().parent.parent / "export" / "presets"
 THREADS = 2  # the thread count changes float summation order: the recorded bytes hold for 2 threads
 
 
+def arguments(doc: str, argv, scenes: int, steps: int, batch: int, lr: float):
+    """Every script's options (its defaults rebuild its preset), parsed; then :func:`start`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--scenes", type=int, default=scenes)
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--batch", type=int, default=batch)
+    parser.add_argument("--lr", type=float, default=lr)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None, help=f"default: {PRESETS}/<name>")
+    args = parser.parse_args(argv)
+    start(args.seed)
+    return args
+
+
 def start(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed)

@@ -12,7 +12,6 @@ sees the prompts exactly as the runtime builds them (a padding point when there 
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import LossLog, cosine_lr, start, write_preset  # noqa: E402
+from common import LossLog, arguments, cosine_lr, write_preset  # noqa: E402
 
 from edgevfm.benchmarks.families.sam import centre_point as centre, tight_box as box  # noqa: E402
 from edgevfm.benchmarks.scenes import TRAIN_SEED, scenes  # noqa: E402
@@ -129,15 +128,7 @@ def _group_loss(logits, scores, targets):
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--scenes", type=int, default=10000)
-    parser.add_argument("--steps", type=int, default=4000)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=8e-4)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args(argv)
-    start(args.seed)
+    args = arguments(__doc__, argv, scenes=10000, steps=4000, batch=16, lr=8e-4)
     model, processor = build()
     decoder = PromptDecoder(model)
     print(f"rendering {args.scenes} training scenes (seed {TRAIN_SEED}) ...", flush=True)

@@ -80,12 +80,10 @@ class ClipBench(Bench):
     def demo(bundles: list[Path], report_dir: Path, threads: int) -> None:
         """Zero-shot classification with each bundle: of held-out generated scenes by a preset trained
         on them, else of scikit-image's astronaut."""
-        from edgevfm.runtime import open_bundle
-
-        from ..scene_data import scene_trained
+        from ..scene_data import bundle_from_scenes
         from ..scenes import HELD_OUT_SEED, SHAPES, scenes
 
-        if scene_trained(open_bundle(bundles[0], verify_hashes=False).manifest["source"]["id"]):
+        if bundle_from_scenes(bundles[0]):
             shown = scenes(HELD_OUT_SEED, 4, objects=(1, 1))
             print("      shapes to name: " + ", ".join(f"{s.captions[0]}" for s in shown))
             for path in bundles:

@@ -107,15 +107,14 @@ class SamBench(Bench):
         and a box on chelsea the cat. The FP32 mask and its overlay go into the report folder."""
         from PIL import Image
 
-        from edgevfm.runtime import open_bundle
         from edgevfm.runtime.cli import main
 
-        from ..scene_data import scene_trained
+        from ..scene_data import bundle_from_scenes
         from ..scenes import HELD_OUT_SEED, scene
 
         report_dir.mkdir(parents=True, exist_ok=True)
         truth = None
-        if scene_trained(open_bundle(bundles[0], verify_hashes=False).manifest["source"]["id"]):
+        if bundle_from_scenes(bundles[0]):
             shown = scene(HELD_OUT_SEED, 3, objects=(3, 3))
             picture = report_dir / "scene.png"
             Image.fromarray(shown.image).save(picture)
