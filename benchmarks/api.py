@@ -53,8 +53,9 @@ def bench(bundles: list[str | Path], reference: str, out_dir: str | Path, data: 
     given_data = data  # the command to rerun names only what the user passed
     made_by = None
     if data is None and scene_trained(reference):  # judged on task accuracy: its held-out scenes
-        data = held_out(family)
-        made_by = held_out_command(family)
+        task = opened[0].manifest.get("task")
+        data = held_out(family, task=task)
+        made_by = held_out_command(family, task)
     family_bench = BENCH.get(family)(str(data) if data else None)
     family_bench.check_bundles(opened)
     base = {"family": family, "data": str(data) if data else None, "data_made_by": made_by, "threads": threads, "runs": runs,

@@ -116,7 +116,7 @@ def quantize_auto(bundle: str | Path, out: str | Path, candidates: list[str] | N
         if not scene_trained(reference):
             raise UsageError(f"--max-task-drop needs --data (a data set with ground truth; edgevfm scenes writes "
                              f"one): {reference!r} is not a preset trained on the scenes, whose held-out split is the default")
-        data = held_out(source.family)
+        data = held_out(source.family, task=source.manifest.get("task"))
     bench = BENCH.get(source.family)(str(data) if data is not None else None)
     bench.check_bundles([source])
     names = candidates or [KEEP] + [r for r in recipes_for(source.family)]

@@ -111,7 +111,7 @@ class Annotated:
     truths: list[str]
 
 
-def read_annotations(folder: str | Path, limit: int = 50) -> tuple[str, list[Annotated]]:
+def read_annotations(folder: str | Path, limit: int = 200) -> tuple[str, list[Annotated]]:
     """("caption" or "vqa", up to ``limit`` items) from the annotation files in ``folder``; a
     ``ValueError`` saying what was expected when there are none, or an image is missing."""
     folder = Path(folder)

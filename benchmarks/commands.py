@@ -12,11 +12,12 @@ from edgevfm.runtime.tasks import existing_folder, new_folder, positive_int
 
 # The demo is a newcomer's first minutes (under 15 on a 2-core CPU): CLIP at its real size (latency)
 # and trained on generated scenes (right answers), the small SAM trained on them (at ViT-B size its
-# encoder takes seconds a call, some 25 minutes with every recipe), LLaVA on the trained SmolLM2, and
-# tiny BLIP (a caption, an answer) and BLIP-2 (a caption), whose real sizes take minutes each.
+# encoder takes seconds a call, some 25 minutes with every recipe), LLaVA on the trained SmolLM2, the
+# small BLIP captioner and question answerer trained on the scenes, and tiny BLIP-2 (a caption), whose
+# real sizes take minutes each.
 # `make report` passes the real sizes (the Makefile lists them).
 DEFAULT_MODELS = ("random:clip-vit-b32", "trained:clip-shapes", "trained:sam-shapes", "trained:llava-smol",
-                  "random:blip-tiny", "random:blip-vqa-tiny", "random:blip2-tiny")
+                  "trained:blip-shapes", "trained:blip-vqa-shapes", "random:blip2-tiny")
 
 
 def run_lines() -> list[str]:

@@ -97,8 +97,9 @@ def headline(result: dict, family_bench) -> str:
     total = lambda r: sum(p["p50"] for p in r["latency_ms"].values())
     fp32 = next((r for r in rows if r["recipe"] is None), None)
     floors = family_bench.auto_floor  # with task scores, the task goals: what a user loses
-    if family_bench.task_goals and all(f"{k} drop" in rows[0]["accuracy"] for k in family_bench.task_goals):
-        floors = floors_for(family_bench, result["family"], None, None, min(family_bench.task_goals.values()))
+    goals = [most for k, most in family_bench.task_goals.items() if f"{k} drop" in rows[0]["accuracy"]]
+    if goals:  # the goals of the task scores these bundles have (BLIP: its bundles' task's)
+        floors = floors_for(family_bench, result["family"], None, None, min(goals))
     within = [r for r in rows if passes(quality(family_bench, r["accuracy"]), floors)]
     if not within or fp32 is None:
         return "no bundle stayed within the family's floors: see the report"

@@ -27,9 +27,15 @@ from edgevfm.runtime.masks import mask_to_rle
 from .scenes import HELD_OUT_SEED, SHAPES, scene
 
 KINDS = ("classify", "captions", "vqa", "masks")
-# what a family's benchmark reads from the held-out split, and how many scenes of it
-FAMILY_DATA = {"clip": ("classify", 300), "sam": ("masks", 60), "blip": ("captions", 100), "blip2": ("vqa", 100),
-               "llava": ("vqa", 100)}
+# what a family's benchmark reads from the held-out split, and how many scenes of it ("family/task"
+# where a family's tasks read different kinds; a retrieval bundle reads captions: image i with caption i)
+FAMILY_DATA = {"clip": ("classify", 300), "sam": ("masks", 60), "blip": ("captions", 100), "blip/vqa": ("vqa", 20),
+               "blip2": ("vqa", 100), "llava": ("vqa", 100)}
+
+
+def data_for(family: str, task: str | None = None) -> tuple[str, int]:
+    """The held-out (kind, count) a ``family`` bundle of ``task`` (the manifest's) is judged on."""
+    return FAMILY_DATA.get(f"{family}/{task}", FAMILY_DATA[family])
 
 
 def write(kind: str, out: str | Path, count: int, seed: int = HELD_OUT_SEED, progress: bool = False) -> Path:
@@ -109,16 +115,16 @@ def bundle_from_scenes(bundle) -> bool:
     return scene_trained(open_bundle(bundle, verify_hashes=False).manifest["source"].get("id", ""))
 
 
-def held_out_command(family: str) -> str:
+def held_out_command(family: str, task: str | None = None) -> str:
     """The command that writes ``family``'s held-out data set (what :func:`held_out` writes)."""
-    kind, count = FAMILY_DATA[family]
+    kind, count = data_for(family, task)
     return f"edgevfm scenes DIR --kind {kind} --count {count} --seed {HELD_OUT_SEED}"
 
 
-def held_out(family: str, root: str | Path | None = None) -> Path:
-    """The held-out data set ``family``'s benchmark reads, written once under ``root`` (default:
-    ``edgevfm-scenes`` in the temporary folder) and reused while its record matches."""
-    kind, count = FAMILY_DATA[family]
+def held_out(family: str, root: str | Path | None = None, task: str | None = None) -> Path:
+    """The held-out data set ``family``'s benchmark reads for bundles of ``task``, written once under
+    ``root`` (default: ``edgevfm-scenes`` in the temporary folder) and reused while its record matches."""
+    kind, count = data_for(family, task)
     root = Path(tempfile.gettempdir()) / "edgevfm-scenes" if root is None else Path(root)
     folder = Path(root) / f"{kind}-{HELD_OUT_SEED}-{count}"
     try:

@@ -71,6 +71,21 @@ def sam_shapes_bundle(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def blip_shapes_bundle(tmp_path_factory) -> Path:
+    return _bundle("trained:blip-shapes", tmp_path_factory, "blip-shapes")
+
+
+@pytest.fixture(scope="session")
+def blip_vqa_shapes_bundle(tmp_path_factory) -> Path:
+    return _bundle("trained:blip-vqa-shapes", tmp_path_factory, "blip-vqa-shapes")
+
+
+@pytest.fixture(scope="session")
+def blip_itm_shapes_bundle(tmp_path_factory) -> Path:
+    return _bundle("trained:blip-itm-shapes", tmp_path_factory, "blip-itm-shapes")
+
+
+@pytest.fixture(scope="session")
 def photos():
     from edgevfm.quantize.calibration import skimage_photos
 

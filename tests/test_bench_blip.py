@@ -1,5 +1,5 @@
 """The BLIP and BLIP-2 benchmarks: vision and whole caption (answer) latency, accuracy against
-PyTorch; retrieval bundles refused up front."""
+PyTorch; task scores with annotations."""
 
 from __future__ import annotations
 
@@ -49,12 +49,33 @@ def test_retrieval_measures_itm_itc_and_top1_agreement(blip_itm_bundle, tmp_path
     assert "FP32 ITC top-1 margin" in goal["measured"]
 
 
-def test_annotations_with_a_retrieval_bundle_are_refused(blip_itm_bundle, photos, tmp_path):
+def test_annotations_give_a_retrieval_bundle_itm_accuracy_and_recall(blip_itm_bundle, photos, tmp_path):
+    """Caption annotations: image i goes with its first caption; ITM accuracy over true and false
+    pairs, recall@1 both ways; the FP32 bundle scores what PyTorch scores. VQA ones are refused."""
     from edgevfm.runtime.errors import InputError
 
-    with pytest.raises(InputError, match="recall on annotations for a retrieval bundle is not built yet"):
-        bench([blip_itm_bundle], reference="random:blip-itm-tiny", data=_annotated(tmp_path / "d", photos, False),
-              out_dir=tmp_path / "r", runs=1, warmup=0, batch=1, threads=1, show_progress=False)
+    data = _annotated(tmp_path / "d", photos, False)
+    found = bench([blip_itm_bundle], reference="random:blip-itm-tiny", data=data, out_dir=tmp_path / "r", runs=1,
+                  warmup=0, batch=1, threads=1, show_progress=False)
+    torch_row, fp32 = found["rows"]
+    for key in ("itm_accuracy", "text_to_image_recall@1", "image_to_text_recall@1"):
+        assert 0 <= fp32["accuracy"][key] <= 1 and fp32["accuracy"][key] == pytest.approx(torch_row["accuracy"][key])
+        assert fp32["accuracy"][f"{key} drop"] == pytest.approx(0.0)
+    with pytest.raises(InputError, match="--data holds vqa annotations, but the bundles are retrieval bundles: give a "
+                                         "COCO-captions annotation folder"):
+        bench([blip_itm_bundle], reference="random:blip-itm-tiny", data=_annotated(tmp_path / "q", photos, True),
+              out_dir=tmp_path / "r2", runs=1, warmup=0, batch=1, threads=1, show_progress=False)
+
+
+def test_false_pairs_are_other_texts():
+    from edgevfm.benchmarks.families.blip_retrieval import negatives, task_scores
+    import numpy as np
+
+    assert negatives(["a", "b", "c", "d"]) == [2, 3, 0, 1]
+    assert negatives(["a", "b", "a", "c"]) == [3, 3, 1, 1]  # "a" never stands against "a" while another exists
+    scores = {"itc": np.array([[0.9, 0.1], [0.8, 0.2]]), "itm_true": np.array([0.9, 0.4]),
+              "itm_false": np.array([0.1, 0.7])}
+    assert task_scores(scores) == {"itm_accuracy": 0.5, "text_to_image_recall@1": 1.0, "image_to_text_recall@1": 0.5}
 
 
 @pytest.mark.parametrize("model, bundle", [("random:blip-vqa-tiny", "blip_vqa_bundle"),

@@ -79,4 +79,4 @@ def test_ask_on_a_captioning_blip_names_the_vqa_preset(blip_bundle, photos, tmp_
     Image.fromarray(photos[0]).save(tmp_path / "cat.png")
     assert main(["run", str(blip_bundle), "ask", str(tmp_path / "cat.png"), "what is it?"]) == 2  # a usage error
     assert "export a BlipForQuestionAnswering, e.g. Salesforce/blip-vqa-base (offline: the preset " \
-           "random:blip-vqa-tiny)" in capsys.readouterr().err
+           "trained:blip-vqa-shapes or random:blip-vqa-tiny)" in capsys.readouterr().err

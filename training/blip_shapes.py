@@ -47,7 +47,7 @@ SWAPS = {w: [o for o in group if o != w] for group in (SHAPES, tuple(COLOURS), t
 NAMES = {"caption": "blip-shapes", "vqa": "blip-vqa-shapes", "retrieval": "blip-itm-shapes"}
 
 
-def build():
+def build(patch: int = PATCH):
     """The three models, their shared modules tied, and the tokenizer and processor they share."""
     from transformers import (BlipConfig, BlipForConditionalGeneration, BlipForImageTextRetrieval,
                               BlipForQuestionAnswering, BlipImageProcessorPil)
@@ -58,7 +58,7 @@ def build():
                 bos_token_id=tokenizer.convert_tokens_to_ids("[DEC]"), sep_token_id=tokenizer.sep_token_id,
                 eos_token_id=tokenizer.sep_token_id, pad_token_id=tokenizer.pad_token_id)
     vision = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
-                  image_size=SIZE, patch_size=PATCH, initializer_range=0.02)
+                  image_size=SIZE, patch_size=patch, initializer_range=0.02)
     config = BlipConfig(vision_config=vision, text_config=text, image_text_hidden_size=64)
     config._attn_implementation = "eager"
     caption = BlipForConditionalGeneration(config)
@@ -134,8 +134,8 @@ def step_loss(models, tokenizer, images, scenes_, rng) -> tuple[torch.Tensor, di
 
 
 def main(argv=None) -> None:
-    args = arguments(__doc__, argv, scenes=20000, steps=3600, batch=64, lr=5e-4)
-    models, tokenizer, processor = build()
+    args = arguments(__doc__, argv, scenes=20000, steps=3600, batch=64, lr=5e-4, patch=PATCH)
+    models, tokenizer, processor = build(args.patch)
     print(f"rendering {args.scenes} training scenes (seed {TRAIN_SEED}) ...", flush=True)
     data = scenes(TRAIN_SEED, args.scenes)
     images = np.stack([s.image for s in data])
@@ -171,7 +171,7 @@ def main(argv=None) -> None:
             tokenizer.save_pretrained(folder)
             processor.save_pretrained(folder)
 
-        card = {"seed": args.seed, "train_seed": TRAIN_SEED, "scenes": args.scenes, "steps": args.steps,
+        card = {"seed": args.seed, "train_seed": TRAIN_SEED, "scenes": args.scenes, "steps": args.steps, "patch": args.patch,
                 "batch": args.batch, "lr": args.lr, "trained_with": sorted(NAMES.values()),
                 "train_figures": figures, "last_losses": {k: round(v, 4) for k, v in parts.items()}}
         print("wrote", write_preset(NAMES[task], save, card, loss_log,
@@ -202,6 +202,7 @@ def held_in(models, tokenizer, count: int = 200) -> dict:
             itm.append(int(score.argmax(-1)) == label)
     return {"caption_exact": round(float(np.mean([c.strip() == s.captions[0] for c, s in zip(captions, data)])), 4),
             "vqa_accuracy": round(float(np.mean([a == t for a, (_, t, _) in zip(answers, right)])), 4),
+            "vqa_shape_accuracy": round(float(np.mean([a == t for a, (_, t, k) in zip(answers, right) if k == "shape"])), 4),
             "itm_accuracy": round(float(np.mean(itm)), 4)}
 
 

@@ -57,6 +57,10 @@ class BlipTask:
         """What a bundle of this task answers about ``image`` (edgevfm demo prints it)."""
         raise NotImplementedError
 
+    def say_of(self, pipeline, scene) -> list[tuple[str, bool]]:
+        """What a bundle says of a generated ``scene``, each with whether it is right."""
+        raise NotImplementedError
+
     def question(self, index: int) -> str | None:
         """The question put with the workload's image ``index`` (None: none)."""
         return None
@@ -92,11 +96,28 @@ class BlipBench(Bench):
     agreement_keys = ("next_token_top1_agreement", "text_to_image_top1_agreement", "image_to_text_top1_agreement")
     auto_floor = {"min_cosine": None, "max_drop": 0.05}
     max_runs = {"caption": 5, "answer": 5}
+    # task metrics of each task's bundles (with --data, or a trained preset's held-out scenes), and
+    # the most an INT8 row may lose of each: 2 CIDEr (0.02 on CIDEr-D's 0-10 scale), a point of VQA
+    # or ITM accuracy
+    task_keys = ("cider", "bleu4", "vqa_accuracy", "itm_accuracy", "text_to_image_recall@1", "image_to_text_recall@1")
+    task_goals = {"cider": 0.02, "vqa_accuracy": 0.01, "itm_accuracy": 0.01}
     tasks = ("caption", "vqa", "retrieval")  # what the bundles may do; annotations must be of the bundles' task
 
     @staticmethod
     def demo(bundles: list[Path], report_dir: Path, threads: int) -> None:
-        """Prints each bundle's caption of scikit-image's cat (a VQA bundle: its answer)."""
+        """Prints what each bundle says: of held-out generated scenes for a preset trained on them
+        (with how many of its answers are right), else of scikit-image's cat."""
+        from ..scene_data import bundle_from_scenes
+        from ..scenes import HELD_OUT_SEED, scenes
+
+        if bundle_from_scenes(bundles[0]):
+            shown = scenes(HELD_OUT_SEED, 3)
+            print("      the scenes: " + "; ".join(s.captions[0] for s in shown))
+            for path in bundles:
+                pipeline = load_on_this_cpu(path, threads)
+                said = [x for s in shown for x in TASK_WORK[pipeline.manifest["task"]].say_of(pipeline, s)]
+                print(f"      {path.name:>13}: {said[0][0]} ... ({sum(r for _, r in said)}/{len(said)} right)")
+            return
         import skimage.data
 
         for path in bundles:
@@ -130,12 +151,10 @@ class BlipBench(Bench):
                 raise InputError(f"the {bundle.manifest['family']} benchmark measures {' and '.join(self.tasks)} "
                                  f"bundles so far; {bundle.path} is a {task} bundle")
             self.task = task
-        if self.data_task and self.task == "retrieval":
-            raise InputError("--data is measured for captioning and VQA bundles; recall on annotations for a "
-                             "retrieval bundle is not built yet: bench it without --data")
-        if self.data_task and self.data_task != self.task:
+        wanted = "caption" if self.task == "retrieval" else self.task  # retrieval: image i with caption i
+        if self.data_task and self.data_task != wanted:
             raise InputError(f"--data holds {self.data_task} annotations, but the bundles are {self.task} bundles: "
-                             f"give {'a COCO-captions' if self.task == 'caption' else 'VQA'} annotation folder")
+                             f"give {'a COCO-captions' if wanted == 'caption' else 'VQA'} annotation folder")
 
     @property
     def work(self) -> BlipTask:

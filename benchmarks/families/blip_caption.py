@@ -121,6 +121,10 @@ class CaptionWork(BlipTask):
     def say(self, pipeline, image) -> str:
         return pipeline.caption(image)
 
+    def say_of(self, pipeline, scene) -> list[tuple[str, bool]]:
+        said = pipeline.caption(scene.image)
+        return [(repr(said), said in scene.captions)]
+
     def outputs(self, bench, runner) -> dict:
         """Each image's generated text (a caption, or the answer to one question) as token ids and
         text, the teacher-forced logits along the reference caption (answer), and the texts for

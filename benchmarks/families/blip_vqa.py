@@ -32,6 +32,10 @@ class VqaWork(CaptionWork):
     def say(self, pipeline, image) -> str:
         return f"Q: {QUESTIONS[0]} A: {pipeline.answer(image, QUESTIONS[0])}"
 
+    def say_of(self, pipeline, scene) -> list[tuple[str, bool]]:
+        asked = [(q, pipeline.answer(scene.image, q), a) for q, a, _ in scene.questions[:3]]
+        return [(f"{q} {said}", said == truth) for q, said, truth in asked]
+
     def question(self, index: int) -> str:
         return QUESTIONS[index % len(QUESTIONS)]
 

@@ -137,6 +137,13 @@ class BlipSpec(FamilySpec):
                                  "text": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                               num_attention_heads=2, max_position_embeddings=64),
                                  "task": "retrieval", "projection": 16}),
+        "blip-shapes": Preset("blip-shapes", "small BLIP captioner trained here on generated scenes "
+                              "(training/blip_shapes.py)", {}, trained=True, folder="blip-shapes"),
+        "blip-vqa-shapes": Preset("blip-vqa-shapes", "small BLIP question answerer trained here on generated scenes "
+                                  "(training/blip_shapes.py)", {}, trained=True, folder="blip-vqa-shapes"),
+        "blip-itm-shapes": Preset("blip-itm-shapes", "small BLIP image-text matcher (ITM and ITC) trained here on "
+                                  "generated scenes (training/blip_shapes.py)", {}, trained=True,
+                                  folder="blip-itm-shapes"),
         "blip-base": Preset("blip-base", "BLIP base sizes: ViT-B/16 at 384 px, BERT-base text decoder",
                             {"vision": _vision(384, 16, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                                                num_attention_heads=12),
@@ -166,7 +173,7 @@ class BlipSpec(FamilySpec):
     def random_config(self, preset):
         from transformers import BlipConfig
 
-        tokenizer = _tokenizer()
+        tokenizer = blip_tokenizer()
         text = dict(preset.config["text"], vocab_size=len(tokenizer), encoder_hidden_size=preset.config["vision"][
             "hidden_size"], bos_token_id=tokenizer.convert_tokens_to_ids("[DEC]"),
             sep_token_id=tokenizer.sep_token_id, eos_token_id=tokenizer.sep_token_id, pad_token_id=tokenizer.pad_token_id)
@@ -217,16 +224,23 @@ def task_of(model) -> str:
     return TASKS[type(model).__name__]
 
 
-def _tokenizer():
-    """A WordPiece tokenizer built offline (lower case, BERT's special tokens) with BLIP's
-    ``[DEC]`` (the decoder's start token) and ``[ENC]`` added after the vocabulary."""
+def blip_tokenizer(corpus: list[str] | None = None):
+    """A WordPiece tokenizer built offline from ``corpus`` (default: a small English corpus; lower
+    case, BERT's special tokens, the punctuation it holds, every character and ``##`` continuation,
+    its whole words) with BLIP's ``[DEC]`` (the decoder's start token) and ``[ENC]`` added after
+    the vocabulary."""
+    import string
+
     from transformers import BertTokenizer
 
     from ..bpe import ENGLISH
 
-    words = sorted({w.strip(".,?!") for line in ENGLISH + CAPTION_CORPUS for w in line.lower().split()} - {""})
+    corpus = ENGLISH + CAPTION_CORPUS if corpus is None else corpus
+    marks = [".", ",", "?", "!"]
+    marks += sorted({c for line in corpus for c in line if c in string.punctuation} - set(marks))
+    words = sorted({w.strip(string.punctuation) for line in corpus for w in line.lower().split()} - {""})
     chars = sorted({c for w in words for c in w})
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "?", "!"] + chars + [f"##{c}" for c in chars]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + marks + chars + [f"##{c}" for c in chars]
     vocab += [w for w in words if w not in vocab]
     tokenizer = BertTokenizer(vocab={t: i for i, t in enumerate(vocab)}, do_lower_case=True)
     tokenizer.add_tokens(["[DEC]", "[ENC]"], special_tokens=True)

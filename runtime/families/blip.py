@@ -27,11 +27,14 @@ TASK_PIPELINES: dict[str, type] = {}
 # the calls of each task, and what to export for it (the error for a bundle of another task)
 TASK_CALLS = {
     "caption": (("caption", "caption_batch", "caption_tokens", "image_decoder"), "caption images",
-                "BlipForConditionalGeneration, e.g. Salesforce/blip-image-captioning-base"),
+                "BlipForConditionalGeneration, e.g. Salesforce/blip-image-captioning-base (offline: the preset "
+                "trained:blip-shapes)"),
     "vqa": (("answer", "answer_tokens", "question_decoder"), "answer questions",
-            "BlipForQuestionAnswering, e.g. Salesforce/blip-vqa-base (offline: the preset random:blip-vqa-tiny)"),
+            "BlipForQuestionAnswering, e.g. Salesforce/blip-vqa-base (offline: the preset trained:blip-vqa-shapes or "
+            "random:blip-vqa-tiny)"),
     "retrieval": (("match", "image_features", "image_features_of", "text_features", "retrieve"),
-                  "match images and texts", "BlipForImageTextRetrieval, e.g. Salesforce/blip-itm-base-coco"),
+                  "match images and texts", "BlipForImageTextRetrieval, e.g. Salesforce/blip-itm-base-coco (offline: "
+                  "the preset trained:blip-itm-shapes)"),
 }
 
 
