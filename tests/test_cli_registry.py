@@ -1,6 +1,7 @@
 """The CLI's help is read from the registries, so it cannot drift from them: every registered recipe
-(with the families it is for), preset, task and the demo's models and runs appear in the help of
-the command that takes them; the runtime's commands and every layer's are in ``edgevfm --help``."""
+(with the families it is for), task and the demo's models and runs appear in the help of the
+command that takes them (every preset: test_cli_defaults.py); the runtime's commands and every
+layer's are in ``edgevfm --help``."""
 
 from __future__ import annotations
 
@@ -10,8 +11,6 @@ import pytest
 
 from edgevfm.benchmarks.commands import DEFAULT_MODELS
 from edgevfm.benchmarks.families import BENCH
-from edgevfm.export import families as export_families  # noqa: F401  (registers the presets)
-from edgevfm.export.spec import FAMILIES
 from edgevfm.quantize import families as quantize_families  # noqa: F401  (registers the family recipes)
 from edgevfm.quantize.families import CALIBRATION
 from edgevfm.quantize.recipes import RECIPES
@@ -37,13 +36,6 @@ def test_quantize_help_lists_every_registered_recipe_with_its_families(capsys):
         assert recipe.description in listed[name]
     for family, feeds in CALIBRATION.items():
         assert f"{family} {feeds.default_samples}" in samples
-
-
-def test_export_help_lists_every_preset(capsys):
-    text = " ".join(_help(capsys, "export").split())
-    for family, spec in FAMILIES.items():
-        for preset in spec.presets.values():
-            assert f"{preset.prefix}{preset.name} ({family})" in text
 
 
 def test_demo_help_names_its_models_and_each_familys_runs(capsys):

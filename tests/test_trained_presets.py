@@ -139,3 +139,23 @@ def _mask(annotation) -> np.ndarray:
     from edgevfm.runtime.masks import rle_to_mask
 
     return rle_to_mask(annotation["segmentation"])
+
+
+def test_the_demo_says_what_each_blip_preset_gets_right_on_held_out_scenes(blip_shapes_bundle, blip_vqa_shapes_bundle,
+                                                                          blip_itm_shapes_bundle, tmp_path, capsys):
+    from edgevfm.benchmarks.families.blip import BlipBench
+    from edgevfm.benchmarks.scenes import HELD_OUT_SEED, scenes
+    from edgevfm.runtime import load
+
+    BlipBench.demo([blip_shapes_bundle], tmp_path, 1)
+    BlipBench.demo([blip_vqa_shapes_bundle], tmp_path, 1)
+    BlipBench.demo([blip_itm_shapes_bundle], tmp_path, 1)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.endswith("right)")]
+    shown = scenes(HELD_OUT_SEED, 3)
+    captioner, answerer = load(blip_shapes_bundle, threads=1), load(blip_vqa_shapes_bundle, threads=1)
+    captions = [captioner.caption(s.image) for s in shown]
+    assert len(lines) == 3 and all(repr(c) in lines[0] for c in captions)
+    assert lines[0].endswith(f"({sum(c in s.captions for c, s in zip(captions, shown))}/3 right)")
+    answers = [(answerer.answer(s.image, q), a) for s in shown for q, a, _ in s.questions[:3]]
+    assert lines[1].endswith(f"({sum(said == a for said, a in answers)}/{len(answers)} right)")
+    assert lines[2].endswith("/6 right)") and "for its caption" in lines[2]

@@ -116,7 +116,8 @@ class BlipBench(Bench):
             for path in bundles:
                 pipeline = load_on_this_cpu(path, threads)
                 said = [x for s in shown for x in TASK_WORK[pipeline.manifest["task"]].say_of(pipeline, s)]
-                print(f"      {path.name:>13}: {said[0][0]} ... ({sum(r for _, r in said)}/{len(said)} right)")
+                shown_said = " | ".join(text for text, _ in said[:3])  # a caption per scene, or the first scene's answers
+                print(f"      {path.name:>13}: {shown_said} ({sum(r for _, r in said)}/{len(said)} right)")
             return
         import skimage.data
 
