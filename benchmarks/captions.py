@@ -109,6 +109,7 @@ class Annotated:
     image: Path
     question: str | None
     truths: list[str]
+    kind: str | None = None  # VQA: the annotation's question_type, where it has one
 
 
 def read_annotations(folder: str | Path, limit: int = 200) -> tuple[str, list[Annotated]]:
@@ -135,8 +136,9 @@ def read_annotations(folder: str | Path, limit: int = 200) -> tuple[str, list[An
         return "caption", items
     if annotations and "answers" in annotations[0] and found.get("questions"):
         answers = {int(a["question_id"]): [str(x["answer"]) for x in a["answers"]] for a in annotations}
+        kinds = {int(a["question_id"]): a.get("question_type") for a in annotations}
         items = [Annotated(_image(folder, int(q["image_id"]), names), str(q["question"]),
-                           answers[int(q["question_id"])])
+                           answers[int(q["question_id"])], kinds[int(q["question_id"])])
                  for q in found["questions"][:limit] if int(q["question_id"]) in answers]
         return "vqa", items
     raise ValueError(f"no annotations in {str(folder)!r}: expected a COCO-captions JSON (images, annotations with "

@@ -159,3 +159,23 @@ def test_the_demo_says_what_each_blip_preset_gets_right_on_held_out_scenes(blip_
     answers = [(answerer.answer(s.image, q), a) for s in shown for q, a, _ in s.questions[:3]]
     assert lines[1].endswith(f"({sum(said == a for said, a in answers)}/{len(answers)} right)")
     assert lines[2].endswith("/6 right)") and "for its caption" in lines[2]
+
+
+def test_vqa_accuracy_per_question_kind_in_the_bench(blip_vqa_shapes_bundle, tmp_path):
+    """The scenes' VQA files name each question's kind: the bench scores each kind in its own
+    column, and the FP32 bundle scores what PyTorch scores."""
+    from edgevfm.benchmarks.api import bench
+    from edgevfm.benchmarks.captions import read_annotations
+
+    data = write("vqa", tmp_path / "scenes", 3)
+    _, items = read_annotations(data)
+    kinds = sorted({a.kind for a in items})
+    assert set(kinds) <= {"count", "colour", "shape", "yes/no", "position"} and "shape" in kinds
+    found = bench([blip_vqa_shapes_bundle], reference="trained:blip-vqa-shapes", data=data, out_dir=tmp_path / "r",
+                  runs=1, warmup=0, batch=1, threads=1, show_progress=False)
+    torch_row, fp32 = found["rows"]
+    for kind in kinds:
+        key = f"vqa_accuracy ({kind})"
+        assert 0 <= torch_row["accuracy"][key] <= 1 and fp32["accuracy"][key] == pytest.approx(torch_row["accuracy"][key])
+    weighted = sum(torch_row["accuracy"][f"vqa_accuracy ({k})"] * sum(a.kind == k for a in items) for k in kinds)
+    assert torch_row["accuracy"]["vqa_accuracy"] == pytest.approx(weighted / len(items))
