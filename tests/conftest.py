@@ -189,6 +189,16 @@ def blip2_bundle(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def blip2_llama_checkpoint():
+    return _checkpoint("random:blip2-llama-tiny")
+
+
+@pytest.fixture(scope="session")
+def blip2_llama_bundle(tmp_path_factory) -> Path:
+    return _bundle("random:blip2-llama-tiny", tmp_path_factory, "blip2-llama")
+
+
+@pytest.fixture(scope="session")
 def blip2_t5_checkpoint():
     return _checkpoint("random:blip2-t5-tiny")
 

@@ -1,5 +1,5 @@
-"""BLIP-2 export, with OPT (vision: ViT + Q-Former + projection; embed; llm, the plain graph) and
-with T5 (vision; embed; encoder; cross_kv; text_decoder), every part proven against PyTorch, the
+"""BLIP-2 export, with OPT or Llama (vision: ViT + Q-Former + projection; embed; llm, the plain
+graph) and with T5 (vision; embed; encoder; cross_kv; text_decoder), every part proven against PyTorch, the
 decoders at past 0 with padding and past > 0; hub-shaped folders export alike; other language
 models and the builder graph are refused with what to do."""
 
@@ -42,15 +42,30 @@ def test_t5_parts_and_their_validation(blip2_t5_bundle):
     assert "position_ids" not in names and "cross_key.1" in names  # relative positions; cross K/V given
 
 
-@pytest.mark.parametrize("which", ["opt", "t5"])
+def test_llama_parts_and_their_validation(blip2_llama_bundle):
+    """A Llama language model (SmolLM2's architecture: grouped-query attention, rotary positions)
+    takes the plain llm graph, validated at past 0 with padding and past > 0."""
+    manifest = json.loads((blip2_llama_bundle / "manifest.json").read_text())
+    assert list(manifest["parts"]) == ["vision", "embed", "llm"]
+    assert manifest["llm"]["kv_heads"] == 2 and manifest["llm"]["head_dim"] == 16
+    variants = manifest["export"]["validation"]["llm"]["variants"]
+    assert [v["inputs"]["past_key.0"][1:3] for v in variants] == [[2, 0], [2, 7]]
+    assert all(v["logits"]["max_abs_diff"] < 1e-4 for v in variants)
+
+
+@pytest.mark.parametrize("which", ["opt", "llama", "t5"])
 def test_hub_shaped_folder_exports_and_runs_alike(which, blip2_checkpoint, blip2_bundle, blip2_t5_checkpoint,
-                                                  blip2_t5_bundle, tmp_path, photos):
+                                                  blip2_t5_bundle, tmp_path, photos, request):
     """A folder as `save_pretrained` writes Salesforce/blip2-opt-2.7b (or blip2-flan-t5-xl) exports
     to the same bundle as the preset it was saved from."""
     from edgevfm.export.api import export
 
-    checkpoint, preset_bundle = {"opt": (blip2_checkpoint, blip2_bundle),
-                                 "t5": (blip2_t5_checkpoint, blip2_t5_bundle)}[which]
+    if which == "llama":
+        checkpoint, preset_bundle = (request.getfixturevalue("blip2_llama_checkpoint"),
+                                     request.getfixturevalue("blip2_llama_bundle"))
+    else:
+        checkpoint, preset_bundle = {"opt": (blip2_checkpoint, blip2_bundle),
+                                     "t5": (blip2_t5_checkpoint, blip2_t5_bundle)}[which]
     folder = save_checkpoint(checkpoint, tmp_path / "ckpt")
     bundle = export(str(folder), tmp_path / "bundle", show_progress=False)
     ours, preset = (json.loads((b / "manifest.json").read_text()) for b in (bundle, preset_bundle))
@@ -68,13 +83,13 @@ def test_other_language_models_and_the_builder_graph_are_refused_with_what_to_do
     from edgevfm.export.errors import CheckpointError, ExportError
 
     config = blip2_checkpoint.model.config
-    llama = Blip2Config(vision_config=config.vision_config.to_dict(), qformer_config=config.qformer_config.to_dict(),
-                        text_config=dict(model_type="llama", hidden_size=64, intermediate_size=96, num_hidden_layers=1,
-                                         num_attention_heads=4, vocab_size=config.text_config.vocab_size),
-                        num_query_tokens=8)
-    folder = save_checkpoint(replace(blip2_checkpoint, model=Blip2ForConditionalGeneration(llama)), tmp_path / "llama")
-    with pytest.raises(CheckpointError, match="has a llama language model: edgevfm exports BLIP-2 with OPT "
-                                              "\\(Salesforce/blip2-opt-\\*\\) or Flan-T5"):
+    mistral = Blip2Config(vision_config=config.vision_config.to_dict(), qformer_config=config.qformer_config.to_dict(),
+                          text_config=dict(model_type="mistral", hidden_size=64, intermediate_size=96,
+                                           num_hidden_layers=1, num_attention_heads=4,
+                                           vocab_size=config.text_config.vocab_size), num_query_tokens=8)
+    folder = save_checkpoint(replace(blip2_checkpoint, model=Blip2ForConditionalGeneration(mistral)), tmp_path / "m")
+    with pytest.raises(CheckpointError, match="has a mistral language model: edgevfm exports BLIP-2 with OPT "
+                                              "\\(Salesforce/blip2-opt-\\*\\), Flan-T5 .* or Llama"):
         load_checkpoint(str(folder))
     with pytest.raises(ExportError, match="found 'opt': export with --llm-graph plain"):
         export("random:blip2-tiny", tmp_path / "b", llm_graph="builder", show_progress=False)

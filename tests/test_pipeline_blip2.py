@@ -1,4 +1,4 @@
-"""BLIP-2 on the shared engine, with OPT and with T5: captions and answers equal transformers'
+"""BLIP-2 on the shared engine, with OPT, Llama (SmolLM2's architecture) and T5: captions and answers equal transformers'
 generate token for token (greedy and beam search), the command line, recipes, and bad input as
 typed errors, on the tiny models."""
 
@@ -21,9 +21,12 @@ def blip2_t5(blip2_t5_bundle):
     return load(blip2_t5_bundle, threads=1)
 
 
-@pytest.fixture(params=["opt", "t5"])
+@pytest.fixture(params=["opt", "llama", "t5"])
 def model(request, blip2, blip2_t5, blip2_checkpoint, blip2_t5_checkpoint):
     """(pipeline, checkpoint) with each language model."""
+    if request.param == "llama":
+        return (load(request.getfixturevalue("blip2_llama_bundle"), threads=1),
+                request.getfixturevalue("blip2_llama_checkpoint"))
     return {"opt": (blip2, blip2_checkpoint), "t5": (blip2_t5, blip2_t5_checkpoint)}[request.param]
 
 

@@ -77,7 +77,8 @@ def test_llava_chat_without_torch(llava_bundle):
     assert result.stdout.split() == ["2", "True"]
 
 
-def test_blip_and_blip2_without_torch(blip_bundle, blip_vqa_bundle, blip_itm_bundle, blip2_bundle, blip2_t5_bundle):
+def test_blip_and_blip2_without_torch(blip_bundle, blip_vqa_bundle, blip_itm_bundle, blip2_bundle, blip2_t5_bundle,
+                                      blip2_llama_bundle):
     """Every BLIP and BLIP-2 runtime path: captions (greedy, beams), answers, ITM/ITC, retrieval."""
     result = _run_without_torch(f"""
         import skimage.data
@@ -91,13 +92,13 @@ def test_blip_and_blip2_without_torch(blip_bundle, blip_vqa_bundle, blip_itm_bun
         itm = load({str(blip_itm_bundle)!r}, threads=1)
         scores = itm.match(cat, "a cat")
         print(0 <= scores["itm"] <= 1 and -1 <= scores["itc"] <= 1, len(itm.retrieve("a cat", [cat, rocket], k=2)))
-        for bundle in ({str(blip2_bundle)!r}, {str(blip2_t5_bundle)!r}):  # OPT, T5
+        for bundle in ({str(blip2_bundle)!r}, {str(blip2_t5_bundle)!r}, {str(blip2_llama_bundle)!r}):  # OPT, T5, Llama
             b2 = load(bundle, threads=1)
             print(isinstance(b2.caption(cat, max_new_tokens=4, num_beams=2), str),
                   isinstance(b2.answer(cat, "what is it?", max_new_tokens=4), str))
     """)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["True", "True", "True", "True", "2"] + ["True"] * 4
+    assert result.stdout.split() == ["True", "True", "True", "True", "2"] + ["True"] * 6
 
 
 def test_the_help_of_every_command_without_torch():

@@ -101,6 +101,10 @@ def _opt(hidden: int, ffn: int, layers: int, heads: int, context: int, **extra) 
                 num_attention_heads=heads, word_embed_proj_dim=hidden, max_position_embeddings=context)
 
 
+# the language models BLIP-2 exports with: decoder-only ones through the plain llm graph LLaVA's
+# Llama takes too, T5 as an encoder-decoder
+LANGUAGE_MODELS = ("opt", "llama", "t5")
+
 _TINY_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=56,
                     patch_size=14)
 # std 0.1 at width 32: the image's pull on the queries is what std 0.02 gives at the real width 768
@@ -129,6 +133,14 @@ class Blip2Spec(FamilySpec):
                                   "text": _opt(1024, 4096, 24, 16, 2048, vocab_size=50272,
                                                tie_word_embeddings=False),
                                   "queries": 32, "lm_head_std": LM_HEAD_STD}),
+        "blip2-llama-tiny": Preset("blip2-llama-tiny", "tiny BLIP-2 with a Llama language model (grouped-query "
+                                   "attention, rotary positions: SmolLM2's architecture), for tests",
+                                   {"vision": _TINY_VISION, "qformer": _TINY_QFORMER,
+                                    "text": dict(model_type="llama", hidden_size=64, intermediate_size=128,
+                                                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                                 max_position_embeddings=128, initializer_range=0.1,
+                                                 tie_word_embeddings=True),
+                                    "queries": 8}),
         "blip2-t5-tiny": Preset("blip2-t5-tiny", "tiny BLIP-2 with a T5 (encoder-decoder, as Flan-T5) language model, "
                                 "for tests",
                                 {"vision": _TINY_VISION, "qformer": _TINY_QFORMER,
@@ -148,10 +160,10 @@ class Blip2Spec(FamilySpec):
 
         model = Blip2ForConditionalGeneration.from_pretrained(source, revision=revision, attn_implementation="eager",
                                                               dtype=torch.float32)
-        if model.config.text_config.model_type not in ("opt", "t5"):
+        if model.config.text_config.model_type not in LANGUAGE_MODELS:
             raise CheckpointError(f"{source!r} has a {model.config.text_config.model_type} language model: edgevfm "
-                                  "exports BLIP-2 with OPT (Salesforce/blip2-opt-*) or Flan-T5 "
-                                  "(Salesforce/blip2-flan-t5-*)")
+                                  "exports BLIP-2 with OPT (Salesforce/blip2-opt-*), Flan-T5 "
+                                  "(Salesforce/blip2-flan-t5-*) or Llama (as SmolLM2)")
         tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
         check_tokenizer(tokenizer, source)
         return model, {"tokenizer": tokenizer, "image_processor": BlipImageProcessorPil.from_pretrained(
