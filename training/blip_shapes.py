@@ -47,8 +47,9 @@ SWAPS = {w: [o for o in group if o != w] for group in (SHAPES, tuple(COLOURS), t
 NAMES = {"caption": "blip-shapes", "vqa": "blip-vqa-shapes", "retrieval": "blip-itm-shapes"}
 
 
-def build(patch: int = PATCH):
-    """The three models, their shared modules tied, and the tokenizer and processor they share."""
+def build(patch: int = PATCH, vision_from: str | None = None):
+    """The three models, their shared modules tied, and the tokenizer and processor they share.
+    ``vision_from``: a trained CLIP preset whose vision tower starts the shared one."""
     from transformers import (BlipConfig, BlipForConditionalGeneration, BlipForImageTextRetrieval,
                               BlipForQuestionAnswering, BlipImageProcessorPil)
 
@@ -59,6 +60,8 @@ def build(patch: int = PATCH):
                 eos_token_id=tokenizer.sep_token_id, pad_token_id=tokenizer.pad_token_id)
     vision = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
                   image_size=SIZE, patch_size=patch, initializer_range=0.02)
+    if vision_from:
+        vision["hidden_act"] = "quick_gelu"  # CLIP's
     config = BlipConfig(vision_config=vision, text_config=text, image_text_hidden_size=64)
     config._attn_implementation = "eager"
     caption = BlipForConditionalGeneration(config)
@@ -66,8 +69,37 @@ def build(patch: int = PATCH):
     itm = BlipForImageTextRetrieval(config)
     vqa.vision_model = itm.vision_model = caption.vision_model
     itm.text_encoder = vqa.text_encoder
+    if vision_from:
+        clip_vision_into_blip(caption.vision_model, vision_from)
     processor = BlipImageProcessorPil(size={"height": SIZE, "width": SIZE})
     return {"caption": caption, "vqa": vqa, "retrieval": itm}, tokenizer, processor
+
+
+def clip_vision_into_blip(blip, preset: str) -> None:
+    """Copy the vision tower of the trained CLIP ``preset`` into ``blip`` (a ``BlipVisionModel`` of
+    the same sizes): q, k, v into BLIP's fused ``qkv`` (rows q, k, v), ``out_proj`` into
+    ``projection``, the patch convolution with a zero bias. CLIP normalises the embeddings
+    (``pre_layrnorm``) where BLIP does not: training goes on through that difference."""
+    from transformers import CLIPModel
+
+    from common import PRESETS
+
+    clip = CLIPModel.from_pretrained(PRESETS / preset).vision_model
+    with torch.no_grad():
+        ours, theirs = blip.embeddings, clip.embeddings
+        ours.class_embedding.copy_(theirs.class_embedding.view_as(ours.class_embedding))
+        ours.position_embedding.copy_(theirs.position_embedding.weight[None])
+        ours.patch_embedding.weight.copy_(theirs.patch_embedding.weight)
+        ours.patch_embedding.bias.zero_()
+        for mine, clips in zip(blip.encoder.layers, clip.encoder.layers):
+            attention = clips.self_attn
+            mine.self_attn.qkv.weight.copy_(torch.cat([attention.q_proj.weight, attention.k_proj.weight,
+                                                       attention.v_proj.weight]))
+            mine.self_attn.qkv.bias.copy_(torch.cat([attention.q_proj.bias, attention.k_proj.bias, attention.v_proj.bias]))
+            mine.self_attn.projection.load_state_dict(attention.out_proj.state_dict())
+            for name in ("layer_norm1", "layer_norm2", "mlp"):
+                getattr(mine, name).load_state_dict(getattr(clips, name).state_dict())
+        blip.post_layernorm.load_state_dict(clip.post_layernorm.state_dict())
 
 
 def false_caption(caption: str, others: list[str], rng: np.random.Generator) -> str:
@@ -134,8 +166,8 @@ def step_loss(models, tokenizer, images, scenes_, rng) -> tuple[torch.Tensor, di
 
 
 def main(argv=None) -> None:
-    args = arguments(__doc__, argv, scenes=20000, steps=3600, batch=64, lr=5e-4, patch=PATCH)
-    models, tokenizer, processor = build(args.patch)
+    args = arguments(__doc__, argv, scenes=20000, steps=3600, batch=64, lr=5e-4, patch=PATCH, vision_from=True)
+    models, tokenizer, processor = build(args.patch, args.vision_from)
     print(f"rendering {args.scenes} training scenes (seed {TRAIN_SEED}) ...", flush=True)
     data = scenes(TRAIN_SEED, args.scenes)
     images = np.stack([s.image for s in data])
@@ -171,8 +203,8 @@ def main(argv=None) -> None:
             tokenizer.save_pretrained(folder)
             processor.save_pretrained(folder)
 
-        card = {"seed": args.seed, "train_seed": TRAIN_SEED, "scenes": args.scenes, "steps": args.steps, "patch": args.patch,
-                "batch": args.batch, "lr": args.lr, "trained_with": sorted(NAMES.values()),
+        card = {"seed": args.seed, "train_seed": TRAIN_SEED, "scenes": args.scenes, "steps": args.steps,
+                "patch": args.patch, "vision_from": args.vision_from, "batch": args.batch, "lr": args.lr, "trained_with": sorted(NAMES.values()),
                 "train_figures": figures, "last_losses": {k: round(v, 4) for k, v in parts.items()}}
         print("wrote", write_preset(NAMES[task], save, card, loss_log,
                                     args.out / NAMES[task] if args.out else None))
