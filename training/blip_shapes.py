@@ -4,7 +4,8 @@ trained together on generated scenes as BLIP's pre-training trains its objective
 
     .venv/bin/python training/blip_shapes.py --scenes 20000 --steps 3600     # ~35 min on 2 cores
 
-One vision tower (ViT 128 px, patches of 16, 4 layers of width 128) is shared by the three models,
+One vision tower (ViT 128 px, patches of 16, 4 layers of width 128), started from
+``trained:clip-shapes``' (``--vision-from none``: from random weights), is shared by the three models,
 and the VQA model's question encoder is the retrieval model's text encoder (BLIP initialises its
 VQA encoder from the ITM one). Each step, on one batch of scenes:
 
@@ -25,6 +26,7 @@ Texts are tokenized ``[CLS] text [SEP]`` as the runtime encodes them. Training s
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -73,6 +75,16 @@ def build(patch: int = PATCH, vision_from: str | None = None):
         clip_vision_into_blip(caption.vision_model, vision_from)
     processor = BlipImageProcessorPil(size={"height": SIZE, "width": SIZE})
     return {"caption": caption, "vqa": vqa, "retrieval": itm}, tokenizer, processor
+
+
+def vision_sha256(preset: str | None) -> str | None:
+    """The sha256 of the weights the tower started from: a rebuild gives the same bytes only from
+    these (retraining ``clip-shapes`` means retraining this script's presets after it)."""
+    if not preset:
+        return None
+    from common import PRESETS
+
+    return json.loads((PRESETS / preset / "preset.json").read_text())["sha256"]["model.safetensors"]
 
 
 def clip_vision_into_blip(blip, preset: str) -> None:
@@ -166,7 +178,7 @@ def step_loss(models, tokenizer, images, scenes_, rng) -> tuple[torch.Tensor, di
 
 
 def main(argv=None) -> None:
-    args = arguments(__doc__, argv, scenes=20000, steps=3600, batch=64, lr=5e-4, patch=PATCH, vision_from=True)
+    args = arguments(__doc__, argv, scenes=20000, steps=3600, batch=64, lr=5e-4, patch=PATCH, vision_from="clip-shapes")
     models, tokenizer, processor = build(args.patch, args.vision_from)
     print(f"rendering {args.scenes} training scenes (seed {TRAIN_SEED}) ...", flush=True)
     data = scenes(TRAIN_SEED, args.scenes)
@@ -204,7 +216,8 @@ def main(argv=None) -> None:
             processor.save_pretrained(folder)
 
         card = {"seed": args.seed, "train_seed": TRAIN_SEED, "scenes": args.scenes, "steps": args.steps,
-                "patch": args.patch, "vision_from": args.vision_from, "batch": args.batch, "lr": args.lr, "trained_with": sorted(NAMES.values()),
+                "patch": args.patch, "vision_from": args.vision_from,
+                "vision_from_sha256": vision_sha256(args.vision_from), "batch": args.batch, "lr": args.lr, "trained_with": sorted(NAMES.values()),
                 "train_figures": figures, "last_losses": {k: round(v, 4) for k, v in parts.items()}}
         print("wrote", write_preset(NAMES[task], save, card, loss_log,
                                     args.out / NAMES[task] if args.out else None))

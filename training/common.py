@@ -25,18 +25,21 @@ THREADS = 2  # the thread count changes float summation order: the recorded byte
 
 
 def arguments(doc: str, argv, scenes: int, steps: int, batch: int, lr: float, patch: int | None = None,
-              vision_from: bool = False):
+              vision_from: str | None = None):
     """Every script's options (its defaults rebuild its preset), parsed; then :func:`start`.
     ``patch``: the script takes ``--patch`` (the vision tower's patch side), this its default;
-    ``vision_from``: it takes ``--vision-from PRESET`` (a trained tower to start from)."""
+    ``vision_from``: it takes ``--vision-from PRESET`` (a trained tower to start from), this preset
+    its default; ``--vision-from none`` starts from random weights."""
     import argparse
 
     parser = argparse.ArgumentParser(description=doc.split("\n")[0])
     if patch is not None:
         parser.add_argument("--patch", type=int, default=patch, help="the vision tower's patch side in pixels")
     if vision_from:
-        parser.add_argument("--vision-from", default=None, metavar="PRESET",
-                            help="start the vision tower from this trained preset's (e.g. clip-shapes)")
+        parser.add_argument("--vision-from", default=vision_from, metavar="PRESET",
+                            type=lambda name: None if name.lower() == "none" else name,
+                            help=f"start the vision tower from this trained preset's (default {vision_from}; "
+                                 "none: random)")
     parser.add_argument("--scenes", type=int, default=scenes)
     parser.add_argument("--steps", type=int, default=steps)
     parser.add_argument("--batch", type=int, default=batch)
