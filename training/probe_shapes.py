@@ -23,13 +23,18 @@ from edgevfm.benchmarks.scenes import HELD_OUT_SEED, SHAPES, TRAIN_SEED, scenes 
 
 
 def vision_tower(name: str):
-    """The vision tower of the preset folder ``name`` (any of the shipped trained presets)."""
+    """The vision tower of the preset folder ``name``: a CLIP or BLIP preset (ViTs with a [CLS]
+    state; SAM's encoder has none)."""
     import json
 
     from transformers import AutoModel
 
     folder = PRESETS / name
+    if not (folder / "config.json").is_file():
+        raise SystemExit(f"no preset folder {folder}: name one of {sorted(p.name for p in PRESETS.iterdir())}")
     architecture = json.loads((folder / "config.json").read_text())["architectures"][0]
+    if not architecture.startswith(("Blip", "CLIP")):
+        raise SystemExit(f"{name} is a {architecture}: the probe reads CLIP and BLIP towers only")
     if architecture.startswith("Blip"):
         import transformers
 
