@@ -15,7 +15,7 @@ from .api import bench
 from .auto import quantize_auto
 from .commands import DEFAULT_MODELS
 from .families import BENCH
-from .scene_data import scene_trained
+from .scene_data import calibration_set, scene_trained
 
 
 def run_demo(out: str | Path = "demo-out", models=DEFAULT_MODELS, report_dir: str | Path | None = None,
@@ -38,8 +38,11 @@ def run_demo(out: str | Path = "demo-out", models=DEFAULT_MODELS, report_dir: st
         steps = {}
         print(f"[1/4] export -> {folder / 'fp32'}")
         bundles = [export(model, folder / "fp32", force=True)]
-        family = open_bundle(bundles[0], verify_hashes=False).family
-        family_bench = BENCH.get(family)
+        fp32 = open_bundle(bundles[0], verify_hashes=False)
+        family, family_bench = fp32.family, BENCH.get(fp32.family)
+        # a preset trained on the scenes calibrates on scenes of its training split, as a user calibrates
+        # on the domain the model serves (photos otherwise)
+        calib = calibration_set(family, out / "scenes", fp32.manifest.get("task")) if scene_trained(model) else None
         made = {}
         # make demo (a newcomer's first minutes) takes the family's quick_recipes where it names
         # some; make report (variants) takes every recipe the family measures (demo_recipes or all)
@@ -49,7 +52,7 @@ def run_demo(out: str | Path = "demo-out", models=DEFAULT_MODELS, report_dir: st
         steps["export"] = time.perf_counter() - started
         for recipe in recipes:
             print(f"[2/4] quantize --recipe {recipe} -> {folder / recipe}")
-            made[recipe] = quantize(bundles[0], recipe, folder / recipe, force=True, quick=not variants)
+            made[recipe] = quantize(bundles[0], recipe, folder / recipe, calib=calib, force=True, quick=not variants)
         bundles += list(made.values())
         for label, options in (family_bench.export_variants if variants else {}).items():
             print(f"[1/4] export ({label}) -> {folder / ('fp32-' + label)}")
@@ -57,13 +60,13 @@ def run_demo(out: str | Path = "demo-out", models=DEFAULT_MODELS, report_dir: st
             bundles.append(variant)
             for recipe in family_bench.variant_recipes:
                 print(f"[2/4] quantize ({label}) --recipe {recipe} -> {folder / (recipe + '-' + label)}")
-                bundles.append(quantize(variant, recipe, folder / f"{recipe}-{label}", force=True))
+                bundles.append(quantize(variant, recipe, folder / f"{recipe}-{label}", calib=calib, force=True))
         if variants and family_bench.auto_in_report:
             print(f"[2/4] quantize --recipe auto -> {folder / 'auto'} (measures the bundles above here)")
             # a preset trained on the scenes: chosen by task score on its held-out split (the family's INT8 goal)
             task = {"max_task_drop": min(family_bench.task_goals.values())} if scene_trained(model) else {}
             bundles.append(quantize_auto(bundles[0], folder / "auto", force=True, threads=threads, prebuilt=made,
-                                         **task))
+                                         calib=calib, **task))
         steps["quantize"] = time.perf_counter() - started - sum(steps.values())
         print("[3/4] run")
         family_bench.demo(bundles, reports, threads)

@@ -153,7 +153,14 @@ def task_text(results: dict) -> str:
     data = (f"the held-out generated scenes, `{settings['data_made_by']}`" if settings.get("data_made_by")
             else f"`{settings.get('data')}`")
     return (f"Task scores against ground truth ({', '.join(drops)}; data: {data}) stand beside the agreement "
-            "figures, each with its drop: FP32 PyTorch's score minus the row's (positive: the row lost).")
+            "figures, each with its drop: FP32 PyTorch's score minus the row's (positive: the row lost)."
+            + calibration_text(results))
+
+
+def calibration_text(results: dict) -> str:
+    """What the calibrated rows calibrated on (recorded by rows measured since it was)."""
+    found = list(dict.fromkeys(r["calibration"] for r in results["rows"] if r.get("calibration")))
+    return f" Calibrated recipes calibrated on {'; '.join(found)}." if found else ""
 
 
 def write_report(results: dict, out_dir: Path) -> Path:

@@ -24,13 +24,14 @@ import numpy as np
 
 from edgevfm.runtime.masks import mask_to_rle
 
-from .scenes import HELD_OUT_SEED, SHAPES, scene
+from .scenes import HELD_OUT_SEED, SHAPES, TRAIN_SEED, scene
 
 KINDS = ("classify", "captions", "vqa", "masks")
 # what a family's benchmark reads from the held-out split, and how many scenes of it ("family/task"
 # where a family's tasks read different kinds; a retrieval bundle reads captions: image i with caption i)
 FAMILY_DATA = {"clip": ("classify", 300), "sam": ("masks", 60), "blip": ("captions", 100), "blip/vqa": ("vqa", 20),
                "blip2": ("vqa", 100), "llava": ("vqa", 100)}
+CALIBRATION_COUNT = 32  # training-split scenes a scene-trained preset calibrates on (each recipe takes its samples)
 
 
 def data_for(family: str, task: str | None = None) -> tuple[str, int]:
@@ -125,11 +126,46 @@ def held_out(family: str, root: str | Path | None = None, task: str | None = Non
     """The held-out data set ``family``'s benchmark reads for bundles of ``task``, written once under
     ``root`` (default: ``edgevfm-scenes`` in the temporary folder) and reused while its record matches."""
     kind, count = data_for(family, task)
-    root = Path(tempfile.gettempdir()) / "edgevfm-scenes" if root is None else Path(root)
-    folder = Path(root) / f"{kind}-{HELD_OUT_SEED}-{count}"
+    return _written(kind, HELD_OUT_SEED, count, root)
+
+
+def calibration_set(family: str, root: str | Path | None = None, task: str | None = None) -> Path:
+    """The scenes a preset trained on them calibrates on (``quantize --calib``): :data:`CALIBRATION_COUNT`
+    of the training split, never the held-out one, as a data set whose captions (or, for a question
+    answering bundle, questions) calibrate the text parts too; written once under ``root`` as
+    :func:`held_out`. Calibrated on photos and English instead, static INT8 of blip-itm-shapes lost
+    a fifth of its ITM accuracy (docs/trained-presets.md)."""
+    kind = "vqa" if data_for(family, task)[0] == "vqa" else "captions"
+    return _written(kind, TRAIN_SEED, CALIBRATION_COUNT, root)
+
+
+def calibration_command(family: str, task: str | None = None) -> str:
+    """The command that writes :func:`calibration_set`'s data set."""
+    kind = "vqa" if data_for(family, task)[0] == "vqa" else "captions"
+    return f"edgevfm scenes DIR --kind {kind} --count {CALIBRATION_COUNT} --seed {TRAIN_SEED}"
+
+
+def calibration_source(calibration: dict | None) -> str | None:
+    """A bundle manifest's ``calibration`` in words for a report: what the images and texts were,
+    a generated data set by the command that writes it. None for a recipe without calibration."""
+    if not calibration:
+        return None
+    source, texts = calibration.get("source", "?"), calibration.get("texts", "the family's own")
     try:
-        if json.loads((folder / "scenes.json").read_text()) == {"kind": kind, "seed": HELD_OUT_SEED, "count": count}:
+        record = json.loads((Path(source) / "scenes.json").read_text())
+        source = (f"{'training-split' if record['seed'] == TRAIN_SEED else 'generated'} scenes, `edgevfm scenes DIR "
+                  f"--kind {record['kind']} --count {record['count']} --seed {record['seed']}`")
+    except (OSError, ValueError, KeyError, TypeError):
+        source = "scikit-image's photos" if source == "scikit-image photos" else f"`{source}`"
+    return f"{source}; texts: {texts}"
+
+
+def _written(kind: str, seed: int, count: int, root: str | Path | None) -> Path:
+    root = Path(tempfile.gettempdir()) / "edgevfm-scenes" if root is None else Path(root)
+    folder = root / f"{kind}-{seed}-{count}"
+    try:
+        if json.loads((folder / "scenes.json").read_text()) == {"kind": kind, "seed": seed, "count": count}:
             return folder
     except (OSError, ValueError):
         pass
-    return write(kind, folder, count)
+    return write(kind, folder, count, seed)

@@ -32,16 +32,22 @@ def measure(model: str, out: Path, work: Path, runs: int, rounds: int, threads: 
     from edgevfm.export.checkpoint import load_checkpoint
     from edgevfm.quantize.api import quantize
     from edgevfm.quantize.check import check_bundle, summary
+    from edgevfm.runtime import open_bundle
     from edgevfm.runtime.engines import plan
 
     from .api import bench
     from .families import BENCH
+    from .scene_data import calibration_set, scene_trained
 
     family = load_checkpoint(model).spec.name
     family_bench = BENCH.get(family)
     folder = work / model_name(model)
     fp32 = export(model, folder / "fp32", force=True, **family_bench.tensorrt_export)
-    bundles = {recipe: quantize(fp32, recipe, folder / recipe, force=True) for recipe in family_bench.tensorrt_recipes}
+    calib = None
+    if scene_trained(model):  # calibrated on scenes of its training split, as the demo does
+        calib = calibration_set(family, work / "scenes", open_bundle(fp32, verify_hashes=False).manifest.get("task"))
+    bundles = {recipe: quantize(fp32, recipe, folder / recipe, calib=calib, force=True)
+               for recipe in family_bench.tensorrt_recipes}
     checks, plans = {}, {}
     for recipe, bundle in bundles.items():
         findings = check_bundle(bundle)

@@ -212,6 +212,8 @@ def _open_bundle(task: dict, bench) -> dict:
     # an export choice other than the default names itself (LLaVA's plain llm graph)
     from edgevfm.export.spec import DEFAULT_EXPORT_OPTIONS
 
+    from .scene_data import calibration_source
+
     choices = {k: v for k, v in ((bundle.manifest.get("export") or {}).get("options") or {}).items()
                if DEFAULT_EXPORT_OPTIONS.get(k) != v}
     label = "".join(f" ({k}={v})" for k, v in sorted(choices.items()))
@@ -225,4 +227,5 @@ def _open_bundle(task: dict, bench) -> dict:
             **open_bundle_facts(bundle),
             "size_mb": bundle.size_bytes() / 1e6, "parts_mb": parts_mb(bundle), "load_s": load_s,
             "config_sha256": bundle.manifest["source"].get("config_sha256"), "runner": bench.bundle_runner(pipeline),
+            "calibration": calibration_source(bundle.manifest.get("calibration")),
             **({"auto_chosen": auto.get("chosen"), "auto_floors": auto.get("floors")} if auto else {})}

@@ -13,7 +13,7 @@ from edgevfm.quantize.errors import CalibrationError, QuantizeError
 from edgevfm.runtime.errors import BundleError, InputError, MissingExtraError, UsageError
 from edgevfm.runtime.output import check_out_dir, staged_bundle
 
-from .calibration import calibration_images
+from .calibration import calibration_data, calibration_texts
 from .families import CALIBRATION
 from .recipes import INT8_ACTIVATIONS, RECIPES, quiet_ort_logging
 
@@ -36,7 +36,9 @@ def quantize(bundle: str | Path, recipe: str, out: str | Path, calib: str | Path
     family benchmark's ``--data``; a scene-trained preset's held-out scenes by default) to at most
     ``max_task_drop`` below the FP32 bundle's.
 
-    ``calib``: a folder of real images for calibrated recipes (default: scikit-image's photos);
+    ``calib``: a folder of real images for calibrated recipes (default: scikit-image's photos), or
+    a data set (COCO captions or VQA JSON beside its images) whose captions or questions calibrate
+    the text parts too: calibrate on the domain the model serves;
     ``samples``: how many calibration images (default: the family's, 32 for CLIP, 8 for SAM).
     ``block_size``: the 4-bit recipes' group (default: 32 for ONNX Runtime's, measured by ``ov-int4``).
     ``quick``: leave out the steps that take minutes and only repair accuracy (``ov-int8``'s
@@ -77,7 +79,8 @@ def quantize(bundle: str | Path, recipe: str, out: str | Path, calib: str | Path
     feeds, calibration = {}, None
     if chosen.needs_calibration:
         feeds = bundle_feeds(source, calib, samples)
-        calibration = {"source": str(calib) if calib else "scikit-image photos", "samples":
+        calibration = {"source": str(calib) if calib else "scikit-image photos", "texts": calibration_texts(calib),
+                       "samples":
                        {part: len(f) for part, f in feeds.items() if steps.get(part) and steps[part].needs_calibration}}
     manifest = {k: v for k, v in source.manifest.items() if k not in ("files", "format_version")}
     parts = {name: dict(p) for name, p in manifest["parts"].items()}
@@ -153,7 +156,8 @@ def bundle_feeds(source, calib, samples: int) -> dict[str, list[dict]]:
     make_feeds = CALIBRATION.get(source.family)
     samples = samples if samples is not None else make_feeds.default_samples
     pipeline = load(source.path, threads=None, low_memory=True)
-    return make_feeds(pipeline, calibration_images(calib, samples), samples)
+    data = calibration_data(calib, samples)
+    return make_feeds(pipeline, data.images, samples, captions=data.captions, questions=data.questions)
 
 
 def tensorrt_check(stage: Path, parts: dict, recipe: str) -> dict | None:

@@ -1,8 +1,11 @@
-"""Calibration images: real photos, either the ones scikit-image ships (offline, no download) or
-a folder the user gives."""
+"""Calibration data: real photos, either the ones scikit-image ships (offline, no download) or a
+folder the user gives; a folder that is an annotated data set (COCO captions or VQA, as ``bench
+--data`` reads and ``edgevfm scenes`` writes) gives its captions or questions too, so the text
+parts calibrate on the words the model will see (:func:`calibration_data`)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -45,3 +48,50 @@ def calibration_images(folder: str | Path | None = None, samples: int = 32) -> l
     photos = skimage_photos()
     photos += [np.ascontiguousarray(p[:, ::-1]) for p in photos]
     return photos[:samples]
+
+
+@dataclass
+class Calibration:
+    """Images, and where the folder is a data set, each image's caption or question (aligned with
+    ``images``; empty: the family's own texts)."""
+
+    images: list
+    captions: list[str] = field(default_factory=list)
+    questions: list[str] = field(default_factory=list)
+
+
+def calibration_data(folder: str | Path | None = None, samples: int = 32) -> Calibration:
+    """:func:`calibration_images`, or ``samples`` items of the data set in ``folder`` when it holds
+    annotation JSON: each image with its first caption, or each question with its image."""
+    if samples < 1:
+        raise CalibrationError(f"samples must be at least 1, found {samples}: calibration needs data")
+    found = _data_set(folder, samples)
+    if found is None:
+        return Calibration(calibration_images(folder, samples))
+    kind, items = found
+    images = [item.image for item in items]
+    if kind == "vqa":
+        return Calibration(images, questions=[item.question for item in items])
+    return Calibration(images, captions=[item.truths[0] for item in items])
+
+
+def calibration_texts(folder: str | Path | None) -> str:
+    """What the text parts calibrate on, for the manifest: the data set's captions or questions, or
+    the family's own texts."""
+    found = _data_set(folder, 1)
+    if found is None:
+        return "the family's own"
+    return "the data set's questions" if found[0] == "vqa" else "the data set's captions"
+
+
+def _data_set(folder, limit: int):
+    """(kind, items) of the data set in ``folder``; None for no folder or one without JSON files."""
+    if folder is None or not any(Path(folder).glob("*.json")):
+        return None
+    from .annotations import read_annotations
+
+    try:
+        return read_annotations(folder, limit=limit)
+    except ValueError as exc:
+        raise CalibrationError(f"calibration folder {str(folder)!r} holds JSON files but no data set: {exc}. "
+                               "Pass a folder of images, or a data set as edgevfm scenes writes") from None

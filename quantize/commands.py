@@ -52,7 +52,9 @@ def arguments(p) -> None:
     p.add_argument("--reuse", type=Path, metavar="DIR", help="auto: bundles already made from BUNDLE, one folder per "
                    "recipe named after it (as edgevfm demo writes them in demo-out/MODEL): measured, not made again")
     p.add_argument("-o", "--output", required=True, type=Path)
-    p.add_argument("--calib", type=existing_folder, help="folder of calibration images (default: scikit-image's photos)")
+    p.add_argument("--calib", type=existing_folder, help="folder of calibration images (default: scikit-image's photos), or a data set "
+                   "(COCO captions or VQA JSON, as edgevfm scenes writes) whose captions or questions calibrate "
+                   "the text parts too")
     p.add_argument("--samples", type=positive_int, help="calibration images (default: the family's, listed below)")
     p.add_argument("--block-size", type=int, choices=[16, 32, 64, 128, 256],
                    help="int4 block size (default 32; ov-int4 measures 128, 64 and 32 and keeps the fewest "

@@ -3,6 +3,8 @@ greedy and beam search, on the tiny model."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -129,6 +131,34 @@ def test_static_int8_calibrates_each_task(which, blip_bundle, blip_vqa_bundle, b
               "retrieval": lambda: str(out.match(photos[1], "a cat"))}[which]()
     assert isinstance(result, str)
     assert set(out.manifest["calibration"]["samples"]) == set(out.manifest["parts"])
+
+
+@pytest.mark.parametrize("which", ["caption", "vqa", "retrieval"])
+def test_static_int8_calibrates_on_a_data_sets_texts(which, blip_bundle, blip_vqa_bundle, blip_itm_bundle, tmp_path):
+    """With --calib a data set, the text parts see its captions (retrieval: each image with its own;
+    captioning: the decoder prefilled with the caption) or questions, not the family's own texts."""
+    from edgevfm.benchmarks.scene_data import write
+    from edgevfm.quantize.api import bundle_feeds, quantize
+    from edgevfm.quantize.calibration import calibration_data
+    from edgevfm.runtime import open_bundle
+
+    bundle = {"caption": blip_bundle, "vqa": blip_vqa_bundle, "retrieval": blip_itm_bundle}[which]
+    folder = write("vqa" if which == "vqa" else "captions", tmp_path / "scenes", 3, seed=1)
+    data = calibration_data(folder, 2)
+    texts = data.questions if which == "vqa" else data.captions
+    pipeline = load(bundle, threads=1)
+    feeds = bundle_feeds(open_bundle(bundle), folder, 2)
+    if which == "caption":
+        fed = [f["input_ids"][0].tolist() for f in feeds["text_decoder"]]
+        assert fed == [pipeline.prompt_ids(t) for t in texts]
+    else:
+        part = {"vqa": "question", "retrieval": "text_proj"}[which]
+        fed = [f["input_ids"][0].tolist() for f in feeds[part]]
+        assert fed == [pipeline.tokenizer.encode(t).ids for t in texts]
+    out = quantize(bundle, "int8-static", tmp_path / "int8", calib=folder, samples=2, show_progress=False)
+    calibration = json.loads((out / "manifest.json").read_text())["calibration"]
+    assert calibration["source"] == str(folder)
+    assert calibration["texts"] == ("the data set's questions" if which == "vqa" else "the data set's captions")
 
 
 @pytest.mark.parametrize("which", ["caption", "vqa", "retrieval"])

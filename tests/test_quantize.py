@@ -76,7 +76,8 @@ def test_fp16_keeps_normalisation_in_fp32(clip_recipe_bundles):
 def test_manifest_records_recipe_and_calibration(clip_recipe_bundles):
     manifest = json.loads((clip_recipe_bundles["int8-static"] / "manifest.json").read_text())
     assert manifest["recipe"]["name"] == "int8-static"
-    assert manifest["calibration"] == {"source": "scikit-image photos", "samples": {"vision": 8, "text": 8}}
+    assert manifest["calibration"] == {"source": "scikit-image photos", "texts": "the family's own",
+                                       "samples": {"vision": 8, "text": 8}}
     assert {p["precision"] for p in manifest["parts"].values()} == {"int8"}
 
 
@@ -97,6 +98,36 @@ def test_calibration_from_a_folder(clip_bundle, photos, tmp_path):
         Image.fromarray(photo).save(folder / f"{i}.png")
     out = quantize(clip_bundle, "int8-static", tmp_path / "s", calib=folder, samples=2, show_progress=False)
     assert json.loads((out / "manifest.json").read_text())["calibration"]["samples"]["vision"] == 2
+
+
+def test_calibration_from_a_data_set_takes_its_texts(tmp_path):
+    """A data set as edgevfm scenes writes: each image with its own first caption, or each question
+    with its image, in the annotation files' order; a folder of images gets the family's texts."""
+    from edgevfm.benchmarks.captions import read_annotations
+    from edgevfm.benchmarks.scene_data import write
+    from edgevfm.quantize.calibration import calibration_data, calibration_texts
+
+    captions, vqa = write("captions", tmp_path / "c", 5, seed=1), write("vqa", tmp_path / "v", 2, seed=1)
+    data = calibration_data(captions, 3)
+    items = read_annotations(captions)[1][:3]
+    assert data.images == [a.image for a in items] and data.captions == [a.truths[0] for a in items]
+    assert data.questions == [] and calibration_texts(captions) == "the data set's captions"
+    data = calibration_data(vqa, 4)
+    items = read_annotations(vqa)[1][:4]
+    assert data.questions == [a.question for a in items] and data.images == [a.image for a in items]
+    assert data.captions == [] and calibration_texts(vqa) == "the data set's questions"
+    images_only = calibration_data(captions / "images", 2)
+    assert len(images_only.images) == 2 and images_only.captions == images_only.questions == []
+    assert calibration_texts(captions / "images") == calibration_texts(None) == "the family's own"
+
+
+def test_a_calibration_folder_with_json_but_no_data_set_is_an_error(tmp_path):
+    from edgevfm.quantize.calibration import calibration_data
+
+    (tmp_path / "notes.json").write_text('{"camera": "x100"}')
+    with pytest.raises(CalibrationError, match="holds JSON files but no data set: no annotations in .*"
+                                               "Pass a folder of images, or a data set as edgevfm scenes writes"):
+        calibration_data(tmp_path, 4)
 
 
 def test_zero_samples_is_an_error(clip_bundle, tmp_path):

@@ -163,3 +163,37 @@ def test_a_fresh_process_knows_the_scene_trained_presets():
             "print(scene_trained('trained:clip-shapes'), scene_trained('random:clip-tiny'), scene_trained('./x'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["True", "False", "False"]
+
+
+def test_scene_trained_presets_calibrate_on_the_training_split(tmp_path):
+    """What the demo and the TensorRT tool pass as --calib for a trained preset: scenes of the
+    training split (never the held-out one the benchmarks score), with the texts the task reads."""
+    import json
+
+    from edgevfm.benchmarks.scene_data import CALIBRATION_COUNT, calibration_command, calibration_set
+    from edgevfm.benchmarks.scenes import HELD_OUT_SEED, TRAIN_SEED
+
+    assert TRAIN_SEED != HELD_OUT_SEED
+    for family, task, kind in (("blip", "vqa", "vqa"), ("blip", "retrieval", "captions"), ("clip", None, "captions"),
+                               ("sam", None, "captions")):
+        folder = calibration_set(family, tmp_path, task)
+        assert json.loads((folder / "scenes.json").read_text()) == {"kind": kind, "seed": TRAIN_SEED,
+                                                                   "count": CALIBRATION_COUNT}
+        assert calibration_command(family, task) == (f"edgevfm scenes DIR --kind {kind} --count {CALIBRATION_COUNT} "
+                                                     f"--seed {TRAIN_SEED}")
+    assert len(list(tmp_path.iterdir())) == 2  # written once per kind, then reused
+
+
+def test_reports_say_what_a_row_calibrated_on(tmp_path):
+    from edgevfm.benchmarks.report import calibration_text
+    from edgevfm.benchmarks.scene_data import calibration_set, calibration_source
+
+    folder = calibration_set("blip", tmp_path, "retrieval")
+    scenes = calibration_source({"source": str(folder), "texts": "the data set's captions", "samples": {"itm": 8}})
+    assert scenes == "training-split scenes, `edgevfm scenes DIR --kind captions --count 32 --seed 1`; texts: the data set's captions"
+    photos = calibration_source({"source": "scikit-image photos", "texts": "the family's own"})
+    assert photos == "scikit-image's photos; texts: the family's own"
+    assert calibration_source(None) is None
+    rows = [{"calibration": None}, {"calibration": scenes}, {"calibration": scenes}, {}]
+    assert calibration_text({"rows": rows}) == f" Calibrated recipes calibrated on {scenes}."
+    assert calibration_text({"rows": rows[:1]}) == ""

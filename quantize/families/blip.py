@@ -26,11 +26,13 @@ QUESTIONS = ("what is in the picture?", "what colour is it?", "how many people a
 
 
 @CALIBRATION.register("blip")
-def calibration_feeds(pipeline, images: list, samples: int) -> dict[str, list[dict]]:
+def calibration_feeds(pipeline, images: list, samples: int, captions=(), questions=()) -> dict[str, list[dict]]:
+    """A data set's captions (the decoder prefilled with the whole caption; retrieval pairs each
+    image with its own) or questions replace :data:`TEXTS` and :data:`QUESTIONS` where given."""
     from edgevfm.runtime.image import preprocess
 
     if pipeline.manifest["task"] == "retrieval":
-        return _retrieval_feeds(pipeline, images[:samples])
+        return _retrieval_feeds(pipeline, images[:samples], list(captions) or TEXTS)
     vqa = pipeline.manifest["task"] == "vqa"
     feeds: dict[str, list[dict]] = {"vision": [], "cross_kv": [], "text_decoder": []} | ({"question": []} if vqa else {})
     for i, image in enumerate(images[:samples]):
@@ -38,14 +40,15 @@ def calibration_feeds(pipeline, images: list, samples: int) -> dict[str, list[di
         embeds = pipeline.run("vision", pixels)["image_embeds"]
         feeds["vision"].append(pixels)
         if vqa:  # the question part sees the image; cross_kv and the decoder see the question's states
-            ids = np.asarray([pipeline.tokenizer.encode(QUESTIONS[i % len(QUESTIONS)]).ids], np.int64)
+            asked = questions or QUESTIONS
+            ids = np.asarray([pipeline.tokenizer.encode(asked[i % len(asked)]).ids], np.int64)
             question = {"input_ids": ids, "attention_mask": np.ones_like(ids), "image_embeds": embeds}
             feeds["question"].append(question)
             states = {"question_embeds": pipeline.run("question", question)["question_embeds"]}
             start = [pipeline.text["bos_token_id"]]
         else:
             states = {"image_embeds": embeds}
-            start = pipeline.prompt_ids("a picture of")
+            start = pipeline.prompt_ids(captions[i % len(captions)] if captions else "a picture of")
         feeds["cross_kv"].append(states)
         keys_values = pipeline.run("cross_kv", states)
         feeds["text_decoder"].append(pipeline.decoder.with_constants(keys_values).prefill_feeds(
@@ -56,7 +59,7 @@ def calibration_feeds(pipeline, images: list, samples: int) -> dict[str, list[di
 calibration_feeds.default_samples = 8
 
 
-def _retrieval_feeds(pipeline, images: list) -> dict[str, list[dict]]:
+def _retrieval_feeds(pipeline, images: list, texts) -> dict[str, list[dict]]:
     """ITM and ITC: each photo with a caption-like text, as ``match`` feeds them."""
     from edgevfm.runtime.image import preprocess
 
@@ -64,7 +67,7 @@ def _retrieval_feeds(pipeline, images: list) -> dict[str, list[dict]]:
     for i, image in enumerate(images):
         pixels = {"pixel_values": preprocess([image], pipeline.manifest["preprocessing"])}
         embeds = pipeline.run("vision", pixels)["image_embeds"]
-        ids = np.asarray([pipeline.tokenizer.encode(TEXTS[i % len(TEXTS)]).ids], np.int64)
+        ids = np.asarray([pipeline.tokenizer.encode(texts[i % len(texts)]).ids], np.int64)
         text = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
         feeds["vision"].append(pixels)
         feeds["itm"].append(text | {"image_embeds": embeds})

@@ -36,12 +36,14 @@ register_family_recipe("blip2-int4", "blip2", "BLIP-2: INT8 vision (ViT, Q-Forme
 
 
 @CALIBRATION.register("blip2")
-def calibration_feeds(pipeline, images: list, samples: int) -> dict[str, list[dict]]:
+def calibration_feeds(pipeline, images: list, samples: int, captions=(), questions=()) -> dict[str, list[dict]]:
+    """Each image with a question in the bundle's template (a data set's questions where given)."""
     template = pipeline.manifest["prompt"]["question_template"]
+    asked = questions or QUESTIONS
     feeds: dict[str, list[dict]] = {name: [] for name in pipeline.parts}
     for i, image in enumerate(images[:samples]):
         feeds["vision"].append({"pixel_values": pipeline.image_inputs([image])})
-        prompt = pipeline.prompt(image, template.format(QUESTIONS[i % len(QUESTIONS)]))
+        prompt = pipeline.prompt(image, template.format(asked[i % len(asked)]))
         feeds["embed"].append({"input_ids": np.asarray([prompt.ids], np.int64)})
         if not pipeline.seq2seq:
             feeds["llm"].append(pipeline.decoder.prefill_feeds(prompt.embeds[None]))

@@ -1,5 +1,5 @@
 """CLIP calibration: real photos through the bundle's own preprocessing for ``vision``, and
-zero-shot style prompts through its tokenizer for ``text``."""
+zero-shot style prompts (or the calibration data set's captions) through its tokenizer for ``text``."""
 
 from __future__ import annotations
 
@@ -20,11 +20,12 @@ def prompts(samples: int) -> list[str]:
 
 
 @CALIBRATION.register("clip")
-def calibration_feeds(pipeline, images: list, samples: int) -> dict[str, list[dict]]:
-    """One feed per sample and part, batch 1, as the runtime will send them."""
+def calibration_feeds(pipeline, images: list, samples: int, captions=(), questions=()) -> dict[str, list[dict]]:
+    """One feed per sample and part, batch 1, as the runtime will send them; the text tower sees a
+    data set's captions where the calibration folder has them, else :func:`prompts`."""
     return {
         "vision": [pipeline.image_inputs([image]) for image in images[:samples]],
-        "text": [pipeline.text_inputs([text]) for text in prompts(samples)],
+        "text": [pipeline.text_inputs([text]) for text in (list(captions[:samples]) or prompts(samples))],
     }
 
 

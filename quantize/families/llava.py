@@ -34,14 +34,16 @@ register_family_recipe("llava-int4-rtn", "llava", "LLaVA: every LLM MatMul 4-bit
 
 
 @CALIBRATION.register("llava")
-def calibration_feeds(pipeline, images: list, samples: int) -> dict[str, list[dict]]:
+def calibration_feeds(pipeline, images: list, samples: int, captions=(), questions=()) -> dict[str, list[dict]]:
+    """Each image in a user turn with a question (a data set's questions where given)."""
     from edgevfm.runtime.families.llava import message
 
+    asked = questions or QUESTIONS
     vision, embed, llm = [], [], []
     for i, image in enumerate(images[:samples]):
         pixels = {"pixel_values": pipeline.image_inputs([image])}
         features = pipeline.run("vision", pixels)["image_features"]
-        prompt = pipeline.prompt([message("user", QUESTIONS[i % len(QUESTIONS)], with_image=True)], features)
+        prompt = pipeline.prompt([message("user", asked[i % len(asked)], with_image=True)], features)
         ids = np.asarray([prompt.ids], np.int64)
         vision.append(pixels)
         embed.append({"input_ids": ids})

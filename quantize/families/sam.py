@@ -34,7 +34,8 @@ register_family_recipe("sam-ov-bf16", "sam", "SAM: OpenVINO BF16 image encoder, 
 
 
 @CALIBRATION.register("sam")
-def calibration_feeds(predictor, images: list, samples: int) -> dict[str, list[dict]]:
+def calibration_feeds(predictor, images: list, samples: int, captions=(), questions=()) -> dict[str, list[dict]]:
+    """The images only: SAM reads no text (``captions``, ``questions`` are the registry's interface)."""
     from edgevfm.runtime.image import preprocess
 
     spec = predictor.manifest["preprocessing"]
