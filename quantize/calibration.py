@@ -93,5 +93,6 @@ def _data_set(folder, limit: int):
     try:
         return read_annotations(folder, limit=limit)
     except ValueError as exc:
-        raise CalibrationError(f"calibration folder {str(folder)!r} holds JSON files but no data set: {exc}. "
-                               "Pass a folder of images, or a data set as edgevfm scenes writes") from None
+        raise CalibrationError(f"calibration folder {str(folder)!r} holds JSON files but is not a data set "
+                               f"calibration can read: {exc}. Pass a folder of images, or a data set as edgevfm "
+                               "scenes writes") from None

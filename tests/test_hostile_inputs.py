@@ -211,6 +211,23 @@ def test_bad_argument_is_a_usage_error_before_any_work(argv, message, tmp_path, 
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("broken", ["not a data set", "an image missing"])
+def test_a_broken_calibration_data_set_is_an_input_error_and_writes_nothing(broken, clip_bundle, tmp_path, capsys):
+    from edgevfm.benchmarks.scene_data import write
+
+    folder = write("captions", tmp_path / "calib", 3, seed=1)
+    if broken == "not a data set":
+        (folder / "captions.json").write_text('{"camera": "x100"}')
+        expected = "holds JSON files but is not a data set calibration can read: no annotations in"
+    else:
+        (folder / "images" / "00001.png").unlink()
+        expected = "holds JSON files but is not a data set calibration can read: no image for image_id 1"
+    out = tmp_path / "int8"
+    assert main(["quantize", str(clip_bundle), "--recipe", "int8-static", "-o", str(out), "--calib", str(folder)]) == 3
+    assert expected in capsys.readouterr().err
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["calib"]
+
+
 def test_old_opset_is_a_usage_error_before_loading(tmp_path, capsys):
     assert main(["export", "random:clip-tiny", "-o", str(tmp_path / "b"), "--opset", "5"]) == 2
     assert "opset 5 is out of range: expected an integer from 14" in capsys.readouterr().err

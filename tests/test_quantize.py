@@ -125,7 +125,7 @@ def test_a_calibration_folder_with_json_but_no_data_set_is_an_error(tmp_path):
     from edgevfm.quantize.calibration import calibration_data
 
     (tmp_path / "notes.json").write_text('{"camera": "x100"}')
-    with pytest.raises(CalibrationError, match="holds JSON files but no data set: no annotations in .*"
+    with pytest.raises(CalibrationError, match="holds JSON files but is not a data set calibration can read: no annotations in .*"
                                                "Pass a folder of images, or a data set as edgevfm scenes writes"):
         calibration_data(tmp_path, 4)
 
