@@ -139,12 +139,6 @@ def calibration_set(family: str, root: str | Path | None = None, task: str | Non
     return _written(kind, TRAIN_SEED, CALIBRATION_COUNT, root)
 
 
-def calibration_command(family: str, task: str | None = None) -> str:
-    """The command that writes :func:`calibration_set`'s data set."""
-    kind = "vqa" if data_for(family, task)[0] == "vqa" else "captions"
-    return f"edgevfm scenes DIR --kind {kind} --count {CALIBRATION_COUNT} --seed {TRAIN_SEED}"
-
-
 def calibration_source(calibration: dict | None) -> str | None:
     """A bundle manifest's ``calibration`` in words for a report: what the images and texts were,
     a generated data set by the command that writes it. None for a recipe without calibration."""

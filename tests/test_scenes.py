@@ -170,7 +170,7 @@ def test_scene_trained_presets_calibrate_on_the_training_split(tmp_path):
     training split (never the held-out one the benchmarks score), with the texts the task reads."""
     import json
 
-    from edgevfm.benchmarks.scene_data import CALIBRATION_COUNT, calibration_command, calibration_set
+    from edgevfm.benchmarks.scene_data import CALIBRATION_COUNT, calibration_set, calibration_source
     from edgevfm.benchmarks.scenes import HELD_OUT_SEED, TRAIN_SEED
 
     assert TRAIN_SEED != HELD_OUT_SEED
@@ -179,8 +179,9 @@ def test_scene_trained_presets_calibrate_on_the_training_split(tmp_path):
         folder = calibration_set(family, tmp_path, task)
         assert json.loads((folder / "scenes.json").read_text()) == {"kind": kind, "seed": TRAIN_SEED,
                                                                    "count": CALIBRATION_COUNT}
-        assert calibration_command(family, task) == (f"edgevfm scenes DIR --kind {kind} --count {CALIBRATION_COUNT} "
-                                                     f"--seed {TRAIN_SEED}")
+        assert calibration_source({"source": str(folder), "texts": "x"}) == (
+            f"training-split scenes, `edgevfm scenes DIR --kind {kind} --count {CALIBRATION_COUNT} --seed {TRAIN_SEED}`; "
+            "texts: x")
     assert len(list(tmp_path.iterdir())) == 2  # written once per kind, then reused
 
 
