@@ -2,7 +2,7 @@
 64 x 64 low-res masks) trained on generated scenes to give each shape's mask from a point, two
 points, a box, a point and a box, and again with its own previous mask as the mask prompt.
 
-    .venv/bin/python training/sam_shapes.py --scenes 10000 --steps 4000     # ~15 min on 2 cores
+    .venv/bin/python training/sam_shapes.py --scenes 10000 --steps 12000    # ~45 min on 2 cores
 
 As SAM is trained: the three multimask outputs learn the best of them (the lowest loss), output 0
 every prompt, the IoU head the IoU each mask really has. The decoder is edgevfm's exported
@@ -128,7 +128,7 @@ def _group_loss(logits, scores, targets):
 
 
 def main(argv=None) -> None:
-    args = arguments(__doc__, argv, scenes=10000, steps=4000, batch=16, lr=8e-4)
+    args = arguments(__doc__, argv, scenes=10000, steps=12000, batch=16, lr=8e-4)
     model, processor = build()
     decoder = PromptDecoder(model)
     print(f"rendering {args.scenes} training scenes (seed {TRAIN_SEED}) ...", flush=True)
