@@ -59,7 +59,7 @@ def load_checkpoint(model: str, family: str | None = None, revision: str | None 
         spec = FAMILIES.get(preset_family)()
         revision = None
         if preset.folder:  # trained weights in the repository: the same path as a user's folder
-            torch_model, assets = _load_folder(spec, str(verify(preset.folder)), None)
+            torch_model, assets = _load_folder(spec, str(verify(preset.folder)), None, preset)
         else:
             torch_model, assets = spec.build_random(preset)
     else:
@@ -72,11 +72,11 @@ def load_checkpoint(model: str, family: str | None = None, revision: str | None 
     return Checkpoint(spec, torch_model, assets, source)
 
 
-def _load_folder(spec: FamilySpec, model: str, revision: str | None):
+def _load_folder(spec: FamilySpec, model: str, revision: str | None, preset=None):
     if Path(model).is_dir():
         _check_files(model, spec)
     try:
-        return spec.load_pretrained(model, revision)
+        return spec.load_preset(preset, model) if preset else spec.load_pretrained(model, revision)
     except Exception as exc:  # transformers, safetensors and torch raise many types here
         raise CheckpointError(
             f"could not load the {spec.name} checkpoint {model!r}: {exc}. Expected a folder saved with "

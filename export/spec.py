@@ -98,6 +98,11 @@ class FamilySpec:
         """(model, assets) from a hub id or a local folder saved with ``save_pretrained``."""
         raise NotImplementedError
 
+    def load_preset(self, preset: Preset, folder: str):
+        """(model, assets) of a trained ``preset`` from its verified ``folder``: the folder's own
+        ``load_pretrained``; a family whose preset ships part of its weights completes them."""
+        return self.load_pretrained(folder, None)
+
     def random_config(self, preset: Preset):
         """(config, assets) of a preset, without building the model."""
         raise NotImplementedError

@@ -245,7 +245,7 @@ def llama_cpp_decode(threads: int, runs: int, past: int) -> dict:
 
     import llama_cpp
 
-    from edgevfm.export.families.llava import SMOLLM2_FILE, smollm2_folder
+    from edgevfm.export.smollm2 import SMOLLM2_FILE, smollm2_folder
 
     shipped = smollm2_folder() / SMOLLM2_FILE
     folder = tempfile.mkdtemp()

