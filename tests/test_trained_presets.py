@@ -222,6 +222,19 @@ def test_the_demo_says_what_blip2_shapes_captions_and_answers(blip2_shapes_bundl
     assert lines[1].endswith(f"({sum(said == a for said, a in answers)}/{len(answers)} right)")
 
 
+def test_blip2_shapes_bench_scores_vqa_as_pytorch(blip2_shapes_bundle, tmp_path):
+    """The scenes' questions differ in length: the bench's teacher-forced logits run along the
+    answer only, and the FP32 bundle answers and scores as PyTorch does."""
+    from edgevfm.benchmarks.api import bench
+
+    data = write("vqa", tmp_path / "scenes", 2)
+    found = bench([blip2_shapes_bundle], reference="trained:blip2-shapes", data=data, out_dir=tmp_path / "r",
+                  runs=1, warmup=0, batch=1, threads=1, show_progress=False)
+    torch_row, fp32 = (row["accuracy"] for row in found["rows"])
+    assert fp32["vqa_accuracy"] == pytest.approx(torch_row["vqa_accuracy"]) and fp32["vqa_accuracy"] > 0.5
+    assert fp32["next_token_top1_agreement"] == 1.0 and fp32["kl_divergence_mean"] < 1e-4
+
+
 def test_vqa_accuracy_per_question_kind_in_the_bench(blip_vqa_shapes_bundle, tmp_path):
     """The scenes' VQA files name each question's kind: the bench scores each kind in its own
     column, and the FP32 bundle scores what PyTorch scores."""

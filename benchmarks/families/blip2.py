@@ -111,7 +111,8 @@ class _TorchBlip2:
                                   decoder_input_ids=decoded).logits[0].float().numpy()
             prompt = text if question is None else f"{self.template.format(question)} {text}"
             logits = self.model(pixel_values=pixels, input_ids=self.ids(prompt)).logits
-        return logits[0, len(self.queries):].float().numpy()
+        answer = None if question is None else len(self.tokenizer(" " + text, add_special_tokens=False).input_ids)
+        return _along_text(logits[0, len(self.queries):].float().numpy(), answer)
 
 
 class _BundleBlip2:
@@ -151,4 +152,12 @@ class _BundleBlip2:
         decoder = self.p.decoder
         _, logits, _ = decoder.step(prompt.embeds[None], np.ones((1, length), np.int64), np.arange(length)[None],
                                     decoder.empty_cache(1))
-        return logits[0, self.p.image_seq_length:]
+        answer = None if question is None else len(self.p.tokenizer.encode(" " + text, add_special_tokens=False).ids)
+        return _along_text(logits[0, self.p.image_seq_length:], answer)
+
+
+def _along_text(logits: np.ndarray, answer: int | None) -> np.ndarray:
+    """A decoder-only model's logits after the image tokens: all of them for a caption; after a
+    question, the ``answer`` positions that predict the text's tokens and the one after it (a
+    question's own tokens would make every image's logits a different length)."""
+    return logits if answer is None else logits[-(answer + 1):]
