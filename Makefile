@@ -30,7 +30,7 @@ report: setup
 		--model random:clip-vit-b32 --model random:sam-vit-b --model trained:llava-smol --model random:llava-1b \
 		--model random:blip-base --model random:blip2-opt-350m --model trained:clip-shapes --model trained:sam-shapes \
 		--model trained:blip-shapes --model trained:blip-vqa-shapes --model trained:blip-itm-shapes \
-		--model trained:blip2-shapes
+		--model trained:blip2-shapes --model trained:llava-shapes
 	# TensorRT-format bundles of each family, simulated on this CPU (benchmarks/reports/tensorrt)
 	$(BIN)/python -m edgevfm.benchmarks.tensorrt -o benchmarks/reports/tensorrt --work $(DEMO_OUT)/tensorrt \
 		--runs 10 --rounds 2 --model random:clip-vit-b32 --model trained:llava-smol --model random:sam-vit-b \

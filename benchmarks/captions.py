@@ -98,3 +98,19 @@ def normalize_answer(text: str) -> str:
 def vqa_accuracy(answer: str, human_answers: list[str]) -> float:
     said = normalize_answer(answer)
     return min(1.0, sum(normalize_answer(a) == said for a in human_answers) / 3)
+
+
+MAX_KINDS = 6  # VQA accuracy per question type when the annotations have at most this many types
+
+
+def vqa_metrics(answers: list[str], annotated: list) -> dict:
+    """``vqa_accuracy`` of ``answers`` (one per annotated question), and per question type
+    (``vqa_accuracy (count)``, ...) where the annotations have a few types (the scenes' five)."""
+    scores = [vqa_accuracy(said, a.truths) for said, a in zip(answers, annotated)]
+    metrics = {"vqa_accuracy": float(sum(scores) / len(scores))}
+    kinds = sorted({a.kind for a in annotated if a.kind})
+    if len(kinds) <= MAX_KINDS:
+        for kind in kinds:
+            mine = [x for x, a in zip(scores, annotated) if a.kind == kind]
+            metrics[f"vqa_accuracy ({kind})"] = float(sum(mine) / len(mine))
+    return metrics

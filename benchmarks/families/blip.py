@@ -26,7 +26,7 @@ import numpy as np
 from edgevfm.quantize.calibration import skimage_photos
 
 from . import BENCH
-from .base import Bench, load_on_this_cpu
+from .base import Bench, demo_scenes, load_on_this_cpu
 
 CAPTION_TOKENS, ANSWER_TOKENS = 20, 8
 REFERENCE_CAPTION = "a photo of a cat sitting on a couch next to a cup of coffee"
@@ -107,19 +107,13 @@ class BlipBench(Bench):
     def demo(bundles: list[Path], report_dir: Path, threads: int) -> None:
         """Prints what each bundle says: of held-out generated scenes for a preset trained on them
         (with how many of its answers are right), else of scikit-image's cat."""
-        from ..scene_data import bundle_from_scenes
-        from ..scenes import HELD_OUT_SEED, scenes
 
-        if bundle_from_scenes(bundles[0]):
-            shown = scenes(HELD_OUT_SEED, 3)
-            print("      the scenes: " + "; ".join(s.captions[0] for s in shown))
-            for path in bundles:
-                pipeline = load_on_this_cpu(path, threads)
-                # a BLIP bundle does its checkpoint's task; a BLIP-2 one (no task) captions and answers
-                for task in [pipeline.manifest["task"]] if "task" in pipeline.manifest else ["caption", "vqa"]:
-                    said = [x for s in shown for x in TASK_WORK[task].say_of(pipeline, s)]
-                    shown_said = " | ".join(text for text, _ in said[:3])  # a caption per scene, or the first scene's answers
-                    print(f"      {path.name:>13}: {shown_said} ({sum(r for _, r in said)}/{len(said)} right)")
+        def said_of(pipeline):
+            # a BLIP bundle does its checkpoint's task; a BLIP-2 one (no task) captions and answers
+            tasks = [pipeline.manifest["task"]] if "task" in pipeline.manifest else ["caption", "vqa"]
+            return [lambda scene, task=task: TASK_WORK[task].say_of(pipeline, scene) for task in tasks]
+
+        if demo_scenes(bundles, threads, said_of):
             return
         import skimage.data
 

@@ -15,9 +15,6 @@ from .blip import (ANSWER_TOKENS, CAPTION_TOKENS, CLEAR_MARGIN, GOAL_AGREEMENT, 
                    task_work)
 
 
-MAX_KINDS = 6  # VQA accuracy per question type when the annotations have at most this many types
-
-
 class TorchBlip:
     """The FP32 PyTorch reference: transformers' processor and generate."""
 
@@ -143,7 +140,7 @@ class CaptionWork(BlipTask):
     def accuracy(self, bench, ref: dict, out: dict) -> dict:
         from edgevfm.runtime.sampling import softmax
 
-        from ..captions import bleu4, cider_d, vqa_accuracy
+        from ..captions import bleu4, cider_d, vqa_metrics
 
         vocab = ref["logits"].shape[-1]
         p = softmax(ref["logits"].reshape(-1, vocab).astype(np.float64))
@@ -163,13 +160,7 @@ class CaptionWork(BlipTask):
                    "prefix_agreement": float(np.mean(prefix)),
                    "bleu4_vs_fp32": bleu4(out["ids"], fp32), "cider_vs_fp32": cider_d(out["ids"], fp32)}
         if bench.annotated and bench.data_task == "vqa":
-            scores = [vqa_accuracy(said, a.truths) for said, a in zip(out["data_texts"], bench.annotated)]
-            metrics["vqa_accuracy"] = float(np.mean(scores))
-            kinds = sorted({a.kind for a in bench.annotated if a.kind})
-            if len(kinds) <= MAX_KINDS:  # a few kinds (the scenes' five): each its own column
-                for kind in kinds:
-                    metrics[f"vqa_accuracy ({kind})"] = float(np.mean([x for x, a in zip(scores, bench.annotated)
-                                                                       if a.kind == kind]))
+            metrics.update(vqa_metrics(out["data_texts"], bench.annotated))
         elif bench.annotated:
             metrics["cider"] = cider_d(out["data_texts"], [a.truths for a in bench.annotated])
             metrics["bleu4"] = bleu4(out["data_texts"], [a.truths for a in bench.annotated])

