@@ -296,6 +296,8 @@ def test_llava_shapes_bench_scores_vqa_as_pytorch(llava_shapes_bundle, tmp_path)
     for key in ["vqa_accuracy", *kinds]:
         assert fp32[key] == pytest.approx(torch_row[key]), key
     assert fp32["vqa_accuracy drop"] == pytest.approx(0.0) and fp32["next_token_top1_agreement"] == 1.0
+    # greedy sequences of a fixed length on both sides (a trained model would stop after a word)
+    assert fp32["greedy_prefix_agreement"] == 1.0
 
 
 def test_llava_bench_refuses_caption_annotations(tmp_path):

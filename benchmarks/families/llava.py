@@ -461,7 +461,6 @@ class _BundleLlava:
 
     def calls(self, image, question):
         from edgevfm.runtime.generate import generate
-        from edgevfm.runtime.sampling import GenerationConfig
 
         p, decoder = self.p, self.p.decoder
         pixels = {"pixel_values": p.image_inputs([image])}
@@ -488,7 +487,7 @@ class _BundleLlava:
             return decoder.step(one, np.ones((1, past + 1), np.int64), np.asarray([[past]]), cache)
 
         def many():
-            config = GenerationConfig(max_new_tokens=GREEDY_TOKENS)
+            config = p.generation.with_options(max_new_tokens=GREEDY_TOKENS, min_new_tokens=GREEDY_TOKENS)  # as PyTorch's
             return generate(decoder, p.embed, [prompt.embeds], [prompt.ids], config)
 
         return ({"vision": lambda: p.run("vision", pixels), "prefill": prefill, "decode": decode},
@@ -509,11 +508,12 @@ class _BundleLlava:
 
     def generation(self, image, question, tokens: int):
         from edgevfm.runtime.generate import generate
-        from edgevfm.runtime.sampling import GenerationConfig
 
         prompt = self._prompt(image, question)
+        # exactly ``tokens`` tokens, the stop tokens barred until then, as the reference's
+        # min_new_tokens (a trained model stops after a word: its sequences would not compare)
         return generate(self.p.decoder, self.p.embed, [prompt.embeds], [prompt.ids],
-                        GenerationConfig(max_new_tokens=tokens))
+                        self.p.generation.with_options(max_new_tokens=tokens, min_new_tokens=tokens))
 
     def text_logits(self, text: str) -> tuple[list[int], np.ndarray]:
         ids = self.p.tokenizer.encode(text).ids[:TEXT_TOKENS]
