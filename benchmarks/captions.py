@@ -114,3 +114,20 @@ def vqa_metrics(answers: list[str], annotated: list) -> dict:
             mine = [x for x, a in zip(scores, annotated) if a.kind == kind]
             metrics[f"vqa_accuracy ({kind})"] = float(sum(mine) / len(mine))
     return metrics
+
+
+def read_data(data: str | None) -> tuple[str | None, list, list]:
+    """(task, annotated items, their images as arrays) of a bench's ``--data`` folder, or
+    ``(None, [], [])`` without one; unreadable annotations are an InputError."""
+    import numpy as np
+
+    from edgevfm.runtime.errors import InputError
+    from edgevfm.runtime.image import load_image
+
+    if not data:
+        return None, [], []
+    try:
+        task, annotated = read_annotations(data)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    return task, annotated, [np.asarray(load_image(a.image)) for a in annotated]

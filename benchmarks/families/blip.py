@@ -21,8 +21,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from edgevfm.quantize.calibration import skimage_photos
 
 from . import BENCH
@@ -123,18 +121,10 @@ class BlipBench(Bench):
             print(f"      {path.name:>13}: {said or '(nothing: the model chose its stop token first)'}")
 
     def __init__(self, data: str | None = None):
-        from edgevfm.runtime.image import load_image
-
-        from ..captions import read_annotations
-
-        from edgevfm.runtime.errors import InputError
+        from ..captions import read_data
 
         self.images = skimage_photos()[:3]
-        try:
-            self.data_task, self.annotated = read_annotations(data) if data else (None, [])
-        except ValueError as exc:
-            raise InputError(str(exc)) from None
-        self.data_images = [np.asarray(load_image(a.image)) for a in self.annotated]
+        self.data_task, self.annotated, self.data_images = read_data(data)
         self.task = "caption"
 
     def check_bundles(self, bundles) -> None:

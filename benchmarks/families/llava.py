@@ -95,20 +95,15 @@ class LlavaBench(Bench):
 
     def __init__(self, data: str | None = None):
         from edgevfm.runtime.errors import InputError
-        from edgevfm.runtime.image import load_image
 
-        from ..captions import read_annotations
+        from ..captions import read_data
 
         self.images = skimage_photos()[:3]
         self.questions = list(QUESTIONS)
-        try:
-            task, self.annotated = read_annotations(data) if data else (None, [])
-        except ValueError as exc:
-            raise InputError(str(exc)) from None
+        task, self.annotated, self.data_images = read_data(data)
         if task not in (None, "vqa"):
             raise InputError(f"--data holds {task} annotations, but LLaVA bundles are measured on questions: give a "
                              "VQA annotation folder (questions.json and annotations.json)")
-        self.data_images = [np.asarray(load_image(a.image)) for a in self.annotated]
 
     def torch_runner(self, checkpoint):
         return _TorchLlava(checkpoint)

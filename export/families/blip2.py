@@ -181,9 +181,7 @@ class Blip2Spec(FamilySpec):
             return super().load_preset(preset, folder)
         from ..smollm2 import load_without_smollm2
 
-        model, assets = load_without_smollm2(lambda: self.load_pretrained(folder, None))
-        smollm2_into_blip2(model)
-        return model, assets
+        return load_without_smollm2(lambda: self.load_pretrained(folder, None), smollm2_into_blip2)
 
     def random_config(self, preset):
         from transformers import Blip2Config

@@ -139,9 +139,7 @@ class LlavaSpec(FamilySpec):
             return super().load_preset(preset, folder)
         from ..smollm2 import load_without_smollm2
 
-        model, assets = load_without_smollm2(lambda: self.load_pretrained(folder, None))
-        smollm2_into_llava(model)
-        return model, assets
+        return load_without_smollm2(lambda: self.load_pretrained(folder, None), smollm2_into_llava)
 
     def random_config(self, preset):
         from transformers import AutoConfig
