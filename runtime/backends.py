@@ -13,7 +13,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from .cpu import runs_bf16
+from .cpu import instruction_sets, runs_bf16
 from .errors import MissingExtraError, UsageError
 from .registry import Registry
 
@@ -101,6 +101,23 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgevfm"
 
 
+def one_thread_amx_mlp(core, path: Path, threads: int | None) -> bool:
+    """Whether this part would die compiled in BF16 here: on a CPU with AMX, OpenVINO's CPU plugin
+    fuses a gated MLP (``MatMul(act(MatMul(x)) * MatMul(x))``: Llama, Qwen2, T5 v1.1) into its AMX
+    kernel, and compiling that kernel for one thread kills the process with SIGFPE (a division by
+    zero; OpenVINO 2026.3 and 2026.4.1, any size: SmolLM2-135M's as a 64-wide test model's). Such a
+    part runs in FP32 at one thread, as where BF16 cannot run; at two threads or more it is BF16."""
+    if (threads or os.cpu_count() or 1) != 1 or "amx_bf16" not in instruction_sets():
+        return False
+    for node in core.read_model(os.fspath(path)).get_ordered_ops():
+        if node.get_type_name() == "MatMul":
+            gated = node.input_value(0).get_node()
+            if gated.get_type_name() == "Multiply" and any(
+                    i.get_node().get_type_name() in ("Swish", "Gelu") for i in gated.input_values()):
+                return True
+    return False
+
+
 @BACKENDS.register("openvino")
 class OpenVinoBackend:
     """OpenVINO, on an IR part (``.xml`` beside its ``.bin``). ``providers``: the device, first of
@@ -130,6 +147,8 @@ class OpenVinoBackend:
                              "those")
         hint = OV_INFERENCE_PRECISION.get(precision, "f32")
         if hint == "bf16" and not runs_bf16():  # FP32 where BF16 cannot run, as the plugin itself would
+            hint = "f32"
+        if hint == "bf16" and one_thread_amx_mlp(core, path, threads):
             hint = "f32"
         config = {"INFERENCE_PRECISION_HINT": hint,
                   "PERFORMANCE_HINT": "LATENCY"}

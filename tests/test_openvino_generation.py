@@ -218,3 +218,29 @@ def test_the_stateful_decoder_fuses_its_cache_into_attention_at_full_precision(o
     _, _, fresh = decoder.step(prompt[::-1], mask, positions, decoder.empty_cache(2, 5))
     expected, _, _ = decoder.step(token[::-1], np.ones((2, 5), np.int64), np.full((2, 1), 4), fresh)
     np.testing.assert_allclose(swapped, expected, atol=1e-5)
+
+
+def test_a_gated_mlp_runs_fp32_at_one_thread_on_amx(ov_bundles, monkeypatch):
+    """OpenVINO's AMX kernel for a gated MLP dies with SIGFPE compiled for one thread (2026.3-2026.4.1):
+    only such a part, only at one thread, only on a CPU with AMX falls back to FP32; the ov-bf16
+    bundle then opens and runs at one thread on every CPU (this test file's fixtures open it so)."""
+    import openvino as ov
+
+    from edgevfm.runtime import backends
+
+    bundle = ov_bundles["llava_plain_bundle"]["ov-bf16"]
+    core = ov.Core()
+    monkeypatch.setattr(backends, "instruction_sets", lambda: ("avx512f", "avx512_bf16", "amx_tile", "amx_bf16"))
+    assert backends.one_thread_amx_mlp(core, bundle / "llm.xml", 1)  # SmolLM2-like: SiLU-gated MLP
+    assert not backends.one_thread_amx_mlp(core, bundle / "llm.xml", 2)
+    assert not backends.one_thread_amx_mlp(core, bundle / "vision.xml", 1)  # CLIP's MLP is not gated
+    monkeypatch.setattr(backends, "instruction_sets", lambda: ("avx512f", "avx512_bf16"))
+    assert not backends.one_thread_amx_mlp(core, bundle / "llm.xml", 1)
+    monkeypatch.undo()
+    from edgevfm.runtime.cpu import instruction_sets, runs_bf16
+
+    llava = load(bundle, threads=1)  # on this CPU, whichever it is
+    bf16 = ov.Type.bf16 if runs_bf16() else ov.Type.f32
+    llm = ov.Type.f32 if "amx_bf16" in instruction_sets() else bf16
+    assert llava.parts["llm"].compiled.get_property("INFERENCE_PRECISION_HINT") == llm
+    assert llava.parts["vision"].compiled.get_property("INFERENCE_PRECISION_HINT") == bf16
