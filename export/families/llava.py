@@ -250,7 +250,7 @@ def _smol_config(preset):
 
 
 def smollm2_llava_config(vision: dict):
-    """(config, assets): LLaVA around a CLIP tower of ``vision``'s sizes and SmolLM2's own config and
+    """(config, assets): LLaVA around a tower of ``vision``'s kind and sizes and SmolLM2's own config and
     tokenizer (with ``<image>`` added after its vocabulary), chatting in ChatML."""
     from ..smollm2 import smollm2_text
 
@@ -268,11 +268,13 @@ def smollm2_into_llava(model) -> None:
 
 
 def _llava_config(vision: dict, text_config, tokenizer):
-    """LLaVA-1.5's wiring (feature layer -2, CLS dropped) around a CLIP tower and a text config."""
+    """LLaVA-1.5's wiring (feature layer -2, CLS dropped) around a vision tower (``vision``'s
+    ``model_type``, CLIP's unless it says otherwise) and a text config."""
     from transformers import AutoConfig, LlavaConfig
 
-    vision = {k: v for k, v in vision.items() if k != "model_type"}
-    config = LlavaConfig(vision_config=AutoConfig.for_model("clip_vision_model", **vision), text_config=text_config,
+    vision = dict(vision)
+    tower = AutoConfig.for_model(vision.pop("model_type", "clip_vision_model"), **vision)
+    config = LlavaConfig(vision_config=tower, text_config=text_config,
                          image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
                          image_seq_length=(vision["image_size"] // vision["patch_size"]) ** 2,
                          vision_feature_layer=-2, vision_feature_select_strategy="default")
