@@ -24,8 +24,9 @@ CAPTION_CIDER, CAPTION_EXACT, VQA_ACCURACY, ITM_ACCURACY = 4.0, 0.4, 0.75, 0.85
 # BLIP-2's on the same kind of samples: what the shipped weights reach there (VQA accuracy 0.85 on 46 questions,
 # CIDEr-D 4.58 on 10 scenes), less a margin
 BLIP2_VQA_ACCURACY, BLIP2_CIDER = 0.75, 3.5
-# LLaVA's: what the shipped weights reach on the sample below (VQA accuracy 0.717 on 46 questions), less a margin
-LLAVA_VQA_ACCURACY = 0.65
+# LLaVA's: what the shipped weights reach on the sample below (VQA accuracy 0.674 on 46 questions), less a margin
+# of three answers (an AVX2 CPU's float sums may flip a close one)
+LLAVA_VQA_ACCURACY = 0.6
 PRESETS = ("clip-shapes", "sam-shapes", "blip-shapes", "blip-vqa-shapes", "blip-itm-shapes", "blip2-shapes",
            "llava-shapes")
 
