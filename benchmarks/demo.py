@@ -83,6 +83,11 @@ def run_demo(out: str | Path = "demo-out", models=DEFAULT_MODELS, report_dir: st
               f"{time.perf_counter() - started:.0f} s")
         results.append(result)
         timings.append({"model": model, "family": family, "bundles": len(bundles), "seconds": steps})
+    if {"trained:sam-shapes", "trained:clip-shapes"} <= set(models):  # SAM's masks named by CLIP
+        from .text_segment import demo as text_segment_demo
+
+        text_segment_demo(out / "sam-shapes" / "fp32", out / "clip-shapes" / "fp32", report_root / "sam-shapes",
+                          threads)
     summary = write_summary(report_root, timings, time.perf_counter() - begun,
                             demo_command(out, models, report_dir, runs, threads, variants, rounds), threads)
     print(f"the demo took {(time.perf_counter() - begun) / 60:.1f} minutes: {summary}")

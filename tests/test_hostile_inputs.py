@@ -306,6 +306,23 @@ def test_fuzzed_sam_prompt_is_an_answer_or_an_input_error(points, labels, box, s
     assert result.masks.shape == (3, 300, 451) and np.isfinite(result.scores).all()
 
 
+@fuzz_settings(examples=40)
+@given(text=st.text(max_size=20) | st.integers(), top=st.integers(-2, 4) | st.booleans() | st.floats(),
+       background=st.sampled_from(["grey", "blur", "none", "", "GREY"]),
+       boxes=st.lists(st.lists(FLOATS, min_size=0, max_size=5), max_size=3))
+def test_fuzzed_text_prompt_is_ranked_masks_or_an_input_error(text, top, background, boxes, trained):
+    from edgevfm.benchmarks.scenes import HELD_OUT_SEED, scene
+
+    image = scene(HELD_OUT_SEED, 2).image  # a large cyan triangle and a large red square
+    try:
+        found = trained["sam-shapes"].segment_text(image, text, trained["clip-shapes"], top=top, boxes=boxes,
+                                                   background=background)
+    except InputError:
+        return
+    assert len(found) <= min(top, len(boxes))
+    assert all(f.mask.shape == (128, 128) and np.isfinite(f.clip_score) for f in found)
+
+
 @fuzz_settings(examples=60)
 @given(labels=st.lists(st.text(max_size=30), max_size=4) | st.lists(st.integers(), max_size=2))
 def test_fuzzed_clip_labels_are_an_answer_or_an_input_error(labels, clip, photos):

@@ -22,8 +22,9 @@ from ..image import PREPROCESSING, ImageLike, load_image, output_size, preproces
 from ..masks import apply_resize, resize_matrices
 from ..pipeline import PIPELINES, Pipeline, declared, mismatch
 from ..schema import integer, number, obj
-from ..tasks import Task, finite_float, new_folder, png_file, positive_int, register_task
+from ..tasks import Task, finite_float, new_folder, nonempty_text, png_file, positive_int, register_task
 from .sam_masks import MAX_CROP_LAYERS, MAX_POINTS_PER_SIDE
+from .sam_text import BACKGROUNDS, PRED_IOU_THRESH, STABILITY_THRESH
 
 
 @dataclass
@@ -223,6 +224,14 @@ class SamPredictor(Pipeline):
 
         return generate(self, image, **options)
 
+    def segment_text(self, image: ImageLike, text: str, clip, top: int = 3, boxes=None, background: str = "grey",
+                     **proposals) -> list:
+        """Masks of ``image`` ranked by how well ``clip`` (a CLIP pipeline) finds them like ``text``,
+        best first; see :func:`.sam_text.segment_text`. It leaves the current image as it was."""
+        from .sam_text import segment_text
+
+        return segment_text(self, clip, image, text, top=top, boxes=boxes, background=background, **proposals)
+
 
 def _array(values, what: str, size: int | None = None) -> np.ndarray:
     """``values`` as a float32 array of finite numbers, or an ``InputError`` saying what is wrong."""
@@ -279,18 +288,33 @@ def _segment_arguments(parser) -> None:
                         help="foreground point (repeatable)")
     parser.add_argument("--negative", action="append", default=[], type=numbers_arg(2, "X,Y"), metavar="X,Y",
                         help="background point (repeatable)")
-    parser.add_argument("--box", type=numbers_arg(4, "X0,Y0,X1,Y1"), metavar="X0,Y0,X1,Y1", help="box, XYXY in image pixels")
+    parser.add_argument("--box", action="append", default=[], type=numbers_arg(4, "X0,Y0,X1,Y1"),
+                        metavar="X0,Y0,X1,Y1", help="box, XYXY in image pixels (repeatable with --text: the proposals)")
     parser.add_argument("--single", action="store_true", help="one mask instead of the best of three")
     parser.add_argument("--out", type=png_file, default=Path("mask.png"),
-                        help="mask PNG (.png); the overlay goes beside it")
+                        help="mask PNG (.png); the overlay goes beside it (with --top K, the K masks as NAME.2.png ...)")
+    text = parser.add_argument_group("text prompts (SAM's masks ranked by a CLIP bundle)")
+    text.add_argument("--text", type=nonempty_text, help="what to segment, e.g. 'the red circle'; needs --clip")
+    text.add_argument("--clip", type=Path, metavar="CLIP_BUNDLE", help="the CLIP bundle that scores the proposals")
+    text.add_argument("--top", type=positive_int, default=1, help="how many masks to keep, best first (default 1)")
+    text.add_argument("--background", choices=BACKGROUNDS, default="grey",
+                      help="outside each proposal in CLIP's crop (default grey: the benchmark's best)")
+    text.add_argument("--pred-iou-thresh", type=finite_float, default=PRED_IOU_THRESH,
+                      help=f"automatic proposals' SAM IoU filter (default {PRED_IOU_THRESH})")
+    text.add_argument("--stability-thresh", type=finite_float, default=STABILITY_THRESH,
+                      help=f"automatic proposals' stability filter (default {STABILITY_THRESH})")
 
 
 def _segment(predictor: SamPredictor, args) -> None:
     from ..overlay import overlay, save_mask
 
+    if args.text is not None or args.clip is not None:
+        return _segment_text(predictor, args)
     points = args.point + args.negative
     labels = [1] * len(args.point) + [0] * len(args.negative)
-    box = args.box
+    if len(args.box) > 1:
+        raise InputError(f"one --box per mask ({len(args.box)} given): several boxes are proposals for --text")
+    box = args.box[0] if args.box else None
     if not points and box is None:
         raise InputError("segment needs a prompt: give --point X,Y (repeatable), --negative X,Y or --box X0,Y0,X1,Y1")
     image = load_image(args.image)
@@ -302,6 +326,36 @@ def _segment(predictor: SamPredictor, args) -> None:
     overlay(image, [result.masks[best]], points=points, labels=labels, box=box).save(picture)
     print(f"mask {args.out} ({int(result.masks[best].sum())} pixels, predicted IoU {result.scores[best]:.3f}); "
           f"overlay {picture}")
+
+
+def _segment_text(predictor: SamPredictor, args) -> None:
+    from ..overlay import overlay, save_mask
+    from ..pipeline import load
+
+    if args.text is None or args.clip is None:
+        raise InputError("a text prompt needs both --text 'WHAT' and --clip CLIP_BUNDLE (the bundle that scores "
+                         "SAM's masks against the text)")
+    if args.point or args.negative:
+        raise InputError("--text takes no points: its proposals are SAM's automatic masks, or the masks of --box ...")
+    clip = load(args.clip, threads=args.threads, providers=args.providers)
+    if clip.family != "clip":
+        raise InputError(f"--clip {args.clip} is a {clip.family} bundle: give a CLIP bundle (edgevfm export a CLIP model)")
+    image = load_image(args.image)
+    found = predictor.segment_text(image, args.text, clip, top=args.top, boxes=args.box or None,
+                                   background=args.background,
+                                   **({} if args.box else {"pred_iou_thresh": args.pred_iou_thresh,
+                                                           "stability_score_thresh": args.stability_thresh}))
+    if not found:
+        raise InputError(f"no mask proposal passed SAM's filters (predicted IoU > {args.pred_iou_thresh}, stability > "
+                         f"{args.stability_thresh}): lower --pred-iou-thresh / --stability-thresh, or give --box")
+    for rank, hit in enumerate(found, 1):
+        path = args.out if rank == 1 else args.out.with_name(f"{args.out.stem}.{rank}.png")
+        save_mask(hit.mask, path)
+        print(f"{rank}. {path}: CLIP score {hit.clip_score:.4f} (probability {hit.probability:.3f}), predicted IoU "
+              f"{hit.predicted_iou:.3f}, {int(hit.mask.sum())} pixels, box {[round(v) for v in hit.box]}")
+    picture = args.out.with_name(args.out.stem + ".overlay.png")
+    overlay(image, [found[0].mask], box=found[0].box).save(picture)
+    print(f"overlay {picture}")
 
 
 def _masks_arguments(parser) -> None:
@@ -338,6 +392,7 @@ def _masks(predictor: SamPredictor, args) -> None:
     print(f"{len(found)} masks in {args.out} (masks.json as COCO RLE, overlay.png)")
 
 
-register_task(Task("segment", ("sam",), "mask for points and/or a box; writes the mask and an overlay PNG",
+register_task(Task("segment", ("sam",), "mask for points and/or a box, or for --text with a --clip bundle; writes "
+                   "the mask and an overlay PNG",
                    _segment_arguments, _segment))
 register_task(Task("masks", ("sam",), "automatic masks for everything in IMAGE", _masks_arguments, _masks))
