@@ -26,11 +26,18 @@ def is_text(query: Any) -> bool:
     return isinstance(query, str) and not Path(query).is_file()
 
 
+def cosine(texts: np.ndarray, images: np.ndarray) -> np.ndarray:
+    """(T, I) similarity of unit text and image rows: their cosine."""
+    return texts @ images.T
+
+
 def rank(query: Any, gallery: Sequence[Any], k: int, embed_texts: Callable[[list], np.ndarray],
-         embed_images: Callable[[list], np.ndarray], texts: Callable[[list], list[str]] = list) -> list[Match]:
+         embed_images: Callable[[list], np.ndarray], texts: Callable[[list], list[str]] = list,
+         similarity: Callable[[np.ndarray, np.ndarray], np.ndarray] = cosine) -> list[Match]:
     """The ``k`` items of ``gallery`` whose embeddings score highest against ``query``'s, best first:
     texts against an image query, images against a text query (see :func:`is_text`). ``texts``
-    checks a gallery of texts; the embedders return unit rows."""
+    checks a gallery of texts; the embedders return unit rows; ``similarity(text embeddings, image
+    embeddings)`` scores them (T, I) (BLIP-2: the best of an image's query features)."""
     gallery = list(gallery)
     if not gallery:
         raise InputError("the gallery is empty: pass at least one item to search")
@@ -39,9 +46,8 @@ def rank(query: Any, gallery: Sequence[Any], k: int, embed_texts: Callable[[list
     if isinstance(query, str) and not query.strip():
         raise InputError("the query is empty: pass a text, or the path of an image")
     if is_text(query):
-        q, g = embed_texts([query]), embed_images(gallery)
+        scores = similarity(embed_texts([query]), embed_images(gallery))[0]
     else:
-        q, g = embed_images([query]), embed_texts(texts(gallery))
-    scores = (q @ g.T)[0]
+        scores = similarity(embed_texts(texts(gallery)), embed_images([query]))[:, 0]
     order = np.argsort(-scores, kind="stable")[:k]
     return [Match(int(i), gallery[i], float(scores[i])) for i in order]

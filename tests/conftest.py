@@ -201,6 +201,16 @@ def blip2_bundle(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def blip2_itm_checkpoint():
+    return _checkpoint("random:blip2-itm-tiny")
+
+
+@pytest.fixture(scope="session")
+def blip2_itm_bundle(tmp_path_factory) -> Path:
+    return _bundle("random:blip2-itm-tiny", tmp_path_factory, "blip2-itm")
+
+
+@pytest.fixture(scope="session")
 def blip2_llama_checkpoint():
     return _checkpoint("random:blip2-llama-tiny")
 

@@ -17,13 +17,13 @@ from edgevfm.runtime.schema import MAX_PROBLEMS
 
 from helpers import copy_bundle, edit_manifest, fuzz_settings
 
-FAMILIES = ["blip", "blip2", "clip", "llava", "sam"]
+FAMILIES = ["blip", "blip2", "blip2-itm", "clip", "llava", "sam"]
 
 
 @pytest.fixture
-def bundles(blip_bundle, blip2_bundle, clip_bundle, llava_bundle, sam_bundle):
-    return {"blip": blip_bundle, "blip2": blip2_bundle, "clip": clip_bundle, "llava": llava_bundle,
-            "sam": sam_bundle}
+def bundles(blip_bundle, blip2_bundle, blip2_itm_bundle, clip_bundle, llava_bundle, sam_bundle):
+    return {"blip": blip_bundle, "blip2": blip2_bundle, "blip2-itm": blip2_itm_bundle, "clip": clip_bundle,
+            "llava": llava_bundle, "sam": sam_bundle}
 
 
 @pytest.fixture(params=FAMILIES)
@@ -50,6 +50,8 @@ def _use(pipeline, photos) -> None:
         assert len(pipeline.classify(photos[1], ["a cat", "a dog"])) == 2
     elif pipeline.family == "llava":
         assert isinstance(pipeline.answer(photos[1], "What is this?", max_new_tokens=3), str)
+    elif getattr(pipeline, "task", None) == "retrieval":
+        assert 0 <= pipeline.match(photos[1], "a cat")["itm"] <= 1
     elif pipeline.family in ("blip", "blip2"):
         assert isinstance(pipeline.caption(photos[1], max_new_tokens=3), str)
     else:

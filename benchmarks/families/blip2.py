@@ -14,6 +14,7 @@ import numpy as np
 
 from . import BENCH
 from .blip import ANSWER_TOKENS, CAPTION_TOKENS, QUESTIONS, BlipBench
+from .blip2_retrieval import BundleBlip2Retrieval, TorchBlip2Retrieval
 
 
 @BENCH.register("blip2")
@@ -27,19 +28,33 @@ class Blip2Bench(BlipBench):
         self.task = self.data_task or "caption"  # one checkpoint does both: the annotations say which
 
     def check_bundles(self, bundles) -> None:
-        """Every BLIP-2 bundle captions and answers: nothing to refuse."""
+        """A generative BLIP-2 bundle captions and answers; a retrieval one (Blip2ForImageTextRetrieval)
+        matches, and is measured as BLIP's retrieval bundles are: the two kinds do not mix, and a
+        retrieval bundle takes captions as --data."""
+        from edgevfm.runtime.errors import InputError
+
+        kinds = {bundle.manifest.get("task", "caption") for bundle in bundles}
+        if len(kinds) > 1:
+            raise InputError("these BLIP-2 bundles mix retrieval and generative ones: bench each kind apart")
+        if kinds == {"retrieval"}:
+            super().check_bundles(bundles)
 
     def torch_runner(self, checkpoint):
+        if type(checkpoint.model).__name__ == "Blip2ForImageTextRetrieval":
+            return TorchBlip2Retrieval(checkpoint)
         return _TorchBlip2(checkpoint)
 
     def bundle_runner(self, pipeline):
-        return _BundleBlip2(pipeline)
+        return BundleBlip2Retrieval(pipeline) if getattr(pipeline, "task", None) == "retrieval" else _BundleBlip2(pipeline)
 
     def calls(self, runner, batch: int):
+        if getattr(runner, "task", None) == "retrieval":
+            return runner.calls(self.images[0])
         return runner.calls(self.images[0], QUESTIONS[0] if self.asks else None)
 
     def outputs(self, runner) -> dict:
-        runner.task = self.task
+        if getattr(runner, "task", None) != "retrieval":  # a generative runner does what the annotations ask
+            runner.task = self.task
         return super().outputs(runner)
 
 

@@ -27,6 +27,8 @@ from torch import nn
 from ..llm import given_caches, llm_section, past_feeds, self_attention_presents, step_shape, text_parts
 from ..spec import FAMILIES, FamilySpec, PartSpec, Preset, TensorSpec
 from .blip import LM_HEAD_STD, blip_preprocessing
+from .blip2_retrieval import PRESETS as RETRIEVAL_PRESETS
+from .blip2_retrieval import build_retrieval, image_and_queries, retrieval_config, retrieval_parts, retrieval_sections
 
 IMAGE_TOKEN = "<image>"
 QUESTION_TEMPLATE = "Question: {} Answer:"  # BLIP-2's VQA prompt
@@ -44,11 +46,7 @@ class PrefixEmbeddings(nn.Module):
         self.queries, self.projection = model.query_tokens, model.language_projection
 
     def forward(self, pixel_values):
-        image = self.vision(pixel_values=pixel_values)[0]
-        mask = torch.ones(image.shape[:2], dtype=torch.int64)
-        queries = self.queries.expand(image.shape[0], -1, -1)
-        states = self.qformer(query_embeds=queries, encoder_hidden_states=image, encoder_attention_mask=mask)[0]
-        return self.projection(states)
+        return self.projection(image_and_queries(self.vision, self.qformer, self.queries, pixel_values)[1])
 
 
 class T5Encoder(nn.Module):
@@ -154,18 +152,22 @@ class Blip2Spec(FamilySpec):
                                  # T5 draws its (tied) embeddings at std 1: at width 64 each position's input
                                  # then outweighs every block and the model repeats its start token forever
                                  "queries": 8, "embedding_std": 0.1}),
+        **RETRIEVAL_PRESETS,
     }
 
     def load_pretrained(self, source, revision):
-        from transformers import AutoTokenizer, Blip2ForConditionalGeneration, BlipImageProcessorPil
+        from transformers import (AutoConfig, AutoTokenizer, Blip2ForConditionalGeneration, Blip2ForImageTextRetrieval,
+                                  BlipImageProcessorPil)
 
         from edgevfm.export.errors import CheckpointError
 
         from .clip import check_tokenizer
 
-        model = Blip2ForConditionalGeneration.from_pretrained(source, revision=revision, attn_implementation="eager",
-                                                              dtype=torch.float32)
-        if model.config.text_config.model_type not in LANGUAGE_MODELS:
+        architecture = (AutoConfig.from_pretrained(source, revision=revision).architectures or [None])[0]
+        retrieval = architecture == "Blip2ForImageTextRetrieval"
+        model = (Blip2ForImageTextRetrieval if retrieval else Blip2ForConditionalGeneration).from_pretrained(
+            source, revision=revision, attn_implementation="eager", dtype=torch.float32)
+        if not retrieval and model.config.text_config.model_type not in LANGUAGE_MODELS:
             raise CheckpointError(f"{source!r} has a {model.config.text_config.model_type} language model: edgevfm "
                                   "exports BLIP-2 with OPT (Salesforce/blip2-opt-*), Flan-T5 "
                                   "(Salesforce/blip2-flan-t5-*) or Llama (as SmolLM2)")
@@ -186,6 +188,8 @@ class Blip2Spec(FamilySpec):
     def random_config(self, preset):
         from transformers import Blip2Config
 
+        if preset.config.get("task") == "retrieval":
+            return retrieval_config(preset, _TINY_VISION, _TINY_QFORMER)
         text = dict(preset.config["text"])
         t5 = text["model_type"] == "t5"
         tokenizer = _t5_tokenizer() if t5 else _tokenizer()
@@ -207,6 +211,8 @@ class Blip2Spec(FamilySpec):
         from transformers import Blip2ForConditionalGeneration, BlipImageProcessorPil
 
         config, assets = self.random_config(preset)
+        if preset.config.get("task") == "retrieval":
+            return build_retrieval(preset, config, assets)
         torch.manual_seed(preset.seed)
         model = Blip2ForConditionalGeneration(config)
         with torch.no_grad():  # the learned queries initialise at zero: give them a trained model's scale
@@ -221,6 +227,8 @@ class Blip2Spec(FamilySpec):
     def parts(self, checkpoint):
         from edgevfm.export.errors import ExportError
 
+        if _retrieval(checkpoint.model):
+            return retrieval_parts(checkpoint.model)
         config = checkpoint.model.config
         text, size = config.text_config, config.vision_config.image_size
         width = checkpoint.model.get_input_embeddings().embedding_dim
@@ -244,6 +252,8 @@ class Blip2Spec(FamilySpec):
         return [vision, *text_parts(checkpoint, text, lambda model: (lm.model, lm.lm_head), builder=False)]
 
     def manifest_sections(self, checkpoint):
+        if _retrieval(checkpoint.model):
+            return {"preprocessing": blip_preprocessing(checkpoint), **retrieval_sections(checkpoint.model)}
         tok, config = checkpoint.assets["tokenizer"], checkpoint.model.config
         text = config.text_config
         ends = tok("a").input_ids
@@ -267,6 +277,10 @@ class Blip2Spec(FamilySpec):
 
     def write_assets(self, checkpoint, stage: Path):
         checkpoint.assets["tokenizer"].backend_tokenizer.save(str(stage / "tokenizer.json"))
+
+
+def _retrieval(model) -> bool:
+    return type(model).__name__ == "Blip2ForImageTextRetrieval"
 
 
 def smollm2_blip2_config(vision: dict, qformer: dict, queries: int):

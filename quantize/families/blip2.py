@@ -22,22 +22,31 @@ import numpy as np
 
 from ..recipes import register_family_recipe
 from . import CALIBRATION
+from .blip import TEXTS
 
 QUESTIONS = ("what is in the picture?", "what colour is it?", "how many people are there?", "is it outside?")
 
 T5_PARTS = {"encoder": "int8-weights", "cross_kv": "int8-weights", "text_decoder": "int8-weights"}
+# a retrieval bundle (Blip2ForImageTextRetrieval) has no language model: its Q-Former text paths as the vision
+RETRIEVAL_PARTS = {"text": "int8-dynamic", "itm": "int8-dynamic"}
 register_family_recipe("blip2-int8", "blip2", "BLIP-2: INT8 vision (ViT, Q-Former; dynamic), 8-bit weight-only "
-                       "language model, 4-bit embeddings", {"vision": "int8-dynamic", "embed": "int4-embed",
-                                                            "llm": "int8-weights", **T5_PARTS})
+                       "language model, 4-bit embeddings (retrieval: every part INT8 dynamic)",
+                       {"vision": "int8-dynamic", "embed": "int4-embed", "llm": "int8-weights", **T5_PARTS,
+                        **RETRIEVAL_PARTS})
 register_family_recipe("blip2-int4", "blip2", "BLIP-2: INT8 vision (ViT, Q-Former; dynamic), 4-bit language model "
-                       "(MLP at 4 bits, attention, fc2, LM head and the edge layers at 8), 4-bit embeddings",
+                       "(MLP at 4 bits, attention, fc2, LM head and the edge layers at 8), 4-bit embeddings "
+                       "(retrieval: as blip2-int8)",
                        {"vision": "int8-dynamic", "embed": "int4-embed", "llm": "int4-mixed",
-                        **T5_PARTS, "text_decoder": "int4-mixed"})
+                        **T5_PARTS, "text_decoder": "int4-mixed", **RETRIEVAL_PARTS})
 
 
 @CALIBRATION.register("blip2")
 def calibration_feeds(pipeline, images: list, samples: int, captions=(), questions=()) -> dict[str, list[dict]]:
-    """Each image with a question in the bundle's template (a data set's questions where given)."""
+    """Each image with a question in the bundle's template (a data set's questions where given); a
+    retrieval bundle's image with a caption-like text (a data set's captions where given), as
+    ``match`` feeds them."""
+    if pipeline.manifest.get("task") == "retrieval":
+        return _retrieval_feeds(pipeline, images[:samples], list(captions) or list(TEXTS))
     template = pipeline.manifest["prompt"]["question_template"]
     asked = questions or QUESTIONS
     feeds: dict[str, list[dict]] = {name: [] for name in pipeline.parts}
@@ -58,6 +67,20 @@ def calibration_feeds(pipeline, images: list, samples: int, captions=(), questio
 
 
 calibration_feeds.default_samples = 8
+
+
+def _retrieval_feeds(pipeline, images: list, texts: list[str]) -> dict[str, list[dict]]:
+    from edgevfm.runtime.image import preprocess
+
+    feeds: dict[str, list[dict]] = {"vision": [], "text": [], "itm": []}
+    for i, image in enumerate(images):
+        pixels = {"pixel_values": preprocess([image], pipeline.manifest["preprocessing"])}
+        feeds["vision"].append(pixels)
+        ids = pipeline.encode(texts[i % len(texts)], "text")
+        text = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+        feeds["text"].append(text)
+        feeds["itm"].append(text | {"image_embeds": pipeline.run("vision", pixels)["image_embeds"]})
+    return feeds
 # TensorRT: 4/8-bit weight-only language model (trt-int4), FP16 ViT, Q-Former and embeddings;
 # a T5 bundle's encoder and cross keys/values in FP16 and its decoder at 4 bits.
 register_family_recipe("blip2-trt-int4", "blip2", "BLIP-2, TensorRT format: 4/8-bit weight-only language model "

@@ -32,7 +32,7 @@ TASK_CALLS = {
     "vqa": (("answer", "answer_tokens", "question_decoder"), "answer questions",
             "BlipForQuestionAnswering, e.g. Salesforce/blip-vqa-base (offline: the preset trained:blip-vqa-shapes or "
             "random:blip-vqa-tiny)"),
-    "retrieval": (("match", "image_features", "image_features_of", "text_features", "retrieve"),
+    "retrieval": (("match", "image_features", "image_features_of", "text_features", "retrieve", "embedders"),
                   "match images and texts", "BlipForImageTextRetrieval, e.g. Salesforce/blip-itm-base-coco (offline: "
                   "the preset trained:blip-itm-shapes)"),
 }

@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, UsageError
 from ..decoders import kv_decoder
 from ..generate import generate
 from ..sampling import GenerationConfig, fitted, prompt_fits
@@ -30,8 +30,11 @@ from ..schema import boolean, integer, list_of, listed_file, nullable, obj, stri
 from ..vision_lm import LLM_SECTION, Prompt, VisionLanguagePipeline
 
 from .blip import ANSWER_TOKENS, CAPTION_TOKENS
+from .blip2_retrieval import Blip2RetrievalPipeline
 
 _ID = integer(0, 1 << 24)
+RETRIEVAL_ONLY = ("this BLIP-2 bundle captions and answers: to match images and texts, export a "
+                  "Blip2ForImageTextRetrieval, e.g. Salesforce/blip2-itm-vit-g (offline: random:blip2-itm-tiny)")
 
 
 @PIPELINES.register("blip2")
@@ -50,6 +53,17 @@ class Blip2Pipeline(VisionLanguagePipeline):
                        "stop_token_ids": list_of(_ID, max_items=16), "question_template": string(max_length=1000)}),
         "llm": LLM_SECTION,
     }
+
+    @classmethod
+    def variant(cls, manifest) -> type:
+        """A retrieval bundle (``task: retrieval``, from Blip2ForImageTextRetrieval) has its own pipeline."""
+        task = manifest.get("task") if isinstance(manifest, dict) else None
+        return Blip2RetrievalPipeline if task == "retrieval" else cls
+
+    def match(self, *args, **kwargs):
+        raise UsageError(RETRIEVAL_ONLY)
+
+    retrieve = embedders = match
 
     @classmethod
     def check_consistency(cls, manifest):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..image import ImageLike
-from ..retrieval import Match, rank
+from ..retrieval import Match, cosine, rank
 from ..sampling import softmax
 from ..tasks import Task, nonempty_text, register_task
 from .blip import BlipPipeline, task_pipeline
@@ -48,6 +48,10 @@ class BlipRetrievalPipeline(BlipPipeline):
         query ranks images, an image (or an image's path) ranks texts, as CLIP's retrieve."""
         return rank(query, gallery, k, self.text_features, self.image_features)
 
+    def embedders(self):
+        """(embed texts, embed images, similarity): what ranking reads (videos too: :mod:`..video`)."""
+        return self.text_features, self.image_features, cosine
+
 
 def _match_arguments(parser) -> None:
     parser.add_argument("image", metavar="IMAGE", help="the image")
@@ -59,5 +63,5 @@ def _match(pipeline: BlipRetrievalPipeline, args) -> None:
     print(f"itm {scores['itm']:.4f}  itc {scores['itc']:.4f}")
 
 
-register_task(Task("match", ("blip",), "how well TEXT describes IMAGE: ITM probability and ITC cosine (a retrieval "
-                   "bundle)", _match_arguments, _match))
+register_task(Task("match", ("blip", "blip2"), "how well TEXT describes IMAGE: ITM probability and ITC score (a "
+                   "retrieval bundle)", _match_arguments, _match))
