@@ -28,7 +28,8 @@ test: setup
 report: setup
 	$(BIN)/edgevfm demo -o $(DEMO_OUT) --report-dir benchmarks/reports --variants --rounds 3 \
 		--model random:clip-vit-b32 --model random:sam-vit-b --model trained:llava-smol --model random:llava-1b \
-		--model random:blip-base --model random:blip2-opt-350m --model trained:clip-shapes --model trained:sam-shapes \
+		--model random:blip-base --model random:blip2-opt-350m --model random:blip2-itm-vit-g --model trained:clip-shapes \
+		--model trained:sam-shapes \
 		--model trained:blip-shapes --model trained:blip-vqa-shapes --model trained:blip-itm-shapes \
 		--model trained:blip2-shapes --model trained:llava-shapes
 	# TensorRT-format bundles of each family, simulated on this CPU (benchmarks/reports/tensorrt)
@@ -37,6 +38,9 @@ report: setup
 		--model random:blip-base --model random:blip2-tiny --model trained:clip-shapes --model trained:sam-shapes \
 		--model trained:blip-shapes --model trained:blip-vqa-shapes --model trained:blip-itm-shapes \
 		--model trained:blip2-shapes
+	# SAM's masks named by CLIP (text prompts), on held-out scenes (benchmarks/reports/applications)
+	$(BIN)/python -m edgevfm.benchmarks.text_segment --sam trained:sam-shapes --clip trained:clip-shapes \
+		-o benchmarks/reports/applications/text-segment
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) *.egg-info .pytest_cache
