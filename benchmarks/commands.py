@@ -17,7 +17,7 @@ from edgevfm.runtime.tasks import existing_folder, new_folder, positive_int
 # real sizes take minutes each.
 # `make report` passes the real sizes (the Makefile lists them).
 DEFAULT_MODELS = ("random:clip-vit-b32", "trained:clip-shapes", "trained:sam-shapes", "trained:llava-smol",
-                  "trained:blip-shapes", "trained:blip-vqa-shapes", "random:blip2-tiny")
+                  "trained:blip-shapes", "trained:blip-vqa-shapes", "random:blip2-tiny", "random:blip2-itm-tiny")
 
 
 def run_lines() -> list[str]:

@@ -83,6 +83,10 @@ def run_demo(out: str | Path = "demo-out", models=DEFAULT_MODELS, report_dir: st
               f"{time.perf_counter() - started:.0f} s")
         results.append(result)
         timings.append({"model": model, "family": family, "bundles": len(bundles), "seconds": steps})
+    if "trained:clip-shapes" in models:  # clips found by a text: the mean of their frames' features
+        from .video import demo as video_demo
+
+        video_demo(out / "clip-shapes" / "fp32", out / "videos", threads)
     if {"trained:sam-shapes", "trained:clip-shapes"} <= set(models):  # SAM's masks named by CLIP
         from .text_segment import demo as text_segment_demo
 

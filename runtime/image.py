@@ -91,7 +91,7 @@ def load_image(image: ImageLike) -> Image.Image:
             f"expected an image as a path, a PIL.Image or a HWC uint8 array, found {type(image).__name__}"
         )
     else:
-        _check_size(image.width, image.height, "the image")
+        check_size(image.width, image.height, "the image")
         try:
             image = ImageOps.exif_transpose(image)
         except Exception as exc:  # a corrupt EXIF block: Pillow raises many types
@@ -112,7 +112,7 @@ def _open(path: Path) -> Image.Image:
         raise InputError(f"image {str(path)!r} does not exist: pass the path of an image file")
     try:  # Pillow warns of a bomb (and refuses one of twice the limit) at open, before decoding
         with Image.open(path) as opened:
-            _check_size(opened.width, opened.height, repr(str(path)))
+            check_size(opened.width, opened.height, repr(str(path)))
             opened.load()
             return ImageOps.exif_transpose(opened)
     except InputError:
@@ -124,7 +124,8 @@ def _open(path: Path) -> Image.Image:
                          "pass a PNG, JPEG, ...") from None
 
 
-def _check_size(width: int, height: int, what: str) -> None:
+def check_size(width: int, height: int, what: str) -> None:
+    """An ``InputError`` for an image (or a video frame) of no pixels, or of more than Pillow allows."""
     if width < 1 or height < 1:
         raise InputError(f"{what} is empty ({width}x{height} pixels): pass an image of at least 1x1 pixels")
     limit = Image.MAX_IMAGE_PIXELS
@@ -158,7 +159,7 @@ def _array_to_pil(array: np.ndarray) -> Image.Image:
     if array.ndim in (2, 3) and 0 in array.shape[:2]:
         raise InputError(f"the image array is empty (shape {array.shape}): pass an image of at least 1x1 pixels")
     if array.ndim in (2, 3):
-        _check_size(array.shape[1], array.shape[0], "the image array")
+        check_size(array.shape[1], array.shape[0], "the image array")
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim == 2:

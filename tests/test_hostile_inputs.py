@@ -20,7 +20,7 @@ from edgevfm.runtime.image import MAX_RESIZED_PIXELS, load_image, preprocess
 
 from helpers import fuzz_settings
 
-FAMILIES = ["blip", "blip2", "clip", "llava", "sam"]
+FAMILIES = ["blip", "blip2", "blip2-itm", "clip", "llava", "sam"]
 TRAINED = ["clip-shapes", "sam-shapes", "blip-shapes", "blip-vqa-shapes", "blip-itm-shapes",  # trained on scenes
            "blip2-shapes", "llava-shapes"]
 
@@ -50,6 +50,11 @@ def blip2(blip2_bundle):
 
 
 @pytest.fixture(scope="module")
+def blip2_itm(blip2_itm_bundle):
+    return load(blip2_itm_bundle, threads=1)
+
+
+@pytest.fixture(scope="module")
 def trained(clip_shapes_bundle, sam_shapes_bundle, blip_shapes_bundle, blip_vqa_shapes_bundle, blip_itm_shapes_bundle,
             blip2_shapes_bundle, llava_shapes_bundle):
     bundles = {"clip-shapes": clip_shapes_bundle, "sam-shapes": sam_shapes_bundle, "blip-shapes": blip_shapes_bundle,
@@ -59,8 +64,8 @@ def trained(clip_shapes_bundle, sam_shapes_bundle, blip_shapes_bundle, blip_vqa_
 
 
 @pytest.fixture
-def pipelines(blip, blip2, clip, llava, sam, trained):
-    return {"blip": blip, "blip2": blip2, "clip": clip, "llava": llava, "sam": sam, **trained}
+def pipelines(blip, blip2, blip2_itm, clip, llava, sam, trained):
+    return {"blip": blip, "blip2": blip2, "blip2-itm": blip2_itm, "clip": clip, "llava": llava, "sam": sam, **trained}
 
 
 def _take(pipeline, image):
@@ -196,6 +201,10 @@ def test_empty_clip_query(clip, photos):
     (["run", "NOWHERE", "masks", "x.png", "--points-per-side", "0"], "invalid choice"),
     (["run", "NOWHERE", "masks", "x.png", "--out", "FILE"], "is a file"),
     (["run", "NOWHERE", "retrieve", "--query", " ", "--texts", "a"], "expected a non-empty text"),
+    (["run", "NOWHERE", "retrieve", "--query", "a", "--videos", "NOWHERE"], "is not a folder"),
+    (["run", "NOWHERE", "retrieve", "--query", "a", "--videos", ".", "--frames", "0"], "expected an integer >= 1"),
+    (["run", "NOWHERE", "segment", "x.png", "--text", "", "--clip", "c"], "expected a non-empty text"),
+    (["run", "NOWHERE", "segment", "x.png", "--text", "a", "--background", "pink"], "invalid choice"),
     (["run", "NOWHERE", "classify", "x.png", "--labels", ""], "expected a non-empty text"),
     (["quantize", "NOWHERE", "--recipe", "int4", "-o", "o", "--samples", "0"], "expected an integer >= 1"),
     (["quantize", "NOWHERE", "--recipe", "int4", "-o", "o", "--block-size", "24"], "invalid choice"),
@@ -275,7 +284,8 @@ def test_fuzzed_image_preprocesses_or_is_an_input_error(family, array, size, pip
     """Arrays of any dtype and shape, and images of any aspect ratio, through each family's own
     preprocessing: the model's input shape, finite, or an InputError."""
     spec = pipelines[family].manifest["preprocessing"]
-    expected = {"blip": (1, 3, 64, 64), "blip2": (1, 3, 56, 56), "clip": (1, 3, 224, 224), "llava": (1, 3, 56, 56),
+    expected = {"blip": (1, 3, 64, 64), "blip2": (1, 3, 56, 56), "blip2-itm": (1, 3, 56, 56), "clip": (1, 3, 224, 224),
+                "llava": (1, 3, 56, 56),
                 "sam": (1, 3, 128, 128), "clip-shapes": (1, 3, 128, 128), "sam-shapes": (1, 3, 128, 128), "blip-shapes": (1, 3, 128, 128),
                 "blip-vqa-shapes": (1, 3, 128, 128), "blip-itm-shapes": (1, 3, 128, 128),
                 "blip2-shapes": (1, 3, 128, 128), "llava-shapes": (1, 3, 128, 128)}[family]

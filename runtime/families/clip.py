@@ -9,10 +9,11 @@ import numpy as np
 from ..errors import InputError
 from ..image import PREPROCESSING, ImageLike, output_size, preprocess
 from ..pipeline import PIPELINES, Pipeline, declared, mismatch
-from ..retrieval import Match, is_text, rank
+from ..retrieval import Match, cosine, is_text, rank
 from ..schema import number, obj
 from ..tasks import Task, existing_folder, nonempty_text, positive_int, register_task
 from ..text import TOKENIZER, TextTokenizer
+from ..video import FRAMES
 
 
 def _l2(x: np.ndarray) -> np.ndarray:
@@ -84,6 +85,10 @@ class ClipPipeline(Pipeline):
         Returns the ``k`` best matches of ``gallery``, best first."""
         return rank(query, gallery, k, self.embed_texts, self.embed_images, _labels)
 
+    def embedders(self):
+        """(embed texts, embed images, similarity): what ranking reads (videos too: :mod:`..video`)."""
+        return self.embed_texts, self.embed_images, cosine
+
 
 def _labels(labels: Sequence[str]) -> list[str]:
     labels = [labels] if isinstance(labels, str) else list(labels)
@@ -106,10 +111,14 @@ def _classify(pipeline: ClipPipeline, args) -> None:
 
 
 def _retrieve_arguments(parser) -> None:
-    parser.add_argument("--query", required=True, type=nonempty_text, help="a text, or the path of an image")
+    parser.add_argument("--query", required=True, type=nonempty_text, help="a text, or the path of an image or a video")
     parser.add_argument("--images", type=existing_folder, help="folder of images to search (text query); "
                         "files that are not readable images are skipped and listed on stderr")
-    parser.add_argument("--texts", nargs="+", type=nonempty_text, help="texts to search (image query)")
+    parser.add_argument("--videos", type=existing_folder, help="folder of videos to search (text query; the [video] "
+                        "extra): each the mean of --frames frames' features; unreadable ones are skipped and listed")
+    parser.add_argument("--texts", nargs="+", type=nonempty_text, help="texts to search (image or video query)")
+    parser.add_argument("--frames", type=positive_int, default=FRAMES,
+                        help=f"frames sampled uniformly from each video (default {FRAMES})")
     parser.add_argument("-k", type=positive_int, default=5)
 
 
@@ -117,12 +126,34 @@ def _retrieve(pipeline, args) -> None:
     import sys
 
     from ..image import list_images, load_images
+    from ..video import is_video, list_videos, retrieve, video_embedding
 
-    if bool(args.images) == bool(args.texts) or (args.images and not is_text(args.query)) or (
-            args.texts and is_text(args.query)):
-        raise InputError("a text --query searches --images DIR; an image --query searches --texts ...")
+    searched = [name for name in ("images", "videos", "texts") if getattr(args, name)]
+    text_query = is_text(args.query) and not is_video(args.query)  # a video's name that is not there: say so
+    if len(searched) != 1 or (searched == ["texts"]) == text_query:
+        raise InputError("a text --query searches --images DIR or --videos DIR; an image or video --query searches "
+                         "--texts ...")
     if args.texts:
         gallery, names = list(args.texts), list(args.texts)
+        if is_video(args.query):
+            for match in retrieve(pipeline, args.query, gallery, k=args.k, frames=args.frames):
+                print(f"{match.score:8.4f}  {names[match.index]}")
+            return
+    elif args.videos:
+        gallery, skipped = [], []
+        for path in list_videos(args.videos):
+            try:
+                video_embedding(pipeline, path, args.frames)  # cached for the ranking below
+                gallery.append(path)
+            except InputError as exc:
+                skipped.append((path, str(exc)))
+        for path, why in skipped:
+            print(f"skipped {path}: {why}", file=sys.stderr)
+        if not gallery:
+            raise InputError(f"no readable videos in {str(args.videos)!r}" + (f" ({len(skipped)} skipped)" if skipped else ""))
+        for match in retrieve(pipeline, args.query, gallery, k=args.k, frames=args.frames):
+            print(f"{match.score:8.4f}  {gallery[match.index]}")
+        return
     else:
         paths = list_images(args.images)
         gallery, skipped = load_images(paths)
@@ -138,6 +169,7 @@ def _retrieve(pipeline, args) -> None:
 
 register_task(Task("classify", ("clip",), "zero-shot ranking of --labels for IMAGE", _classify_arguments,
                    _classify))
-# BLIP's retrieval bundles rank the same way (ITC): runtime/families/blip.py
-register_task(Task("retrieve", ("clip", "blip"), "text -> images (--images DIR) or image -> texts (--texts ...)",
+# BLIP's and BLIP-2's retrieval bundles rank the same way (ITC): runtime/families/blip_retrieval.py, blip2_retrieval.py
+register_task(Task("retrieve", ("clip", "blip", "blip2"), "text -> images (--images DIR) or videos (--videos DIR), "
+                   "image or video -> texts (--texts ...)",
                    _retrieve_arguments, _retrieve))

@@ -1,0 +1,162 @@
+"""Videos for the image pipelines: a few frames sampled uniformly over the clip (or one every
+``every`` seconds), each through the one image loader's checks (:func:`.image.load_image`).
+
+Frames are read with PyAV (the ``[video]`` extra): its wheels carry FFmpeg's libraries, so nothing
+else is installed; OpenCV's wheel is larger and imageio's FFmpeg reads through a subprocess.
+
+A video embedding, for retrieval, is the mean of its frames' features, L2-normalised (per query
+for BLIP-2), as BLIP's zero-shot text-to-video retrieval combines frame features; it is cached in
+the process by the file's digest, the frames asked for and the bundle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .errors import InputError, MissingExtraError
+from .image import check_size, load_image
+from .retrieval import Match, rank
+
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".gif")
+FRAMES = 8  # frames sampled from a clip by default
+MAX_FRAMES = 256  # frames one clip may give
+MAX_SECONDS = 3600.0  # a longer clip is refused before decoding (sample clips, not films)
+MAX_DECODED = 20_000  # frames decoded to find the samples: a clip whose length the container does not say
+_CACHE: OrderedDict = OrderedDict()
+CACHE_ENTRIES = 256
+
+
+def is_video(item: Any) -> bool:
+    """A path (str or PathLike) whose suffix is a video container's."""
+    return isinstance(item, (str, os.PathLike)) and Path(item).suffix.lower() in VIDEO_SUFFIXES
+
+
+def _av():
+    try:
+        import av
+    except ImportError as exc:
+        raise MissingExtraError("video", "reading videos", exc) from None
+    return av
+
+
+def load_video(path: str | os.PathLike, frames: int = FRAMES, every: float | None = None) -> list[Image.Image]:
+    """``frames`` RGB frames of the video at ``path``, at the centres of ``frames`` equal spans of
+    its duration; with ``every`` (seconds), one frame each ``every`` seconds instead (at most
+    ``MAX_FRAMES``). An ``InputError`` for a file that is not a readable video, a clip without
+    frames, one longer than ``MAX_SECONDS``, or frames too large for the image loader."""
+    path = Path(path)
+    if isinstance(frames, bool) or not isinstance(frames, (int, np.integer)) or not 1 <= frames <= MAX_FRAMES:
+        raise InputError(f"frames must be an integer from 1 to {MAX_FRAMES}, found {frames!r}")
+    if every is not None and (isinstance(every, bool) or not isinstance(every, (int, float)) or not every > 0
+                              or not np.isfinite(every)):
+        raise InputError(f"every must be a positive number of seconds, found {every!r}")
+    _check_file(path)
+    av = _av()
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, OSError, ValueError) as exc:
+        raise InputError(f"{str(path)!r} cannot be read as a video ({exc}): expected a video file such as "
+                         "an .mp4, .mkv, .avi or .webm") from None
+    with container:
+        if not container.streams.video:
+            raise InputError(f"{str(path)!r} holds no video stream ({len(container.streams)} streams of other kinds)")
+        stream = container.streams.video[0]
+        if stream.codec_context.width and stream.codec_context.height:  # else each decoded frame is checked
+            check_size(stream.codec_context.width, stream.codec_context.height, "a frame of the video")
+        seconds = _duration(container, stream)
+        if seconds is not None and seconds > MAX_SECONDS:
+            raise InputError(f"{str(path)!r} lasts {seconds:.0f} s: longer than the {MAX_SECONDS:.0f} s a clip may "
+                             "last; cut the part to look at (ffmpeg -ss START -t SECONDS)")
+        decoded = _decode(av, container, stream, path)
+    if not decoded:
+        raise InputError(f"{str(path)!r} has no frames: nothing to look at")
+    times = np.asarray([t for t, _ in decoded])
+    span = seconds if seconds else float(times[-1]) + 1e-6
+    if every is not None:
+        wanted = np.arange(every / 2, span, every)[:MAX_FRAMES]
+    else:
+        wanted = (np.arange(frames) + 0.5) * span / frames
+    picks = np.clip(np.searchsorted(times, wanted), 0, len(decoded) - 1)
+    return [load_image(decoded[i][1]) for i in picks]
+
+
+def _check_file(path: Path) -> None:
+    if not path.is_file():
+        raise InputError(f"no video at {str(path)!r}: expected a video file ({', '.join(VIDEO_SUFFIXES)})")
+
+
+def _duration(container, stream) -> float | None:
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / 1_000_000  # AV_TIME_BASE
+    return None
+
+
+def _decode(av, container, stream, path: Path) -> list[tuple[float, np.ndarray]]:
+    """(time in seconds, HWC uint8 frame) of every frame, in order (at most ``MAX_DECODED``)."""
+    found = []
+    try:
+        for frame in container.decode(stream):
+            if len(found) == MAX_DECODED:
+                raise InputError(f"{str(path)!r} has more than {MAX_DECODED} frames: cut the part to look at")
+            check_size(frame.width, frame.height, "a frame of the video")
+            time = frame.time if frame.time is not None else len(found)
+            found.append((float(time), frame.to_ndarray(format="rgb24")))
+    except av.error.FFmpegError as exc:
+        raise InputError(f"{str(path)!r} breaks off after {len(found)} frames ({exc}): the file is damaged or "
+                         "truncated") from None
+    return found
+
+
+def digest(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def video_embedding(pipeline, path: str | os.PathLike, frames: int = FRAMES) -> np.ndarray:
+    """The mean of the frames' image features (``pipeline.embedders()``), L2-normalised along the
+    last axis: (projection,) for CLIP and BLIP, (queries, projection) for BLIP-2. Cached by the
+    file's digest, ``frames`` and the bundle's path."""
+    _check_file(Path(path))
+    key = (digest(path), frames, str(pipeline.bundle.path))
+    if key in _CACHE:
+        _CACHE.move_to_end(key)
+        return _CACHE[key]
+    _, embed_images, _ = pipeline.embedders()
+    mean = embed_images(load_video(path, frames)).mean(axis=0)
+    found = mean / np.linalg.norm(mean, axis=-1, keepdims=True).clip(min=1e-12)
+    _CACHE[key] = found
+    while len(_CACHE) > CACHE_ENTRIES:
+        _CACHE.popitem(last=False)
+    return found
+
+
+def embed_videos(pipeline, paths, frames: int = FRAMES) -> np.ndarray:
+    return np.stack([video_embedding(pipeline, p, frames) for p in paths])
+
+
+def list_videos(folder: str | os.PathLike) -> list[Path]:
+    """The video files of ``folder`` (by suffix), sorted by name."""
+    return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
+
+
+def retrieve(pipeline, query, gallery, k: int = 5, frames: int = FRAMES) -> list[Match]:
+    """Text -> videos (``gallery`` of video paths) or video -> texts (``query`` a video's path),
+    through a retrieval pipeline's own ranking (``pipeline.embedders()``: CLIP, BLIP and BLIP-2
+    retrieval bundles), each video embedded as :func:`video_embedding` does."""
+    embed_texts, _, similarity = pipeline.embedders()
+    if is_video(query):
+        video_embedding(pipeline, query, frames)  # a video's path that names no file: say so, never rank it as a text
+    return rank(query, gallery, k, embed_texts, lambda paths: embed_videos(pipeline, paths, frames),
+                similarity=similarity)
