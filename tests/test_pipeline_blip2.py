@@ -107,8 +107,12 @@ def test_caption_and_ask_commands(blip2_bundle, blip2, photos, tmp_path, capsys)
     with pytest.raises(SystemExit) as exited:
         main(["run", str(blip2_bundle), "ask", str(tmp_path / "cat.png"), "what?", "--beams", "0"])
     assert exited.value.code == 2 and "--beams: expected an integer >= 1, found 0" in capsys.readouterr().err
-    assert main(["run", str(blip2_bundle), "match", str(tmp_path / "cat.png"), "a cat"]) == 3
-    assert "is a blip2 bundle: its tasks are ask, caption" in capsys.readouterr().err
+    # a BLIP-2 task this bundle's checkpoint does not do: which checkpoint does (a usage error)
+    assert main(["run", str(blip2_bundle), "match", str(tmp_path / "cat.png"), "a cat"]) == 2
+    assert "to match images and texts, export a Blip2ForImageTextRetrieval" in capsys.readouterr().err
+    # another family's task: this family's tasks
+    assert main(["run", str(blip2_bundle), "classify", str(tmp_path / "cat.png"), "--labels", "a cat"]) == 3
+    assert "is a blip2 bundle: its tasks are ask, caption, match, retrieve" in capsys.readouterr().err
 
 T5_INT8 = {"vision": "int8", "embed": "int4", "encoder": "int8", "cross_kv": "int8", "text_decoder": "int8"}
 
