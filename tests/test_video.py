@@ -168,3 +168,40 @@ def test_a_clip_too_long_is_refused_before_decoding(clips, monkeypatch):
 def test_bad_sampling_is_an_input_error(clips, options, message):
     with pytest.raises(InputError, match=message):
         load_video(clips["red"], **options)
+
+
+def test_llava_answers_over_a_clips_frames_as_transformers_does(llava_qwen2_bundle, llava_qwen2_checkpoint, clips):
+    """A video's frames as several images (the ChatML template of llava-interleave-qwen renders an
+    image part per frame): greedy tokens equal transformers' generate on the same frames and ids."""
+    import torch
+
+    from edgevfm.runtime.families.llava import message
+    from edgevfm.runtime.generate import generate
+    from edgevfm.runtime.sampling import GenerationConfig
+
+    llava = load(llava_qwen2_bundle, threads=1)
+    frames = load_video(clips["red"], frames=3)
+    prompt = llava.prompt([message("user", "What moves in this clip?", with_image=3)], llava.image_features(frames))
+    assert sum(t == llava.image_token_id for t in prompt.ids) == 3 * llava.image_seq_length
+    ids = torch.tensor([prompt.ids])
+    with torch.no_grad():
+        out = llava_qwen2_checkpoint.model.generate(
+            input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=torch.from_numpy(llava.image_inputs(frames)),
+            max_new_tokens=12, min_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)
+    expected = out[0, ids.shape[1]:].tolist()
+    ours = generate(llava.decoder, llava.embed, [prompt.embeds], [prompt.ids], GenerationConfig(max_new_tokens=12))
+    assert ours.tokens[0] == expected
+    # the pipeline's own call takes the video's path and samples the same frames
+    said = llava.answer(clips["red"], "What moves in this clip?", frames=3, max_new_tokens=12, min_new_tokens=12,
+                        stop_token_ids=())
+    assert said == llava.decode_text(expected, llava.generation)
+
+
+def test_llava_chats_about_a_video_on_the_command_line(llava_qwen2_bundle, clips, capsys):
+    llava = load(llava_qwen2_bundle, threads=1)
+    assert main(["run", str(llava_qwen2_bundle), "chat", str(clips["blue"]), "--frames", "2", "--prompt",
+                 "What colour is it?", "--max-new-tokens", "6"]) == 0
+    assert capsys.readouterr().out.strip() == llava.answer(clips["blue"], "What colour is it?", frames=2,
+                                                           max_new_tokens=6).strip()
+    with pytest.raises(InputError, match="the list of images is empty"):
+        llava.chat([])

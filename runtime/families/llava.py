@@ -22,7 +22,8 @@ from ..sampling import GenerationConfig
 from ..image import PREPROCESSING, ImageLike
 from ..pipeline import PIPELINES
 from ..schema import integer, list_of, listed_file, nullable, obj, string
-from ..tasks import Task, decoding_arguments, decoding_options, finite_float, register_task
+from ..tasks import Task, decoding_arguments, decoding_options, finite_float, positive_int, register_task
+from ..video import FRAMES, is_video, load_video
 from ..vision_lm import LLM_SECTION, Prompt, VisionLanguagePipeline
 
 _ID = integer(0, 1 << 24)
@@ -31,11 +32,11 @@ _SIZE = integer(1, 1 << 20)
 
 @dataclass
 class Chat:
-    """One conversation about (at most) one image. ``send`` adds a user turn and the model's
-    answer to the history; a new ``LlavaPipeline.chat(...)`` starts with none."""
+    """One conversation about an image, several (a video's frames), or none. ``send`` adds a user
+    turn and the model's answer to the history; a new ``LlavaPipeline.chat(...)`` starts with none."""
 
     pipeline: "LlavaPipeline"
-    image: ImageLike | None = None
+    images: list = field(default_factory=list)
     system: str | None = None
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     history: list[dict] = field(default_factory=list)
@@ -47,10 +48,10 @@ class Chat:
         """The answer to ``text`` (with the image in the first turn), or with ``stream`` an
         iterator of text pieces; either way the turn joins the history."""
         config = self.generation.with_options(**generation)
-        user = message("user", text, with_image=self.image is not None and not self.history)
+        user = message("user", text, with_image=0 if self.history else len(self.images))
         messages = ([message("system", self.system)] if self.system else []) + self.history + [user]
-        if self.image is not None and self._features is None:
-            self._features = self.pipeline.image_features([self.image])
+        if self.images and self._features is None:
+            self._features = self.pipeline.image_features(self.images)
         prompt = self.pipeline.prompt(messages, self._features)
         pieces = self.pipeline.stream(prompt, config, self.session)
         if stream:
@@ -73,11 +74,25 @@ class Chat:
             self.history += [user, {"role": "assistant", "content": [{"type": "text", "text": "".join(said)}]}]
 
 
-def message(role: str, text: str, with_image: bool = False) -> dict:
-    """A chat message as templates take it: {"role", "content": [{"type": "image"}?, {"type": "text"}]}."""
+def message(role: str, text: str, with_image: bool | int = False) -> dict:
+    """A chat message as templates take it: {"role", "content": [{"type": "image"}..., {"type": "text"}]},
+    with one image part (``with_image=True``) or that many (an int: a video's frames)."""
     if not isinstance(text, str) or not text.strip():
         raise InputError(f"a {role} message must be a non-empty string, found {text!r}")
-    return {"role": role, "content": ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": text}]}
+    return {"role": role, "content": [{"type": "image"}] * int(with_image) + [{"type": "text", "text": text}]}
+
+
+def images_of(image, frames: int = FRAMES) -> list:
+    """What a conversation looks at: nothing, one image, several (a list or tuple: one image part
+    each, as multi-image templates such as llava-interleave-qwen's take them), or a video's path
+    (``frames`` frames sampled uniformly, each an image: :func:`..video.load_video`)."""
+    if image is None:
+        return []
+    if isinstance(image, (list, tuple)):
+        if not image:
+            raise InputError("the list of images is empty: give at least one image, or None for a chat without one")
+        return list(image)
+    return load_video(image, frames) if is_video(image) else [image]
 
 
 @PIPELINES.register("llava")
@@ -105,13 +120,15 @@ class LlavaPipeline(VisionLanguagePipeline):
         self.setup_text(chat["image_token_id"], chat["image_seq_length"], chat["stop_token_ids"], 256)
 
     # -- conversations -------------------------------------------------------------------------
-    def chat(self, image: ImageLike | None = None, system: str | None = None, **generation) -> Chat:
-        """A new conversation (no history) about ``image``: path, PIL image or HWC uint8 array."""
-        return Chat(self, image, system, self.generation.with_options(**generation))
+    def chat(self, image=None, system: str | None = None, frames: int = FRAMES, **generation) -> Chat:
+        """A new conversation (no history) about ``image``: a path, PIL image or HWC uint8 array;
+        a list of them (several images in the first turn); or a video's path (``frames`` of its
+        frames as images: LLaVA-1.5 was trained on one image, llava-interleave on several)."""
+        return Chat(self, images_of(image, frames), system, self.generation.with_options(**generation))
 
-    def answer(self, image: ImageLike | None, question: str, **generation) -> str:
-        """One question, one answer, no history."""
-        return self.chat(image, **generation).send(question)
+    def answer(self, image, question: str, frames: int = FRAMES, **generation) -> str:
+        """One question, one answer, no history (``image`` as :meth:`chat` takes it)."""
+        return self.chat(image, frames=frames, **generation).send(question)
 
     def answer_batch(self, images: Sequence[ImageLike], questions: Sequence[str], **generation) -> list[str]:
         """One answer per (image, question), decoded together as one left-padded batch."""
@@ -141,7 +158,9 @@ class LlavaPipeline(VisionLanguagePipeline):
 
 # -- the command line -------------------------------------------------------------------------
 def _chat_arguments(parser) -> None:
-    parser.add_argument("image", metavar="IMAGE", nargs="?", help="the image to talk about (optional)")
+    parser.add_argument("image", metavar="IMAGE", nargs="?", help="the image to talk about (optional), or a video "
+                        "(--frames of its frames as images; the [video] extra)")
+    parser.add_argument("--frames", type=positive_int, default=FRAMES, help=f"frames of a video (default {FRAMES})")
     parser.add_argument("--prompt", help="ask this once and print the answer (no standard input needed)")
     decoding_arguments(parser, max_new_tokens=256)
     parser.add_argument("--temperature", type=finite_float, help="sample at this temperature (default: greedy)")
@@ -155,7 +174,7 @@ def _chat(pipeline: LlavaPipeline, args) -> None:
     options = decoding_options(args) | {"seed": args.seed}
     if args.temperature is not None or args.top_p is not None:
         options.update(do_sample=True, temperature=args.temperature, top_p=args.top_p)
-    chat = pipeline.chat(args.image, **options)
+    chat = pipeline.chat(args.image, frames=args.frames, **options)
     if args.prompt is not None:
         _say(chat.send(args.prompt, stream=True), chat)
         return
@@ -165,7 +184,7 @@ def _chat(pipeline: LlavaPipeline, args) -> None:
         if text in ("/quit", "/exit"):
             break
         if text == "/new":
-            chat = pipeline.chat(args.image, **options)
+            chat = pipeline.chat(chat.images or None, **options)  # the same images (a video decoded once)
             print("(new conversation)", file=sys.stderr)
         elif text:
             _say(chat.send(text, stream=True), chat)
@@ -181,5 +200,6 @@ def _say(pieces: Iterator[str], chat: Chat) -> None:
         print("(the answer was cut: it reached --max-new-tokens or the end of the model's context)", file=sys.stderr)
 
 
-register_task(Task("chat", ("llava",), "chat about IMAGE: streams answers; --prompt for one answer",
+register_task(Task("chat", ("llava",), "chat about IMAGE (or a video's frames): streams answers; --prompt for one "
+                   "answer",
                    _chat_arguments, _chat))
