@@ -160,3 +160,34 @@ def retrieve(pipeline, query, gallery, k: int = 5, frames: int = FRAMES) -> list
         video_embedding(pipeline, query, frames)  # a video's path that names no file: say so, never rank it as a text
     return rank(query, gallery, k, embed_texts, lambda paths: embed_videos(pipeline, paths, frames),
                 similarity=similarity)
+
+
+def images_of(image, frames: int = FRAMES) -> list:
+    """What a vision-language prompt looks at: nothing (None), one image, several (a list or
+    tuple), or a video's path (``frames`` frames sampled uniformly, each an image)."""
+    if image is None:
+        return []
+    if isinstance(image, (list, tuple)):
+        if not image:
+            raise InputError("the list of images is empty: give at least one image, or None for a chat without one")
+        return list(image)
+    return load_video(image, frames) if is_video(image) else [image]
+
+
+def frames_argument(parser) -> None:
+    """``--frames N`` for a task whose IMAGE may be a video (read back with :func:`video_options`)."""
+    from .tasks import positive_int
+
+    parser.add_argument("--frames", type=positive_int, default=FRAMES,
+                        help=f"where IMAGE is a video: how many of its frames, sampled uniformly (default {FRAMES})")
+
+
+def video_options(pipeline, image, frames: int) -> dict:
+    """``{"frames": frames}`` where ``image`` is a video's path and the pipeline looks at several
+    images (``several_images``: BLIP-2, LLaVA); an ``InputError`` where it looks at one."""
+    if not is_video(image):
+        return {}
+    if not getattr(pipeline, "several_images", False):
+        raise InputError(f"a {pipeline.family} bundle looks at one image, and {str(image)!r} is a video: use a BLIP-2 or "
+                         "LLaVA bundle, or take one frame (ffmpeg -ss SECONDS -i VIDEO -frames:v 1 frame.png)")
+    return {"frames": frames}

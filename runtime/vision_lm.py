@@ -39,6 +39,7 @@ class Prompt:
 
 
 class VisionLanguagePipeline(Pipeline):
+    several_images = True  # a prompt may hold several images (a video's frames): runtime/video.py
     needs = {
         "vision": (("pixel_values",), ("image_features",)),
         "embed": (("input_ids",), ("inputs_embeds",)),

@@ -205,3 +205,39 @@ def test_llava_chats_about_a_video_on_the_command_line(llava_qwen2_bundle, clips
                                                            max_new_tokens=6).strip()
     with pytest.raises(InputError, match="the list of images is empty"):
         llava.chat([])
+
+
+def test_blip2_answers_over_a_clips_frames_from_their_concatenated_queries(blip2_bundle, blip2_checkpoint, clips):
+    """BLIP-2's zero-shot video question answering: each frame's query features one after another,
+    then the prompt; greedy tokens equal transformers' modules on the same frames (its language
+    model's generate on those embeddings: BLIP-2's own generate takes one image per prompt)."""
+    import torch
+
+    blip2 = load(blip2_bundle, threads=1)
+    frames = load_video(clips["red"], frames=3)
+    question = blip2.manifest["prompt"]["question_template"].format("what moves?")
+    model, tokenizer = blip2_checkpoint.model, blip2_checkpoint.assets["tokenizer"]
+    with torch.no_grad():
+        pixels = torch.from_numpy(blip2.image_inputs(frames))
+        image = model.vision_model(pixel_values=pixels)[0]
+        queries = model.qformer(query_embeds=model.query_tokens.expand(3, -1, -1), encoder_hidden_states=image)[0]
+        features = model.language_projection(queries).reshape(1, -1, model.config.text_config.hidden_size)
+        text = torch.tensor([tokenizer(question).input_ids])  # OPT's: BOS, then the question
+        embeds = torch.cat([features, model.get_input_embeddings()(text)], dim=1)
+        out = model.language_model.generate(inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2],
+                                            dtype=torch.long), max_new_tokens=8, min_new_tokens=8, do_sample=False,
+                                            eos_token_id=None, pad_token_id=0)
+    expected = out[0].tolist()
+    assert blip2.caption_tokens([clips["red"]], question, frames=3, max_new_tokens=8, min_new_tokens=8,
+                                stop_token_ids=())[0] == expected
+    prompt = blip2.prompt(clips["red"], question, frames=3)
+    assert sum(t == blip2.image_token_id for t in prompt.ids) == 3 * blip2.image_seq_length
+
+
+def test_ask_about_a_video_on_the_command_line(blip2_bundle, blip_vqa_bundle, clips, capsys):
+    blip2 = load(blip2_bundle, threads=1)
+    assert main(["run", str(blip2_bundle), "ask", str(clips["red"]), "what moves?", "--frames", "2"]) == 0
+    assert capsys.readouterr().out.strip() == blip2.answer(clips["red"], "what moves?", frames=2)
+    # BLIP looks at one image: a video is an input error that says what to use instead
+    assert main(["run", str(blip_vqa_bundle), "ask", str(clips["red"]), "what moves?"]) == 3
+    assert "looks at one image" in capsys.readouterr().err

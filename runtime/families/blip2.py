@@ -27,6 +27,7 @@ from ..sampling import GenerationConfig, fitted, prompt_fits
 from ..image import PREPROCESSING, ImageLike
 from ..pipeline import PIPELINES
 from ..schema import boolean, integer, list_of, listed_file, nullable, obj, string
+from ..video import FRAMES, images_of
 from ..vision_lm import LLM_SECTION, Prompt, VisionLanguagePipeline
 
 from .blip import ANSWER_TOKENS, CAPTION_TOKENS
@@ -102,18 +103,23 @@ class Blip2Pipeline(VisionLanguagePipeline):
         self.setup_text(prompt["image_token_id"], prompt["image_seq_length"], prompt["stop_token_ids"], CAPTION_TOKENS,
                         decoder)
 
-    def prompt(self, image: ImageLike, text: str | None = None) -> Prompt:
+    def prompt(self, image, text: str | None = None, frames: int = FRAMES) -> Prompt:
         """The image's query features, then ``text`` (none for a caption) with BOS (OPT) or EOS (T5)
-        where the bundle's tokenizer adds them."""
+        where the bundle's tokenizer adds them. ``image`` may be several images or a video's path
+        (``frames`` of its frames): their query features one after another, as BLIP-2's zero-shot
+        video question answering concatenates them."""
         settings = self.manifest["tokenizer"]
         if text is not None and (not isinstance(text, str) or not text.strip()):
             raise InputError(f"a prompt must be a non-empty string or None, found {text!r}")
-        ids = [self.image_token_id] + ([settings["bos_token_id"]] if settings["add_bos"] else [])
+        images = images_of(image, frames)
+        if not images:
+            raise InputError("BLIP-2 captions and answers about an image: give one (a path, PIL image or array)")
+        ids = [self.image_token_id] * len(images) + ([settings["bos_token_id"]] if settings["add_bos"] else [])
         if text is not None:
             ids += self.tokenizer.encode(text, add_special_tokens=False).ids
         if settings.get("add_eos"):
             ids.append(settings["eos_token_id"])
-        return self.merge(ids, self.image_features([image]))
+        return self.merge(ids, self.image_features(images))
 
     def continuations(self, prompts: Sequence[Prompt], config: GenerationConfig) -> list[list[int]]:
         """The token ids each prompt continues with; a T5 bundle encodes each prompt, then decodes
@@ -138,26 +144,28 @@ class Blip2Pipeline(VisionLanguagePipeline):
         names = [f"cross_{kv}.{i}" for i in range(self.manifest["llm"]["num_layers"]) for kv in ("key", "value")]
         return self.decoder.with_constants({"encoder_attention_mask": mask} | {n: cross[n] for n in names})
 
-    def caption(self, image: ImageLike, prompt: str | None = None, **generation) -> str:
+    def caption(self, image, prompt: str | None = None, frames: int = FRAMES, **generation) -> str:
         """The caption of ``image``: greedy by default, ``do_sample``/``num_beams`` as the engine
         takes them. With ``prompt``, the text the model adds after it (the prompt not repeated:
         T5 reads the prompt in its encoder and never writes it, OPT continues it)."""
-        return self.caption_batch([image], prompt, **generation)[0]
+        return self.caption_batch([image], prompt, frames=frames, **generation)[0]
 
-    def caption_batch(self, images: Sequence[ImageLike], prompt: str | None = None, **generation) -> list[str]:
+    def caption_batch(self, images: Sequence[ImageLike], prompt: str | None = None, frames: int = FRAMES,
+                      **generation) -> list[str]:
         config = self.generation.with_options(**generation)
-        return [text.strip() for text in self.complete([self.prompt(image, prompt) for image in images], config)]
+        return [text.strip() for text in self.complete([self.prompt(image, prompt, frames) for image in images], config)]
 
-    def caption_tokens(self, images: Sequence[ImageLike], prompt: str | None = None, **generation) -> list[list[int]]:
+    def caption_tokens(self, images: Sequence[ImageLike], prompt: str | None = None, frames: int = FRAMES,
+                       **generation) -> list[list[int]]:
         """The generated token ids of each image's caption (the prompt's and the stop token excluded)."""
         config = self.generation.with_options(**generation)
-        return self.continuations([self.prompt(image, prompt) for image in images], config)
+        return self.continuations([self.prompt(image, prompt, frames) for image in images], config)
 
-    def answer(self, image: ImageLike, question: str, **generation) -> str:
+    def answer(self, image, question: str, frames: int = FRAMES, **generation) -> str:
         """The answer to ``question`` about ``image``, prompted as BLIP-2 was trained:
         "Question: {question} Answer:"."""
         if not isinstance(question, str) or not question.strip():
             raise InputError(f"a question must be a non-empty string, found {question!r}")
         config = self.generation.with_options(max_new_tokens=ANSWER_TOKENS, fit_context=True).with_options(**generation)
         text = self.manifest["prompt"]["question_template"].format(question.strip())
-        return self.complete([self.prompt(image, text)], config)[0].strip()
+        return self.complete([self.prompt(image, text, frames)], config)[0].strip()

@@ -10,6 +10,7 @@ from ..generate import generate
 from ..image import ImageLike
 from ..sampling import fitted
 from ..tasks import Task, decoding_arguments, decoding_options, register_task
+from ..video import frames_argument, video_options
 from .blip import CAPTION_TOKENS, BlipDecoding, task_pipeline
 
 
@@ -43,13 +44,15 @@ class BlipCaptionPipeline(BlipDecoding):
 
 
 def _caption_arguments(parser) -> None:
-    parser.add_argument("image", metavar="IMAGE", help="the image to caption")
+    parser.add_argument("image", metavar="IMAGE", help="the image to caption (BLIP-2: or a video)")
     parser.add_argument("--prompt", help="the caption's start, which the model continues (\"a picture of\")")
     decoding_arguments(parser, max_new_tokens=CAPTION_TOKENS)
+    frames_argument(parser)
 
 
 def _caption(pipeline, args) -> None:
-    print(pipeline.caption(args.image, args.prompt, **decoding_options(args)))
+    print(pipeline.caption(args.image, args.prompt, **video_options(pipeline, args.image, args.frames),
+                           **decoding_options(args)))
 
 
 # BLIP-2's pipeline answers the same call (runtime/families/blip2.py)

@@ -10,6 +10,7 @@ from ..generate import generate
 from ..image import ImageLike
 from ..sampling import fitted
 from ..tasks import Task, decoding_arguments, decoding_options, nonempty_text, register_task
+from ..video import frames_argument, video_options
 from .blip import ANSWER_TOKENS, BlipDecoding, task_pipeline
 
 
@@ -41,13 +42,15 @@ class BlipVqaPipeline(BlipDecoding):
 
 
 def _ask_arguments(parser) -> None:
-    parser.add_argument("image", metavar="IMAGE", help="the image the question is about")
+    parser.add_argument("image", metavar="IMAGE", help="the image the question is about (BLIP-2: or a video)")
     parser.add_argument("question", metavar="QUESTION", type=nonempty_text, help="the question")
     decoding_arguments(parser, max_new_tokens=ANSWER_TOKENS)
+    frames_argument(parser)
 
 
 def _ask(pipeline, args) -> None:
-    print(pipeline.answer(args.image, args.question, **decoding_options(args)))
+    print(pipeline.answer(args.image, args.question, **video_options(pipeline, args.image, args.frames),
+                          **decoding_options(args)))
 
 
 # BLIP-2's pipeline answers the same call (runtime/families/blip2.py)

@@ -23,7 +23,7 @@ from ..image import PREPROCESSING, ImageLike
 from ..pipeline import PIPELINES
 from ..schema import integer, list_of, listed_file, nullable, obj, string
 from ..tasks import Task, decoding_arguments, decoding_options, finite_float, positive_int, register_task
-from ..video import FRAMES, is_video, load_video
+from ..video import FRAMES, images_of
 from ..vision_lm import LLM_SECTION, Prompt, VisionLanguagePipeline
 
 _ID = integer(0, 1 << 24)
@@ -80,19 +80,6 @@ def message(role: str, text: str, with_image: bool | int = False) -> dict:
     if not isinstance(text, str) or not text.strip():
         raise InputError(f"a {role} message must be a non-empty string, found {text!r}")
     return {"role": role, "content": [{"type": "image"}] * int(with_image) + [{"type": "text", "text": text}]}
-
-
-def images_of(image, frames: int = FRAMES) -> list:
-    """What a conversation looks at: nothing, one image, several (a list or tuple: one image part
-    each, as multi-image templates such as llava-interleave-qwen's take them), or a video's path
-    (``frames`` frames sampled uniformly, each an image: :func:`..video.load_video`)."""
-    if image is None:
-        return []
-    if isinstance(image, (list, tuple)):
-        if not image:
-            raise InputError("the list of images is empty: give at least one image, or None for a chat without one")
-        return list(image)
-    return load_video(image, frames) if is_video(image) else [image]
 
 
 @PIPELINES.register("llava")
