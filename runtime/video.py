@@ -59,32 +59,59 @@ def load_video(path: str | os.PathLike, frames: int = FRAMES, every: float | Non
         raise InputError(f"every must be a positive number of seconds, found {every!r}")
     _check_file(path)
     av = _av()
-    try:
-        container = av.open(str(path))
-    except (av.error.FFmpegError, OSError, ValueError) as exc:
-        raise InputError(f"{str(path)!r} cannot be read as a video ({exc}): expected a video file such as "
-                         "an .mp4, .mkv, .avi or .webm") from None
-    with container:
-        if not container.streams.video:
-            raise InputError(f"{str(path)!r} holds no video stream ({len(container.streams)} streams of other kinds)")
-        stream = container.streams.video[0]
-        if stream.codec_context.width and stream.codec_context.height:  # else each decoded frame is checked
-            check_size(stream.codec_context.width, stream.codec_context.height, "a frame of the video")
+    with _open(av, path) as container:
+        stream = _video_stream(container, path)
         seconds = _duration(container, stream)
         if seconds is not None and seconds > MAX_SECONDS:
             raise InputError(f"{str(path)!r} lasts {seconds:.0f} s: longer than the {MAX_SECONDS:.0f} s a clip may "
                              "last; cut the part to look at (ffmpeg -ss START -t SECONDS)")
-        decoded = _decode(av, container, stream, path)
-    if not decoded:
+        if not seconds:  # the container does not say how long: a first pass reads the frames' times alone
+            times = [time for time, _ in _decode(av, container, stream, path)]
+            seconds = times[-1] + 1e-6 if times else None
+    if seconds is None:
         raise InputError(f"{str(path)!r} has no frames: nothing to look at")
-    times = np.asarray([t for t, _ in decoded])
-    span = seconds if seconds else float(times[-1]) + 1e-6
     if every is not None:
-        wanted = np.arange(every / 2, span, every)[:MAX_FRAMES]
+        wanted = np.arange(every / 2, seconds, every)[:MAX_FRAMES]
     else:
-        wanted = (np.arange(frames) + 0.5) * span / frames
-    picks = np.clip(np.searchsorted(times, wanted), 0, len(decoded) - 1)
-    return [load_image(decoded[i][1]) for i in picks]
+        wanted = (np.arange(frames) + 0.5) * seconds / frames
+    with _open(av, path) as container:
+        found = _sample(av, container, _video_stream(container, path), path, wanted)
+    if not found:
+        raise InputError(f"{str(path)!r} has no frames: nothing to look at")
+    return [load_image(frame) for frame in found]
+
+
+def _open(av, path: Path):
+    try:
+        return av.open(str(path))
+    except (av.error.FFmpegError, OSError, ValueError) as exc:
+        raise InputError(f"{str(path)!r} cannot be read as a video ({exc}): expected a video file such as "
+                         "an .mp4, .mkv, .avi or .webm") from None
+
+
+def _video_stream(container, path: Path):
+    if not container.streams.video:
+        raise InputError(f"{str(path)!r} holds no video stream ({len(container.streams)} streams of other kinds)")
+    stream = container.streams.video[0]
+    if stream.codec_context.width and stream.codec_context.height:  # else each decoded frame is checked
+        check_size(stream.codec_context.width, stream.codec_context.height, "a frame of the video")
+    return stream
+
+
+def _sample(av, container, stream, path: Path, wanted: np.ndarray) -> list[np.ndarray]:
+    """For each time in ``wanted`` (ascending), the first frame shown at or after it (the last frame
+    past the end), as HWC uint8 RGB: frames are decoded in order and only those picked are kept."""
+    found, last, j = [], None, 0
+    for time, frame in _decode(av, container, stream, path):
+        if j < len(wanted) and wanted[j] <= time:
+            picked = frame.to_ndarray(format="rgb24")
+            while j < len(wanted) and wanted[j] <= time:
+                found.append(picked)
+                j += 1
+        last = frame
+    if last is not None and j < len(wanted):
+        found += [last.to_ndarray(format="rgb24")] * (len(wanted) - j)
+    return found
 
 
 def _check_file(path: Path) -> None:
@@ -100,20 +127,19 @@ def _duration(container, stream) -> float | None:
     return None
 
 
-def _decode(av, container, stream, path: Path) -> list[tuple[float, np.ndarray]]:
-    """(time in seconds, HWC uint8 frame) of every frame, in order (at most ``MAX_DECODED``)."""
-    found = []
+def _decode(av, container, stream, path: Path):
+    """(time in seconds, decoded frame) of every frame, in order (at most ``MAX_DECODED``)."""
+    count = 0
     try:
         for frame in container.decode(stream):
-            if len(found) == MAX_DECODED:
+            if count == MAX_DECODED:
                 raise InputError(f"{str(path)!r} has more than {MAX_DECODED} frames: cut the part to look at")
             check_size(frame.width, frame.height, "a frame of the video")
-            time = frame.time if frame.time is not None else len(found)
-            found.append((float(time), frame.to_ndarray(format="rgb24")))
+            yield (float(frame.time) if frame.time is not None else float(count)), frame
+            count += 1
     except av.error.FFmpegError as exc:
-        raise InputError(f"{str(path)!r} breaks off after {len(found)} frames ({exc}): the file is damaged or "
+        raise InputError(f"{str(path)!r} breaks off after {count} frames ({exc}): the file is damaged or "
                          "truncated") from None
-    return found
 
 
 def digest(path: str | os.PathLike) -> str:
