@@ -52,6 +52,7 @@ class Session:
     cache: object = None
     prefilled: int = 0
     finish_reason: str | None = None  # of the last turn streamed: "stop", or "length" (cut at max_new_tokens)
+    generated: int = 0  # tokens the last turn streamed made (its stop token excluded)
 
 
 def shared_prefix(a: Sequence[int], b: Sequence[int]) -> int:

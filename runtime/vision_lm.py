@@ -156,4 +156,4 @@ def _counted(tokens: Iterator[int], limit: int, session: Session | None) -> Iter
         count += 1
         yield token
     if session is not None:
-        session.finish_reason = "length" if count >= limit else "stop"
+        session.finish_reason, session.generated = ("length" if count >= limit else "stop"), count

@@ -64,6 +64,7 @@ class Blip2Pipeline(VisionLanguagePipeline):
     def match(self, *args, **kwargs):
         raise UsageError(RETRIEVAL_ONLY)
 
+    match.refusal = True  # not a capability of this bundle (the server lists what a bundle answers)
     retrieve = embedders = match
 
     @classmethod

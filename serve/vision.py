@@ -1,0 +1,102 @@
+"""The one-shot endpoints: ``/v1/embeddings`` (CLIP, BLIP and BLIP-2 retrieval bundles; texts and
+``image_url`` parts, floats or base64 as OpenAI's client reads them), ``/v1/classify`` (zero-shot),
+``/v1/captions`` (BLIP, BLIP-2) and ``/v1/match`` (image-text matching)."""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+
+from edgevfm.runtime.errors import EdgeVfmError
+
+from .errors import HttpError, from_runtime
+from .images import ImageLimits, decode_image
+from .models import Served, Work
+from .requests import CaptionRequest, ClassifyRequest, EmbeddingsRequest, MatchRequest, generation_options
+
+
+async def _call(served: Served, job):
+    def guarded(work: Work):
+        try:
+            return job()
+        except EdgeVfmError as exc:
+            raise from_runtime(exc) from None
+
+    return await served.call(guarded)
+
+
+def _encoded(vector: np.ndarray, encoding: str):
+    vector = np.ascontiguousarray(vector, dtype="<f4")
+    return base64.b64encode(vector.tobytes()).decode() if encoding == "base64" else vector.tolist()
+
+
+def _tokens(pipeline, texts: list[str]) -> int:
+    """The texts' token count for ``usage``, where the pipeline's tokenizer says it (0 elsewhere)."""
+    tokenizer, count = getattr(pipeline, "tokenizer", None), 0
+    for text in texts if tokenizer is not None else []:
+        encoded = tokenizer.encode(text)
+        ids = getattr(encoded, "ids", None) or (encoded.get("input_ids") if isinstance(encoded, dict) else None)
+        count += len(ids) if ids is not None else 0
+    return count
+
+
+async def embeddings(served: Served, body: EmbeddingsRequest, limits: ImageLimits) -> dict:
+    """One embedding per input, in order: texts through the text tower, images through the image
+    tower, each as the pipeline's ``embed_texts``/``embed_images`` return it (CLIP: L2-normalised;
+    BLIP-2: one vector per query, sent as a list of lists, or flattened in base64 with ``shape``)."""
+    pipeline = served.ready("embeddings", "/v1/embeddings")
+    inputs = [body.input] if isinstance(body.input, str) else body.input
+
+    def job():
+        embed_texts, embed_images, _ = pipeline.embedders()
+        texts = [(i, x) for i, x in enumerate(inputs) if isinstance(x, str)]
+        images = []
+        for i, x in enumerate(inputs):
+            if isinstance(x, str):
+                continue
+            if x.type != "image_url":
+                if not isinstance(x.text, str):
+                    raise HttpError(400, f"input.{i}: a text part needs a string 'text'", f"input.{i}")
+                texts.append((i, x.text))
+            else:
+                images.append((i, decode_image(x.image_url, limits, f"input.{i}.image_url")))
+        for i, text in texts:
+            if not text.strip():
+                raise HttpError(400, f"input.{i}: an empty string has no embedding", f"input.{i}")
+        vectors = {}
+        if texts:
+            vectors.update(zip([i for i, _ in texts], embed_texts([t for _, t in texts])))
+        if images:
+            vectors.update(zip([i for i, _ in images], embed_images([im for _, im in images])))
+        return [vectors[i] for i in range(len(inputs))], _tokens(pipeline, [t for _, t in texts])
+
+    vectors, tokens = await _call(served, job)
+    data = []
+    for i, vector in enumerate(vectors):
+        item = {"object": "embedding", "index": i, "embedding": _encoded(vector, body.encoding_format)}
+        if vector.ndim > 1:
+            item["shape"] = list(vector.shape)
+        data.append(item)
+    return {"object": "list", "data": data, "model": served.name,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+
+async def classify(served: Served, body: ClassifyRequest, limits: ImageLimits) -> dict:
+    pipeline = served.ready("classify", "/v1/classify")
+    ranked = await _call(served, lambda: pipeline.classify(decode_image(body.image, limits), body.labels))
+    return {"object": "classification", "model": served.name,
+            "labels": [{"label": label, "probability": probability} for label, probability in ranked]}
+
+
+async def captions(served: Served, body: CaptionRequest, limits: ImageLimits) -> dict:
+    pipeline = served.ready("caption", "/v1/captions")
+    options = generation_options(body)
+    caption = await _call(served, lambda: pipeline.caption(decode_image(body.image, limits), body.prompt, **options))
+    return {"object": "caption", "model": served.name, "caption": caption}
+
+
+async def match(served: Served, body: MatchRequest, limits: ImageLimits) -> dict:
+    pipeline = served.ready("match", "/v1/match")
+    scores = await _call(served, lambda: pipeline.match(decode_image(body.image, limits), body.text))
+    return {"object": "match", "model": served.name, **{k: float(v) for k, v in scores.items()}}
