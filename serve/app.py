@@ -8,6 +8,8 @@ shape for anything a client got wrong; only a fault of the server itself is a 50
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import threading
@@ -218,7 +220,9 @@ def create_app(served: list[Served], options: Options = Options(), load: bool = 
         middleware.insert(0, Middleware(CORSMiddleware, allow_origins=list(options.cors_origins),
                                         allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"]))
 
+    @contextlib.asynccontextmanager
     async def lifespan(app):
+        app.state.loop = asyncio.get_running_loop()  # where the served models' queues live
         if load:
             threading.Thread(target=load_all, name="edgevfm-load", daemon=True).start()
         yield
@@ -226,5 +230,5 @@ def create_app(served: list[Served], options: Options = Options(), load: bool = 
             s.close()
 
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
-    app.state.served, app.state.metrics = models, metrics
+    app.state.served, app.state.metrics, app.state.conversations = models, metrics, conversations
     return app

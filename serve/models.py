@@ -119,11 +119,12 @@ class Served:
                 return job()
             finally:
                 self.running -= 1
-                loop.call_soon_threadsafe(self._release)
+                loop.call_soon_threadsafe(self.release)
 
         return loop.run_in_executor(self._executor, run)
 
-    def _release(self) -> None:
+    def release(self) -> None:
+        """Give back a slot taken by :meth:`admit` (:meth:`start` does when its thread ends)."""
         self.pending -= 1
         self._slots.release()
         self.on_change(self)

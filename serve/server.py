@@ -5,6 +5,7 @@ requests in flight, then the process exits 0."""
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 from pathlib import Path
 
@@ -17,6 +18,16 @@ from .images import ImageLimits
 from .models import Served
 
 DRAIN_SECONDS = 30
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, except that SIGTERM, once the requests in flight are drained, ends the
+    process with 0 (a service manager's ordinary stop), where uvicorn raises the signal again."""
+
+    def handle_exit(self, sig, frame) -> None:
+        super().handle_exit(sig, frame)
+        if sig == signal.SIGTERM:
+            self._captured_signals.remove(sig)
 
 
 def parse_bundles(values: list[str]) -> list[tuple[str, Path]]:
@@ -78,4 +89,4 @@ def main(args) -> None:
           "when they are ready)", flush=True)
     config = uvicorn.Config(create_app(served, options), log_level=args.log_level,
                             timeout_graceful_shutdown=DRAIN_SECONDS)
-    uvicorn.Server(config).run(sockets=[sock])
+    Server(config).run(sockets=[sock])
