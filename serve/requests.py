@@ -29,7 +29,7 @@ class ContentPart(BaseModel):
 class Message(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "user", "assistant"]
-    content: str | list[ContentPart] = Field(max_length=64)
+    content: str | Annotated[list[ContentPart], Field(max_length=64)]
 
 
 class Generation(Request):
