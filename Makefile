@@ -41,6 +41,8 @@ report: setup
 	# SAM's masks named by CLIP (text prompts), on held-out scenes (benchmarks/reports/applications)
 	$(BIN)/python -m edgevfm.benchmarks.text_segment --sam trained:sam-shapes --clip trained:clip-shapes \
 		-o benchmarks/reports/applications/text-segment
+	# the server under 8 concurrent clients against the Python API (benchmarks/reports/serve)
+	$(BIN)/python -m edgevfm.benchmarks.serve -o benchmarks/reports/serve --clients 8 --seconds 60
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) *.egg-info .pytest_cache

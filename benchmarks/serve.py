@@ -1,0 +1,273 @@
+"""``python -m edgevfm.benchmarks.serve``: the server under load, against the same work through the
+Python API in the same run.
+
+The bundles are exported here, served by ``edgevfm serve`` in its own process, and N client threads
+send requests for T seconds per endpoint family (a closed loop: each client sends its next request
+when the last is answered). Then N threads call the Python API for T seconds on the same inputs.
+
+    python -m edgevfm.benchmarks.serve -o benchmarks/reports/serve --clients 8 --seconds 60
+
+Rows: ``embeddings`` (CLIP, one image each), ``chat`` (LLaVA, 16 greedy tokens), ``sam segment
+(image_id)`` (a point on an embedded image) and ``sam segment (first)`` (a point on an image the
+server has not seen: encoder and decoder). Columns: requests/s, latency percentiles, the status
+counts (a deliberate 503/504 is counted apart from a 5xx), and requests/s of the Python API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+MODELS = {"clip": "random:clip-tiny", "llava": "random:llava-tiny", "sam": "trained:sam-shapes"}
+CHAT_TOKENS = 16
+
+
+def _data_uri(image: np.ndarray) -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _png(uri: str) -> bytes:
+    import base64
+
+    return base64.b64decode(uri.split(",", 1)[1])
+
+
+def _decoded(png: bytes):
+    import io
+
+    from PIL import Image
+
+    return Image.open(io.BytesIO(png)).convert("RGB")
+
+
+def _images(count: int, size: int = 256, seed: int = 0) -> list[np.ndarray]:
+    """Distinct pictures (a photo with a varied patch): every "first" segment is of a new image."""
+    import skimage.data
+
+    from PIL import Image
+
+    base = np.asarray(Image.fromarray(skimage.data.chelsea()).resize((size, size)))
+    rng = np.random.default_rng(seed)
+    found = []
+    for _ in range(count):
+        image = base.copy()
+        image[:8, :8] = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        found.append(image)
+    return found
+
+
+class Load:
+    """N closed-loop clients for T seconds: each calls ``send(client, i)`` -> status code."""
+
+    def __init__(self, clients: int, seconds: float):
+        self.clients, self.seconds = clients, seconds
+
+    def run(self, send) -> dict:
+        latencies, statuses, lock = [], {}, threading.Lock()
+        end = time.monotonic() + self.seconds
+
+        def client(k: int):
+            i = 0
+            while time.monotonic() < end:
+                started = time.perf_counter()
+                try:
+                    status = send(k, i)
+                except Exception as exc:  # a transport failure counts as what it is
+                    status = type(exc).__name__
+                took = time.perf_counter() - started
+                with lock:
+                    latencies.append(took)
+                    statuses[str(status)] = statuses.get(str(status), 0) + 1
+                i += 1
+
+        started = time.monotonic()
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(self.clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.monotonic() - started
+        ms = np.asarray(latencies) * 1000
+        ok = sum(v for k, v in statuses.items() if k.startswith("2"))
+        return {"requests": len(latencies), "ok": ok, "per_second": round(ok / wall, 2), "wall_s": round(wall, 1),
+                "p50_ms": round(float(np.percentile(ms, 50)), 1), "p90_ms": round(float(np.percentile(ms, 90)), 1),
+                "p99_ms": round(float(np.percentile(ms, 99)), 1), "statuses": statuses}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve(bundles: dict[str, Path], port: int, workers: int) -> subprocess.Popen:
+    import httpx
+
+    command = [sys.executable, "-m", "edgevfm.runtime.cli", "serve", *[f"{n}={p}" for n, p in bundles.items()],
+               "--port", str(port), "--workers", str(workers), "--log-level", "warning"]
+    process = subprocess.Popen(command)
+    end = time.monotonic() + 300
+    while time.monotonic() < end:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                return process
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None:
+            raise RuntimeError(f"edgevfm serve exited with {process.returncode}")
+        time.sleep(0.3)
+    process.kill()
+    raise RuntimeError("edgevfm serve did not become healthy in 300 s")
+
+
+def run(work: Path, clients: int, seconds: float, workers: int, threads: int | None) -> dict:
+    import httpx
+
+    from edgevfm.export.api import export
+    from edgevfm.runtime import load
+
+    from .machine import machine_info
+
+    bundles = {name: export(model, work / name, force=True) for name, model in MODELS.items()}
+    images = _images(4000)
+    uris = [_data_uri(im) for im in images[:64]]
+    firsts = iter(range(64, len(images)))
+    first_lock = threading.Lock()
+
+    def next_first() -> int:
+        with first_lock:
+            return next(firsts)
+
+    question = "What is in the picture?"
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = serve(bundles, port, workers)
+    load_ = Load(clients, seconds)
+    rows = {}
+    try:
+        http = httpx.Client(timeout=120, limits=httpx.Limits(max_connections=clients * 2))
+        embedded = http.post(url + "/v1/sam/embed", json={"model": "sam", "image": uris[0]}).json()["image_id"]
+        first_uris: dict[int, str] = {}
+
+        def first_uri(i: int) -> str:
+            return first_uris.setdefault(i, _data_uri(images[i]))
+
+        for i in range(64, 64 + clients * 200):  # encoded before the clock starts: the client's cost is not the server's
+            first_uri(i)
+        sends = {
+            "embeddings": lambda k, i: http.post(url + "/v1/embeddings", json={"model": "clip", "input": [
+                {"type": "image_url", "image_url": {"url": uris[(k + i) % 64]}}]}).status_code,
+            "chat": lambda k, i: http.post(url + "/v1/chat/completions", json={
+                "model": "llava", "max_tokens": CHAT_TOKENS, "messages": [{"role": "user", "content": [
+                    {"type": "image_url", "image_url": {"url": uris[(k + i) % 64]}},
+                    {"type": "text", "text": question}]}]}).status_code,
+            "sam segment (image_id)": lambda k, i: http.post(url + "/v1/sam/segment", json={
+                "model": "sam", "image_id": embedded, "points": [[40 + i % 150, 60]], "labels": [1]}).status_code,
+            "sam segment (first)": lambda k, i: http.post(url + "/v1/sam/segment", json={
+                "model": "sam", "image": first_uri(next_first()), "points": [[40 + i % 150, 60]],
+                "labels": [1]}).status_code,
+        }
+        for name, send in sends.items():
+            print(f"server: {name} ({clients} clients, {seconds:g} s)", flush=True)
+            rows[name] = {"server": load_.run(send)}
+    finally:
+        process.terminate()
+        process.wait(60)
+
+    clip, llava, sam = (load(bundles[n], threads=threads) for n in ("clip", "llava", "sam"))
+    embedding = sam.embed(images[0])
+    api_firsts = iter(range(64, len(images)))
+    pngs = [_png(uri) for uri in uris]  # the API decodes the same PNG bytes the server gets: the same work
+
+    def api_first():
+        with first_lock:
+            return _decoded(_png(first_uri(next(api_firsts))))
+
+    calls = {
+        "embeddings": lambda k, i: clip.embed_images([_decoded(pngs[(k + i) % 64])]) is not None and 200,
+        "chat": lambda k, i: llava.answer(_decoded(pngs[(k + i) % 64]), question, max_new_tokens=CHAT_TOKENS)
+        is not None and 200,
+        "sam segment (image_id)": lambda k, i: sam.predict(points=[[40 + i % 150, 60]], labels=[1],
+                                                           image=embedding) is not None and 200,
+        "sam segment (first)": lambda k, i: sam.predict(points=[[40 + i % 150, 60]], labels=[1],
+                                                        image=sam.embed(api_first())) is not None and 200,
+    }
+    for name, call in calls.items():
+        print(f"python API: {name} ({clients} threads, {seconds:g} s)", flush=True)
+        rows[name]["api"] = load_.run(call)
+        rows[name]["ratio"] = round(rows[name]["server"]["per_second"] / max(rows[name]["api"]["per_second"], 1e-9), 2)
+    cached, first = rows["sam segment (image_id)"]["server"], rows["sam segment (first)"]["server"]
+    return {"created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine_info(threads),
+            "models": MODELS, "clients": clients, "seconds": seconds, "workers": workers, "rows": rows,
+            "segment_speedup": round(first["p50_ms"] / max(cached["p50_ms"], 1e-9), 1)}
+
+
+def report(results: dict, command: str) -> str:
+    m = results["machine"]
+    lines = [f"# edgevfm serve under load ({results['clients']} clients, {results['seconds']:g} s per row)", "",
+             f"Made by `{command}` on {results['created']}: {m['cpu']}, {m['usable_cores']} cores, ISA "
+             f"`{m['isa']}`; server `--workers {results['workers']}`. Models: "
+             + ", ".join(f"{k} = `{v}`" for k, v in results["models"].items()) + ".", "",
+             "| endpoint | server req/s | p50 ms | p90 ms | p99 ms | statuses | Python API req/s | server / API |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, row in results["rows"].items():
+        s, a = row["server"], row["api"]
+        statuses = ", ".join(f"{k}: {v}" for k, v in sorted(s["statuses"].items()))
+        lines.append(f"| {name} | {s['per_second']} | {s['p50_ms']} | {s['p90_ms']} | {s['p99_ms']} | {statuses} | "
+                     f"{a['per_second']} | {row['ratio']} |")
+    bad = {name: {k: v for k, v in row["server"]["statuses"].items() if not k.startswith("2")}
+           for name, row in results["rows"].items()}
+    bad = {k: v for k, v in bad.items() if v}
+    worst = min(row["ratio"] for row in results["rows"].values())
+    lines += ["", f"- Non-2xx answers: {bad or 'none'} (a 503 or 504 is the queue's deliberate answer; a 5xx would "
+              "be a fault).",
+              f"- Throughput against the Python API at the same concurrency: {worst} at worst "
+              f"({'meets' if worst >= 0.9 else 'misses'} the 0.9 goal).",
+              f"- A segment by `image_id` (the embedding cached) against a first segment with its image, p50: "
+              f"{results['segment_speedup']}x faster ({'meets' if results['segment_speedup'] >= 5 else 'misses'} "
+              "the 5x goal).", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m edgevfm.benchmarks.serve", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-o", "--output", type=Path, required=True, help="folder for report.md and results.json")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=60.0, help="per row, for the server and the API each")
+    parser.add_argument("--workers", type=int, default=1, help="the server's --workers")
+    parser.add_argument("--threads", type=int, default=None, help="runtime threads per model (server and API)")
+    args = parser.parse_args(argv)
+    work = args.output / "bundles"
+    try:
+        results = run(work, args.clients, args.seconds, args.workers, args.threads)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    command = "python -m edgevfm.benchmarks.serve " + " ".join(argv if argv is not None else sys.argv[1:])
+    text = report(results, command)
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.output / "report.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
