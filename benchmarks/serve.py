@@ -7,7 +7,7 @@ when the last is answered). Then N threads call the Python API for T seconds on 
 
     python -m edgevfm.benchmarks.serve -o benchmarks/reports/serve --clients 8 --seconds 60
 
-Rows: ``embeddings`` (CLIP, one image each), ``chat`` (LLaVA, 16 greedy tokens), ``sam segment
+Rows: ``embeddings`` (tiny CLIP, one image each; and CLIP ViT-B/32 at its real size), ``chat`` (LLaVA, 16 greedy tokens), ``sam segment
 (image_id)`` (a point on an embedded image) and ``sam segment (first)`` (a point on an image the
 server has not seen: encoder and decoder). Columns: requests/s, latency percentiles, the status
 counts (a deliberate 503/504 is counted apart from a 5xx), and requests/s of the Python API.
@@ -27,8 +27,42 @@ from pathlib import Path
 
 import numpy as np
 
-MODELS = {"clip": "random:clip-tiny", "llava": "random:llava-tiny", "sam": "trained:sam-shapes"}
+# tiny bundles, where HTTP's fixed cost weighs most; CLIP ViT-B/32 at its real size for comparison
+MODELS = {"clip": "random:clip-tiny", "clip-b32": "random:clip-vit-b32", "llava": "random:llava-tiny",
+          "sam": "trained:sam-shapes"}
 CHAT_TOKENS = 16
+FIRSTS = 1500  # distinct images for "sam segment (first)": more than its row can use
+
+
+class Client:
+    """A plain keep-alive HTTP client, one connection per thread: the load generator shares the
+    server's cores, so it should cost as little as it can (as wrk or hey would)."""
+
+    def __init__(self, port: int):
+        self.port, self.local = port, threading.local()
+
+    def post_raw(self, path: str, body: bytes) -> int:
+        import http.client
+
+        connection = getattr(self.local, "connection", None)
+        if connection is None:
+            connection = self.local.connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+        try:
+            connection.request("POST", path, body, {"Content-Type": "application/json"})
+            response = connection.getresponse()
+            response.read()
+            return response.status
+        except Exception:
+            self.local.connection = None
+            raise
+
+    def post(self, path: str, data: dict) -> tuple[int, bytes]:
+        import http.client
+
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+        connection.request("POST", path, json.dumps(data).encode(), {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        return response.status, response.read()
 
 
 def _data_uri(image: np.ndarray) -> str:
@@ -139,70 +173,68 @@ def serve(bundles: dict[str, Path], port: int, workers: int) -> subprocess.Popen
 
 
 def run(work: Path, clients: int, seconds: float, workers: int, threads: int | None) -> dict:
-    import httpx
-
     from edgevfm.export.api import export
     from edgevfm.runtime import load
 
     from .machine import machine_info
 
     bundles = {name: export(model, work / name, force=True) for name, model in MODELS.items()}
-    images = _images(4000)
+    images = _images(64 + FIRSTS)
     uris = [_data_uri(im) for im in images[:64]]
-    firsts = iter(range(64, len(images)))
     first_lock = threading.Lock()
-
-    def next_first() -> int:
-        with first_lock:
-            return next(firsts)
 
     question = "What is in the picture?"
     port = _free_port()
-    url = f"http://127.0.0.1:{port}"
     process = serve(bundles, port, workers)
     load_ = Load(clients, seconds)
     rows = {}
     try:
-        http = httpx.Client(timeout=120, limits=httpx.Limits(max_connections=clients * 2))
-        embedded = http.post(url + "/v1/sam/embed", json={"model": "sam", "image": uris[0]}).json()["image_id"]
-        first_uris: dict[int, str] = {}
-
-        def first_uri(i: int) -> str:
-            return first_uris.setdefault(i, _data_uri(images[i]))
-
-        for i in range(64, 64 + clients * 200):  # encoded before the clock starts: the client's cost is not the server's
-            first_uri(i)
-        sends = {
-            "embeddings": lambda k, i: http.post(url + "/v1/embeddings", json={"model": "clip", "input": [
-                {"type": "image_url", "image_url": {"url": uris[(k + i) % 64]}}]}).status_code,
-            "chat": lambda k, i: http.post(url + "/v1/chat/completions", json={
-                "model": "llava", "max_tokens": CHAT_TOKENS, "messages": [{"role": "user", "content": [
-                    {"type": "image_url", "image_url": {"url": uris[(k + i) % 64]}},
-                    {"type": "text", "text": question}]}]}).status_code,
-            "sam segment (image_id)": lambda k, i: http.post(url + "/v1/sam/segment", json={
-                "model": "sam", "image_id": embedded, "points": [[40 + i % 150, 60]], "labels": [1]}).status_code,
-            "sam segment (first)": lambda k, i: http.post(url + "/v1/sam/segment", json={
-                "model": "sam", "image": first_uri(next_first()), "points": [[40 + i % 150, 60]],
-                "labels": [1]}).status_code,
+        client = Client(port)
+        embedded = json.loads(client.post("/v1/sam/embed", {"model": "sam", "image": uris[0]})[1])["image_id"]
+        # request bodies are made before the clock starts: the load generator's cost is not the server's
+        firsts_bodies = [json.dumps({"model": "sam", "image": _data_uri(images[i]), "points": [[40 + i % 150, 60]],
+                                     "labels": [1]}).encode() for i in range(64, 64 + FIRSTS)]
+        bodies = {
+            "embeddings": [json.dumps({"model": "clip", "input": [{"type": "image_url", "image_url": {"url": u}}]})
+                           .encode() for u in uris],
+            "embeddings (ViT-B/32)": [json.dumps({"model": "clip-b32", "input": [
+                {"type": "image_url", "image_url": {"url": u}}]}).encode() for u in uris],
+            "chat": [json.dumps({"model": "llava", "max_tokens": CHAT_TOKENS, "messages": [{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": u}}, {"type": "text", "text": question}]}]}).encode()
+                for u in uris],
+            "sam segment (image_id)": [json.dumps({"model": "sam", "image_id": embedded, "points": [[40 + i, 60]],
+                                                   "labels": [1]}).encode() for i in range(64)],
         }
-        for name, send in sends.items():
+        paths = {"embeddings": "/v1/embeddings", "embeddings (ViT-B/32)": "/v1/embeddings", "chat": "/v1/chat/completions",
+                 "sam segment (image_id)": "/v1/sam/segment", "sam segment (first)": "/v1/sam/segment"}
+        taken = iter(range(FIRSTS))
+        for name, path in paths.items():
             print(f"server: {name} ({clients} clients, {seconds:g} s)", flush=True)
+            if name == "sam segment (first)":
+                def send(k, i, path=path):
+                    with first_lock:
+                        body = firsts_bodies[next(taken)]
+                    return client.post_raw(path, body)
+            else:
+                def send(k, i, path=path, choices=bodies[name]):
+                    return client.post_raw(path, choices[(k + i) % len(choices)])
             rows[name] = {"server": load_.run(send)}
     finally:
         process.terminate()
         process.wait(60)
 
-    clip, llava, sam = (load(bundles[n], threads=threads) for n in ("clip", "llava", "sam"))
+    clip, b32, llava, sam = (load(bundles[n], threads=threads) for n in ("clip", "clip-b32", "llava", "sam"))
     embedding = sam.embed(images[0])
     api_firsts = iter(range(64, len(images)))
     pngs = [_png(uri) for uri in uris]  # the API decodes the same PNG bytes the server gets: the same work
 
     def api_first():
         with first_lock:
-            return _decoded(_png(first_uri(next(api_firsts))))
+            return _decoded(_png(_data_uri(images[next(api_firsts)])))
 
     calls = {
         "embeddings": lambda k, i: clip.embed_images([_decoded(pngs[(k + i) % 64])]) is not None and 200,
+        "embeddings (ViT-B/32)": lambda k, i: b32.embed_images([_decoded(pngs[(k + i) % 64])]) is not None and 200,
         "chat": lambda k, i: llava.answer(_decoded(pngs[(k + i) % 64]), question, max_new_tokens=CHAT_TOKENS)
         is not None and 200,
         "sam segment (image_id)": lambda k, i: sam.predict(points=[[40 + i % 150, 60]], labels=[1],

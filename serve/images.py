@@ -68,6 +68,14 @@ def fetch_bytes(url: str, limits: ImageLimits, param: str) -> bytes:
                     f"{url[:40]!r}", param)
 
 
+async def decoded(value, limits: ImageLimits, param: str = "image") -> Image.Image:
+    """:func:`decode_image` in a thread of the server's pool, outside the model's worker slot: while
+    a model runs one request, the next requests' images are decoded on the other cores."""
+    import anyio.to_thread
+
+    return await anyio.to_thread.run_sync(decode_image, value, limits, param)
+
+
 def decode_image(value, limits: ImageLimits, param: str = "image") -> Image.Image:
     """An ``image_url`` value -> an RGB Pillow image; 400 for bytes that are no image, 413 for one
     over ``limits.max_pixels``."""

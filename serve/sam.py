@@ -19,7 +19,7 @@ from edgevfm.runtime.errors import EdgeVfmError
 from edgevfm.runtime.masks import mask_to_rle
 
 from .errors import HttpError, from_runtime
-from .images import ImageLimits, decode_image, image_url
+from .images import ImageLimits, decoded, image_url
 from .models import Served, Work
 from .requests import SamEmbedRequest, SamMasksRequest, SamSegmentRequest
 
@@ -70,20 +70,22 @@ def _guarded(job):
     return run
 
 
-def _embedding(served: Served, cache: Embeddings, value, limits: ImageLimits):
-    """(image_id, embedding, cached): the cache's, else the image encoded (in a worker thread)."""
+async def _embedding(served: Served, cache: Embeddings, value, limits: ImageLimits):
+    """(image_id, embedding, cached): the cache's, else the image decoded and encoded (in the
+    model's worker) and kept."""
     image_id = image_id_of(value)
     found = cache.get(image_id)
     if found is not None:
         return image_id, found, True
-    embedding = served.pipeline.embed(decode_image(value, limits))
+    image = await decoded(value, limits)
+    embedding = await served.call(_guarded(lambda: served.pipeline.embed(image)))
     cache.put(image_id, embedding)
     return image_id, embedding, False
 
 
 async def embed(served: Served, cache: Embeddings, body: SamEmbedRequest, limits: ImageLimits) -> dict:
     served.ready("segment", "/v1/sam/embed")
-    image_id, embedding, cached = await served.call(_guarded(lambda: _embedding(served, cache, body.image, limits)))
+    image_id, embedding, cached = await _embedding(served, cache, body.image, limits)
     height, width = embedding.image_size
     return {"object": "sam.embedding", "model": served.name, "image_id": image_id, "width": width, "height": height,
             "cached": cached}
@@ -97,22 +99,19 @@ async def segment(served: Served, cache: Embeddings, body: SamSegmentRequest, li
         raise HttpError(400, "give either image_id (from /v1/sam/embed) or image, not both", "image_id")
     if body.points is None and body.box is None:
         raise HttpError(400, "a prompt needs points (with labels) or a box", "points")
-    if body.image_id is not None and cache.get(body.image_id) is None:
-        raise HttpError(404, f"image_id {body.image_id!r} is not (or no longer) cached: POST /v1/sam/embed again, or "
-                        "send the image", "image_id")
+    if body.image_id is not None:
+        image_id, embedding = body.image_id, cache.get(body.image_id)
+        if embedding is None:
+            raise HttpError(404, f"image_id {body.image_id!r} is not (or no longer) cached: POST /v1/sam/embed again, "
+                            "or send the image", "image_id")
+    else:
+        image_id, embedding, _ = await _embedding(served, cache, body.image, limits)
+    labels = body.labels if body.labels is not None or body.points is None else [1] * len(body.points)
+    mask_input = None if body.mask_input is None else np.asarray(body.mask_input, np.float32)
 
     def job():
-        if body.image_id is not None:
-            image_id, embedding = body.image_id, cache.get(body.image_id)
-            if embedding is None:
-                raise HttpError(404, f"image_id {body.image_id!r} was dropped from the cache: embed it again", "image_id")
-        else:
-            image_id, embedding, _ = _embedding(served, cache, body.image, limits)
-        labels = body.labels if body.labels is not None or body.points is None else [1] * len(body.points)
-        mask_input = None if body.mask_input is None else np.asarray(body.mask_input, np.float32)
-        prediction = predictor.predict(points=body.points, labels=labels, box=body.box, mask_input=mask_input,
-                                       multimask=body.multimask, image=embedding)
-        return image_id, prediction
+        return image_id, predictor.predict(points=body.points, labels=labels, box=body.box, mask_input=mask_input,
+                                           multimask=body.multimask, image=embedding)
 
     image_id, prediction = await served.call(_guarded(job))
     return {"object": "sam.segmentation", "model": served.name, "image_id": image_id,  # in the decoder's order
@@ -122,8 +121,9 @@ async def segment(served: Served, cache: Embeddings, body: SamSegmentRequest, li
 
 async def masks(served: Served, body: SamMasksRequest, limits: ImageLimits) -> dict:
     predictor = served.ready("segment", "/v1/sam/masks")
+    image = await decoded(body.image, limits)
     found = await served.call(_guarded(lambda: predictor.generate(
-        decode_image(body.image, limits), points_per_side=body.points_per_side, pred_iou_thresh=body.pred_iou_thresh,
+        image, points_per_side=body.points_per_side, pred_iou_thresh=body.pred_iou_thresh,
         stability_score_thresh=body.stability_score_thresh)))
     return {"object": "sam.masks", "model": served.name,
             "masks": [{"mask": _mask(m["segmentation"], body.format), "bbox": m["bbox"], "area": m["area"],

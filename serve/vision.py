@@ -11,7 +11,7 @@ import numpy as np
 from edgevfm.runtime.errors import EdgeVfmError
 
 from .errors import HttpError, from_runtime
-from .images import ImageLimits, decode_image
+from .images import ImageLimits, decoded
 from .models import Served, Work
 from .requests import CaptionRequest, ClassifyRequest, EmbeddingsRequest, MatchRequest, generation_options
 
@@ -48,22 +48,19 @@ async def embeddings(served: Served, body: EmbeddingsRequest, limits: ImageLimit
     pipeline = served.ready("embeddings", "/v1/embeddings")
     inputs = [body.input] if isinstance(body.input, str) else body.input
 
+    texts, images = [], []
+    for i, x in enumerate(inputs):
+        if isinstance(x, str) or x.type != "image_url":
+            text = x if isinstance(x, str) else x.text
+            if not isinstance(text, str) or not text.strip():
+                raise HttpError(400, f"input.{i}: expected a non-empty string (or a text part with one), found "
+                                f"{text!r}", f"input.{i}")
+            texts.append((i, text))
+        else:
+            images.append((i, await decoded(x.image_url, limits, f"input.{i}.image_url")))
+
     def job():
         embed_texts, embed_images, _ = pipeline.embedders()
-        texts = [(i, x) for i, x in enumerate(inputs) if isinstance(x, str)]
-        images = []
-        for i, x in enumerate(inputs):
-            if isinstance(x, str):
-                continue
-            if x.type != "image_url":
-                if not isinstance(x.text, str):
-                    raise HttpError(400, f"input.{i}: a text part needs a string 'text'", f"input.{i}")
-                texts.append((i, x.text))
-            else:
-                images.append((i, decode_image(x.image_url, limits, f"input.{i}.image_url")))
-        for i, text in texts:
-            if not text.strip():
-                raise HttpError(400, f"input.{i}: an empty string has no embedding", f"input.{i}")
         vectors = {}
         if texts:
             vectors.update(zip([i for i, _ in texts], embed_texts([t for _, t in texts])))
@@ -84,7 +81,8 @@ async def embeddings(served: Served, body: EmbeddingsRequest, limits: ImageLimit
 
 async def classify(served: Served, body: ClassifyRequest, limits: ImageLimits) -> dict:
     pipeline = served.ready("classify", "/v1/classify")
-    ranked = await _call(served, lambda: pipeline.classify(decode_image(body.image, limits), body.labels))
+    image = await decoded(body.image, limits)
+    ranked = await _call(served, lambda: pipeline.classify(image, body.labels))
     return {"object": "classification", "model": served.name,
             "labels": [{"label": label, "probability": probability} for label, probability in ranked]}
 
@@ -92,11 +90,13 @@ async def classify(served: Served, body: ClassifyRequest, limits: ImageLimits) -
 async def captions(served: Served, body: CaptionRequest, limits: ImageLimits) -> dict:
     pipeline = served.ready("caption", "/v1/captions")
     options = generation_options(body)
-    caption = await _call(served, lambda: pipeline.caption(decode_image(body.image, limits), body.prompt, **options))
+    image = await decoded(body.image, limits)
+    caption = await _call(served, lambda: pipeline.caption(image, body.prompt, **options))
     return {"object": "caption", "model": served.name, "caption": caption}
 
 
 async def match(served: Served, body: MatchRequest, limits: ImageLimits) -> dict:
     pipeline = served.ready("match", "/v1/match")
-    scores = await _call(served, lambda: pipeline.match(decode_image(body.image, limits), body.text))
+    image = await decoded(body.image, limits)
+    scores = await _call(served, lambda: pipeline.match(image, body.text))
     return {"object": "match", "model": served.name, **{k: float(v) for k, v in scores.items()}}
