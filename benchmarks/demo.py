@@ -92,6 +92,13 @@ def run_demo(out: str | Path = "demo-out", models=DEFAULT_MODELS, report_dir: st
 
         text_segment_demo(out / "sam-shapes" / "fp32", out / "clip-shapes" / "fp32", report_root / "sam-shapes",
                           threads)
+    if {"trained:sam-shapes", "trained:clip-shapes"} <= set(models):  # both behind edgevfm serve, over HTTP
+        from .serve import demo as serve_demo, serve_installed
+
+        if not serve_installed():
+            print("== edgevfm serve: skipped, the [serve] extra is not installed (pip install 'edgevfm[serve]')")
+        else:
+            serve_demo(out / "clip-shapes" / "fp32", out / "sam-shapes" / "fp32", threads)
     summary = write_summary(report_root, timings, time.perf_counter() - begun,
                             demo_command(out, models, report_dir, runs, threads, variants, rounds), threads)
     print(f"the demo took {(time.perf_counter() - begun) / 60:.1f} minutes: {summary}")

@@ -31,7 +31,7 @@ import numpy as np
 MODELS = {"clip": "random:clip-tiny", "clip-b32": "random:clip-vit-b32", "llava": "random:llava-tiny",
           "sam": "trained:sam-shapes"}
 CHAT_TOKENS = 16
-FIRSTS = 1500  # distinct images for "sam segment (first)": more than its row can use
+FIRSTS = 3000  # distinct images for "sam segment (first)"; a row that uses them up ends there
 
 
 class Client:
@@ -122,6 +122,8 @@ class Load:
                 started = time.perf_counter()
                 try:
                     status = send(k, i)
+                except StopIteration:  # the row's distinct inputs are used up: this client is done
+                    break
                 except Exception as exc:  # a transport failure counts as what it is
                     status = type(exc).__name__
                 took = time.perf_counter() - started
@@ -152,11 +154,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve(bundles: dict[str, Path], port: int, workers: int) -> subprocess.Popen:
+def serve(bundles: dict[str, Path], port: int, workers: int, threads: int | None = None) -> subprocess.Popen:
     import httpx
 
     command = [sys.executable, "-m", "edgevfm.runtime.cli", "serve", *[f"{n}={p}" for n, p in bundles.items()],
                "--port", str(port), "--workers", str(workers), "--log-level", "warning"]
+    command += ["--threads", str(threads)] if threads else []
     process = subprocess.Popen(command)
     end = time.monotonic() + 300
     while time.monotonic() < end:
@@ -185,7 +188,7 @@ def run(work: Path, clients: int, seconds: float, workers: int, threads: int | N
 
     question = "What is in the picture?"
     port = _free_port()
-    process = serve(bundles, port, workers)
+    process = serve(bundles, port, workers, threads)
     load_ = Load(clients, seconds)
     rows = {}
     try:
@@ -250,6 +253,46 @@ def run(work: Path, clients: int, seconds: float, workers: int, threads: int | N
     return {"created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine_info(threads),
             "models": MODELS, "clients": clients, "seconds": seconds, "workers": workers, "rows": rows,
             "segment_speedup": round(first["p50_ms"] / max(cached["p50_ms"], 1e-9), 1)}
+
+
+def serve_installed() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(name) for name in ("starlette", "uvicorn", "pydantic", "prometheus_client"))
+
+
+def demo(clip: Path, sam: Path, threads: int) -> None:
+    """The demo's line: ``edgevfm serve`` with the scene-trained CLIP and SAM, asked over HTTP as a
+    client would: zero-shot classify a held-out scene, then embed it and segment its first shape
+    by ``image_id`` (the mask's IoU with the drawn shape)."""
+    from .scenes import HELD_OUT_SEED, SHAPES, scene
+
+    shown, port = scene(HELD_OUT_SEED, 2), _free_port()
+    print(f"== edgevfm serve clip-shapes={clip} sam-shapes={sam} --port {port}, asked over HTTP "
+          f"(scene: {shown.captions[0]})")
+    process = serve({"clip-shapes": clip, "sam-shapes": sam}, port, workers=1, threads=threads)
+    try:
+        client, uri = Client(port), _data_uri(shown.image)
+        _, body = client.post("/v1/classify", {"model": "clip-shapes", "image": uri,
+                                               "labels": [f"a photo of a {s}" for s in SHAPES]})
+        best = json.loads(body)["labels"][0]
+        print(f"      POST /v1/classify -> {best['label']!r} ({best['probability']:.2f}); the largest shape is a "
+              f"{shown.label}")
+        image_id = json.loads(client.post("/v1/sam/embed", {"model": "sam-shapes", "image": uri})[1])["image_id"]
+        ys, xs = np.nonzero(shown.masks[0])
+        inside = int(np.argmin((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2))  # the shape's pixel nearest its centre
+        point = [float(xs[inside]), float(ys[inside])]
+        masks = json.loads(client.post("/v1/sam/segment", {"model": "sam-shapes", "image_id": image_id,
+                                                           "points": [point], "labels": [1]})[1])["masks"]
+        from edgevfm.runtime.families.sam_text import mask_iou
+        from edgevfm.runtime.masks import rle_to_mask
+
+        chosen = max(masks, key=lambda m: m["score"])
+        print(f"      POST /v1/sam/embed, then /v1/sam/segment by image_id at {point}: IoU with the drawn "
+              f"{shown.objects[0].name} {mask_iou(rle_to_mask(chosen['mask']), shown.masks[0]):.3f}")
+    finally:
+        process.terminate()
+        process.wait(60)
 
 
 def report(results: dict, command: str) -> str:

@@ -17,10 +17,9 @@ import uuid
 from collections import OrderedDict
 from typing import Any, Iterator
 
-from edgevfm.runtime.errors import EdgeVfmError
 from edgevfm.runtime.generate import Session, shared_prefix
 
-from .errors import HttpError, from_runtime
+from .errors import HttpError, as_http
 from .images import ImageLimits, decode_image, image_url
 from .models import Served, Work
 from .requests import ChatRequest, Message, generation_options
@@ -145,14 +144,6 @@ def _usage(usage: dict) -> dict:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def _run(job):
-    """``job()`` with the runtime's errors (caused by the request's values) as 400s."""
-    try:
-        return job()
-    except EdgeVfmError as exc:
-        raise from_runtime(exc) from None
-
-
 async def complete(served: Served, conversations: Conversations, body: ChatRequest, limits: ImageLimits) -> dict:
     """A whole (non-streamed) completion with ``n`` choices."""
     if body.n > 1 and "chat" not in served.can:
@@ -163,7 +154,7 @@ async def complete(served: Served, conversations: Conversations, body: ChatReque
         for i in range(body.n):
             request = body if body.seed is None or i == 0 else body.model_copy(update={"seed": body.seed + i})
             usage: dict[str, Any] = {}
-            text = _run(lambda: "".join(pieces_of(served, conversations, request, limits, work, usage)))
+            text = as_http(lambda: "".join(pieces_of(served, conversations, request, limits, work, usage)))
             if work.stopped:
                 break
             choices.append({"index": i, "message": {"role": "assistant", "content": text},
@@ -189,9 +180,9 @@ async def stream(served: Served, conversations: Conversations, body: ChatRequest
 
     def job():
         try:
-            pieces = _run(lambda: pieces_of(served, conversations, body, limits, work, usage))
+            pieces = as_http(lambda: pieces_of(served, conversations, body, limits, work, usage))
             while True:
-                piece = _run(lambda: next(pieces, None))
+                piece = as_http(lambda: next(pieces, None))
                 if piece is None or work.stopped:
                     break
                 loop.call_soon_threadsafe(queue.put_nowait, ("piece", piece))

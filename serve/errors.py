@@ -1,6 +1,6 @@
 """HTTP errors as OpenAI's API returns them: ``{"error": {"message", "type", "param", "code"}}``.
 
-Every error a client causes is one of these (4xx); :func:`from_runtime` turns the runtime's typed
+Every error a client causes is one of these (4xx); :func:`as_http` turns the runtime's typed
 errors (an image that is not one, a prompt too long, a value out of range) into a 400 with the
 runtime's own message, so the server never answers 500 to client input."""
 
@@ -24,6 +24,10 @@ class HttpError(Exception):
                           "param": self.param, "code": self.status}}
 
 
-def from_runtime(exc: EdgeVfmError) -> HttpError:
-    """A runtime error raised by a request's own values -> 400 with its message."""
-    return HttpError(400, str(exc))
+def as_http(job):
+    """``job()``, with a runtime error (raised by the request's own values: an image that is not
+    one, a prompt too long, a value out of range) as a 400 with the runtime's message."""
+    try:
+        return job()
+    except EdgeVfmError as exc:
+        raise HttpError(400, str(exc)) from None

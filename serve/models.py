@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import HttpError
+from .errors import HttpError, as_http
 
 # what a pipeline can answer, by the methods its class defines (BLIP's other tasks' methods are
 # refusals found by __getattr__ on the instance, never on the class)
@@ -143,6 +143,10 @@ class Served:
         except asyncio.CancelledError:
             work.stop.set()
             raise
+
+    async def answer(self, job: Callable[[], Any]) -> Any:
+        """:meth:`call` of a job that needs no stop flag, runtime errors as 400s."""
+        return await self.call(lambda work: as_http(job))
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

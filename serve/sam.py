@@ -15,12 +15,11 @@ from collections import OrderedDict
 import numpy as np
 from PIL import Image
 
-from edgevfm.runtime.errors import EdgeVfmError
 from edgevfm.runtime.masks import mask_to_rle
 
-from .errors import HttpError, from_runtime
+from .errors import HttpError
 from .images import ImageLimits, decoded, image_url
-from .models import Served, Work
+from .models import Served
 from .requests import SamEmbedRequest, SamMasksRequest, SamSegmentRequest
 
 
@@ -61,15 +60,6 @@ def _mask(mask: np.ndarray, form: str):
     return mask_to_rle(mask)
 
 
-def _guarded(job):
-    def run(work: Work):
-        try:
-            return job()
-        except EdgeVfmError as exc:
-            raise from_runtime(exc) from None
-    return run
-
-
 async def _embedding(served: Served, cache: Embeddings, value, limits: ImageLimits):
     """(image_id, embedding, cached): the cache's, else the image decoded and encoded (in the
     model's worker) and kept."""
@@ -78,7 +68,7 @@ async def _embedding(served: Served, cache: Embeddings, value, limits: ImageLimi
     if found is not None:
         return image_id, found, True
     image = await decoded(value, limits)
-    embedding = await served.call(_guarded(lambda: served.pipeline.embed(image)))
+    embedding = await served.answer(lambda: served.pipeline.embed(image))
     cache.put(image_id, embedding)
     return image_id, embedding, False
 
@@ -113,7 +103,7 @@ async def segment(served: Served, cache: Embeddings, body: SamSegmentRequest, li
         return image_id, predictor.predict(points=body.points, labels=labels, box=body.box, mask_input=mask_input,
                                            multimask=body.multimask, image=embedding)
 
-    image_id, prediction = await served.call(_guarded(job))
+    image_id, prediction = await served.answer(job)
     return {"object": "sam.segmentation", "model": served.name, "image_id": image_id,  # in the decoder's order
             "masks": [{"mask": _mask(mask, body.format), "score": float(score)}
                       for mask, score in zip(prediction.masks, prediction.scores)]}
@@ -122,9 +112,9 @@ async def segment(served: Served, cache: Embeddings, body: SamSegmentRequest, li
 async def masks(served: Served, body: SamMasksRequest, limits: ImageLimits) -> dict:
     predictor = served.ready("segment", "/v1/sam/masks")
     image = await decoded(body.image, limits)
-    found = await served.call(_guarded(lambda: predictor.generate(
+    found = await served.answer(lambda: predictor.generate(
         image, points_per_side=body.points_per_side, pred_iou_thresh=body.pred_iou_thresh,
-        stability_score_thresh=body.stability_score_thresh)))
+        stability_score_thresh=body.stability_score_thresh))
     return {"object": "sam.masks", "model": served.name,
             "masks": [{"mask": _mask(m["segmentation"], body.format), "bbox": m["bbox"], "area": m["area"],
                        "predicted_iou": m["predicted_iou"], "stability_score": m["stability_score"]} for m in found]}

@@ -8,22 +8,10 @@ import base64
 
 import numpy as np
 
-from edgevfm.runtime.errors import EdgeVfmError
-
-from .errors import HttpError, from_runtime
+from .errors import HttpError
 from .images import ImageLimits, decoded
-from .models import Served, Work
+from .models import Served
 from .requests import CaptionRequest, ClassifyRequest, EmbeddingsRequest, MatchRequest, generation_options
-
-
-async def _call(served: Served, job):
-    def guarded(work: Work):
-        try:
-            return job()
-        except EdgeVfmError as exc:
-            raise from_runtime(exc) from None
-
-    return await served.call(guarded)
 
 
 def _encoded(vector: np.ndarray, encoding: str):
@@ -68,7 +56,7 @@ async def embeddings(served: Served, body: EmbeddingsRequest, limits: ImageLimit
             vectors.update(zip([i for i, _ in images], embed_images([im for _, im in images])))
         return [vectors[i] for i in range(len(inputs))], _tokens(pipeline, [t for _, t in texts])
 
-    vectors, tokens = await _call(served, job)
+    vectors, tokens = await served.answer(job)
     data = []
     for i, vector in enumerate(vectors):
         item = {"object": "embedding", "index": i, "embedding": _encoded(vector, body.encoding_format)}
@@ -82,7 +70,7 @@ async def embeddings(served: Served, body: EmbeddingsRequest, limits: ImageLimit
 async def classify(served: Served, body: ClassifyRequest, limits: ImageLimits) -> dict:
     pipeline = served.ready("classify", "/v1/classify")
     image = await decoded(body.image, limits)
-    ranked = await _call(served, lambda: pipeline.classify(image, body.labels))
+    ranked = await served.answer(lambda: pipeline.classify(image, body.labels))
     return {"object": "classification", "model": served.name,
             "labels": [{"label": label, "probability": probability} for label, probability in ranked]}
 
@@ -91,12 +79,12 @@ async def captions(served: Served, body: CaptionRequest, limits: ImageLimits) ->
     pipeline = served.ready("caption", "/v1/captions")
     options = generation_options(body)
     image = await decoded(body.image, limits)
-    caption = await _call(served, lambda: pipeline.caption(image, body.prompt, **options))
+    caption = await served.answer(lambda: pipeline.caption(image, body.prompt, **options))
     return {"object": "caption", "model": served.name, "caption": caption}
 
 
 async def match(served: Served, body: MatchRequest, limits: ImageLimits) -> dict:
     pipeline = served.ready("match", "/v1/match")
     image = await decoded(body.image, limits)
-    scores = await _call(served, lambda: pipeline.match(image, body.text))
+    scores = await served.answer(lambda: pipeline.match(image, body.text))
     return {"object": "match", "model": served.name, **{k: float(v) for k, v in scores.items()}}

@@ -146,3 +146,19 @@ def test_backend_selection_check_and_plans_without_torch(trt_bundles):
     """)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_the_server_answers_without_torch(clip_bundle):
+    """edgevfm serve on a Jetson: the app, its request models and a CLIP embedding, torch unimportable."""
+    result = _run_without_torch(f"""
+        from starlette.testclient import TestClient
+        from edgevfm.serve.app import create_app
+        from edgevfm.serve.models import Served
+        with TestClient(create_app([Served('clip', {str(clip_bundle)!r}, threads=1)], load=False)) as http:
+            http.app.state.served['clip'].load()
+            r = http.post('/v1/embeddings', json={{'model': 'clip', 'input': 'a cat'}})
+            print(r.status_code, len(r.json()['data'][0]['embedding']) > 0)
+        assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["200", "True"]
