@@ -324,7 +324,7 @@ def report(results: dict, command: str) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m edgevfm.benchmarks.serve", description=__doc__.split("\n\n")[0])
-    parser.add_argument("-o", "--output", type=Path, required=True, help="folder for report.md and results.json")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="folder for report.md and load.json")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=60.0, help="per row, for the server and the API each")
     parser.add_argument("--workers", type=int, default=1, help="the server's --workers")
@@ -338,7 +338,7 @@ def main(argv=None) -> int:
     command = "python -m edgevfm.benchmarks.serve " + " ".join(argv if argv is not None else sys.argv[1:])
     text = report(results, command)
     args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.output / "load.json").write_text(json.dumps(results, indent=2) + "\n")
     (args.output / "report.md").write_text(text)
     print(text)
     return 0
