@@ -40,6 +40,9 @@ class UnknownNameError(EdgeVfmError, ValueError):
         self.kind, self.name, self.valid = kind, name, sorted(valid)
         super().__init__(f"unknown {kind} {name!r}: expected one of {', '.join(self.valid) or '(none)'}")
 
+    def __reduce__(self):  # errors cross processes (Ray workers, the bench's worker) by pickle
+        return type(self), (self.kind, self.name, self.valid)
+
 
 class BundleError(EdgeVfmError, ValueError):
     """A bundle that cannot be trusted: one error listing every problem found."""
@@ -50,6 +53,9 @@ class BundleError(EdgeVfmError, ValueError):
         self.path, self.problems = str(path), list(problems)
         lines = "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(f"invalid bundle {self.path}:\n{lines}")
+
+    def __reduce__(self):
+        return type(self), (self.path, self.problems)
 
 
 class BundleExistsError(EdgeVfmError, FileExistsError):
@@ -63,6 +69,9 @@ class BundleExistsError(EdgeVfmError, FileExistsError):
             f"output folder {self.path} already exists: choose another path, or pass --force "
             "(force=True) to replace it"
         )
+
+    def __reduce__(self):
+        return type(self), (self.path,)
 
 
 class OutputError(EdgeVfmError, ValueError):
@@ -99,11 +108,15 @@ class MissingExtraError(EdgeVfmError, ImportError):
     def __init__(self, extra: str, what: str, cause: BaseException | None = None, install: str | None = None):
         """``install``: what to install, where no pip extra provides it (TensorRT on a Jetson)."""
         self.extra = extra
+        self._given = (extra, what, str(cause) if cause else None, install)
         detail = f" ({cause})" if cause else ""
         if install:  # not a pip extra of edgevfm: say what it is and how to get it
             super().__init__(f"{what} needs {extra}{detail}: {install}")
         else:
             super().__init__(f"{what} needs the [{extra}] extra{detail}: install it with pip install 'edgevfm[{extra}]'")
+
+    def __reduce__(self):
+        return type(self), self._given
 
 
 class SaturationWarning(UserWarning):

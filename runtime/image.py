@@ -13,6 +13,7 @@ model would take more than :data:`MAX_RESIZED_PIXELS`.
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Any, Sequence, Union
@@ -23,7 +24,7 @@ from PIL import Image, ImageOps
 from .errors import InputError
 from .schema import bad_value, all_of, boolean, integer, list_of, nullable, number, obj, string
 
-ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
+ImageLike = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -78,17 +79,19 @@ PREPROCESSING = all_of(
 
 
 def load_image(image: ImageLike) -> Image.Image:
-    """An RGB Pillow image from a path, a Pillow image, or an array: HWC (C = 1, 3 or 4) or HW,
+    """An RGB Pillow image from a path, an encoded file's bytes, a Pillow image, or an array: HWC (C = 1, 3 or 4) or HW,
     uint8 in [0, 255]. EXIF orientation is applied to files and Pillow images (not to arrays,
     which carry none); transparency is composited on white, as transformers does. Raises
     ``InputError`` for anything that is not a usable image."""
     if isinstance(image, (str, os.PathLike)):
         image = _open(Path(image))
+    elif isinstance(image, (bytes, bytearray, memoryview)):  # an encoded file's bytes
+        image = _decode(io.BytesIO(image), f"an encoded image of {len(image)} bytes")
     elif isinstance(image, np.ndarray):
         image = _array_to_pil(image)
     elif not isinstance(image, Image.Image):
         raise InputError(
-            f"expected an image as a path, a PIL.Image or a HWC uint8 array, found {type(image).__name__}"
+            f"expected an image as a path, encoded bytes, a PIL.Image or a HWC uint8 array, found {type(image).__name__}"
         )
     else:
         check_size(image.width, image.height, "the image")
@@ -110,17 +113,22 @@ def load_image(image: ImageLike) -> Image.Image:
 def _open(path: Path) -> Image.Image:
     if not path.is_file():
         raise InputError(f"image {str(path)!r} does not exist: pass the path of an image file")
+    return _decode(path, repr(str(path)))
+
+
+def _decode(source, what: str) -> Image.Image:
     try:  # Pillow warns of a bomb (and refuses one of twice the limit) at open, before decoding
-        with Image.open(path) as opened:
-            check_size(opened.width, opened.height, repr(str(path)))
+        with Image.open(source) as opened:
+            check_size(opened.width, opened.height, what)
             opened.load()
             return ImageOps.exif_transpose(opened)
     except InputError:
         raise
     except Image.DecompressionBombError as exc:
-        raise InputError(f"{str(path)!r} is a decompression bomb ({exc})") from None
+        raise InputError(f"{what} is a decompression bomb ({exc})") from None
     except Exception as exc:  # a corrupt file: Pillow's decoders raise many types
-        raise InputError(f"{str(path)!r} is not an image Pillow can read ({type(exc).__name__}: {exc}): "
+        detail = str(exc).replace(f" {source!r}", "")  # not the address of a BytesIO
+        raise InputError(f"{what} is not an image Pillow can read ({type(exc).__name__}: {detail}): "
                          "pass a PNG, JPEG, ...") from None
 
 

@@ -1,4 +1,4 @@
-"""The layers import one way only (docs/architecture.md): runtime <- serve <- export <- quantize <- benchmarks.
+"""The layers import one way only (docs/architecture.md): runtime <- serve <- export <- quantize <- benchmarks <- scale.
 Every import is walked, function-local ones and ``import_layer("edgevfm...")`` / ``import_module``
 by name included, so no package imports one that imports it back; no module imports another's
 private name; and the CLI's entry points name every layer's ``commands`` module."""
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYERS = ("runtime", "serve", "export", "quantize", "benchmarks")  # each may import those before it, never after
+LAYERS = ("runtime", "serve", "export", "quantize", "benchmarks", "scale")  # each may import those before it, never after
 DYNAMIC = ("import_layer", "import_module")
 
 

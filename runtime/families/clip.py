@@ -76,9 +76,18 @@ class ClipPipeline(Pipeline):
     def classify(self, image: ImageLike, labels: Sequence[str]) -> list[tuple[str, float]]:
         """Zero-shot: ``(label, probability)`` pairs, most probable first; probabilities sum to 1."""
         labels = _labels(labels)
-        probs = softmax(self.logit_scale * self.embed_images([image]) @ self.embed_texts(labels).T)[0]
+        probs = self.label_probabilities([image], labels)[0]
         order = np.argsort(-probs, kind="stable")
         return [(labels[i], float(probs[i])) for i in order]
+
+    def label_probabilities(self, images: Sequence[ImageLike], labels: Sequence[str],
+                            label_embeds: np.ndarray | None = None) -> np.ndarray:
+        """(N images, labels) zero-shot probabilities, in the labels' order. ``label_embeds``
+        (``embed_texts(labels)``) may be passed to reuse them over many calls."""
+        labels = _labels(labels)
+        if label_embeds is None:
+            label_embeds = self.embed_texts(labels)
+        return softmax(self.logit_scale * self.embed_images(list(images)) @ label_embeds.T)
 
     def retrieve(self, query: Any, gallery: Sequence[Any], k: int = 5) -> list[Match]:
         """Text -> images when ``query`` is a text (see :func:`is_text`), image -> texts otherwise.

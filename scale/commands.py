@@ -1,0 +1,61 @@
+"""``edgevfm batch``: its arguments and the call (see :mod:`edgevfm.runtime.commands`). The job
+itself (:mod:`.batch`) is imported when the command runs: it needs the ``[scale]`` extra (Ray Data)."""
+
+from __future__ import annotations
+
+from edgevfm.runtime.commands import Command, help_from, import_layer, register_command
+from edgevfm.runtime.tasks import finite_float, nonempty_text, positive_int
+
+
+def arguments(p) -> None:
+    p.add_argument("bundle", metavar="BUNDLE", help="the bundle to run (capfilt: the captioner)")
+    p.add_argument("task", metavar="TASK", help="what to compute for each image (listed below)")
+    p.add_argument("--input", required=True, metavar="SRC",
+                   help="a folder or glob of images, or a .parquet/.csv table with a 'path' (or 'image' bytes) "
+                        "column and an optional 'text' column; local paths or URIs pyarrow reads (s3://, gs://)")
+    p.add_argument("--output", required=True, metavar="DST",
+                   help="a new or empty folder for the Parquet shards and summary.json (or a job's, with --resume)")
+    p.add_argument("--resume", action="store_true", help="finish the job DST holds: skip the rows it has written")
+    task = p.add_argument_group("task options")
+    task.add_argument("--labels", nargs="+", type=nonempty_text, help="classify: the labels")
+    task.add_argument("--question", type=nonempty_text, help="ask: the question (default: each row's text)")
+    task.add_argument("--prompt", help="caption, capfilt: the text a caption starts with")
+    task.add_argument("--max-new-tokens", type=positive_int, help="caption, ask, capfilt: tokens to generate at most")
+    task.add_argument("--beams", type=positive_int, help="caption, ask, capfilt: beam search width")
+    task.add_argument("--filter", metavar="BUNDLE", help="capfilt: the BLIP retrieval bundle whose ITM head filters")
+    task.add_argument("--threshold", type=finite_float, help="capfilt: the ITM probability a text must reach to be kept")
+    task.add_argument("--points-per-side", type=positive_int, help="masks: the grid of point prompts (default 16)")
+    task.add_argument("--pred-iou-thresh", type=finite_float, help="masks: the predicted IoU a mask must reach")
+    ray = p.add_argument_group("Ray")
+    ray.add_argument("--workers", type=positive_int, help="workers, each loading the bundle once "
+                     "(default: the cluster's CPUs // --threads)")
+    ray.add_argument("--threads", type=positive_int, default=1, help="runtime threads per worker (default 1)")
+    ray.add_argument("--batch-size", type=positive_int, default=16, help="images per batch a worker takes (default 16)")
+    ray.add_argument("--address", help="an existing Ray cluster: 'auto' or ray://HOST:PORT (default: start a local "
+                     "Ray for this job)")
+    ray.add_argument("--ship", action="store_true", default=None,
+                     help="send the bundles through Ray's object store even on a local Ray (default: only with "
+                          "--address; each node checks the copy's sha256s before use)")
+
+    def lines() -> list[str]:
+        tasks = import_layer("edgevfm.scale.tasks", "scale", "edgevfm batch")
+        return [f"{t.name:<9} {t.help} ({t.takes})" for _, t in tasks.TASKS.items()]
+
+    help_from(p, "tasks (TASK)", lines, "scale")
+
+
+def run(args) -> None:
+    batch = import_layer("edgevfm.scale.batch", "scale", "edgevfm batch")
+    bundles = {batch.CAPTIONER: args.bundle, **({batch.FILTER: args.filter} if args.filter else {})}
+    options = {"labels": args.labels, "question": args.question, "prompt": args.prompt,
+               "max_new_tokens": args.max_new_tokens, "num_beams": args.beams, "threshold": args.threshold,
+               "points_per_side": args.points_per_side, "pred_iou_thresh": args.pred_iou_thresh}
+    job = batch.BatchJob(bundles, args.task, args.input, args.output,
+                         options={k: v for k, v in options.items() if v is not None}, workers=args.workers,
+                         threads=args.threads, batch_size=args.batch_size, address=args.address, ship=args.ship,
+                         resume=args.resume)
+    batch.run_batch(job)
+
+
+register_command(Command("batch", "run a bundle over a collection of images on Ray Data (embed, classify, caption, "
+                         "ask, capfilt, masks)", arguments, run, order=36))
