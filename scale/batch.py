@@ -36,6 +36,8 @@ from .shipping import Shipped, digest, open_shipped, pack, verified_copy
 from .sources import IMAGE, PATH, TEXT, read_image_bytes, read_source
 from .tasks import CAPTIONER, FILTER, TASKS, BatchTask, check_pipeline
 
+ROLES = (CAPTIONER, FILTER)  # the bundles' names in BatchJob.bundles: BUNDLE, and capfilt's --filter
+
 SHARD = "part-{:06d}.parquet"
 JOB, SUMMARY = "job.json", "summary.json"
 BASE_COLUMNS = {PATH: pa.string(), "error": pa.string(), "error_kind": pa.string(), "bundle": pa.string(),
@@ -171,7 +173,7 @@ def _check_options(job: BatchJob, task: BatchTask) -> None:
 def _checked_bundle(task: BatchTask, role: str, path: str) -> Shipped:
     """The bundle's digest once its manifest reads and its family can run the task (the files'
     hashes are checked where the bundle is opened: on the workers)."""
-    from edgevfm.runtime import families  # noqa: F401  (registers the pipelines)
+    from edgevfm.runtime import families  # noqa: F401 (registers the pipelines)
 
     manifest = read_manifest(path)
     cls = PIPELINES.get(manifest["family"]).variant(manifest)
@@ -219,6 +221,7 @@ def _execute(job: BatchJob, task: BatchTask, bundles: dict, table: pa.Table, out
             bundles = {role: _shipped(b) for role, b in bundles.items()}
         copies = _verify_on_nodes(bundles)
         blocks = [table.slice(i, job.batch_size) for i in range(0, table.num_rows, job.batch_size)]
+        workers = min(workers, len(blocks))  # a worker with no batch to take would load the bundle for nothing
         ds = ray.data.from_arrow(blocks).map_batches(
             Worker, fn_constructor_kwargs={"task": job.task, "options": job.options, "bundles": bundles,
                                            "threads": job.threads},
@@ -305,7 +308,8 @@ def _edgevfm_error(exc: BaseException) -> EdgeVfmError | None:
 
 def _summarize(out: Path, job: BatchJob, run: dict) -> dict:
     shards = sorted(out.glob("part-*.parquet"))
-    columns = [PATH, "error_kind", "node", *STAGES]
+    flags = [name for name, kind in TASKS.get(job.task).columns.items() if kind == pa.bool_()]
+    columns = [PATH, "error_kind", "node", *STAGES, *flags]
     table = pa.concat_tables([pq.read_table(s, columns=columns) for s in shards]) if shards else None
     kinds = Counter(k for k in (table.column("error_kind").to_pylist() if table else []) if k)
     stage_s = {s.replace("_ms", "_s"): round(float(pa.compute.sum(table.column(s)).as_py() or 0) / 1e3, 3)
@@ -313,6 +317,7 @@ def _summarize(out: Path, job: BatchJob, run: dict) -> dict:
     summary = {
         "task": job.task, "bundles": dict(job.bundles), "source": job.source,
         "rows": table.num_rows if table else 0, "errors": sum(kinds.values()), "errors_by_kind": dict(kinds),
+        "counts": {f: _true_false(table.column(f)) for f in flags} if table else {},
         "shards": len(shards), "rows_by_node": dict(Counter(table.column("node").to_pylist())) if table else {},
         "images_per_s": round(run["rows"] / run["run_s"], 3) if run["run_s"] > 0 else 0.0,
         "this_run": {"rows": run["rows"], "run_s": round(run["run_s"], 3), "wall_s": round(run["wall_s"], 3),
@@ -321,6 +326,11 @@ def _summarize(out: Path, job: BatchJob, run: dict) -> dict:
     }
     _write_json(out / SUMMARY, summary)
     return summary
+
+
+def _true_false(column) -> dict:
+    values = column.to_pylist()
+    return {"true": values.count(True), "false": values.count(False)}
 
 
 def _write_json(path: Path, value: dict) -> None:

@@ -26,11 +26,14 @@ def arguments(p) -> None:
     task.add_argument("--threshold", type=finite_float, help="capfilt: the ITM probability a text must reach to be kept")
     task.add_argument("--points-per-side", type=positive_int, help="masks: the grid of point prompts (default 16)")
     task.add_argument("--pred-iou-thresh", type=finite_float, help="masks: the predicted IoU a mask must reach")
+    task.add_argument("--stability-score-thresh", type=finite_float, help="masks: the stability a mask must reach")
     ray = p.add_argument_group("Ray")
     ray.add_argument("--workers", type=positive_int, help="workers, each loading the bundle once "
                      "(default: the cluster's CPUs // --threads)")
     ray.add_argument("--threads", type=positive_int, default=1, help="runtime threads per worker (default 1)")
     ray.add_argument("--batch-size", type=positive_int, default=16, help="images per batch a worker takes (default 16)")
+    ray.add_argument("--shard-rows", type=positive_int, default=1000,
+                     help="rows per Parquet shard at most (default 1000; a shard is also written every 10 s)")
     ray.add_argument("--address", help="an existing Ray cluster: 'auto' or ray://HOST:PORT (default: start a local "
                      "Ray for this job)")
     ray.add_argument("--ship", action="store_true", default=None,
@@ -46,14 +49,16 @@ def arguments(p) -> None:
 
 def run(args) -> None:
     batch = import_layer("edgevfm.scale.batch", "scale", "edgevfm batch")
-    bundles = {batch.CAPTIONER: args.bundle, **({batch.FILTER: args.filter} if args.filter else {})}
+    captioner, judge = batch.ROLES
+    bundles = {captioner: args.bundle, **({judge: args.filter} if args.filter else {})}
     options = {"labels": args.labels, "question": args.question, "prompt": args.prompt,
                "max_new_tokens": args.max_new_tokens, "num_beams": args.beams, "threshold": args.threshold,
-               "points_per_side": args.points_per_side, "pred_iou_thresh": args.pred_iou_thresh}
+               "points_per_side": args.points_per_side, "pred_iou_thresh": args.pred_iou_thresh,
+               "stability_score_thresh": args.stability_score_thresh}
     job = batch.BatchJob(bundles, args.task, args.input, args.output,
                          options={k: v for k, v in options.items() if v is not None}, workers=args.workers,
                          threads=args.threads, batch_size=args.batch_size, address=args.address, ship=args.ship,
-                         resume=args.resume)
+                         resume=args.resume, shard_rows=args.shard_rows)
     batch.run_batch(job)
 
 

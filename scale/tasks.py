@@ -121,7 +121,7 @@ register(BatchTask("ask", "an answer per image to --question (or to each row's t
 
 # --- masks ------------------------------------------------------------------------------------------
 
-MASK_OPTIONS = ("points_per_side", "pred_iou_thresh")
+MASK_OPTIONS = ("points_per_side", "pred_iou_thresh", "stability_score_thresh")
 
 
 def _masks(state, images, texts, options):
