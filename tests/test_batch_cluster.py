@@ -1,0 +1,82 @@
+"""``edgevfm batch`` on a two-node local cluster (``ray.cluster_utils.Cluster``: a head without CPUs
+and a worker node with two), so every row is computed on the worker node: the bundle is shipped
+through the object store, checked there against its manifest's sha256s, unpacked into that node's
+cache and used; a bundle tampered with after its manifest was written is refused with the runtime's
+``BundleError`` and no copy of it is kept."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+ray = pytest.importorskip("ray", reason="the [scale] extra (ray[data]) is not installed")
+
+from edgevfm.runtime import load  # noqa: E402
+from edgevfm.runtime.errors import BundleError  # noqa: E402
+from edgevfm.scale.batch import BatchJob, run_batch  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    cache = tmp_path_factory.mktemp("node-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EDGEVFM_BUNDLE_CACHE", str(cache))  # the nodes' processes inherit it
+        made = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+        worker = made.add_node(num_cpus=2)
+        made.wait_for_nodes()
+    yield made, worker.node_id, cache
+    if ray.is_initialized():
+        ray.shutdown()
+    made.shutdown()
+
+
+@pytest.fixture(scope="module")
+def pictures(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("cluster-images")
+    rng = np.random.default_rng(3)
+    for i in range(24):
+        Image.fromarray(rng.integers(0, 256, (32, 48, 3), dtype=np.uint8)).save(folder / f"{i:02d}.png")
+    return folder
+
+
+def test_the_worker_node_gets_the_bundle_checks_it_and_uses_it(cluster, pictures, clip_bundle, tmp_path):
+    made, worker_node, cache = cluster
+    summary = run_batch(BatchJob({"bundle": str(clip_bundle)}, "embed", str(pictures), str(tmp_path / "out"),
+                                 address=made.address))
+    copies = summary["bundle_copies"]
+    assert list(copies) == [worker_node]  # the head has no CPUs: it runs no worker and keeps no copy
+    copy = Path(copies[worker_node]["bundle"])
+    assert copy.parent == cache and copy != clip_bundle
+    assert sorted(p.name for p in copy.iterdir()) == sorted(p.name for p in clip_bundle.iterdir())
+    assert summary["rows_by_node"] == {worker_node: 24} and summary["errors"] == 0
+    table = pa.concat_tables([pq.read_table(p) for p in sorted((tmp_path / "out").glob("part-*.parquet"))])
+    table = table.sort_by("path")
+    expected = load(clip_bundle, threads=1).embed_images(table.column("path").to_pylist())
+    np.testing.assert_allclose(np.stack([np.float32(v) for v in table.column("embedding").to_pylist()]), expected,
+                               rtol=0, atol=1e-6)
+
+
+def test_a_tampered_bundle_is_refused_on_the_node(cluster, pictures, clip_bundle, tmp_path):
+    made, worker_node, cache = cluster
+    tampered = tmp_path / "tampered"
+    shutil.copytree(clip_bundle, tampered)
+    weights = tampered / "text.onnx"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one bit pattern changed, the size kept: only the hash can tell
+    weights.write_bytes(bytes(data))
+    before = set(cache.iterdir())
+    with pytest.raises(BundleError, match="file 'text.onnx' does not match its sha256 in the manifest"):
+        run_batch(BatchJob({"bundle": str(tampered)}, "embed", str(pictures), str(tmp_path / "out"),
+                           address=made.address))
+    assert set(cache.iterdir()) == before  # the bad copy was removed from the node
+    assert not list((tmp_path / "out").glob("part-*.parquet"))
