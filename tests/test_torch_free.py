@@ -162,3 +162,34 @@ def test_the_server_answers_without_torch(clip_bundle):
     """)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["200", "True"]
+
+
+def test_a_batch_job_runs_without_torch_in_the_driver_and_every_worker(clip_bundle, photos, tmp_path):
+    """Ray starts its workers as new interpreters: a ``sitecustomize`` on their PYTHONPATH makes
+    torch unimportable in each of them as in the driver."""
+    import os
+
+    import pytest
+
+    pytest.importorskip("ray", reason="the [scale] extra (ray[data]) is not installed")
+    from PIL import Image
+
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(
+        "import sys\nfor name in ('torch', 'transformers', 'tensorrt'):\n    sys.modules[name] = None\n")
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, photo in enumerate(photos[:4]):
+        Image.fromarray(photo).save(images / f"{i}.png")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker), os.environ.get("PYTHONPATH", "")])}
+    code = "import sys\n" + textwrap.dedent(f"""
+        from edgevfm.runtime.cli import main
+        code = main(['batch', {str(clip_bundle)!r}, 'classify', '--labels', 'a cat', 'a dog',
+                     '--input', {str(images)!r}, '--output', {str(tmp_path / 'out')!r}, '--workers', '2'])
+        assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]
+        sys.exit(code)
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "batch classify: 4 rows, 0 errors" in result.stdout
