@@ -43,6 +43,8 @@ report: setup
 		-o benchmarks/reports/applications/text-segment
 	# the server under 8 concurrent clients against the Python API (benchmarks/reports/serve)
 	$(BIN)/python -m edgevfm.benchmarks.serve -o benchmarks/reports/serve --clients 8 --seconds 60
+	# edgevfm batch on a local Ray at 1 and 2 workers against a plain loop (benchmarks/reports/batch)
+	$(BIN)/python -m edgevfm.scale.benchmark -o benchmarks/reports/batch
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) *.egg-info .pytest_cache

@@ -99,6 +99,13 @@ def run_demo(out: str | Path = "demo-out", models=DEFAULT_MODELS, report_dir: st
             print("== edgevfm serve: skipped, the [serve] extra is not installed (pip install 'edgevfm[serve]')")
         else:
             serve_demo(out / "clip-shapes" / "fp32", out / "sam-shapes" / "fp32", threads)
+    if "trained:clip-shapes" in models:  # over a folder of scenes as a Ray Data job
+        from .batch_demo import demo as batch_demo, scale_installed
+
+        if not scale_installed():
+            print("== edgevfm batch: skipped, the [scale] extra is not installed (pip install 'edgevfm[scale]')")
+        else:
+            batch_demo(out / "clip-shapes" / "fp32", out / "batch")
     summary = write_summary(report_root, timings, time.perf_counter() - begun,
                             demo_command(out, models, report_dir, runs, threads, variants, rounds), threads)
     print(f"the demo took {(time.perf_counter() - begun) / 60:.1f} minutes: {summary}")

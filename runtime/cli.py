@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .commands import EPILOG, Command, load_commands, register_command
+from .commands import EPILOG, EXTENSIONS, Command, load_commands, register_command, runner
 from .errors import EXIT_INTERRUPTED, EdgeVfmError
 from .tasks import positive_int
 
@@ -99,7 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     for command in load_commands():
         p = sub.add_parser(command.name, help=command.help, **({"epilog": EPILOG} if command.epilog else {}))
         command.arguments(p)
-        p.set_defaults(func=command.run)
+        for extension in EXTENSIONS:
+            if extension.command == command.name:
+                extension.arguments(p)
+        p.set_defaults(func=runner(command))
     return parser
 
 

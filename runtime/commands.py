@@ -39,8 +39,39 @@ class Command:
 COMMANDS: Registry[Command] = Registry("command")
 
 
+@dataclass(frozen=True)
+class Extension:
+    """Options a higher layer adds to a lower layer's command (``bench --every-node`` comes with
+    the ``[scale]`` extra): ``run`` takes over when ``applies(args)``."""
+    command: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    applies: Callable[[argparse.Namespace], bool]
+    run: Callable[[argparse.Namespace], None]
+
+
+EXTENSIONS: list[Extension] = []
+
+
 def register_command(command: Command) -> Command:
     return COMMANDS.register(command.name)(command)
+
+
+def extend_command(extension: Extension) -> Extension:
+    EXTENSIONS.append(extension)
+    return extension
+
+
+def runner(command: Command) -> Callable[[argparse.Namespace], None]:
+    """The command's ``run``, or an extension's where its options were given."""
+    extensions = [e for e in EXTENSIONS if e.command == command.name]
+
+    def run(args: argparse.Namespace) -> None:
+        for extension in extensions:
+            if extension.applies(args):
+                return extension.run(args)
+        return command.run(args)
+
+    return run
 
 
 def load_commands() -> list[Command]:

@@ -3,7 +3,8 @@ itself (:mod:`.batch`) is imported when the command runs: it needs the ``[scale]
 
 from __future__ import annotations
 
-from edgevfm.runtime.commands import Command, help_from, import_layer, register_command
+from edgevfm.runtime.commands import Command, Extension, extend_command, help_from, import_layer, register_command
+from edgevfm.runtime.errors import UsageError
 from edgevfm.runtime.tasks import finite_float, nonempty_text, positive_int
 
 
@@ -64,3 +65,26 @@ def run(args) -> None:
 
 register_command(Command("batch", "run a bundle over a collection of images on Ray Data (embed, classify, caption, "
                          "ask, capfilt, masks)", arguments, run, order=36))
+
+
+def bench_arguments(p) -> None:
+    fleet = p.add_argument_group("every node of a Ray cluster (the [scale] extra)")
+    fleet.add_argument("--every-node", action="store_true",
+                       help="run the bench on every node of the Ray cluster (--address) and write one report with a "
+                            "row per machine; the bundles are shipped to the nodes and checked there")
+    fleet.add_argument("--address", dest="fleet_address", metavar="ADDRESS",
+                       help="with --every-node: 'auto' or ray://HOST:PORT (default: a local Ray, this machine only)")
+
+
+def bench_run(args) -> None:
+    if not args.every_node:
+        raise UsageError("--address goes with --every-node (the bench on every node of that cluster): add it, or drop "
+                         "--address to bench on this machine")
+    fleet = import_layer("edgevfm.scale.fleet", "scale", "edgevfm bench --every-node")
+    forwarded = ["--threads", str(args.threads), "--runs", str(args.runs), "--rounds", str(args.rounds),
+                 "--batch", str(args.batch), *(["--data", str(args.data)] if args.data else [])]
+    fleet.fleet_bench([str(b) for b in args.bundles], args.reference, args.output, address=args.fleet_address,
+                      bench_args=forwarded)
+
+
+extend_command(Extension("bench", bench_arguments, lambda args: args.every_node or args.fleet_address, bench_run))

@@ -6,6 +6,7 @@ cache and used; a bundle tampered with after its manifest was written is refused
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -80,3 +81,36 @@ def test_a_tampered_bundle_is_refused_on_the_node(cluster, pictures, clip_bundle
                            address=made.address))
     assert set(cache.iterdir()) == before  # the bad copy was removed from the node
     assert not list((tmp_path / "out").glob("part-*.parquet"))
+
+
+def test_the_fleet_bench_writes_one_report_with_a_row_per_machine(cluster, clip_bundle, tmp_path, capsys,
+                                                                  monkeypatch):
+    from edgevfm.runtime.cli import main
+
+    made, worker_node, cache = cluster
+    monkeypatch.setenv("EDGEVFM_BUNDLE_CACHE", str(cache))
+    second = made.add_node(num_cpus=1)  # a second machine with CPUs (last test here: the others expect one)
+    made.wait_for_nodes()
+    out = tmp_path / "fleet"
+    code = main(["bench", str(clip_bundle), "--reference", "random:clip-tiny", "--every-node", "--address",
+                 made.address, "--runs", "3", "--rounds", "1", "--threads", "1", "-o", str(out)])
+    assert code == 0, capsys.readouterr().err
+    fleet = json.loads((out / "fleet.json").read_text())
+    assert set(fleet["nodes"]) == {worker_node, second.node_id}
+    for node, found in fleet["nodes"].items():
+        assert found["machine"]["isa"] and found["machine"]["usable_cores"] >= 1
+        assert [r["name"] for r in found["rows"]] == ["pytorch eager fp32", "onnxruntime fp32"]
+        assert set(found["rows"][1]["p50_ms"]) == {"vision", "text"}
+        own = json.loads((out / "nodes" / node[:12] / "results.json").read_text())
+        assert Path(own["rows"][1]["path"]).parent == cache  # that node's checked copy was benched
+    table = (out / "fleet.md").read_text()
+    assert all(f"| {node[:12]} |" in table for node in fleet["nodes"])
+    assert "| onnxruntime fp32 |" in table
+
+
+def test_address_without_every_node_is_a_usage_error(clip_bundle, tmp_path, capsys):
+    from edgevfm.runtime.cli import main
+
+    code = main(["bench", str(clip_bundle), "--reference", "random:clip-tiny", "--address", "auto",
+                 "-o", str(tmp_path / "r")])
+    assert code == 2 and "--address goes with --every-node" in capsys.readouterr().err
