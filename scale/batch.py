@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -136,19 +137,25 @@ def run_batch(job: BatchJob, log=print) -> dict:
     out = Path(job.output)
     record = {"task": job.task, "options": job.options, "bundles": {r: b.digest for r, b in bundles.items()},
               "source": job.source}
-    done = _prepare_output(out, record, job.resume)
     table = read_source(job.source)
     if task.needs_text and TEXT not in table.column_names and not job.options.get("question") \
             and job.task != "capfilt":
         raise InputError(f"task {job.task!r} needs a question: pass --question, or an --input table with a "
                          f"{TEXT!r} column")
+    created = not out.exists()
+    done = _prepare_output(out, record, job.resume)
     if done:
         keep = pa.array([p not in done for p in table.column(PATH).to_pylist()])
         table = table.filter(keep)
     started = time.perf_counter()
     run = {"rows": table.num_rows, "workers": 0, "run_s": 0.0, "stats": "", "copies": {}}
     if table.num_rows:
-        run.update(_execute(job, task, bundles, table, out, log))
+        try:
+            run.update(_execute(job, task, bundles, table, out, log))
+        except BaseException:
+            if created and not list(out.glob("part-*.parquet")):  # leave nothing behind that holds no result
+                shutil.rmtree(out, ignore_errors=True)
+            raise
     summary = _summarize(out, job, {**run, "wall_s": time.perf_counter() - started})
     log(f"batch {job.task}: {summary['rows']} rows, {summary['errors']} errors, {summary['images_per_s']:.2f} "
         f"images/s ({run['rows']} rows this run in {run['run_s']:.1f} s, {summary['this_run']['wall_s']:.1f} s "
