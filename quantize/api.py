@@ -24,7 +24,7 @@ def quantize(bundle: str | Path, recipe: str, out: str | Path, calib: str | Path
              samples: int | None = None, force: bool = False, block_size: int | None = None, show_progress: bool = True,
              min_cosine: float | None = None, max_drop: float | None = None, threads: int = 2,
              reuse: str | Path | None = None, quick: bool = False, data: str | Path | None = None,
-             max_task_drop: float | None = None) -> Path:
+             max_task_drop: float | None = None, candidates: list[str] | None = None) -> Path:
     """Apply ``recipe`` to every part of the FP32 ``bundle`` and write the result to ``out``.
 
     ``recipe="auto"`` measures the family's recipes of every installed backend on this machine
@@ -34,7 +34,8 @@ def quantize(bundle: str | Path, recipe: str, out: str | Path, calib: str | Path
     named after it (as ``edgevfm demo`` writes them), measured instead of being quantized again.
     ``data`` and ``max_task_drop``: auto also holds each candidate's task score on ``data`` (the
     family benchmark's ``--data``; a scene-trained preset's held-out scenes by default) to at most
-    ``max_task_drop`` below the FP32 bundle's.
+    ``max_task_drop`` below the FP32 bundle's. ``candidates``: the recipes auto measures (default:
+    every recipe of the family, and ``fp32``).
 
     ``calib``: a folder of real images for calibrated recipes (default: scikit-image's photos), or
     a data set (COCO captions or VQA JSON beside its images) whose captions or questions calibrate
@@ -51,10 +52,12 @@ def quantize(bundle: str | Path, recipe: str, out: str | Path, calib: str | Path
     if choose is not None:  # auto: benchmarks/auto.py measures the recipes (registered in .choosers)
         return choose(bundle, out, min_cosine=min_cosine, max_drop=max_drop, calib=calib, samples=samples,
                       force=force, block_size=block_size, threads=threads, show_progress=show_progress, reuse=reuse,
-                      data=data, max_task_drop=max_task_drop)
+                      data=data, max_task_drop=max_task_drop, candidates=candidates)
     if any(v is not None for v in (min_cosine, max_drop, reuse, data, max_task_drop)):
         raise UsageError(f"min_cosine, max_drop, reuse, data and max_task_drop are for recipe 'auto'; recipe {recipe!r} "
                          "is applied as it is")
+    if candidates is not None:
+        raise UsageError(f"candidates are the recipes 'auto' measures; recipe {recipe!r} is applied as it is")
     chosen = RECIPES.get(recipe)
     if block_size is not None and (isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 16
                                    or block_size & (block_size - 1)):

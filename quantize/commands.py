@@ -49,6 +49,8 @@ def arguments(p) -> None:
                    "allowed (zero-shot top-1, mask mIoU; 0.01 is one point), on --data or a trained preset's "
                    "held-out scenes")
     p.add_argument("--threads", type=positive_int, default=2, help="auto: threads to measure with (default 2)")
+    p.add_argument("--candidates", nargs="+", metavar="RECIPE",
+                   help="auto: the recipes to measure (default: every recipe of the family, and fp32)")
     p.add_argument("--reuse", type=Path, metavar="DIR", help="auto: bundles already made from BUNDLE, one folder per "
                    "recipe named after it (as edgevfm demo writes them in demo-out/MODEL): measured, not made again")
     p.add_argument("-o", "--output", required=True, type=Path)
@@ -72,7 +74,7 @@ def run(args) -> None:
     out = api.quantize(args.bundle, args.recipe, args.output, calib=args.calib, samples=args.samples,
                        force=args.force, block_size=args.block_size, min_cosine=args.min_cosine,
                        max_drop=args.max_drop, threads=args.threads, reuse=args.reuse, data=args.data,
-                       max_task_drop=args.max_task_drop)
+                       max_task_drop=args.max_task_drop, candidates=args.candidates)
     print(f"wrote {out}")
 
 

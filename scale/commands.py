@@ -88,3 +88,34 @@ def bench_run(args) -> None:
 
 
 extend_command(Extension("bench", bench_arguments, lambda args: args.every_node or args.fleet_address, bench_run))
+
+
+def quantize_arguments(p) -> None:
+    fleet = p.add_argument_group("every node of a Ray cluster (the [scale] extra)")
+    fleet.add_argument("--every-node", action="store_true",
+                       help="with --recipe auto: measure and choose on every node of the Ray cluster (--address); "
+                            "-o is then a folder for the report of each machine's winner")
+    fleet.add_argument("--address", dest="fleet_address", metavar="ADDRESS",
+                       help="with --every-node: 'auto' or ray://HOST:PORT (default: a local Ray, this machine only)")
+
+
+def quantize_run(args) -> None:
+    if not args.every_node or args.recipe != "auto":
+        raise UsageError("--every-node and --address go with --recipe auto (each machine measures and chooses): "
+                         f"add {'--every-node' if args.every_node is False else '--recipe auto'}")
+    fleet = import_layer("edgevfm.scale.fleet", "scale", "edgevfm quantize --every-node")
+    forwarded = ["--threads", str(args.threads)]
+    for flag, value in (("--min-cosine", args.min_cosine), ("--max-drop", args.max_drop),
+                        ("--max-task-drop", args.max_task_drop), ("--samples", args.samples)):
+        if value is not None:
+            forwarded += [flag, str(value)]
+    if args.candidates:
+        forwarded += ["--candidates", *args.candidates]
+    if args.reuse or args.data or args.calib:
+        raise UsageError("--reuse, --data and --calib name folders on this machine: with --every-node, leave them out "
+                         "(each node calibrates on the default photos and measures on its own)")
+    fleet.fleet_auto(str(args.bundle), args.output, address=args.fleet_address, quantize_args=forwarded)
+
+
+extend_command(Extension("quantize", quantize_arguments, lambda args: args.every_node or args.fleet_address,
+                         quantize_run))

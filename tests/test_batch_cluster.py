@@ -114,3 +114,33 @@ def test_address_without_every_node_is_a_usage_error(clip_bundle, tmp_path, caps
     code = main(["bench", str(clip_bundle), "--reference", "random:clip-tiny", "--address", "auto",
                  "-o", str(tmp_path / "r")])
     assert code == 2 and "--address goes with --every-node" in capsys.readouterr().err
+
+
+def test_auto_on_every_node_records_each_machines_winner(cluster, clip_bundle, tmp_path, capsys):
+    """Runs after the fleet bench test, which gave the cluster its second node with CPUs."""
+    from edgevfm.runtime.cli import main
+
+    made, worker_node, cache = cluster
+    out = tmp_path / "auto"
+    code = main(["quantize", str(clip_bundle), "--recipe", "auto", "--every-node", "--address", made.address,
+                 "--candidates", "fp32", "int8-dynamic", "--min-cosine", "0.9", "--max-drop", "0.5", "--threads", "1",
+                 "-o", str(out)])
+    assert code == 0, capsys.readouterr().err
+    found = json.loads((out / "fleet-auto.json").read_text())["nodes"]
+    assert len(found) == 2 and worker_node in found
+    for node in found.values():
+        auto = node["auto"]
+        assert sorted(c["recipe"] for c in auto["candidates"]) == ["fp32", "int8-dynamic"]
+        passed = [c for c in auto["candidates"] if c["passed"]]
+        assert auto["chosen"] == min(passed, key=lambda c: c["latency_ms"])["recipe"]
+        assert auto["measured"]["isa"]
+    table = (out / "fleet-auto.md").read_text()
+    assert all(f"| {node[:12]} |" in table for node in found) and "| int8-dynamic |" in table
+
+
+def test_every_node_goes_with_recipe_auto(clip_bundle, tmp_path, capsys):
+    from edgevfm.runtime.cli import main
+
+    code = main(["quantize", str(clip_bundle), "--recipe", "int8-dynamic", "--every-node", "-o", str(tmp_path / "q")])
+    assert code == 2 and "--every-node and --address go with --recipe auto" in capsys.readouterr().err
+    assert not (tmp_path / "q").exists()

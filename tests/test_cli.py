@@ -10,7 +10,7 @@ from PIL import Image
 
 from edgevfm.runtime.cli import build_parser, main
 
-SUBCOMMANDS = ["export", "quantize", "check", "run", "bench", "scenes", "info", "engines", "demo", "serve"]  # check, engines: tests/test_tensorrt_*.py; scenes: tests/test_scenes.py; serve: tests/test_serve.py
+SUBCOMMANDS = ["export", "quantize", "check", "run", "bench", "scenes", "info", "engines", "demo", "serve", "batch"]  # check, engines: tests/test_tensorrt_*.py; scenes: tests/test_scenes.py; serve: tests/test_serve.py; batch: tests/test_batch.py
 
 
 @pytest.mark.parametrize("command", SUBCOMMANDS)
