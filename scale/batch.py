@@ -16,7 +16,6 @@ shards, and ``resume`` skips exactly their rows. ``summary.json`` counts every s
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import time
@@ -31,9 +30,10 @@ import pyarrow.parquet as pq
 from edgevfm.runtime.bundle import read_manifest
 from edgevfm.runtime.errors import EdgeVfmError, InputError, OutputError
 from edgevfm.runtime.image import load_image
-from edgevfm.runtime.pipeline import PIPELINES
+from edgevfm.runtime.pipeline import PIPELINES, load
 
-from .shipping import Shipped, digest, open_shipped, pack, verified_copy
+from .cluster import connected, edgevfm_error, ship, verify_on_nodes
+from .shipping import Shipped, digest, open_shipped
 from .sources import IMAGE, PATH, TEXT, read_image_bytes, read_source
 from .tasks import CAPTIONER, FILTER, TASKS, BatchTask, check_pipeline
 
@@ -71,7 +71,10 @@ def output_schema(task: BatchTask) -> pa.Schema:
 class Worker:
     """One Ray Data actor: the job's pipelines, loaded once, and the task run on batches."""
 
-    def __init__(self, task: str, options: dict, bundles: dict, threads: int):
+    def __init__(self, task: str, options: dict, bundles: dict, threads: int, checked: dict | None = None):
+        """``checked``: {node: {role: folder}} that :func:`.cluster.verify_on_nodes` checked against
+        the manifests just before the workers started; a worker on such a node opens that folder
+        without hashing it again, one on a node that joined since checks its own copy."""
         import ray
 
         self.task, self.options = TASKS.get(task), options
@@ -80,7 +83,9 @@ class Worker:
         self.node = ray.get_runtime_context().get_node_id()
         self.failure = None
         try:
-            pipelines = {role: open_shipped(b, threads) for role, b in bundles.items()}
+            here = (checked or {}).get(self.node, {})
+            pipelines = {role: load(here[role], threads=threads, verify_hashes=False) if role in here
+                         else open_shipped(b, threads) for role, b in bundles.items()}
             self.paths = {role: str(p.bundle.path) for role, p in pipelines.items()}
             self.state = self.task.setup(pipelines, options)
         except EdgeVfmError as exc:  # raised by the first batch: the job fails with the runtime's error
@@ -135,8 +140,8 @@ def run_batch(job: BatchJob, log=print) -> dict:
     _check_options(job, task)
     bundles = {role: _checked_bundle(task, role, path) for role, path in job.bundles.items()}
     out = Path(job.output)
-    record = {"task": job.task, "options": job.options, "bundles": {r: b.digest for r, b in bundles.items()},
-              "source": job.source}
+    record = json.loads(json.dumps({"task": job.task, "options": job.options, "source": str(job.source),
+                                    "bundles": {r: b.digest for r, b in bundles.items()}}))  # as job.json reads back
     table = read_source(job.source)
     if task.needs_text and TEXT not in table.column_names and not job.options.get("question") \
             and job.task != "capfilt":
@@ -193,8 +198,6 @@ def _prepare_output(out: Path, record: dict, resume: bool) -> set[str]:
     if out.exists() and not out.is_dir():
         raise OutputError(f"--output {str(out)!r} is a file: pass a folder (new, empty, or a job's to --resume)")
     shards = sorted(out.glob("part-*.parquet")) if out.is_dir() else []
-    for stale in out.glob(".*.tmp") if out.is_dir() else []:
-        stale.unlink()  # what a killed run did not finish writing: a shard's rows are computed again
     if out.is_dir() and any(out.iterdir()):
         previous = json.loads((out / JOB).read_text()) if (out / JOB).is_file() else None
         if previous is None:
@@ -206,6 +209,8 @@ def _prepare_output(out: Path, record: dict, resume: bool) -> set[str]:
             changed = sorted(k for k in record if previous.get(k) != record[k])
             raise OutputError(f"--resume: {str(out)!r} was written by another job (its {', '.join(changed)} "
                               "differ): resume with the same bundle, task, options and input, or use a new folder")
+    for stale in [*out.glob(".part-*.tmp"), *out.glob(f".{JOB}.tmp"), *out.glob(f".{SUMMARY}.tmp")]:
+        stale.unlink()  # what a killed run of this job did not finish writing: a shard's rows are computed again
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / JOB, record)
     return {p for shard in shards for p in pq.read_table(shard, columns=[PATH]).column(PATH).to_pylist()}
@@ -214,67 +219,28 @@ def _prepare_output(out: Path, record: dict, resume: bool) -> set[str]:
 def _execute(job: BatchJob, task: BatchTask, bundles: dict, table: pa.Table, out: Path, log) -> dict:
     """Run the rows through the workers; the workers' count, the seconds from the dataset's start
     to its last shard, and Ray Data's stats."""
-    import ray
-
-    started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(address=job.address, include_dashboard=False, logging_level=logging.WARNING,
-                 **({} if job.address else {"num_cpus": os.cpu_count()}))
-    try:
+    with connected(job.address) as ray:
         cpus = int(ray.cluster_resources().get("CPU", 1))
         workers = job.workers or max(1, cpus // job.threads)
-        ship = job.ship if job.ship is not None else job.address is not None
-        if ship:
-            bundles = {role: _shipped(b) for role, b in bundles.items()}
-        copies = _verify_on_nodes(bundles)
+        ship_them = job.ship if job.ship is not None else job.address is not None
+        if ship_them:
+            bundles = {role: ship(b) for role, b in bundles.items()}
+        copies = verify_on_nodes(bundles)
         blocks = [table.slice(i, job.batch_size) for i in range(0, table.num_rows, job.batch_size)]
         workers = min(workers, len(blocks))  # a worker with no batch to take would load the bundle for nothing
         ds = ray.data.from_arrow(blocks).map_batches(
             Worker, fn_constructor_kwargs={"task": job.task, "options": job.options, "bundles": bundles,
-                                           "threads": job.threads},
+                                           "threads": job.threads, "checked": copies},
             batch_size=job.batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=workers),
             num_cpus=job.threads)
         log(f"batch {job.task}: {table.num_rows} rows on {workers} workers x {job.threads} threads"
-            f"{' (bundles shipped)' if ship else ''}")
+            f"{' (bundles shipped)' if ship_them else ''}")
         start = time.perf_counter()
         try:
             _write_shards(ds, out, job.shard_rows, output_schema(task))
         except Exception as exc:
-            raise _edgevfm_error(exc) or exc
+            raise edgevfm_error(exc) or exc
         return {"workers": workers, "run_s": time.perf_counter() - start, "stats": ds.stats(), "copies": copies}
-    finally:
-        if started_here:
-            ray.shutdown()
-
-
-def _shipped(bundle: Shipped) -> Shipped:
-    import hashlib
-
-    import ray
-
-    archive = pack(bundle.path)
-    return Shipped(bundle.digest, bundle.path, ray.put(archive), hashlib.sha256(archive).hexdigest())
-
-
-def _verify_on_nodes(bundles: dict) -> dict:
-    """Each node with CPUs checks its copy of the bundles before any worker starts (a Ray task
-    pinned to it): a tampered or incomplete copy fails the job with the runtime's ``BundleError``.
-    Returns {node: {role: the folder it opens}}."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    check = ray.remote(num_cpus=0)(_verify_here)
-    nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0]
-    calls = [check.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(bundles)
-             for node in nodes]
-    try:
-        return dict(zip(nodes, ray.get(calls)))
-    except Exception as exc:
-        raise _edgevfm_error(exc) or exc
-
-
-def _verify_here(bundles: dict) -> dict:
-    return {role: str(verified_copy(b)) for role, b in bundles.items()}
 
 
 def _write_shards(ds, out: Path, shard_rows: int, schema: pa.Schema, flush_s: float = 10.0) -> None:
@@ -296,21 +262,6 @@ def _write_shard(path: Path, table: pa.Table) -> None:
     with open(stage, "rb") as f:
         os.fsync(f.fileno())
     os.replace(stage, path)
-
-
-def _edgevfm_error(exc: BaseException) -> EdgeVfmError | None:
-    """The edgevfm error a worker raised, out of the layers Ray wraps it in."""
-    seen, stack = set(), [exc]
-    while stack:
-        e = stack.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        cause = getattr(e, "cause", None)
-        if isinstance(e, EdgeVfmError) and type(e).__module__.startswith("edgevfm"):
-            return e
-        stack += [cause, e.__cause__, e.__context__]
-    return None
 
 
 def _summarize(out: Path, job: BatchJob, run: dict) -> dict:

@@ -25,11 +25,13 @@ from pathlib import Path
 
 OVERHEAD_GOAL, SCALING_GOAL = 0.10, 1.6
 # (task, model, images, batch size, options): a real-size CLIP and BLIP, and a small trained CLIP
-# where Ray's fixed costs per batch weigh most. A row needs many more batches than workers, or the
-# last batches leave a worker idle: captioning (about 1.5 s an image) takes batches of 4.
+# where Ray's fixed costs per batch weigh most, at the default batch and at a large one. A row needs
+# many more batches than workers, or the last batches leave a worker idle: captioning (about 1.5 s
+# an image) takes batches of 4.
 ROWS = [("embed", "random:clip-vit-b32", 480, 16, {}),
         ("caption", "random:blip-base", 48, 4, {"max_new_tokens": 20}),
-        ("embed", "trained:clip-shapes", 4000, 16, {})]
+        ("embed", "trained:clip-shapes", 4000, 16, {}),
+        ("embed", "trained:clip-shapes", 4000, 256, {})]
 
 
 def _images(folder: Path, count: int) -> list[str]:
@@ -74,8 +76,11 @@ def run(work: Path, scale: float) -> dict:
     try:
         for task, model, count, batch_size, options in ROWS:
             count = max(8, int(count * scale))
-            bundle = export(model, work / model.split(":")[-1], force=True)
-            paths = _images(work / f"images-{count}", count)
+            bundle = work / model.split(":")[-1]
+            if not bundle.is_dir():
+                bundle = export(model, bundle)
+            paths = _images(work / f"images-{count}", count) if not (work / f"images-{count}").is_dir() else \
+                sorted(str(p) for p in (work / f"images-{count}").glob("*.png"))
             row = {"task": task, "model": model, "images": count, "batch_size": batch_size, "options": options}
             print(f"== {task} {model}: {count} images; plain loop", flush=True)
             row["loop"] = round(plain_loop(task, bundle, paths, options, batch_size), 3)

@@ -14,7 +14,6 @@ latency and task figure per machine), ``fleet.json``, and each node's own report
 from __future__ import annotations
 
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 
 from edgevfm.runtime.errors import EdgeVfmError, InputError
 
+from .cluster import connected, cpu_nodes, edgevfm_error, ship
 from .shipping import Shipped, digest, verified_copy
 
 LIBRARIES = ("onnxruntime", "openvino", "torch", "numpy")
@@ -33,18 +33,12 @@ def on_every_node(bundles: list[str], address: str | None, work, args: list[str]
     """``work(shipped bundles, args)`` on every node with CPUs at once, each alone on its node (the
     task asks for all of the node's CPUs), on that node's checked copies of ``bundles``. Returns
     ({node: what work returned}, {node: Ray's node record})."""
-    import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from .batch import _edgevfm_error, _shipped
-
     shipped = [Shipped(digest(b), str(b)) for b in bundles]
-    started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
-    try:
-        shipped = [_shipped(b) for b in shipped]
-        nodes = {n["NodeID"]: n for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0}
+    with connected(address) as ray:
+        shipped = [ship(b) for b in shipped]
+        nodes = cpu_nodes()
         log(f"on {len(nodes)} nodes: {', '.join(n['NodeManagerHostname'] for n in nodes.values())}")
         task = ray.remote(work)
         calls = {node: task.options(num_cpus=info["Resources"]["CPU"],
@@ -53,10 +47,7 @@ def on_every_node(bundles: list[str], address: str | None, work, args: list[str]
         try:
             return dict(zip(calls, ray.get(list(calls.values())))), nodes
         except Exception as exc:
-            raise _edgevfm_error(exc) or exc
-    finally:
-        if started_here:
-            ray.shutdown()
+            raise edgevfm_error(exc) or exc
 
 
 def _new_folder(out: Path) -> None:

@@ -267,3 +267,22 @@ def test_edgevfm_errors_cross_processes_with_their_type_and_message():
     for error in errors:
         copy = pickle.loads(pickle.dumps(error))
         assert type(copy) is type(error) and str(copy) == str(error)
+
+
+def test_sources_read_uris_globs_and_tables_of_paths(images, tmp_path):
+    """A folder given as a URI (any pyarrow file system; file:// here, s3:// alike), a glob and a
+    CSV of paths all give the same rows; a URI's files are read through pyarrow."""
+    from edgevfm.scale.sources import read_image_bytes, read_source
+
+    folder, good, corrupt = images
+    by_uri = read_source(f"file://{folder}").column("path").to_pylist()
+    assert sorted(p.removeprefix("file://") for p in by_uri) == sorted(good | corrupt)
+    assert read_image_bytes(by_uri[0]) == Path(by_uri[0].removeprefix("file://")).read_bytes()
+    by_glob = read_source(str(folder / "0*.png")).column("path").to_pylist()
+    assert by_glob == sorted(p for p in good if Path(p).name.startswith("0"))
+    table = tmp_path / "paths.csv"
+    table.write_text("path,text\n" + "".join(f"{p},caption {i}\n" for i, p in enumerate(by_glob[:5])))
+    rows = read_source(str(table))
+    assert rows.column("path").to_pylist() == by_glob[:5] and rows.column("text").to_pylist()[0] == "caption 0"
+    with pytest.raises(InputError, match="cannot be read"):
+        read_image_bytes(f"file://{tmp_path}/missing.png")
