@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .tool import write_report
+
 # tiny bundles, where HTTP's fixed cost weighs most; CLIP ViT-B/32 at its real size for comparison
 MODELS = {"clip": "random:clip-tiny", "clip-b32": "random:clip-vit-b32", "llava": "random:llava-tiny",
           "sam": "trained:sam-shapes"}
@@ -336,12 +338,7 @@ def main(argv=None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     command = "python -m edgevfm.benchmarks.serve " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = report(results, command)
-    args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "load.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.output / "report.md").write_text(text)
-    print(text)
-    return 0
+    return write_report(args.output, "load.json", results, report(results, command))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ the top mask with the FP32 pair's; the median time of one query (SAM embedding, 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import time
@@ -26,6 +25,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+
+from .tool import write_report
 
 RECIPES = ("int8-dynamic", "int8-static", "ov-int8")
 PHRASE = "a {size} {name}"  # the scenes' own words: "a large red circle"
@@ -187,12 +188,7 @@ def main(argv=None) -> int:
     demo(work / "sam" / "fp32", work / "clip" / "fp32", args.output, args.threads)  # the example picture
     shutil.rmtree(work, ignore_errors=True)
     command = "python -m edgevfm.benchmarks.text_segment " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = report(results, command)
-    args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.output / "report.md").write_text(text)
-    print(text)
-    return 0
+    return write_report(args.output, "results.json", results, report(results, command))
 
 
 if __name__ == "__main__":

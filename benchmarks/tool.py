@@ -1,8 +1,9 @@
-"""What the one-part measuring tools (``kv_cache``, ``profile``) share: the command that ran, the
-commands that made the bundle, the machine, and where the Markdown goes."""
+"""What the measuring tools share: the command that ran, the commands that made the bundle, the
+machine, and where the Markdown (and a report folder's JSON) goes."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -30,5 +31,14 @@ def machine_line(manifest: dict, part: str, threads: int) -> str:
 def emit(text: str, output: Path | None) -> int:
     if output:
         output.write_text(text)
+    print(text)
+    return 0
+
+
+def write_report(output: Path, json_name: str, results: dict, text: str) -> int:
+    """A report folder: ``report.md`` (``text``, also printed) and ``json_name`` (``results``)."""
+    output.mkdir(parents=True, exist_ok=True)
+    (output / json_name).write_text(json.dumps(results, indent=2) + "\n")
+    (output / "report.md").write_text(text)
     print(text)
     return 0

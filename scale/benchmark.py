@@ -23,6 +23,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from edgevfm.benchmarks.tool import write_report
+
 OVERHEAD_GOAL, SCALING_GOAL = 0.10, 1.6
 # (task, model, images, batch size, options): a real-size CLIP and BLIP, and a small trained CLIP
 # where Ray's fixed costs per batch weigh most, at the default batch and at a large one. A row needs
@@ -137,12 +139,7 @@ def main(argv=None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     command = "python -m edgevfm.scale.benchmark " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = report(results, command)
-    args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "batch.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.output / "report.md").write_text(text)
-    print(text)
-    return 0
+    return write_report(args.output, "batch.json", results, report(results, command))
 
 
 if __name__ == "__main__":

@@ -67,13 +67,16 @@ register_command(Command("batch", "run a bundle over a collection of images on R
                          "ask, capfilt, masks)", arguments, run, order=36))
 
 
-def bench_arguments(p) -> None:
+def _every_node_arguments(p, what: str) -> None:
     fleet = p.add_argument_group("every node of a Ray cluster (the [scale] extra)")
-    fleet.add_argument("--every-node", action="store_true",
-                       help="run the bench on every node of the Ray cluster (--address) and write one report with a "
-                            "row per machine; the bundles are shipped to the nodes and checked there")
+    fleet.add_argument("--every-node", action="store_true", help=what)
     fleet.add_argument("--address", dest="fleet_address", metavar="ADDRESS",
                        help="with --every-node: 'auto' or ray://HOST:PORT (default: a local Ray, this machine only)")
+
+
+def bench_arguments(p) -> None:
+    _every_node_arguments(p, "run the bench on every node of the Ray cluster (--address) and write one report with a "
+                             "row per machine; the bundles are shipped to the nodes and checked there")
 
 
 def bench_run(args) -> None:
@@ -91,12 +94,8 @@ extend_command(Extension("bench", bench_arguments, lambda args: args.every_node 
 
 
 def quantize_arguments(p) -> None:
-    fleet = p.add_argument_group("every node of a Ray cluster (the [scale] extra)")
-    fleet.add_argument("--every-node", action="store_true",
-                       help="with --recipe auto: measure and choose on every node of the Ray cluster (--address); "
-                            "-o is then a folder for the report of each machine's winner")
-    fleet.add_argument("--address", dest="fleet_address", metavar="ADDRESS",
-                       help="with --every-node: 'auto' or ray://HOST:PORT (default: a local Ray, this machine only)")
+    _every_node_arguments(p, "with --recipe auto: measure and choose on every node of the Ray cluster (--address); "
+                             "-o is then a folder for the report of each machine's winner")
 
 
 def quantize_run(args) -> None:

@@ -138,20 +138,26 @@ def auto_report(results: dict) -> str:
         a = n["auto"]
         lines.append(f"| {node[:12]} | {n['hostname']} | {a['measured']['cpu']} | {a['measured']['isa']} | "
                      f"{a['chosen']} | {a['why']} |")
-    recipes = list(dict.fromkeys(c["recipe"] for n in nodes.values() for c in n["auto"]["candidates"]))
+
+    def latency(candidate: dict) -> str:
+        if "latency_ms" not in candidate:
+            return "skipped"
+        return f"{candidate['latency_ms']:.2f}{'' if candidate.get('passed') else ' (outside the floors)'}"
+
     lines += ["", "Each candidate's latency (ms, the family's parts summed) and whether it kept the floors:", "",
-              "| recipe | " + " | ".join(node[:12] for node in nodes) + " |",
-              "| --- | " + " | ".join("---" for _ in nodes) + " |"]
-    for recipe in recipes:
-        cells = []
-        for n in nodes.values():
-            c = next((c for c in n["auto"]["candidates"] if c["recipe"] == recipe), None)
-            if c is None or "latency_ms" not in c:
-                cells.append("skipped" if c else "-")
-            else:
-                cells.append(f"{c['latency_ms']:.2f}{'' if c.get('passed') else ' (outside the floors)'}")
-        lines.append(f"| {recipe} | " + " | ".join(cells) + " |")
+              *_by_node("recipe", nodes, lambda n: n["auto"]["candidates"], "recipe", latency)]
     return "\n".join(lines) + "\n"
+
+
+def _by_node(title: str, nodes: dict, items, key: str, cell) -> list[str]:
+    """A Markdown table of a row per item (named by ``item[key]``, in first-seen order) and a column
+    per node: ``cell(item)`` where the node has that item, "-" where it has none."""
+    found = {node: {item[key]: item for item in items(n)} for node, n in nodes.items()}
+    names = list(dict.fromkeys(name for by_name in found.values() for name in by_name))
+    return [f"| {title} | " + " | ".join(node[:12] for node in nodes) + " |",
+            "| --- | " + " | ".join("---" for _ in nodes) + " |",
+            *(f"| {name} | " + " | ".join(cell(by_name[name]) if name in by_name else "-"
+                                         for by_name in found.values()) + " |" for name in names)]
 
 
 def _rows(results: dict) -> list[dict]:
@@ -179,19 +185,10 @@ def report(results: dict) -> str:
         m = n["machine"]
         libs = " | ".join(str(m.get("libraries", {}).get(lib, "-")) for lib in LIBRARIES)
         lines.append(f"| {node[:12]} | {n['hostname']} | {m['cpu']} | {m['usable_cores']} | {m['isa']} | {libs} |")
+    def figures(row: dict) -> str:
+        latency = ", ".join(f"{part} {ms:g}" for part, ms in row["p50_ms"].items())
+        return latency + (f"; {row['figure'][0]} {row['figure'][1]:.4g}" if row["figure"] else "")
+
     lines += ["", "p50 latency per part (ms) and the row's task figure, per machine:", "",
-              "| row | " + " | ".join(node[:12] for node in nodes) + " |",
-              "| --- | " + " | ".join("---" for _ in nodes) + " |"]
-    names = list(dict.fromkeys(r["name"] for n in nodes.values() for r in n["rows"]))
-    for name in names:
-        cells = []
-        for n in nodes.values():
-            row = next((r for r in n["rows"] if r["name"] == name), None)
-            if row is None:
-                cells.append("-")
-                continue
-            latency = ", ".join(f"{part} {ms:g}" for part, ms in row["p50_ms"].items())
-            figure = f"; {row['figure'][0]} {row['figure'][1]:.4g}" if row["figure"] else ""
-            cells.append(latency + figure)
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+              *_by_node("row", nodes, lambda n: n["rows"], "name", figures)]
     return "\n".join(lines) + "\n"
