@@ -46,7 +46,7 @@ class OrtBackend:
 
     def __init__(self, path: Path, threads: int | None = None, providers: Sequence[str] | None = None,
                  low_memory: bool = False, provider_options: Sequence[dict] | None = None,
-                 config: dict[str, str] | None = None, **_):
+                 config: dict[str, str] | None = None, spin_wait: bool = True, **_):
         try:
             import onnxruntime as ort
         except ImportError as exc:  # pragma: no cover - onnxruntime is a core dependency
@@ -57,6 +57,8 @@ class OrtBackend:
             options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # errors only: FP16 graphs warn about every unfoldable Resize
+        if not spin_wait:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         for key, value in (config or {}).items():  # session configuration entries
             options.add_session_config_entry(key, value)
         if low_memory:
@@ -341,11 +343,11 @@ def _port_name(port) -> str:
 
 def open_backend(name: str, path: Path, threads: int | None = None, providers: Sequence[str] | None = None,
                  low_memory: bool = False, precision: str = "fp32", digest: str | None = None,
-                 shapes: dict[str, list[int]] | None = None, profiles: dict | None = None):
+                 shapes: dict[str, list[int]] | None = None, profiles: dict | None = None, spin_wait: bool = True):
     """``profiles``: {input: (min, opt, max) sizes}, for a backend that builds for a range of
     shapes (TensorRT's optimization profiles, :mod:`.engines`); the others ignore it."""
     return BACKENDS.get(name)(path, threads=threads, providers=providers, low_memory=low_memory,
-                              precision=precision, digest=digest, shapes=shapes, profiles=profiles)
+                              precision=precision, digest=digest, shapes=shapes, profiles=profiles, spin_wait=spin_wait)
 
 
 from . import tensorrt  # noqa: E402,F401  (registers the tensorrt backend; it imports no SDK until a part opens)

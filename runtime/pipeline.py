@@ -40,7 +40,7 @@ class Pipeline:
                 "shapes": run_shapes(part, cls.run_sizes.get(name, {}))}
 
     def __init__(self, bundle: Bundle, threads: int | None = None, providers: Sequence[str] | None = None,
-                 low_memory: bool = False):
+                 low_memory: bool = False, spin_wait: bool = True):
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise UsageError(f"threads must be a positive integer (or None for one per core), found {threads!r}")
         problems = self.check(bundle)
@@ -54,7 +54,7 @@ class Pipeline:
             options = dict(self.part_options(name, part), profiles=profiles(bundle.manifest, name, self.run_sizes.get(name)))
             try:
                 backend = open_backend(part.backend, part.path, threads=threads, providers=providers,
-                                       low_memory=low_memory, **options)
+                                       low_memory=low_memory, spin_wait=spin_wait, **options)
             except (UsageError, MissingExtraError):  # the caller's to fix: a device, an extra to install
                 raise
             except Exception as exc:  # the backend's own errors: not a graph, an op it lacks, ...
@@ -200,12 +200,14 @@ def warn_if_saturating(bundle: Bundle) -> None:
 
 
 def load(path: str | Path, threads: int | None = None, providers: Sequence[str] | None = None,
-         verify_hashes: bool = True, low_memory: bool = False):
+         verify_hashes: bool = True, low_memory: bool = False, spin_wait: bool = True):
     """Open a bundle and return its family's pipeline (``ClipPipeline`` for a CLIP bundle).
 
     ``threads``: intra-op threads per part; ``providers``: ONNX Runtime execution providers (for a
     TensorRT-format bundle, ``["CPUExecutionProvider"]`` simulates it on the CPU: :mod:`.tensorrt`);
-    ``low_memory``: give memory back after every run (no arena), for small devices.
+    ``low_memory``: give memory back after every run (no arena), for small devices;
+    ``spin_wait``: ONNX Runtime's threads spin between operators (lowest latency for one caller);
+    False where other threads share the cores (a server, many callers): they then sleep instead.
     Raises ``BundleError`` listing every problem with the bundle.
     """
     from . import families  # noqa: F401  (registers the pipelines)
@@ -215,4 +217,4 @@ def load(path: str | Path, threads: int | None = None, providers: Sequence[str] 
         cls = PIPELINES.get(bundle.family).variant(bundle.manifest)
     except ValueError as exc:
         raise BundleError(bundle.path, [str(exc)]) from None
-    return cls(bundle, threads=threads, providers=providers, low_memory=low_memory)
+    return cls(bundle, threads=threads, providers=providers, low_memory=low_memory, spin_wait=spin_wait)

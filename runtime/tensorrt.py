@@ -57,12 +57,12 @@ class TensorRtBackend:
 
     def __init__(self, path: Path, threads: int | None = None, providers: Sequence | None = None,
                  low_memory: bool = False, precision: str = "fp32", digest: str | None = None,
-                 profiles: dict | None = None, **_):
+                 profiles: dict | None = None, spin_wait: bool = True, **_):
         wanted = list(providers) if providers else default_providers()
         self.simulated = simulated(wanted)
         if self.simulated:
             inner = OrtBackend(path, threads=threads, providers=SIMULATE, low_memory=low_memory,
-                               config={"session.disable_quant_qdq": "1"})
+                               config={"session.disable_quant_qdq": "1"}, spin_wait=spin_wait)
         elif wanted[0] == ENGINE:
             from .trt_engine import EngineRunner
 
@@ -72,7 +72,8 @@ class TensorRtBackend:
                 raise MissingExtraError("TensorRT", f"the tensorrt part {Path(path).name}", install=JETSON_INSTALL)
             cache = engine_cache(digest or Path(path).stem)
             options = [trt_provider_options(cache, precision, profiles or {})] + [{} for _ in wanted[1:]]
-            inner = OrtBackend(path, threads=threads, providers=wanted, low_memory=low_memory, provider_options=options)
+            inner = OrtBackend(path, threads=threads, providers=wanted, low_memory=low_memory, provider_options=options,
+                               spin_wait=spin_wait)
         else:
             raise UsageError(f"a tensorrt part runs on {[TRT, CUDA, CPU]}, on {[ENGINE]} (a prebuilt engine) or, "
                              f"simulated, on {SIMULATE}; found providers {wanted}")

@@ -85,3 +85,16 @@ def test_llava_shared_by_many_threads(llava_bundle, photos):
     alone = {job: llava.answer(photos[job[0]], job[1], max_new_tokens=8) for job in set(jobs)}
     together = _run_in_threads(lambda job: (job, llava.answer(photos[job[0]], job[1], max_new_tokens=8)), jobs)
     assert all(answer == alone[job] for job, answer in together)
+
+
+def test_spin_wait_false_makes_sessions_sleep_between_operators_and_answers_the_same(clip_bundle, photos):
+    """``load(spin_wait=False)`` (what the server uses) sets ONNX Runtime's allow_spinning to 0 in
+    every part's session, and changes no answer."""
+    quiet, spinning = load(clip_bundle, spin_wait=False), load(clip_bundle)
+    for name, part in quiet.parts.items():
+        options = part.session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0", name
+    for name, part in spinning.parts.items():  # left unset: ONNX Runtime's default, which spins
+        with pytest.raises(RuntimeError, match="does not have configuration with key"):
+            part.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+    np.testing.assert_allclose(quiet.embed_images(photos[:3]), spinning.embed_images(photos[:3]), atol=1e-6)
