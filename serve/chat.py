@@ -190,7 +190,7 @@ async def stream(served: Served, conversations: Conversations, body: ChatRequest
         except Exception as exc:  # handed to the response: HttpError -> 4xx; anything else -> logged 500
             loop.call_soon_threadsafe(queue.put_nowait, ("error", exc))
 
-    served.start(job)
+    served.start(job, work)
 
     async def next_item():
         try:

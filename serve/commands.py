@@ -12,8 +12,9 @@ def arguments(p) -> None:
                    help="bundles to serve, each under NAME (default: its folder's name)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free one, printed)")
-    p.add_argument("--workers", type=positive_int, default=1,
-                   help="requests each model runs at once (default 1: on a small CPU, one at a time is fastest)")
+    p.add_argument("--workers", type=positive_int, default=2,
+                   help="requests each model runs at once (default 2: one decodes its images while another runs "
+                   "the model)")
     p.add_argument("--queue-size", type=int, default=16, help="requests that may wait per model; one more is a 503 "
                    "with Retry-After (default 16)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds a request may take, waiting included, "

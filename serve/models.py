@@ -1,11 +1,17 @@
 """Each served bundle: its pipeline, what it can answer, and its queue.
 
 A model runs at most ``workers`` requests at once, in its own threads (the runtime's pipelines may
-serve many threads); up to ``queue_size`` more wait. One more is a 503 with ``Retry-After``
-instead of an ever-growing backlog. A request that has not finished within ``timeout`` seconds
-(waiting included) is a 504; its work is told to stop (:class:`Work`), and its worker slot stays
-taken until the thread has really stopped, so that timeouts never let more work run than
-``workers``."""
+serve many threads); up to ``queue_size`` more wait in those threads' queue, so that a worker that
+finishes takes the next request itself, without a round trip through the event loop. One more is
+a 503 with ``Retry-After`` instead of an ever-growing backlog. A request that has not finished
+within ``timeout`` seconds (waiting included) is a 504; its work is told to stop (:class:`Work`)
+and, if it has not started, never runs; a worker thread runs one request at a time, so timeouts
+never let more work run than ``workers``.
+
+Requests of one kind may be *batched* (:meth:`Served.batched`): a worker that takes one also takes
+the others of its kind still waiting, up to a limit, and runs them in one model call, as Triton's
+dynamic batcher and text-embeddings-inference do. Under load that spends one call where there were
+many; alone, a request runs as it would unbatched."""
 
 from __future__ import annotations
 
@@ -62,14 +68,16 @@ class Served:
         self.running = 0
         self.created = int(time.time())
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"edgevfm-{name}")
-        self._slots: asyncio.Semaphore | None = None
+        self._lock = threading.Lock()  # the batches' waiting lists, shared by the loop and the workers
+        self._waiting: dict[str, list[_Waiting]] = {}
         self.on_change: Callable[["Served"], None] = lambda served: None  # metrics: queue depth, in flight
 
     def load(self) -> None:
         from edgevfm.runtime import load
 
         try:
-            self.pipeline = load(self.path, threads=self.threads)
+            # no spin-waiting: the server's other threads (HTTP, images) need the cores between runs
+            self.pipeline = load(self.path, threads=self.threads, spin_wait=False)
         except Exception as exc:  # the server stays up and says why on /health and to each request
             self.error = f"{type(exc).__name__}: {exc}"
             return
@@ -87,46 +95,39 @@ class Served:
         return self.pipeline
 
     async def admit(self) -> float:
-        """Take a worker slot (waiting in the queue for one); returns the deadline. 503 when the
-        queue is full, 504 when no slot frees before the timeout."""
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self.workers)
+        """Count a request in (it will wait in the workers' queue); returns its deadline. 503 when
+        ``workers + queue_size`` requests are already running or waiting."""
         if self.pending >= self.workers + self.queue_size:
             raise HttpError(503, f"model {self.name!r} is busy: {self.pending} requests are running or queued "
                             f"(at most {self.workers + self.queue_size}); retry later", headers={"Retry-After": "1"})
-        deadline = time.monotonic() + self.timeout
         self.pending += 1
         self.on_change(self)
-        try:
-            await asyncio.wait_for(self._slots.acquire(), self.timeout)
-        except (TimeoutError, asyncio.CancelledError) as exc:
-            self.pending -= 1
-            self.on_change(self)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            raise HttpError(504, f"model {self.name!r} had no free worker within {self.timeout:g} s") from None
-        return deadline
+        return time.monotonic() + self.timeout
 
-    def start(self, job: Callable[[], Any]) -> asyncio.Future:
-        """Run ``job`` in this model's threads on a slot taken by :meth:`admit`; the slot is given
-        back when the thread ends, whatever the request does meanwhile."""
+    def start(self, job: Callable[[], Any], work: Work | None = None) -> asyncio.Future:
+        """Queue ``job`` for this model's threads, on a place taken by :meth:`admit` (given back
+        when the job ends, whatever the request does meanwhile). A job whose ``work`` was stopped
+        before a worker reached it (its request timed out or left) is skipped."""
         loop = asyncio.get_running_loop()
 
         def run():
-            self.running += 1
-            loop.call_soon_threadsafe(self.on_change, self)
             try:
-                return job()
+                if work is not None and work.stopped:
+                    return None
+                self.running += 1
+                loop.call_soon_threadsafe(self.on_change, self)
+                try:
+                    return job()
+                finally:
+                    self.running -= 1
             finally:
-                self.running -= 1
                 loop.call_soon_threadsafe(self.release)
 
         return loop.run_in_executor(self._executor, run)
 
     def release(self) -> None:
-        """Give back a slot taken by :meth:`admit` (:meth:`start` does when its thread ends)."""
+        """Give back a place taken by :meth:`admit` (:meth:`start` does when its job ends)."""
         self.pending -= 1
-        self._slots.release()
         self.on_change(self)
 
     async def call(self, job: Callable[[Work], Any]) -> Any:
@@ -134,7 +135,7 @@ class Served:
         the request's time is up."""
         deadline = await self.admit()
         work = Work()
-        future = self.start(lambda: job(work))
+        future = self.start(lambda: job(work), work)
         try:
             return await asyncio.wait_for(asyncio.shield(future), max(0.0, deadline - time.monotonic()))
         except TimeoutError:
@@ -148,5 +149,64 @@ class Served:
         """:meth:`call` of a job that needs no stop flag, runtime errors as 400s."""
         return await self.call(lambda work: as_http(job))
 
+    async def batched(self, kind: str, item: Any, run_many: Callable[[list], list], limit: int) -> Any:
+        """``item``'s outcome from ``run_many(items)``, which takes a list of items of ``kind`` and
+        returns one outcome for each, in order: a result, or the exception that item alone raised.
+        The worker that takes this request runs it with up to ``limit - 1`` others of its kind that
+        are still waiting; a request whose item another worker took just waits for that batch."""
+        loop, deadline = asyncio.get_running_loop(), time.monotonic() + self.timeout
+        entry = _Waiting(item, loop.create_future())
+        with self._lock:
+            self._waiting.setdefault(kind, []).append(entry)
+
+        def job(work: Work):
+            with self._lock:
+                if entry.taken:
+                    return
+                waiting = self._waiting[kind]
+                group = [entry] + [e for e in waiting if e is not entry][: limit - 1]
+                for e in group:
+                    e.taken = True
+                    waiting.remove(e)
+            try:
+                outcomes = run_many([e.item for e in group])
+            except Exception as exc:  # a fault of the batch as a whole: each request gets it
+                outcomes = [exc] * len(group)
+            for e, outcome in zip(group, outcomes):
+                loop.call_soon_threadsafe(_settle, e.future, outcome)
+
+        try:
+            await self.call(job)
+            # taken by another worker's batch: wait for it, within this request's own time
+            outcome = await asyncio.wait_for(asyncio.shield(entry.future), max(0.0, deadline - time.monotonic()))
+        except (HttpError, asyncio.CancelledError, TimeoutError) as exc:
+            with self._lock:
+                if not entry.taken:
+                    self._waiting[kind].remove(entry)
+            if isinstance(exc, TimeoutError):
+                raise HttpError(504, f"model {self.name!r} did not answer within {self.timeout:g} s") from None
+            raise
+        if isinstance(outcome, BaseException):
+            return as_http(lambda: _raise(outcome))
+        return outcome
+
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass
+class _Waiting:
+    """A batched request's item, and the future its outcome is set on."""
+
+    item: Any
+    future: asyncio.Future
+    taken: bool = False
+
+
+def _settle(future: asyncio.Future, outcome: Any) -> None:
+    if not future.done():
+        future.set_result(outcome)
+
+
+def _raise(exc: BaseException):
+    raise exc

@@ -9,9 +9,11 @@ import base64
 import numpy as np
 
 from .errors import HttpError
-from .images import ImageLimits, decoded
+from .images import ImageLimits, decode_image, decoded
 from .models import Served
 from .requests import CaptionRequest, ClassifyRequest, EmbeddingsRequest, MatchRequest, generation_options
+
+BATCH_REQUESTS = 8  # embeddings requests run in one model call at most
 
 
 def _encoded(vector: np.ndarray, encoding: str):
@@ -32,7 +34,9 @@ def _tokens(pipeline, texts: list[str]) -> int:
 async def embeddings(served: Served, body: EmbeddingsRequest, limits: ImageLimits) -> dict:
     """One embedding per input, in order: texts through the text tower, images through the image
     tower, each as the pipeline's ``embed_texts``/``embed_images`` return it (CLIP: L2-normalised;
-    BLIP-2: one vector per query, sent as a list of lists, or flattened in base64 with ``shape``)."""
+    BLIP-2: one vector per query, sent as a list of lists, or flattened in base64 with ``shape``).
+    Requests are batched (:meth:`Served.batched`): their images are decoded by the worker that runs
+    them, one thread hop less per request than decoding apart."""
     pipeline = served.ready("embeddings", "/v1/embeddings")
     inputs = [body.input] if isinstance(body.input, str) else body.input
 
@@ -45,18 +49,9 @@ async def embeddings(served: Served, body: EmbeddingsRequest, limits: ImageLimit
                                 f"{text!r}", f"input.{i}")
             texts.append((i, text))
         else:
-            images.append((i, await decoded(x.image_url, limits, f"input.{i}.image_url")))
-
-    def job():
-        embed_texts, embed_images, _ = pipeline.embedders()
-        vectors = {}
-        if texts:
-            vectors.update(zip([i for i, _ in texts], embed_texts([t for _, t in texts])))
-        if images:
-            vectors.update(zip([i for i, _ in images], embed_images([im for _, im in images])))
-        return [vectors[i] for i in range(len(inputs))], _tokens(pipeline, [t for _, t in texts])
-
-    vectors, tokens = await served.answer(job)
+            images.append((i, x.image_url))
+    vectors, tokens = await served.batched("embeddings", (len(inputs), texts, images),
+                                           lambda items: _embed_many(pipeline, items, limits), BATCH_REQUESTS)
     data = []
     for i, vector in enumerate(vectors):
         item = {"object": "embedding", "index": i, "embedding": _encoded(vector, body.encoding_format)}
@@ -65,6 +60,40 @@ async def embeddings(served: Served, body: EmbeddingsRequest, limits: ImageLimit
         data.append(item)
     return {"object": "list", "data": data, "model": served.name,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+
+def _embed_many(pipeline, items: list, limits: ImageLimits) -> list:
+    """The outcome of each embeddings request in ``items`` (count, [(index, text)], [(index,
+    image_url)]): (vectors in input order, text tokens), or the error that request alone caused.
+    All requests' texts go through the text tower in one call, all their images in another; if
+    that fails, each request runs alone, so that one request's bad input fails only itself."""
+    outcomes: list = [None] * len(items)
+    pictures = {}
+    for k, (_, _, images) in enumerate(items):
+        try:
+            pictures[k] = [decode_image(url, limits, f"input.{i}.image_url") for i, url in images]
+        except HttpError as exc:
+            outcomes[k] = exc
+    live = [k for k in range(len(items)) if outcomes[k] is None]
+    embed_texts, embed_images, _ = pipeline.embedders()
+    try:
+        texts = [t for k in live for _, t in items[k][1]]
+        pictured = [im for k in live for im in pictures[k]]
+        text_vectors = iter(embed_texts(texts) if texts else [])
+        image_vectors = iter(embed_images(pictured) if pictured else [])
+    except Exception as exc:
+        if len(live) == 1:
+            outcomes[live[0]] = exc
+        else:
+            for k in live:
+                outcomes[k] = _embed_many(pipeline, [items[k]], limits)[0]
+        return outcomes
+    for k in live:
+        count, texts, images = items[k]
+        vectors = dict(zip([i for i, _ in texts], text_vectors))
+        vectors.update(zip([i for i, _ in images], image_vectors))
+        outcomes[k] = [vectors[i] for i in range(count)], _tokens(pipeline, [t for _, t in texts])
+    return outcomes
 
 
 async def classify(served: Served, body: ClassifyRequest, limits: ImageLimits) -> dict:

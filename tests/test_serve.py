@@ -224,21 +224,87 @@ def test_health_is_503_until_the_bundles_have_loaded(clip_bundle, tmp_path):
 
 
 def test_queue_admission_unit():
+    """One worker, one place in the queue: a third request is a 503; both time out (504), the slow
+    one's thread holds its place until it really stops, the queued one never runs."""
     async def scenario():
-        served = Served("m", ".", workers=1, queue_size=1, timeout=0.2)
-        await served.admit()
-        waiting = asyncio.ensure_future(served.admit())
-        await asyncio.sleep(0.01)
+        served = Served("m", ".", workers=1, queue_size=1, timeout=0.3)
+        go, ran = threading.Event(), []
+        slow = asyncio.ensure_future(served.call(lambda work: go.wait(10) and "slow"))
+        queued = asyncio.ensure_future(served.call(lambda work: ran.append("queued")))
+        await asyncio.sleep(0.05)
+        assert served.pending == 2 and served.running == 1
         with pytest.raises(HttpError) as full:
             await served.admit()
         assert full.value.status == 503 and full.value.headers == {"Retry-After": "1"}
         with pytest.raises(HttpError) as late:
-            await waiting
-        assert late.value.status == 504 and served.pending == 1
-        served.release()
-        assert served.pending == 0
+            await queued
+        assert late.value.status == 504 and "did not answer within 0.3 s" in late.value.message
+        with pytest.raises(HttpError) as slow_late:
+            await slow
+        assert slow_late.value.status == 504 and served.running == 1 and served.pending == 2
+        go.set()
+        await asyncio.sleep(0.1)
+        assert ran == [] and served.pending == 0 and served.running == 0
+        served.close()
 
     asyncio.run(scenario())
+
+
+def test_requests_waiting_together_run_as_one_batch_and_fail_alone():
+    """While the worker is busy, three requests of a kind wait; the worker runs them in one call,
+    each gets its own outcome, and the one whose item fails gets its error (a runtime error: 400)."""
+    from edgevfm.runtime.errors import InputError
+
+    async def scenario():
+        served = Served("m", ".", workers=1, queue_size=8, timeout=5)
+        go, calls = threading.Event(), []
+        busy = asyncio.ensure_future(served.call(lambda work: go.wait(10)))
+
+        def run_many(items):
+            calls.append(list(items))
+            return [InputError(f"bad item {x}") if x < 0 else x * 10 for x in items]
+
+        waiting = [asyncio.ensure_future(served.batched("k", x, run_many, limit=8)) for x in (1, -2, 3)]
+        await asyncio.sleep(0.05)
+        go.set()
+        await busy
+        outcomes = await asyncio.gather(*waiting, return_exceptions=True)
+        assert calls == [[1, -2, 3]]
+        assert outcomes[0] == 10 and outcomes[2] == 30
+        assert isinstance(outcomes[1], HttpError) and outcomes[1].status == 400 and "bad item -2" in outcomes[1].message
+        alone = await served.batched("k", 4, run_many, limit=8)  # nothing else waiting: a batch of one
+        assert alone == 40 and calls[-1] == [4]
+        await asyncio.sleep(0.05)
+        assert served.pending == 0
+        served.close()
+
+    asyncio.run(scenario())
+
+
+def test_concurrent_embeddings_requests_equal_the_pipeline_and_a_bad_image_fails_alone(server, clip_bundle):
+    pipeline, images = load(clip_bundle), [CAT, CAT[::-1], CAT[:, ::-1], CAT[100:300, 50:250]]
+    bodies = [{"model": "clip", "input": [{"type": "image_url", "image_url": {"url": data_uri(im)}}, "a cat"]}
+              for im in images]
+    bodies.insert(2, {"model": "clip", "input": [{"type": "image_url", "image_url": {
+        "url": "data:image/png;base64," + base64.b64encode(b"not a png").decode()}}]})
+    answers = [None] * len(bodies)
+
+    def ask(k):
+        answers[k] = server.post("/v1/embeddings", bodies[k])
+
+    threads = [threading.Thread(target=ask, args=(k,)) for k in range(len(bodies))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert answers[2].status_code == 400 and "not an image" in answers[2].json()["error"]["message"]
+    good = [a for k, a in enumerate(answers) if k != 2]
+    assert [a.status_code for a in good] == [200] * 4
+    text = pipeline.embed_texts(["a cat"])[0]
+    for image, answer in zip(images, good):
+        got = [np.asarray(d["embedding"]) for d in answer.json()["data"]]
+        np.testing.assert_allclose(got[0], pipeline.embed_images([image])[0], atol=1e-6)
+        np.testing.assert_allclose(got[1], text, atol=1e-6)
 
 
 def _serve_command(*args) -> subprocess.Popen:
