@@ -3,7 +3,10 @@ Python API in the same run.
 
 The bundles are exported here, served by ``edgevfm serve`` in its own process, and N client threads
 send requests for T seconds per endpoint family (a closed loop: each client sends its next request
-when the last is answered). Then N threads call the Python API for T seconds on the same inputs.
+when the last is answered). Then N threads call the Python API for T seconds on the same inputs,
+twice: with ``load()``'s defaults, and with ``spin_wait=False`` as the server loads its bundles
+(ONNX Runtime's threads then sleep between operators instead of spinning); the server's
+throughput is held against the faster of the two.
 
     python -m edgevfm.benchmarks.serve -o benchmarks/reports/serve --clients 8 --seconds 60
 
@@ -179,7 +182,6 @@ def serve(bundles: dict[str, Path], port: int, workers: int, threads: int | None
 
 def run(work: Path, clients: int, seconds: float, workers: int, threads: int | None) -> dict:
     from edgevfm.export.api import export
-    from edgevfm.runtime import load
 
     from .machine import machine_info
 
@@ -224,20 +226,47 @@ def run(work: Path, clients: int, seconds: float, workers: int, threads: int | N
                 def send(k, i, path=path, choices=bodies[name]):
                     return client.post_raw(path, choices[(k + i) % len(choices)])
             rows[name] = {"server": load_.run(send)}
+            if name.startswith("sam segment"):  # and as one user clicking alone: latency without a queue
+                print(f"server: {name} (1 client, {min(seconds, 10):g} s)", flush=True)
+                rows[name]["alone"] = Load(1, min(seconds, 10)).run(send)
     finally:
         process.terminate()
         process.wait(60)
 
-    clip, b32, llava, sam = (load(bundles[n], threads=threads) for n in ("clip", "clip-b32", "llava", "sam"))
-    embedding = sam.embed(images[0])
-    api_firsts = iter(range(64, len(images)))
     pngs = [_png(uri) for uri in uris]  # the API decodes the same PNG bytes the server gets: the same work
+    # the API as load() makes it, and with the session setting the server uses (spin_wait=False):
+    # the server is held against the faster of the two
+    for setting, spin_wait in (("api", True), ("api_no_spin", False)):
+        for name, call in api_calls(bundles, images, pngs, threads, spin_wait, first_lock).items():
+            print(f"python API ({'spin_wait=False' if not spin_wait else 'defaults'}): {name} ({clients} threads, "
+                  f"{seconds:g} s)", flush=True)
+            rows[name][setting] = load_.run(call)
+    for row in rows.values():
+        best = max(row["api"]["per_second"], row["api_no_spin"]["per_second"])
+        row["ratio"] = round(row["server"]["per_second"] / max(best, 1e-9), 2)
+    cached, first = rows["sam segment (image_id)"]["server"], rows["sam segment (first)"]["server"]
+    return {"created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine_info(threads),
+            "models": MODELS, "clients": clients, "seconds": seconds, "workers": workers, "rows": rows,
+            "segment_speedup": round(first["p50_ms"] / max(cached["p50_ms"], 1e-9), 1),
+            "segment_speedup_alone": round(rows["sam segment (first)"]["alone"]["p50_ms"]
+                                           / max(rows["sam segment (image_id)"]["alone"]["p50_ms"], 1e-9), 1)}
 
-    def api_first():
-        with first_lock:
-            return _decoded(_png(_data_uri(images[next(api_firsts)])))
 
-    calls = {
+def api_calls(bundles: dict, images: list, pngs: list, threads: int | None, spin_wait: bool, lock) -> dict:
+    """Each row's work through the Python API, as ``send(k, i)`` callables for :class:`Load`."""
+    from edgevfm.runtime import load
+
+    clip, b32, llava, sam = (load(bundles[n], threads=threads, spin_wait=spin_wait)
+                             for n in ("clip", "clip-b32", "llava", "sam"))
+    embedding = sam.embed(images[0])
+    firsts = iter(range(64, len(images)))
+
+    def first():
+        with lock:
+            return _decoded(_png(_data_uri(images[next(firsts)])))
+
+    question = "What is in the picture?"
+    return {
         "embeddings": lambda k, i: clip.embed_images([_decoded(pngs[(k + i) % 64])]) is not None and 200,
         "embeddings (ViT-B/32)": lambda k, i: b32.embed_images([_decoded(pngs[(k + i) % 64])]) is not None and 200,
         "chat": lambda k, i: llava.answer(_decoded(pngs[(k + i) % 64]), question, max_new_tokens=CHAT_TOKENS)
@@ -245,16 +274,8 @@ def run(work: Path, clients: int, seconds: float, workers: int, threads: int | N
         "sam segment (image_id)": lambda k, i: sam.predict(points=[[40 + i % 150, 60]], labels=[1],
                                                            image=embedding) is not None and 200,
         "sam segment (first)": lambda k, i: sam.predict(points=[[40 + i % 150, 60]], labels=[1],
-                                                        image=sam.embed(api_first())) is not None and 200,
+                                                        image=sam.embed(first())) is not None and 200,
     }
-    for name, call in calls.items():
-        print(f"python API: {name} ({clients} threads, {seconds:g} s)", flush=True)
-        rows[name]["api"] = load_.run(call)
-        rows[name]["ratio"] = round(rows[name]["server"]["per_second"] / max(rows[name]["api"]["per_second"], 1e-9), 2)
-    cached, first = rows["sam segment (image_id)"]["server"], rows["sam segment (first)"]["server"]
-    return {"created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine_info(threads),
-            "models": MODELS, "clients": clients, "seconds": seconds, "workers": workers, "rows": rows,
-            "segment_speedup": round(first["p50_ms"] / max(cached["p50_ms"], 1e-9), 1)}
 
 
 def serve_installed() -> bool:
@@ -303,24 +324,30 @@ def report(results: dict, command: str) -> str:
              f"Made by `{command}` on {results['created']}: {m['cpu']}, {m['usable_cores']} cores, ISA "
              f"`{m['isa']}`; server `--workers {results['workers']}`. Models: "
              + ", ".join(f"{k} = `{v}`" for k, v in results["models"].items()) + ".", "",
-             "| endpoint | server req/s | p50 ms | p90 ms | p99 ms | statuses | Python API req/s | server / API |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| endpoint | server req/s | p50 ms | p90 ms | p99 ms | statuses | Python API req/s (defaults) | "
+             "Python API req/s (`spin_wait=False`) | server / faster API |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, row in results["rows"].items():
-        s, a = row["server"], row["api"]
+        s, a, quiet = row["server"], row["api"], row["api_no_spin"]
         statuses = ", ".join(f"{k}: {v}" for k, v in sorted(s["statuses"].items()))
         lines.append(f"| {name} | {s['per_second']} | {s['p50_ms']} | {s['p90_ms']} | {s['p99_ms']} | {statuses} | "
-                     f"{a['per_second']} | {row['ratio']} |")
+                     f"{a['per_second']} | {quiet['per_second']} | {row['ratio']} |")
     bad = {name: {k: v for k, v in row["server"]["statuses"].items() if not k.startswith("2")}
            for name, row in results["rows"].items()}
     bad = {k: v for k, v in bad.items() if v}
     worst = min(row["ratio"] for row in results["rows"].values())
+    alone = {name: row["alone"]["p50_ms"] for name, row in results["rows"].items() if "alone" in row}
     lines += ["", f"- Non-2xx answers: {bad or 'none'} (a 503 or 504 is the queue's deliberate answer; a 5xx would "
               "be a fault).",
-              f"- Throughput against the Python API at the same concurrency: {worst} at worst "
+              f"- Throughput against the Python API at the same concurrency, whichever of its two settings was "
+              f"faster (`load()`'s defaults, or `spin_wait=False` as the server loads bundles): {worst} at worst "
               f"({'meets' if worst >= 0.9 else 'misses'} the 0.9 goal).",
-              f"- A segment by `image_id` (the embedding cached) against a first segment with its image, p50: "
-              f"{results['segment_speedup']}x faster ({'meets' if results['segment_speedup'] >= 5 else 'misses'} "
-              "the 5x goal).", ""]
+              f"- A segment by `image_id` (the embedding cached) against a first segment with its image, p50 under "
+              f"{results['clients']} clients: {results['segment_speedup']}x faster "
+              f"({'meets' if results['segment_speedup'] >= 5 else 'misses'} the 5x goal); one client alone (a user "
+              f"clicking, no queue): {alone['sam segment (image_id)']} ms against {alone['sam segment (first)']} ms, "
+              f"{results['segment_speedup_alone']}x. (Under a saturating closed loop a p50 is about the clients over "
+              "the throughput: the first figure is near the ratio of the two rows' throughputs.)", ""]
     return "\n".join(lines)
 
 
@@ -329,7 +356,7 @@ def main(argv=None) -> int:
     parser.add_argument("-o", "--output", type=Path, required=True, help="folder for report.md and load.json")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=60.0, help="per row, for the server and the API each")
-    parser.add_argument("--workers", type=int, default=1, help="the server's --workers")
+    parser.add_argument("--workers", type=int, default=2, help="the server's --workers (default 2, as the server's)")
     parser.add_argument("--threads", type=int, default=None, help="runtime threads per model (server and API)")
     args = parser.parse_args(argv)
     work = args.output / "bundles"

@@ -357,3 +357,54 @@ def test_sigterm_drains_the_request_in_flight_and_a_taken_port_is_named(smol_bun
     finally:
         if process.poll() is None:
             os.kill(process.pid, signal.SIGKILL)
+
+
+def test_remote_images_are_fetched_only_when_allowed_and_within_the_byte_limit(clip_bundle):
+    """--allow-remote-images against a plain HTTP server on this machine (no network needed): a
+    PNG it serves is answered as the same image sent inline; one over the byte limit is a 413; a
+    URL that answers 404 is a 400 saying it cannot be fetched."""
+    import http.server
+    import io
+
+    from PIL import Image
+
+    from edgevfm.serve.images import ImageLimits
+
+    buffer = io.BytesIO()
+    Image.fromarray(CAT).save(buffer, format="PNG")
+    png = buffer.getvalue()
+    files = {"/cat.png": png, "/big.png": png + b"\0" * 4096}
+
+    class Files(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = files.get(self.path)
+            self.send_response(200 if body else 404)
+            self.send_header("Content-Length", str(len(body or b"")))
+            self.end_headers()
+            self.wfile.write(body or b"")
+
+        def log_message(self, *args):
+            pass
+
+    origin = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Files)
+    threading.Thread(target=origin.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{origin.server_address[1]}"
+    live = LiveServer({"clip": clip_bundle}, Options(images=ImageLimits(allow_remote=True, max_bytes=len(png) + 1024)))
+    try:
+        pipeline, labels = load(clip_bundle), ["a cat", "a dog", "a rocket"]
+        found = live.post("/v1/classify", {"model": "clip", "image": base + "/cat.png", "labels": labels})
+        assert found.status_code == 200
+        expected = pipeline.classify(CAT, labels)
+        assert [x["label"] for x in found.json()["labels"]] == [label for label, _ in expected]
+        np.testing.assert_allclose([x["probability"] for x in found.json()["labels"]], [p for _, p in expected],
+                                   atol=1e-6)
+        vector = live.post("/v1/embeddings", {"model": "clip", "encoding_format": "float", "input": [
+            {"type": "image_url", "image_url": {"url": base + "/cat.png"}}]}).json()["data"][0]["embedding"]
+        np.testing.assert_allclose(vector, pipeline.embed_images([CAT])[0], atol=1e-6)
+        big = live.post("/v1/classify", {"model": "clip", "image": base + "/big.png", "labels": labels})
+        assert big.status_code == 413 and f"over {len(png) + 1024} bytes" in big.json()["error"]["message"]
+        missing = live.post("/v1/classify", {"model": "clip", "image": base + "/gone.png", "labels": labels})
+        assert missing.status_code == 400 and "cannot be fetched" in missing.json()["error"]["message"]
+    finally:
+        live.stop()
+        origin.shutdown()
