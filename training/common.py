@@ -25,11 +25,12 @@ THREADS = 2  # the thread count changes float summation order: the recorded byte
 
 
 def arguments(doc: str, argv, scenes: int, steps: int, batch: int, lr: float, patch: int | None = None,
-              vision_from: str | None = None):
+              vision_from: str | None = None, extra=None):
     """Every script's options (its defaults rebuild its preset), parsed; then :func:`start`.
     ``patch``: the script takes ``--patch`` (the vision tower's patch side), this its default;
     ``vision_from``: it takes ``--vision-from PRESET`` (a trained tower to start from), this preset
-    its default; ``--vision-from none`` starts from random weights."""
+    its default; ``--vision-from none`` starts from random weights. ``extra(parser)`` adds a
+    script's own options."""
     import argparse
 
     parser = argparse.ArgumentParser(description=doc.split("\n")[0])
@@ -46,6 +47,8 @@ def arguments(doc: str, argv, scenes: int, steps: int, batch: int, lr: float, pa
     parser.add_argument("--lr", type=float, default=lr)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help=f"default: {PRESETS}/<name>")
+    if extra is not None:
+        extra(parser)
     args = parser.parse_args(argv)
     start(args.seed)
     return args

