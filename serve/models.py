@@ -68,7 +68,7 @@ class Served:
         self.running = 0
         self.created = int(time.time())
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"edgevfm-{name}")
-        self._lock = threading.Lock()  # the batches' waiting lists, shared by the loop and the workers
+        self._lock = threading.Lock()  # the batches' waiting lists and the running count, shared by the threads
         self._waiting: dict[str, list[_Waiting]] = {}
         self.on_change: Callable[["Served"], None] = lambda served: None  # metrics: queue depth, in flight
 
@@ -114,12 +114,14 @@ class Served:
             try:
                 if work is not None and work.stopped:
                     return None
-                self.running += 1
+                with self._lock:  # several workers count
+                    self.running += 1
                 loop.call_soon_threadsafe(self.on_change, self)
                 try:
                     return job()
                 finally:
-                    self.running -= 1
+                    with self._lock:
+                        self.running -= 1
             finally:
                 loop.call_soon_threadsafe(self.release)
 
