@@ -36,7 +36,14 @@ def card(name: str) -> dict:
 
 def verify(name: str) -> Path:
     """The folder of ``trained:<name>`` once every file matches its recorded sha256."""
-    folder, meta = preset_folder(name), card(name)
+    folder = preset_folder(name)
+    check_files(folder, card(name), f"trained:{name}")
+    return folder
+
+
+def check_files(folder: Path, meta: dict, label: str) -> None:
+    """Every file ``meta`` (a ``preset.json``) lists has its recorded sha256 in ``folder``, else a
+    CheckpointError naming ``label``, each file that differs and the command that rebuilds them."""
     wrong = []
     for file, digest in meta.get("sha256", {}).items():
         path = folder / file
@@ -44,6 +51,5 @@ def verify(name: str) -> Path:
         if found != digest:
             wrong.append(f"{file} (expected sha256 {digest[:12]}..., found {found[:12]}{'...' if found != 'missing' else ''})")
     if wrong:
-        raise CheckpointError(f"trained:{name} does not match its preset.json: {'; '.join(wrong)}. Restore the files "
+        raise CheckpointError(f"{label} does not match its preset.json: {'; '.join(wrong)}. Restore the files "
                               f"from the repository (git checkout -- {folder}), or rebuild them with: {meta.get('command')}")
-    return folder

