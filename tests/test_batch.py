@@ -87,7 +87,9 @@ def test_embed_writes_every_input_once_and_equals_the_python_api(local_ray, imag
     assert set(_by_path(table, "error_kind")[p] for p in corrupt) == {"InputError"}
     assert all("is not an image Pillow can read" in errors[p] for p in corrupt if not p.endswith("empty.jpg"))
     assert summary["rows"] == GOOD + CORRUPT and summary["errors"] == CORRUPT
-    assert summary["errors_by_kind"] == {"InputError": CORRUPT} and summary["shards"] >= 4
+    # written as it streams: more than one shard (how many depends on the block sizes Ray hands back)
+    assert summary["errors_by_kind"] == {"InputError": CORRUPT}
+    assert summary["shards"] == len(list((tmp_path / "out").glob("part-*.parquet"))) >= 2
     assert set(table.column("bundle").to_pylist()) == {json.loads((tmp_path / "out" / "job.json").read_text())
                                                        ["bundles"]["bundle"]}
 
