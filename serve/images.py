@@ -8,13 +8,17 @@ The pixel count is read from the header before anything is decoded: an image ove
 
 from __future__ import annotations
 
-import base64
 import binascii
 import io
 import urllib.request
 from dataclasses import dataclass
 
 from PIL import Image
+
+try:  # SIMD base64, ~10-40x faster than the standard library's: a data URI is decoded holding the GIL
+    from pybase64 import b64decode
+except ImportError:  # pragma: no cover - the [serve] extra installs it
+    from base64 import b64decode
 
 from edgevfm.runtime.errors import InputError
 from edgevfm.runtime.image import load_image
@@ -49,7 +53,7 @@ def fetch_bytes(url: str, limits: ImageLimits, param: str) -> bytes:
         if len(data) > limits.max_bytes * 4 // 3 + 4:
             raise HttpError(413, f"{param}: the image is over {limits.max_bytes} bytes", param)
         try:
-            return base64.b64decode(data, validate=True)
+            return b64decode(data, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise HttpError(400, f"{param}: its base64 data cannot be decoded ({exc})", param) from None
     if url.startswith(("http://", "https://")):
