@@ -73,7 +73,17 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def one_blas_thread() -> None:
+    """numpy's BLAS (OpenBLAS) down to one thread in this process. Its threads spin between calls;
+    under concurrent requests they took the cores from ONNX Runtime and the HTTP thread for products
+    as small as SAM's mask resize (``benchmarks/serve.py`` measures the server with it)."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1, user_api="blas")
+
+
 def main(args) -> None:
+    one_blas_thread()
     served = [Served(name, path, workers=args.workers, queue_size=args.queue_size, timeout=args.timeout,
                      threads=args.threads) for name, path in parse_bundles(args.bundles)]
     if args.queue_size < 0 or args.timeout <= 0 or args.max_body_mb <= 0 or args.sam_cache_mb <= 0:
