@@ -32,8 +32,10 @@ def resize_matrices(low: int, padded: int, valid: tuple[int, int], out: tuple[in
 
 
 def apply_resize(logits: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """(..., low, low) -> (..., H, W) with the matrices of :func:`resize_matrices`."""
-    return rows @ logits @ cols.T
+    """(..., low, low) -> (..., H, W) with the matrices of :func:`resize_matrices`. Each (H, W) map
+    is column-major in memory (made as its transpose, the same products): COCO RLE reads masks by
+    columns, so :func:`mask_to_rle` of a mask thresholded from it copies nothing."""
+    return np.swapaxes(cols @ np.swapaxes(logits, -1, -2) @ rows.T, -1, -2)
 
 
 def mask_boxes(masks: np.ndarray) -> np.ndarray:

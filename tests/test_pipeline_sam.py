@@ -10,7 +10,7 @@ import torch
 from edgevfm.runtime import InputError, load
 from edgevfm.runtime.errors import StateError
 from edgevfm.runtime.families.sam import SamPredictor
-from edgevfm.runtime.masks import box_iou, mask_to_rle, nms, rle_to_mask
+from edgevfm.runtime.masks import apply_resize, box_iou, mask_to_rle, nms, resize_matrices, rle_to_mask
 
 from helpers import assert_close
 
@@ -147,6 +147,20 @@ def test_rle_round_trip_and_nms():
     np.testing.assert_array_equal(rle_to_mask(rle), mask)
     boxes = np.float32([[0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30]])
     assert nms(boxes, np.float32([0.9, 0.8, 0.7]), 0.5).tolist() == [0, 2]
+
+
+def test_resized_logits_equal_the_plain_products_and_are_column_major():
+    """apply_resize makes each map as its transpose (so that RLE reads it without a copy): the same
+    values as rows @ logits @ cols.T to float32 rounding, each (H, W) map Fortran-ordered."""
+    rows, cols = resize_matrices(16, 32, (32, 24), (60, 45))
+    logits = np.random.default_rng(0).normal(size=(2, 3, 16, 16)).astype(np.float32)
+    full = apply_resize(logits, rows, cols)
+    assert full.shape == (2, 3, 60, 45)
+    np.testing.assert_allclose(full, rows @ logits @ cols.T, rtol=0, atol=1e-5)
+    assert all(full[p, k].flags.f_contiguous for p in range(2) for k in range(3))
+    mask = full[1, 2] > 0
+    assert mask.flags.f_contiguous
+    np.testing.assert_array_equal(rle_to_mask(mask_to_rle(mask)), mask)
 
 
 def test_pipeline_type(predictor):
