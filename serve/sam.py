@@ -99,22 +99,24 @@ async def segment(served: Served, cache: Embeddings, body: SamSegmentRequest, li
     labels = body.labels if body.labels is not None or body.points is None else [1] * len(body.points)
     mask_input = None if body.mask_input is None else np.asarray(body.mask_input, np.float32)
 
-    def job():
-        return image_id, predictor.predict(points=body.points, labels=labels, box=body.box, mask_input=mask_input,
-                                           multimask=body.multimask, image=embedding)
+    def job():  # the masks are encoded in the worker too: the event loop only sends them
+        prediction = predictor.predict(points=body.points, labels=labels, box=body.box, mask_input=mask_input,
+                                       multimask=body.multimask, image=embedding)
+        return [{"mask": _mask(mask, body.format), "score": float(score)}
+                for mask, score in zip(prediction.masks, prediction.scores)]
 
-    image_id, prediction = await served.answer(job)
+    found = await served.answer(job)
     return {"object": "sam.segmentation", "model": served.name, "image_id": image_id,  # in the decoder's order
-            "masks": [{"mask": _mask(mask, body.format), "score": float(score)}
-                      for mask, score in zip(prediction.masks, prediction.scores)]}
+            "masks": found}
 
 
 async def masks(served: Served, body: SamMasksRequest, limits: ImageLimits) -> dict:
     predictor = served.ready("segment", "/v1/sam/masks")
     image = await decoded(body.image, limits)
-    found = await served.answer(lambda: predictor.generate(
-        image, points_per_side=body.points_per_side, pred_iou_thresh=body.pred_iou_thresh,
-        stability_score_thresh=body.stability_score_thresh))
-    return {"object": "sam.masks", "model": served.name,
-            "masks": [{"mask": _mask(m["segmentation"], body.format), "bbox": m["bbox"], "area": m["area"],
-                       "predicted_iou": m["predicted_iou"], "stability_score": m["stability_score"]} for m in found]}
+    def job():
+        found = predictor.generate(image, points_per_side=body.points_per_side, pred_iou_thresh=body.pred_iou_thresh,
+                                   stability_score_thresh=body.stability_score_thresh)
+        return [{"mask": _mask(m["segmentation"], body.format), "bbox": m["bbox"], "area": m["area"],
+                 "predicted_iou": m["predicted_iou"], "stability_score": m["stability_score"]} for m in found]
+
+    return {"object": "sam.masks", "model": served.name, "masks": await served.answer(job)}
