@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import signal
 import subprocess
@@ -408,3 +409,18 @@ def test_remote_images_are_fetched_only_when_allowed_and_within_the_byte_limit(c
     finally:
         live.stop()
         origin.shutdown()
+
+
+def test_the_server_process_runs_numpy_blas_on_one_thread():
+    """The server limits numpy's BLAS to one thread (its threads spun beside ONNX Runtime's); checked
+    in a fresh process whose BLAS starts with two threads, as OpenBLAS does on a multi-core machine."""
+    code = ("import numpy\nfrom threadpoolctl import threadpool_info, threadpool_limits\n"
+            "threadpool_limits(2, user_api='blas')\n"
+            "before = [i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas']\n"
+            "from edgevfm.serve.server import one_blas_thread\none_blas_thread()\n"
+            "after = [i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas']\n"
+            "import json\nprint(json.dumps([before, after]))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    before, after = json.loads(result.stdout.strip().splitlines()[-1])
+    assert before and set(before) == {2} and set(after) == {1}
