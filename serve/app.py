@@ -63,12 +63,9 @@ class Metrics:
         self.loaded = Gauge("edgevfm_model_loaded", "1 once a model has loaded", ["model"], registry=self.registry)
 
     def watch(self, served: Served) -> None:
-        def changed(s: Served) -> None:
-            self.in_flight.labels(s.name).set(s.running)
-            self.queued.labels(s.name).set(max(0, s.pending - s.running))
-
-        served.on_change = changed
-        changed(served)
+        """The model's queue gauges, read from it when /metrics is scraped (nothing per request)."""
+        self.in_flight.labels(served.name).set_function(lambda: served.running)
+        self.queued.labels(served.name).set_function(lambda: max(0, served.pending - served.running))
         self.loaded.labels(served.name).set(0)
 
 
@@ -153,11 +150,12 @@ def create_app(served: list[Served], options: Options = Options(), load: bool = 
                 status = exc.status
                 return JSONResponse(exc.body(), exc.status, headers=exc.headers)
             except Exception:
-                LOG.exception("%s failed", request.url.path)
+                LOG.exception("%s failed", request.scope["path"])
                 return JSONResponse(HttpError(500, "the server failed on this request: see its log").body(), 500)
             finally:
-                metrics.requests.labels(name, request.url.path, str(status)).inc()
-                metrics.seconds.labels(name, request.url.path).observe(time.perf_counter() - started)
+                path = request.scope["path"]
+                metrics.requests.labels(name, path, str(status)).inc()
+                metrics.seconds.labels(name, path).observe(time.perf_counter() - started)
 
         return answer
 

@@ -68,9 +68,8 @@ class Served:
         self.running = 0
         self.created = int(time.time())
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"edgevfm-{name}")
-        self._lock = threading.Lock()  # the batches' waiting lists and the running count, shared by the threads
+        self._lock = threading.Lock()  # the counts and the batches' waiting lists, shared by the loop and the workers
         self._waiting: dict[str, list[_Waiting]] = {}
-        self.on_change: Callable[["Served"], None] = lambda served: None  # metrics: queue depth, in flight
 
     def load(self) -> None:
         from edgevfm.runtime import load
@@ -97,40 +96,41 @@ class Served:
     async def admit(self) -> float:
         """Count a request in (it will wait in the workers' queue); returns its deadline. 503 when
         ``workers + queue_size`` requests are already running or waiting."""
-        if self.pending >= self.workers + self.queue_size:
-            raise HttpError(503, f"model {self.name!r} is busy: {self.pending} requests are running or queued "
-                            f"(at most {self.workers + self.queue_size}); retry later", headers={"Retry-After": "1"})
-        self.pending += 1
-        self.on_change(self)
+        with self._lock:
+            if self.pending >= self.workers + self.queue_size:
+                raise HttpError(503, f"model {self.name!r} is busy: {self.pending} requests are running or queued "
+                                f"(at most {self.workers + self.queue_size}); retry later",
+                                headers={"Retry-After": "1"})
+            self.pending += 1
         return time.monotonic() + self.timeout
 
     def start(self, job: Callable[[], Any], work: Work | None = None) -> asyncio.Future:
         """Queue ``job`` for this model's threads, on a place taken by :meth:`admit` (given back
         when the job ends, whatever the request does meanwhile). A job whose ``work`` was stopped
-        before a worker reached it (its request timed out or left) is skipped."""
+        before a worker reached it (its request timed out or left) is skipped. The counts change in
+        the worker, under the lock: nothing but the result goes back to the event loop."""
         loop = asyncio.get_running_loop()
 
         def run():
             try:
                 if work is not None and work.stopped:
                     return None
-                with self._lock:  # several workers count
+                with self._lock:
                     self.running += 1
-                loop.call_soon_threadsafe(self.on_change, self)
                 try:
                     return job()
                 finally:
                     with self._lock:
                         self.running -= 1
             finally:
-                loop.call_soon_threadsafe(self.release)
+                self.release()
 
         return loop.run_in_executor(self._executor, run)
 
     def release(self) -> None:
         """Give back a place taken by :meth:`admit` (:meth:`start` does when its job ends)."""
-        self.pending -= 1
-        self.on_change(self)
+        with self._lock:
+            self.pending -= 1
 
     async def call(self, job: Callable[[Work], Any]) -> Any:
         """``job(work)`` in a worker thread: its result, or a 504 (and ``work`` told to stop) when
