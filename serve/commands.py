@@ -19,7 +19,9 @@ def arguments(p) -> None:
                    "with Retry-After (default 16)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds a request may take, waiting included, "
                    "before a 504 (default 120)")
-    p.add_argument("--threads", type=positive_int, help="runtime threads per model (default: the backend's)")
+    p.add_argument("--threads", type=positive_int, help="runtime threads per request (default: the backend's, all "
+                   "cores: the lowest latency for one client; under steady load from many clients, the cores divided "
+                   "by --workers gives more throughput)")
     p.add_argument("--max-body-mb", type=float, default=32.0, help="largest request body (default 32 MB; over: 413)")
     p.add_argument("--max-pixels", type=positive_int, default=25_000_000,
                    help="largest image, in pixels (default 25 M; over: 413, checked before decoding)")
