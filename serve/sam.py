@@ -113,6 +113,7 @@ async def segment(served: Served, cache: Embeddings, body: SamSegmentRequest, li
 async def masks(served: Served, body: SamMasksRequest, limits: ImageLimits) -> dict:
     predictor = served.ready("segment", "/v1/sam/masks")
     image = await decoded(body.image, limits)
+
     def job():
         found = predictor.generate(image, points_per_side=body.points_per_side, pred_iou_thresh=body.pred_iou_thresh,
                                    stability_score_thresh=body.stability_score_thresh)
