@@ -21,6 +21,8 @@ beside it, with the HTTP path's own rate (``GET /v1/models``: no body, no model)
 from __future__ import annotations
 
 import argparse
+import base64
+import itertools
 import json
 import shutil
 import subprocess
@@ -38,7 +40,6 @@ from .tool import write_report
 MODELS = {"clip": "random:clip-tiny", "clip-b32": "random:clip-vit-b32", "llava": "random:llava-tiny",
           "sam": "trained:sam-shapes"}
 CHAT_TOKENS = 16
-FIRSTS = 3000  # distinct images for "sam segment (first)"; a row that uses them up ends there
 
 
 class Client:
@@ -87,6 +88,17 @@ def _png(uri: str) -> bytes:
     import base64
 
     return base64.b64decode(uri.split(",", 1)[1])
+
+
+def _tagged(png: bytes, n: int) -> bytes:
+    """``png`` with a text chunk holding ``n`` before its IEND: new bytes, so a new ``image_id`` the
+    server has never embedded, and the same pixels, so the same work. Every "first" segment sends
+    one, made as it is sent (a few microseconds): no row runs out of new images."""
+    import zlib
+
+    data = b"tEXt" + b"edgevfm\x00" + str(n).encode()
+    chunk = len(data[4:]).to_bytes(4, "big") + data + zlib.crc32(data).to_bytes(4, "big")
+    return png[:-12] + chunk + png[-12:]  # IEND is the last 12 bytes of a PNG
 
 
 def _decoded(png: bytes):
@@ -188,8 +200,9 @@ def run(work: Path, clients: int, seconds: float, workers: int, threads: int | N
     from .machine import machine_info
 
     bundles = {name: export(model, work / name, force=True) for name, model in MODELS.items()}
-    images = _images(64 + FIRSTS)
-    uris = [_data_uri(im) for im in images[:64]]
+    images = _images(64)
+    uris = [_data_uri(im) for im in images]
+    pngs = [_png(uri) for uri in uris]
     first_lock = threading.Lock()
 
     question = "What is in the picture?"
@@ -200,9 +213,8 @@ def run(work: Path, clients: int, seconds: float, workers: int, threads: int | N
     try:
         client = Client(port)
         embedded = json.loads(client.post("/v1/sam/embed", {"model": "sam", "image": uris[0]})[1])["image_id"]
-        # request bodies are made before the clock starts: the load generator's cost is not the server's
-        firsts_bodies = [json.dumps({"model": "sam", "image": _data_uri(images[i]), "points": [[40 + i % 150, 60]],
-                                     "labels": [1]}).encode() for i in range(64, 64 + FIRSTS)]
+        # request bodies are made before the clock starts (the load generator's cost is not the
+        # server's), but for first segments: a new image each, made by _tagged as it is sent
         bodies = {
             "embeddings": [json.dumps({"model": "clip", "input": [{"type": "image_url", "image_url": {"url": u}}]})
                            .encode() for u in uris],
@@ -216,14 +228,15 @@ def run(work: Path, clients: int, seconds: float, workers: int, threads: int | N
         }
         paths = {"embeddings": "/v1/embeddings", "embeddings (ViT-B/32)": "/v1/embeddings", "chat": "/v1/chat/completions",
                  "sam segment (image_id)": "/v1/sam/segment", "sam segment (first)": "/v1/sam/segment"}
-        taken = iter(range(FIRSTS))
+        taken = itertools.count()
         for name, path in paths.items():
             print(f"server: {name} ({clients} clients, {seconds:g} s)", flush=True)
             if name == "sam segment (first)":
                 def send(k, i, path=path):
                     with first_lock:
-                        body = firsts_bodies[next(taken)]
-                    return client.post_raw(path, body)
+                        n = next(taken)
+                    body = b'{"model": "sam", "image": "data:image/png;base64,%s", "points": [[%d, 60]], "labels": [1]}'
+                    return client.post_raw(path, body % (base64.b64encode(_tagged(pngs[n % len(pngs)], n)), 40 + n % 150))
             else:
                 def send(k, i, path=path, choices=bodies[name]):
                     return client.post_raw(path, choices[(k + i) % len(choices)])
@@ -238,7 +251,7 @@ def run(work: Path, clients: int, seconds: float, workers: int, threads: int | N
         process.terminate()
         process.wait(60)
 
-    pngs = [_png(uri) for uri in uris]  # the API decodes the same PNG bytes the server gets: the same work
+    # the API decodes the same PNG bytes the server gets: the same work
     # the API as load() makes it, and with the settings the server runs with: the server is held
     # against the faster of the two
     from threadpoolctl import threadpool_limits
@@ -246,7 +259,7 @@ def run(work: Path, clients: int, seconds: float, workers: int, threads: int | N
     for setting, options, blas in (("api", {"threads": threads}, None),
                                    ("api_server_settings", {"threads": threads, "spin_wait": False}, 1)):
         with threadpool_limits(blas, user_api="blas"):
-            for name, call in api_calls(bundles, images, pngs, options, first_lock).items():
+            for name, call in api_calls(bundles, images, pngs, options).items():
                 print(f"python API ({'defaults' if blas is None else 'the server settings'}): {name} ({clients} "
                       f"threads, {seconds:g} s)", flush=True)
                 rows[name][setting] = load_.run(call)
@@ -263,20 +276,14 @@ def run(work: Path, clients: int, seconds: float, workers: int, threads: int | N
                                            / max(rows["sam segment (image_id)"]["alone"]["p50_ms"], 1e-9), 1)}
 
 
-def api_calls(bundles: dict, images: list, pngs: list, options: dict, lock) -> dict:
+def api_calls(bundles: dict, images: list, pngs: list, options: dict) -> dict:
     """Each row's work through the Python API (``load(bundle, **options)``), as ``send(k, i)``
-    callables for :class:`Load`."""
+    callables for :class:`Load`. The API keeps no embeddings: a first segment is every image's."""
     from edgevfm.runtime import load
 
     clip, b32, llava, sam = (load(bundles[n], **options)
                              for n in ("clip", "clip-b32", "llava", "sam"))
     embedding = sam.embed(images[0])
-    firsts = iter(range(64, len(images)))
-
-    def first():
-        with lock:
-            return _decoded(_png(_data_uri(images[next(firsts)])))
-
     question = "What is in the picture?"
     return {
         "embeddings": lambda k, i: clip.embed_images([_decoded(pngs[(k + i) % 64])]) is not None and 200,
@@ -286,7 +293,8 @@ def api_calls(bundles: dict, images: list, pngs: list, options: dict, lock) -> d
         "sam segment (image_id)": lambda k, i: sam.predict(points=[[40 + i % 150, 60]], labels=[1],
                                                            image=embedding) is not None and 200,
         "sam segment (first)": lambda k, i: sam.predict(points=[[40 + i % 150, 60]], labels=[1],
-                                                        image=sam.embed(first())) is not None and 200,
+                                                        image=sam.embed(_decoded(pngs[(k + i) % 64])))
+        is not None and 200,
     }
 
 
