@@ -368,8 +368,9 @@ def report(results: dict, command: str) -> str:
               "thread), which a caller of the API would have to know to set: "
               + ", ".join(f"{name} {ratio}" for name, ratio in tuned.items()) + ". The HTTP path alone, `GET "
               f"/v1/models` (no body, no model), answers {floor['per_second']} req/s here (p50 {floor['p50_ms']} "
-              "ms) on the same cores as its model work: where that work is about as cheap (the tiny rows), the "
-              "server's throughput is bounded by it, and an API that pays nothing for it stays ahead.",
+              "ms). Where a row's model work is a millisecond or two a request, what the server adds to each (the "
+              "JSON body and answer, pydantic, the hop to the model's worker and back) is of the same order, and an "
+              "API called in process pays none of it.",
               f"- A segment by `image_id` (the embedding cached) against a first segment with its image, p50 under "
               f"{results['clients']} clients: {results['segment_speedup']}x faster "
               f"({'meets' if results['segment_speedup'] >= 5 else 'misses'} the 5x goal); one client alone (a user "
