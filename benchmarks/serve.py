@@ -5,8 +5,7 @@ The bundles are exported here, served by ``edgevfm serve`` in its own process, a
 send requests for T seconds per endpoint family (a closed loop: each client sends its next request
 when the last is answered). Then N threads call the Python API for T seconds on the same inputs,
 twice: with ``load()``'s defaults, and with the server's own settings (``spin_wait=False``: ONNX
-Runtime's threads sleep between operators instead of spinning; numpy's BLAS at one thread); the
-server's throughput is held against the faster of the two.
+Runtime's threads sleep between operators instead of spinning; numpy's BLAS at one thread).
 
     python -m edgevfm.benchmarks.serve -o benchmarks/reports/serve --clients 8 --seconds 60
 
@@ -110,7 +109,7 @@ def _decoded(png: bytes):
 
 
 def _images(count: int, size: int = 256, seed: int = 0) -> list[np.ndarray]:
-    """Distinct pictures (a photo with a varied patch): every "first" segment is of a new image."""
+    """Distinct pictures (a photo with a varied patch): the 64 inputs of each row."""
     import skimage.data
 
     from PIL import Image
@@ -252,8 +251,7 @@ def run(work: Path, clients: int, seconds: float, workers: int, threads: int | N
         process.wait(60)
 
     # the API decodes the same PNG bytes the server gets: the same work
-    # the API as load() makes it, and with the settings the server runs with: the server is held
-    # against the faster of the two
+    # the API as load() makes it (the goal's measure), and with the settings the server runs with
     from threadpoolctl import threadpool_limits
 
     for setting, options, blas in (("api", {"threads": threads}, None),
