@@ -35,9 +35,9 @@ def prompts_for(height: int, width: int) -> dict[str, dict]:
     }
 
 
-# automatic-mask recall: the first images of the ground truth, and the generator's filters. SAM's own
-# (predicted IoU 0.88, stability 0.95) keep no mask of trained:sam-shapes, whose IoU head predicts at
-# most about 0.85 for its masks; with these it keeps one or two per scene of one to three shapes.
+# automatic-mask recall: the first images of the ground truth, and the generator's filters, lower than
+# SAM's own (predicted IoU 0.88, stability 0.95), which kept no mask of the first trained:sam-shapes
+# (its IoU head predicted at most about 0.85); the report's automatic-mask rows say how many they keep.
 RECALL_IMAGES = 20
 RECALL_FILTERS = {"pred_iou_thresh": 0.7, "stability_score_thresh": 0.9}
 
