@@ -93,9 +93,9 @@ def test_sam_shapes_segments_held_out_shapes_without_torch(sam_shapes_bundle, tm
     assert result.returncode == 0, result.stderr
     point, box, count = result.stdout.split()
     assert int(count) == len(prompts) >= 12
-    # the shipped weights reach 0.729 and 0.764 on this sample, 0.736 and 0.768 on the report's 60 scenes
-    # (targets 0.85 and 0.90, missed: the report says why)
-    assert float(point) >= 0.68 and float(box) >= 0.71, (point, box)
+    # the shipped weights reach 0.793 and 0.855 on this sample, 0.811 and 0.841 on the report's 60 scenes
+    # (targets 0.85 and 0.90, missed: the report says why); the weights before them, 0.729 and 0.764 here
+    assert float(point) >= 0.74 and float(box) >= 0.80, (point, box)
 
 
 def test_sam_bench_measures_automatic_mask_recall_against_the_scenes(sam_shapes_bundle, tmp_path):
