@@ -6,9 +6,9 @@ and again with its own previous mask as the mask prompt.
     .venv/bin/python training/sam_shapes.py     # 7,000 steps, ~50 min on 2 cores (loss.tsv has the times)
 
 The mask decoder's width decides the outline: SAM's upscaling ends in width / 8 channels per
-low-res pixel, which the hypernetwork's weights are dotted with. At 64 (8 channels) the masks came
-out blurred at every shape's edge (held-out box mIoU 0.77 after 12,000 steps); at 128, after 1,500
-steps, the held-in figures were already 0.70 / 0.75 against 0.60 / 0.62 at 64 (``--width``).
+low-res pixel, which the hypernetwork's weights are dotted with; at 64 (8 channels) the masks came
+out blurred at every shape's edge (``--width``; docs/trained-presets.md has the runs that showed it,
+``training/sam_errors.py`` where a preset's masks miss).
 
 As SAM is trained: the three multimask outputs learn the best of them (the lowest loss), output 0
 every prompt, the IoU head the IoU each mask really has. The decoder is edgevfm's exported
