@@ -21,10 +21,10 @@ from edgevfm.runtime.masks import mask_boxes
 from test_torch_free import _run_without_torch
 
 # what the top mask must reach against the named shape: a mask of the right shape (the trained SAM's
-# best proposals reach 0.70 mean IoU in the benchmark: benchmarks/reports/applications/text-segment)
+# best proposals reach 0.79 mean IoU in the benchmark: benchmarks/reports/applications/text-segment)
 NAMED_IOU = 0.5
-# the share of queries whose top mask is the named shape's: the benchmark's 56 queries, 0.80 (IoU > 0.5);
-# the 20 below, 17 (small shapes are the misses), less a margin
+# the share of queries whose top mask is the named shape's: the benchmark's 56 queries, 0.77 (IoU > 0.5);
+# the 20 below (small shapes are the misses) are held to it less a margin
 NAMED_RATE = 0.75
 
 
@@ -67,13 +67,21 @@ def test_the_text_naming_a_shape_gives_its_mask_first(pair):
 
 
 def test_boxes_given_are_the_proposals(pair):
+    """With every shape's box given, the proposals are SAM's masks for those boxes, ranked by CLIP's
+    score; the named shape comes first for the share of queries the automatic proposals reach (19 of
+    these 20 with the shipped weights; one large cyan triangle CLIP scores below the red square
+    beside it, -0.212 against -0.181)."""
     sam, clip = pair
-    scene = _two_colour_scenes()[0]
-    boxes = mask_boxes(scene.masks)
-    for k, obj in enumerate(scene.objects):
-        found = sam.segment_text(scene.image, f"a {obj.name}", clip, top=5, boxes=boxes)
-        assert len(found) <= 2
-        _check_named(found[0].mask, scene, k)
+    named = []
+    for scene in _two_colour_scenes():
+        boxes = mask_boxes(scene.masks)
+        for k, obj in enumerate(scene.objects):
+            found = sam.segment_text(scene.image, f"a {obj.name}", clip, top=5, boxes=boxes)
+            assert 1 <= len(found) <= 2
+            assert [f.clip_score for f in found] == sorted((f.clip_score for f in found), reverse=True)
+            assert all(max(mask_iou(f.mask, m) for m in scene.masks) > NAMED_IOU for f in found)
+            named.append(_named(found[0].mask, scene, k))
+    assert np.mean(named) >= NAMED_RATE, named
 
 
 def test_the_command_line_writes_the_ranked_masks(sam_shapes_bundle, clip_shapes_bundle, pair, tmp_path, capsys):
