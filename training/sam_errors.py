@@ -23,6 +23,7 @@ from common import PRESETS, start  # noqa: E402
 
 from edgevfm.benchmarks.families.sam import centre_point, tight_box  # noqa: E402
 from edgevfm.benchmarks.scenes import HELD_OUT_SEED, scenes, shape_mask  # noqa: E402
+from edgevfm.runtime.families.sam_text import mask_iou  # noqa: E402
 
 THRESHOLDS = (-2.0, -1.0, 0.0, 1.0, 2.0)
 
@@ -57,13 +58,9 @@ def answers(model, processor, count: int) -> list[dict]:
                 picked = int(np.argmax(out.iou_scores[0, 0].numpy()))
                 rows.append({"kind": kind, "shape": obj.shape, "size": obj.size, "objects": len(s.objects),
                              "occluded": bool(truth.sum() < 0.95 * shape_mask(obj, truth.shape[0]).sum()),
-                             "ious": [_iou(m > 0, truth) for m in logits], "picked": picked,
-                             "by_threshold": [_iou(logits[picked] > t, truth) for t in THRESHOLDS]})
+                             "ious": [mask_iou(m > 0, truth) for m in logits], "picked": picked,
+                             "by_threshold": [mask_iou(logits[picked] > t, truth) for t in THRESHOLDS]})
     return rows
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a & b).sum() / max((a | b).sum(), 1))
 
 
 def main(argv=None) -> None:

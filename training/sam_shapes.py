@@ -116,8 +116,7 @@ def mask_loss(logits, target):
 
 def step_loss(decoder, embeddings, targets, firsts, seconds):
     """The batch's loss: the N = 2 prompts, again with their best mask as the mask prompt, and the
-    N = 3 prompts; ``embeddings`` (T, C, h, w) the image of each target, ``targets`` (T, H, W), two
-    and one prompts per target."""
+    N = 3 prompts; ``embeddings`` (B, C, h, w), ``targets`` (B, H, W), two and one prompts per image."""
     pairs = torch.arange(len(firsts)).repeat_interleave(2)
     group = [p for first in firsts for p in first]
     logits, scores = decode(decoder, embeddings[pairs], group)
@@ -139,9 +138,6 @@ def main(argv=None) -> None:
     def extra(parser):
         parser.add_argument("--width", type=int, default=128,
                             help="channels of the image embedding, the prompt encoder and the mask decoder")
-        parser.add_argument("--every-mask", action="store_true",
-                            help="prompt every shape of each image per step, not one drawn at random (the decoder "
-                                 "dominates a step: about twice its time)")
 
     args = arguments(__doc__, argv, scenes=10000, steps=7000, batch=16, lr=8e-4, extra=extra)
     model, processor = build(args.width)
@@ -158,14 +154,10 @@ def main(argv=None) -> None:
         for group in optimizer.param_groups:
             group["lr"] = lr
         embeddings = model.get_image_embeddings(pixels(np.stack([s.image for s in batch])))
-        if args.every_mask:
-            chosen = [(i, mask) for i, s in enumerate(batch) for mask in s.masks]
-        else:
-            chosen = [(i, s.masks[int(rng.integers(len(s.masks)))]) for i, s in enumerate(batch)]
-        groups = [prompts(rng, mask) for _, mask in chosen]
-        targets = torch.from_numpy(np.stack([mask for _, mask in chosen]).astype(np.float32))
-        image_of = torch.tensor([i for i, _ in chosen])
-        loss = step_loss(decoder, embeddings[image_of], targets, [g[0] for g in groups], [g[1] for g in groups])
+        masks = [s.masks[int(rng.integers(len(s.masks)))] for s in batch]
+        groups = [prompts(rng, mask) for mask in masks]
+        targets = torch.from_numpy(np.stack(masks).astype(np.float32))
+        loss = step_loss(decoder, embeddings, targets, [g[0] for g in groups], [g[1] for g in groups])
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -180,7 +172,7 @@ def main(argv=None) -> None:
         processor.save_pretrained(folder)
 
     card = {"seed": args.seed, "train_seed": TRAIN_SEED, "scenes": args.scenes, "steps": args.steps,
-            "batch": args.batch, "lr": args.lr, "width": args.width, "every_mask": args.every_mask,
+            "batch": args.batch, "lr": args.lr, "width": args.width,
             "train_point_miou": round(point, 4), "train_box_miou": round(boxed, 4)}
     print("wrote", write_preset("sam-shapes", save, card, log.close(), args.out))
 
