@@ -89,6 +89,18 @@ class LossLog:
         return "\n".join(self.rows) + "\n"
 
 
+def continued_from(folder: Path) -> dict:
+    """What a preset that goes on training an earlier run's folder records of it (the earlier
+    command, its steps and its weights' sha256), once that folder's files are checked against its
+    ``preset.json``: the pair of commands rebuilds the new preset."""
+    from edgevfm.export.presets import check_files
+
+    card = json.loads((folder / "preset.json").read_text())
+    check_files(folder, card, str(folder))
+    return {"continued_from": {"command": card["command"], "steps": card["steps"],
+                               "sha256": card["sha256"]["model.safetensors"]}}
+
+
 def write_preset(name: str, save, card: dict, loss_log: str, out: Path | None = None) -> Path:
     """Save a preset folder (``save(folder)`` writes the checkpoint files) through a temporary
     folder, then ``preset.json``: the command that rebuilt it, the seed and figures in ``card``, the

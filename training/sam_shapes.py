@@ -5,6 +5,10 @@ and again with its own previous mask as the mask prompt.
 
     .venv/bin/python training/sam_shapes.py     # 7,000 steps, ~50 min on 2 cores (loss.tsv has the times)
 
+A run may go on training an earlier one (``--continue-from DIR``: its weights, checked against its
+preset.json, on a fresh cosine schedule); the preset records that folder's sha256 and the command
+that made it, so the pair of commands rebuilds it (preset.json's ``command`` and ``continued_from``).
+
 The mask decoder's width decides the outline: SAM's upscaling ends in width / 8 channels per
 low-res pixel, which the hypernetwork's weights are dotted with; at 64 (8 channels) the masks came
 out blurred at every shape's edge (``--width``; docs/trained-presets.md has the runs that showed it,
@@ -26,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import LossLog, arguments, cosine_lr, write_preset  # noqa: E402
+from common import LossLog, arguments, continued_from, cosine_lr, write_preset  # noqa: E402
 
 from edgevfm.benchmarks.families.sam import centre_point as centre, tight_box as box  # noqa: E402
 from edgevfm.benchmarks.scenes import TRAIN_SEED, scenes  # noqa: E402
@@ -138,9 +142,19 @@ def main(argv=None) -> None:
     def extra(parser):
         parser.add_argument("--width", type=int, default=128,
                             help="channels of the image embedding, the prompt encoder and the mask decoder")
+        parser.add_argument("--continue-from", type=Path, metavar="DIR",
+                            help="a sam-shapes folder to go on training (its width, not --width)")
 
     args = arguments(__doc__, argv, scenes=10000, steps=7000, batch=16, lr=8e-4, extra=extra)
     model, processor = build(args.width)
+    history = {}
+    if args.continue_from:
+        from transformers import SamModel
+
+        history = continued_from(args.continue_from)
+        model = SamModel.from_pretrained(args.continue_from, dtype=torch.float32)
+        model.shared_image_embedding.positional_embedding.requires_grad_(False)
+        args.width = model.config.mask_decoder_config.hidden_size
     decoder = PromptDecoder(model)
     print(f"rendering {args.scenes} training scenes (seed {TRAIN_SEED}) ...", flush=True)
     data = scenes(TRAIN_SEED, args.scenes)
@@ -172,7 +186,7 @@ def main(argv=None) -> None:
         processor.save_pretrained(folder)
 
     card = {"seed": args.seed, "train_seed": TRAIN_SEED, "scenes": args.scenes, "steps": args.steps,
-            "batch": args.batch, "lr": args.lr, "width": args.width,
+            "batch": args.batch, "lr": args.lr, "width": args.width, **history,
             "train_point_miou": round(point, 4), "train_box_miou": round(boxed, 4)}
     print("wrote", write_preset("sam-shapes", save, card, log.close(), args.out))
 
