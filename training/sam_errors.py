@@ -6,6 +6,7 @@ tests or the demo; the benchmark's report holds the headline figures.
 
     .venv/bin/python training/sam_errors.py sam-shapes            # about 10 seconds
     .venv/bin/python training/sam_errors.py /path/to/a/sam/folder --scenes 100
+    .venv/bin/python training/sam_errors.py sam-shapes -o benchmarks/reports/sam-shapes-errors   # the committed one
 """
 
 from __future__ import annotations
@@ -67,20 +68,41 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("model", nargs="?", default="sam-shapes", help="a preset name or a SAM folder")
     parser.add_argument("--scenes", type=int, default=60, help="held-out scenes (the report's 60 by default)")
+    parser.add_argument("-o", "--output", type=Path, help="also write report.md and errors.json to this folder")
     args = parser.parse_args(argv)
     start(0)
     rows = answers(*load(args.model), args.scenes)
+    lines, results = [], {}
     for kind in ("point", "box"):
         mine = [r for r in rows if r["kind"] == kind]
         picked = np.array([r["ious"][r["picked"]] for r in mine])
-        print(f"{kind}: mIoU {picked.mean():.3f} over {len(mine)} shapes; best of the three answers "
-              f"{np.mean([max(r['ious']) for r in mine]):.3f}; by threshold on the logits "
-              + ", ".join(f"{t:+g}: {np.mean([r['by_threshold'][i] for r in mine]):.3f}" for i, t in enumerate(THRESHOLDS)))
+        found = {"miou": round(float(picked.mean()), 4), "shapes": len(mine),
+                 "best_of_three": round(float(np.mean([max(r["ious"]) for r in mine])), 4),
+                 "by_threshold": {f"{t:+g}": round(float(np.mean([r["by_threshold"][i] for r in mine])), 4)
+                                  for i, t in enumerate(THRESHOLDS)}}
+        lines.append(f"- {kind}: mIoU {found['miou']:.3f} over {len(mine)} shapes; best of the three answers "
+                     f"{found['best_of_three']:.3f}; by threshold on the logits "
+                     + ", ".join(f"{t}: {v:.3f}" for t, v in found["by_threshold"].items()))
         for key in ("shape", "size", "objects", "occluded"):
             groups: dict = defaultdict(list)
             for r, iou in zip(mine, picked):
                 groups[r[key]].append(iou)
-            print(f"  by {key}: " + ", ".join(f"{k} {np.mean(v):.3f} ({len(v)})" for k, v in sorted(groups.items())))
+            found[f"by_{key}"] = {str(k): [round(float(np.mean(v)), 4), len(v)] for k, v in sorted(groups.items())}
+            lines.append(f"  - by {key}: " + ", ".join(f"{k} {m:.3f} ({n})" for k, (m, n) in found[f"by_{key}"].items()))
+        results[kind] = found
+    if args.output is None:
+        print("\n".join(lines))
+        return
+    from datetime import datetime, timezone
+
+    from edgevfm.benchmarks.tool import write_report
+
+    command = " ".join(["python", "training/sam_errors.py", *(argv if argv is not None else sys.argv[1:])])
+    text = "\n".join([f"# Where the masks of {args.model} miss", "",
+                      f"Made by `{command}` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC: held-out scenes "
+                      f"(seed {HELD_OUT_SEED}, the first {args.scenes}), FP32 PyTorch, the centre point and the tight "
+                      "box of every shape, the best-scored of the three answers (as the benchmark picks).", "", *lines, ""])
+    write_report(args.output, "errors.json", {"model": args.model, "command": command, **results}, text)
 
 
 if __name__ == "__main__":
