@@ -4,10 +4,12 @@ on generated scenes to give each shape's mask from a point, two points, a box, a
 and again with its own previous mask as the mask prompt.
 
     .venv/bin/python training/sam_shapes.py     # 7,000 steps, ~50 min on 2 cores (loss.tsv has the times)
+    .venv/bin/python training/sam_shapes.py --continue-from export/presets/sam-shapes --steps 6000 --seed 1 --lr 4e-4
 
 A run may go on training an earlier one (``--continue-from DIR``: its weights, checked against its
 preset.json, on a fresh cosine schedule); the preset records that folder's sha256 and the command
 that made it, so the pair of commands rebuilds it (preset.json's ``command`` and ``continued_from``).
+The shipped weights are the pair above (the second ~42 min).
 
 The mask decoder's width decides the outline: SAM's upscaling ends in width / 8 channels per
 low-res pixel, which the hypernetwork's weights are dotted with; at 64 (8 channels) the masks came
