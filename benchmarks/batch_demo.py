@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,9 @@ def demo(clip: Path, work: Path) -> None:
 
     images, out = work / "images", work / "out"
     images.mkdir(parents=True, exist_ok=True)
+    # a job's folder refuses a new job (--resume finishes the old one): each demo is a new job, so a
+    # second `make demo` starts from an empty one rather than fail here
+    shutil.rmtree(out, ignore_errors=True)
     truth = {}
     for i, shown in enumerate(scenes(HELD_OUT_SEED, COUNT, start=1000)):
         path = images / f"scene{i:03d}.png"

@@ -288,3 +288,17 @@ def test_sources_read_uris_globs_and_tables_of_paths(images, tmp_path):
     assert rows.column("path").to_pylist() == by_glob[:5] and rows.column("text").to_pylist()[0] == "caption 0"
     with pytest.raises(InputError, match="cannot be read"):
         read_image_bytes(f"file://{tmp_path}/missing.png")
+
+
+def test_the_demos_batch_line_runs_again_in_the_same_folder(clip_shapes_bundle, tmp_path, capsys):
+    """``make demo`` twice: the second batch job starts afresh where a user's job folder would refuse
+    it (it holds the first one's results), and both name the same scenes right."""
+    from edgevfm.benchmarks.batch_demo import COUNT, demo
+
+    answers = []
+    for _ in range(2):
+        demo(clip_shapes_bundle, tmp_path / "batch")
+        printed = capsys.readouterr().out
+        assert "failed" not in printed, printed
+        answers.append(printed.split("named right in ")[1].split()[0])
+    assert answers[0] == answers[1] and answers[0].endswith(f"/{COUNT}"), answers
