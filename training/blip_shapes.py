@@ -4,6 +4,13 @@ trained together on generated scenes as BLIP's pre-training trains its objective
 
     .venv/bin/python training/blip_shapes.py --scenes 20000 --steps 3600     # ~35 min on 2 cores
 
+The shipped presets started from the first of clip-shapes' two runs (their preset.json records its
+sha256), before the second trained it further. To rebuild them, rebuild that run into a folder of
+its own and start from it:
+
+    .venv/bin/python training/clip_shapes.py --scenes 20000 --steps 4000 --out /tmp/clip-shapes-first
+    .venv/bin/python training/blip_shapes.py --vision-from /tmp/clip-shapes-first
+
 One vision tower (ViT 128 px, patches of 16, 4 layers of width 128), started from
 ``trained:clip-shapes``' (``--vision-from none``: from random weights), is shared by the three models,
 and the VQA model's question encoder is the retrieval model's text encoder (BLIP initialises its
@@ -82,9 +89,9 @@ def vision_sha256(preset: str | None) -> str | None:
     these (retraining ``clip-shapes`` means retraining this script's presets after it)."""
     if not preset:
         return None
-    from common import PRESETS
+    from common import preset_folder
 
-    return json.loads((PRESETS / preset / "preset.json").read_text())["sha256"]["model.safetensors"]
+    return json.loads((preset_folder(preset) / "preset.json").read_text())["sha256"]["model.safetensors"]
 
 
 def clip_vision_into_blip(blip, preset: str) -> None:
@@ -94,9 +101,9 @@ def clip_vision_into_blip(blip, preset: str) -> None:
     (``pre_layrnorm``) where BLIP does not: training goes on through that difference."""
     from transformers import CLIPModel
 
-    from common import PRESETS
+    from common import preset_folder
 
-    clip = CLIPModel.from_pretrained(PRESETS / preset).vision_model
+    clip = CLIPModel.from_pretrained(preset_folder(preset)).vision_model
     with torch.no_grad():
         ours, theirs = blip.embeddings, clip.embeddings
         ours.class_embedding.copy_(theirs.class_embedding.view_as(ours.class_embedding))

@@ -1,13 +1,23 @@
 """Train ``trained:clip-shapes``: a small CLIP (ViT 128 px, patches of 16, 4 layers of width 128;
 a 3-layer text tower) trained contrastively on generated scenes and their captions.
 
-    .venv/bin/python training/clip_shapes.py --scenes 20000 --steps 4000     # ~35 min on 2 cores
+The shipped weights are two runs, the second going on from the first (``--continue-from``: its
+weights, checked against its preset.json, on a fresh cosine schedule; preset.json records the
+first's command and sha256):
 
-Two things make the contrastive signal carry shape, not only colour. Half of each batch is
-single-shape scenes of two colours only, so that within it only shape and size tell captions apart
-(hard negatives); and pairs whose captions are the same text are all positives (a soft target
-spread over them), since a batch of generated scenes holds repeats that plain CLIP loss would push
-apart. (With plain batches, colour alone solved most of each batch: held-out shape top-1 0.65.)
+    .venv/bin/python training/clip_shapes.py --scenes 20000 --steps 4000     # ~35 min on 2 cores
+    .venv/bin/python training/clip_shapes.py --continue-from export/presets/clip-shapes --steps 5000 \
+        --seed 1 --lr 5e-4 --hard-share 0.75 --period-share 0.5               # ~50 min
+
+Two things make the contrastive signal carry shape, not only colour. Part of each batch
+(``--hard-share``, half by default) is single-shape scenes of two colours only, so that within it
+only shape and size tell captions apart (hard negatives); and pairs whose captions are the same text
+are all positives (a soft target spread over them), since a batch of generated scenes holds repeats
+that plain CLIP loss would push apart. (With plain batches, colour alone solved most of each batch:
+held-out shape top-1 0.65.) ``--period-share`` ends that share of captions with a period, as
+written text and CLIP's prompts ("a photo of a circle.") do; a caption with and without it is the
+same positive. The generated captions have none, and a model that never saw one read the period
+as a word.
 
 Training scenes come from :data:`edgevfm.benchmarks.scenes.TRAIN_SEED`; the benchmarks judge the
 preset on :data:`~edgevfm.benchmarks.scenes.HELD_OUT_SEED`, which this script never reads.
@@ -22,7 +32,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import LossLog, arguments, cosine_lr, write_preset  # noqa: E402
+from common import LossLog, arguments, continued_from, cosine_lr, write_preset  # noqa: E402
 
 from edgevfm.benchmarks.scenes import SHAPES, TRAIN_SEED, scenes, vocabulary  # noqa: E402
 from edgevfm.export.bpe import ENGLISH  # noqa: E402
@@ -56,8 +66,23 @@ def pixels(images: np.ndarray) -> torch.Tensor:
 
 
 def main(argv=None) -> None:
-    args = arguments(__doc__, argv, scenes=20000, steps=4000, batch=128, lr=1e-3)
+    def extra(parser):
+        parser.add_argument("--hard-share", type=float, default=0.5,
+                            help="the share of each batch that is single-shape scenes of two colours (hard negatives)")
+        parser.add_argument("--period-share", type=float, default=0.0,
+                            help="the share of captions given a closing period, as written text and prompts have")
+        parser.add_argument("--continue-from", type=Path, metavar="DIR",
+                            help="a clip-shapes folder to go on training (its tokenizer and sizes)")
+
+    args = arguments(__doc__, argv, scenes=20000, steps=4000, batch=128, lr=1e-3, extra=extra)
     model, tokenizer, processor = build()
+    history = {}
+    if args.continue_from:
+        from transformers import CLIPModel
+
+        history = continued_from(args.continue_from)
+        model = CLIPModel.from_pretrained(args.continue_from, dtype=torch.float32)
+    per_colour = round(args.batch * args.hard_share / 2)
     print(f"rendering {args.scenes} training scenes and as many single-shape ones (seed {TRAIN_SEED}) ...", flush=True)
     data = scenes(TRAIN_SEED, args.scenes)
     singles = scenes(TRAIN_SEED, args.scenes, objects=(1, 1), start=2 * 10 ** 6)
@@ -73,10 +98,13 @@ def main(argv=None) -> None:
     model.train()
     for step in range(args.steps):
         two = rng.choice(len(colours), 2, replace=False)
-        hard = np.concatenate([rng.choice(by_colour[colours[c]], args.batch // 4, replace=False) for c in two])
+        hard = np.concatenate([rng.choice(by_colour[colours[c]], per_colour, replace=False) for c in two])
         batch = np.concatenate([rng.choice(len(data), args.batch - len(hard), replace=False), hard])
         captions = [texts[i][int(rng.integers(len(texts[i])))] for i in batch]
-        tokens = tokenizer(captions, padding=True, return_tensors="pt")
+        written = captions  # the same caption with or without its period is the same positive
+        if args.period_share:
+            written = [c + "." if rng.random() < args.period_share else c for c in captions]
+        tokens = tokenizer(written, padding=True, return_tensors="pt")
         lr = cosine_lr(step, args.steps, args.lr, warmup=100)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -100,7 +128,9 @@ def main(argv=None) -> None:
         processor.save_pretrained(folder)
 
     card = {"seed": args.seed, "train_seed": TRAIN_SEED, "scenes": args.scenes, "steps": args.steps,
-            "batch": args.batch, "lr": args.lr, "train_zero_shot_top1": round(accuracy, 4)}
+            "batch": args.batch, "lr": args.lr, "hard_share": args.hard_share,
+            "period_share": args.period_share, **history,
+            "train_zero_shot_top1": round(accuracy, 4)}
     print("wrote", write_preset("clip-shapes", save, card, log.close(), args.out))
 
 

@@ -39,8 +39,8 @@ def arguments(doc: str, argv, scenes: int, steps: int, batch: int, lr: float, pa
     if vision_from:
         parser.add_argument("--vision-from", default=vision_from, metavar="PRESET",
                             type=lambda name: None if name.lower() == "none" else name,
-                            help=f"start the vision tower from this trained preset's (default {vision_from}; "
-                                 "none: random)")
+                            help=f"start the vision tower from this trained preset's, by name or folder "
+                                 f"(default {vision_from}; none: random)")
     parser.add_argument("--scenes", type=int, default=scenes)
     parser.add_argument("--steps", type=int, default=steps)
     parser.add_argument("--batch", type=int, default=batch)
@@ -87,6 +87,13 @@ class LossLog:
     def close(self) -> str:
         self.bar.close()
         return "\n".join(self.rows) + "\n"
+
+
+def preset_folder(name: str) -> Path:
+    """A preset's folder by name (``export/presets/<name>``), or any folder a run wrote (``--out``):
+    a script that starts from an earlier preset's weights can so start from the ones a preset
+    recorded when the shipped folder has since been trained further."""
+    return Path(name) if "/" in name or Path(name).is_absolute() else PRESETS / name
 
 
 def continued_from(folder: Path) -> dict:
