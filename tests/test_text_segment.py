@@ -23,9 +23,10 @@ from test_torch_free import _run_without_torch
 # what the top mask must reach against the named shape: a mask of the right shape (the trained SAM's
 # best proposals reach 0.81 mean IoU in the benchmark: benchmarks/reports/applications/text-segment)
 NAMED_IOU = 0.5
-# the share of queries whose top mask is the named shape's: the benchmark's 56 queries, 0.75 (IoU > 0.5);
-# the 20 below reach 18 with the shipped weights (small shapes are the misses) and are held to that rate
-NAMED_RATE = 0.75
+# the share of queries whose top mask is the named shape's: the benchmark's 56 queries, 0.821 (IoU > 0.5);
+# the 20 below reach 19 with the shipped weights (20 with the boxes given; clip-shapes' first run, 18 and 19),
+# held to 17: two answers of margin for another CPU's float sums
+NAMED_RATE = 0.85
 
 
 def _two_colour_scenes(count: int = 10):
@@ -68,9 +69,8 @@ def test_the_text_naming_a_shape_gives_its_mask_first(pair):
 
 def test_boxes_given_are_the_proposals(pair):
     """With every shape's box given, the proposals are SAM's masks for those boxes, ranked by CLIP's
-    score; the named shape comes first for the share of queries the automatic proposals reach (19 of
-    these 20 with the shipped weights; one large cyan triangle CLIP scores below the red square
-    beside it, -0.211 against -0.168)."""
+    score; the named shape comes first for at least the share of queries the automatic proposals
+    reach (all 20 with the shipped weights)."""
     sam, clip = pair
     named = []
     for scene in _two_colour_scenes():

@@ -51,6 +51,17 @@ def test_a_shipped_preset_is_the_recorded_bytes_and_says_how_it_was_made(name):
         assert meta["continued_from"]["command"].startswith(f"python training/{script}.py")
 
 
+@pytest.mark.parametrize("name", [n for n in PRESETS if "vision_from_sha256" in card(n)])
+def test_a_preset_started_from_another_names_weights_the_recorded_commands_rebuild(name):
+    """The weights a tower started from are the named preset's as shipped, or the run that preset
+    went on from (its ``continued_from``, which the training script's docstring says how to rebuild
+    into a folder of its own): never weights no recorded command makes."""
+    meta = card(name)
+    parent = card(meta["vision_from"])
+    rebuildable = {parent["sha256"]["model.safetensors"], parent.get("continued_from", {}).get("sha256")}
+    assert meta["vision_from_sha256"] in rebuildable, (name, meta["vision_from"])
+
+
 def test_clip_shapes_names_held_out_shapes_without_torch(clip_shapes_bundle, tmp_path):
     data = write("classify", tmp_path / "scenes", 60)
     result = _run_without_torch(f"""
@@ -70,8 +81,9 @@ def test_clip_shapes_names_held_out_shapes_without_torch(clip_shapes_bundle, tmp
     """)
     assert result.returncode == 0, result.stderr
     right, total = map(int, result.stdout.split())
-    # the shipped weights name 0.69 of the 300-scene split (target 0.90, missed: the report says why)
-    assert total == 60 and right / total >= 0.55
+    # the shipped weights name 59 of these 60 and 0.967 of the report's 300 scenes (the target is 0.90); the
+    # first run's alone named 0.69 there. The floor is the target: five answers below what they reach here
+    assert total == 60 and right / total >= 0.9, right
 
 
 def test_sam_shapes_segments_held_out_shapes_without_torch(sam_shapes_bundle, tmp_path):
