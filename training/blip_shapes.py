@@ -85,8 +85,8 @@ def build(patch: int = PATCH, vision_from: str | None = None):
 
 
 def vision_sha256(preset: str | None) -> str | None:
-    """The sha256 of the weights the tower started from: a rebuild gives the same bytes only from
-    these (retraining ``clip-shapes`` means retraining this script's presets after it)."""
+    """The sha256 of the weights the tower started from (``preset``: a preset's name or a folder): a
+    rebuild gives the same bytes only from these (see the module's docstring for the shipped ones)."""
     if not preset:
         return None
     from common import preset_folder

@@ -82,6 +82,9 @@ def main(argv=None) -> None:
 
         history = continued_from(args.continue_from)
         model = CLIPModel.from_pretrained(args.continue_from, dtype=torch.float32)
+    if not (0 <= args.hard_share < 1 and 0 <= args.period_share <= 1):
+        raise SystemExit(f"--hard-share must be in [0, 1) and --period-share in [0, 1], found {args.hard_share} "
+                         f"and {args.period_share}")
     per_colour = round(args.batch * args.hard_share / 2)
     print(f"rendering {args.scenes} training scenes and as many single-shape ones (seed {TRAIN_SEED}) ...", flush=True)
     data = scenes(TRAIN_SEED, args.scenes)
