@@ -71,10 +71,9 @@ def main(argv=None) -> None:
                             help="the share of each batch that is single-shape scenes of two colours (hard negatives)")
         parser.add_argument("--period-share", type=float, default=0.0,
                             help="the share of captions given a closing period, as written text and prompts have")
-        parser.add_argument("--continue-from", type=Path, metavar="DIR",
-                            help="a clip-shapes folder to go on training (its tokenizer and sizes)")
 
-    args = arguments(__doc__, argv, scenes=20000, steps=4000, batch=128, lr=1e-3, extra=extra)
+    args = arguments(__doc__, argv, scenes=20000, steps=4000, batch=128, lr=1e-3, continues="clip-shapes",
+                     continues_note=" (its tokenizer and sizes)", extra=extra)
     model, tokenizer, processor = build()
     history = {}
     if args.continue_from:

@@ -25,12 +25,13 @@ THREADS = 2  # the thread count changes float summation order: the recorded byte
 
 
 def arguments(doc: str, argv, scenes: int, steps: int, batch: int, lr: float, patch: int | None = None,
-              vision_from: str | None = None, extra=None):
+              vision_from: str | None = None, continues: str | None = None, continues_note: str = "", extra=None):
     """Every script's options (its defaults rebuild its preset), parsed; then :func:`start`.
     ``patch``: the script takes ``--patch`` (the vision tower's patch side), this its default;
     ``vision_from``: it takes ``--vision-from PRESET`` (a trained tower to start from), this preset
-    its default; ``--vision-from none`` starts from random weights. ``extra(parser)`` adds a
-    script's own options."""
+    its default; ``--vision-from none`` starts from random weights. ``continues``: the script takes
+    ``--continue-from DIR``, a folder of this preset to go on training (see :func:`continued_from`),
+    ``continues_note`` what the help adds. ``extra(parser)`` adds a script's own options."""
     import argparse
 
     parser = argparse.ArgumentParser(description=doc.split("\n")[0])
@@ -41,6 +42,9 @@ def arguments(doc: str, argv, scenes: int, steps: int, batch: int, lr: float, pa
                             type=lambda name: None if name.lower() == "none" else name,
                             help=f"start the vision tower from this trained preset's, by name or folder "
                                  f"(default {vision_from}; none: random)")
+    if continues:
+        parser.add_argument("--continue-from", type=Path, metavar="DIR",
+                            help=f"a {continues} folder to go on training{continues_note}")
     parser.add_argument("--scenes", type=int, default=scenes)
     parser.add_argument("--steps", type=int, default=steps)
     parser.add_argument("--batch", type=int, default=batch)

@@ -146,8 +146,6 @@ def step_loss(model, lm, image_features, pairs) -> torch.Tensor:
 
 
 def options(parser) -> None:
-    parser.add_argument("--continue-from", type=Path, metavar="DIR",
-                        help="a llava-shapes folder to go on training (stage 2 only)")
     parser.add_argument("--tower-lr", type=float, default=TOWER_LR, help="the tower's rate, a share of the lr")
     parser.add_argument("--caption-share", type=float, default=CAPTION_SHARE, help="of each stage-2 batch")
     parser.add_argument("--position-weight", type=float, default=1.0,
@@ -168,7 +166,8 @@ def continued(folder: Path):
 
 
 def main(argv=None) -> None:
-    args = arguments(__doc__, argv, scenes=20000, steps=2600, batch=16, lr=1e-3, extra=options)
+    args = arguments(__doc__, argv, scenes=20000, steps=2600, batch=16, lr=1e-3, continues="llava-shapes",
+                     continues_note=" (stage 2 only)", extra=options)
     model, tokenizer, processor = build()
     history = {}
     if args.continue_from:

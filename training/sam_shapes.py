@@ -144,10 +144,9 @@ def main(argv=None) -> None:
     def extra(parser):
         parser.add_argument("--width", type=int, default=128,
                             help="channels of the image embedding, the prompt encoder and the mask decoder")
-        parser.add_argument("--continue-from", type=Path, metavar="DIR",
-                            help="a sam-shapes folder to go on training (its width, not --width)")
 
-    args = arguments(__doc__, argv, scenes=10000, steps=7000, batch=16, lr=8e-4, extra=extra)
+    args = arguments(__doc__, argv, scenes=10000, steps=7000, batch=16, lr=8e-4, continues="sam-shapes",
+                     continues_note=" (its width, not --width)", extra=extra)
     model, processor = build(args.width)
     history = {}
     if args.continue_from:
