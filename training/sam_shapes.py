@@ -3,18 +3,19 @@ an image embedding, prompt encoder and mask decoder of 128 channels; 64 x 64 low
 on generated scenes to give each shape's mask from a point, two points, a box, a point and a box,
 and again with its own previous mask as the mask prompt.
 
-    .venv/bin/python training/sam_shapes.py     # 7,000 steps, ~50 min on 2 cores (loss.tsv has the times)
-    .venv/bin/python training/sam_shapes.py --continue-from export/presets/sam-shapes --steps 6000 --seed 1 --lr 4e-4
+    .venv/bin/python training/sam_shapes.py     # 8,000 steps, ~75 min on 2 cores (loss.tsv has the times)
 
-A run may go on training an earlier one (``--continue-from DIR``: its weights, checked against its
-preset.json, on a fresh cosine schedule); the preset records that folder's sha256 and the command
-that made it, so the pair of commands rebuilds it (preset.json's ``command`` and ``continued_from``).
-The shipped weights are the pair above (the second ~42 min).
+The shipped weights are that one run. A run may go on training an earlier one (``--continue-from
+DIR``: its weights, checked against its preset.json, on a fresh cosine schedule); the preset then
+records that folder's sha256 and the command that made it (preset.json's ``continued_from``).
 
-The mask decoder's width decides the outline: SAM's upscaling ends in width / 8 channels per
-low-res pixel, which the hypernetwork's weights are dotted with; at 64 (8 channels) the masks came
-out blurred at every shape's edge (``--width``; docs/trained-presets.md has the runs that showed it,
-``training/sam_errors.py`` where a preset's masks miss).
+The image encoder is trained with the rest, through ``model.vision_encoder``: transformers'
+``SamModel.get_image_embeddings`` runs under ``torch.no_grad``, and the presets trained through it
+(before commit 418ef50) kept the tower as drawn, a random-feature encoder that only the prompt
+encoder and decoder learnt to read (``tests/test_trained_presets.py`` now fails a preset with a
+layer that never moved). The mask decoder's width (``--width``) was chosen on those runs: at 64
+(8 channels per low-res pixel) their masks came out blurred at every shape's edge
+(docs/trained-presets.md; ``training/sam_errors.py`` shows where a preset's masks miss).
 
 As SAM is trained: the three multimask outputs learn the best of them (the lowest loss), output 0
 every prompt, the IoU head the IoU each mask really has. The decoder is edgevfm's exported
@@ -145,7 +146,7 @@ def main(argv=None) -> None:
         parser.add_argument("--width", type=int, default=128,
                             help="channels of the image embedding, the prompt encoder and the mask decoder")
 
-    args = arguments(__doc__, argv, scenes=10000, steps=7000, batch=16, lr=8e-4, continues="sam-shapes",
+    args = arguments(__doc__, argv, scenes=10000, steps=8000, batch=16, lr=8e-4, continues="sam-shapes",
                      continues_note=" (its width, not --width)", extra=extra)
     model, processor = build(args.width)
     history = {}
@@ -168,7 +169,9 @@ def main(argv=None) -> None:
         lr = cosine_lr(step, args.steps, args.lr, warmup=150)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        embeddings = model.get_image_embeddings(pixels(np.stack([s.image for s in batch])))
+        # the tower itself: SamModel.get_image_embeddings runs under torch.no_grad, and the image
+        # encoder would never learn
+        embeddings = model.vision_encoder(pixels(np.stack([s.image for s in batch])))[0]
         masks = [s.masks[int(rng.integers(len(s.masks)))] for s in batch]
         groups = [prompts(rng, mask) for mask in masks]
         targets = torch.from_numpy(np.stack(masks).astype(np.float32))
