@@ -81,12 +81,17 @@ def test_missed_goals_say_why_in_the_rows_precisions():
     goals = {g["goal"]: g for g in SamBench.goals(None, [torch_row, fp32, bf16, int8], peaks)}
     speed = "encoder at least 3x faster than FP32 ONNX, mean mask IoU >= 0.95 against FP32"
     low = goals[f"openvino ov-bf16: {speed}"]
-    assert not low["met"] and "the decoder is BF16 too" in low["measured"]
+    assert not low["met"] and "the decoder is BF16 too: random weights" in low["measured"]
     assert "(BF16): the goal allows 2000.0 ms (no BF16 peak is measured here)" in low["measured"]
     # INT8 Linear/Conv 700 GOP at 800 GOP/s + FP32 attention 200 GOP at 200 GFLOP/s = 1875 ms < 2000 allowed
     slow = goals[f"openvino ov-int8: {speed}"]
     assert not slow["met"] and "takes 1875.0 ms, within the 2000.0 ms the goal allows" in slow["measured"]
     assert "decoder is" not in slow["measured"]  # IoU 0.97 is within the goal
+    # with ground truth (a trained preset), the low agreement is put beside what it costs on the task
+    trained = dict(bf16, accuracy={"mask_iou_mean": 0.6, "point_miou drop": 0.0034, "box_miou drop": -0.0002})
+    (task,) = [g for g in SamBench.goals(None, [torch_row, fp32, trained], peaks) if speed in g["goal"]]
+    assert "the decoder is BF16 too; against the ground truth the row loses 0.0034 point and -0.0002 box mIoU" \
+        in task["measured"] and "random" not in task["measured"]
     decoder = goals["onnxruntime fp32: decoder p50 under 10 ms per single-point prompt"]
     # 3.0 GOP + 0.1 GOP in FP32 at 200 GFLOP/s = 15.5 ms
     assert "takes 15.5 ms, more than the 10.0 ms the goal allows" in decoder["measured"]
