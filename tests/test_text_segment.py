@@ -21,12 +21,12 @@ from edgevfm.runtime.masks import mask_boxes
 from test_torch_free import _run_without_torch
 
 # what the top mask must reach against the named shape: a mask of the right shape (the trained SAM's
-# best proposals reach 0.81 mean IoU in the benchmark: benchmarks/reports/applications/text-segment)
+# best proposals reach 0.92 mean IoU in the benchmark: benchmarks/reports/applications/text-segment)
 NAMED_IOU = 0.5
-# the share of queries whose top mask is the named shape's: the benchmark's 56 queries, 0.821 (IoU > 0.5);
-# the 20 below reach 19 with the shipped weights (20 with the boxes given; clip-shapes' first run, 18 and 19),
-# held to 17: two answers of margin for another CPU's float sums
-NAMED_RATE = 0.85
+# the share of queries whose top mask is the named shape's: the benchmark's 56 queries, 0.875 (IoU > 0.5);
+# the 20 below reach 18 with the shipped weights (20 with the boxes given; sam-shapes before its image
+# encoder learnt, 19 and 20), held to 16: two answers of margin for another CPU's float sums
+NAMED_RATE = 0.8
 
 
 def _two_colour_scenes(count: int = 10):
