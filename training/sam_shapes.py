@@ -3,7 +3,7 @@ an image embedding, prompt encoder and mask decoder of 128 channels; 64 x 64 low
 on generated scenes to give each shape's mask from a point, two points, a box, a point and a box,
 and again with its own previous mask as the mask prompt.
 
-    .venv/bin/python training/sam_shapes.py     # 8,000 steps, ~75 min on 2 cores (loss.tsv has the times)
+    .venv/bin/python training/sam_shapes.py     # 8,000 steps, ~80 min on 2 cores (loss.tsv has the times)
 
 The shipped weights are that one run. A run may go on training an earlier one (``--continue-from
 DIR``: its weights, checked against its preset.json, on a fresh cosine schedule); the preset then
@@ -11,7 +11,7 @@ records that folder's sha256 and the command that made it (preset.json's ``conti
 
 The image encoder is trained with the rest, through ``model.vision_encoder``: transformers'
 ``SamModel.get_image_embeddings`` runs under ``torch.no_grad``, and the presets trained through it
-(before commit 418ef50) kept the tower as drawn, a random-feature encoder that only the prompt
+(up to commit 418ef50) kept the tower as drawn, a random-feature encoder that only the prompt
 encoder and decoder learnt to read (``tests/test_trained_presets.py`` now fails a preset with a
 layer that never moved). The mask decoder's width (``--width``) was chosen on those runs: at 64
 (8 channels per low-res pixel) their masks came out blurred at every shape's edge
