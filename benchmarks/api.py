@@ -27,7 +27,7 @@ SCHEMA = "edgevfm.bench/1"
 
 def bench(bundles: list[str | Path], reference: str, out_dir: str | Path, data: str | Path | None = None,
           threads: int = 2, runs: int = 30, warmup: int | None = None, batch: int = 8,
-          command: str | None = None, show_progress: bool = True, rounds: int = 1) -> dict:
+          command: str | None = None, show_progress: bool = True, rounds: int = 1, quick: bool = False) -> dict:
     """Measure ``bundles`` against ``reference`` (the checkpoint they were exported from).
 
     Every row reports load time, first-call time, per-part latency (p50/p90/p99 over ``runs``
@@ -35,8 +35,9 @@ def bench(bundles: list[str | Path], reference: str, out_dir: str | Path, data: 
     against the reference. The runs are split over ``rounds`` interleaved rounds (every row once,
     then every row again, ...; each row in a fresh process each time), so that a busy minute of a
     shared machine slows every row alike; the report gives each part's spread between rounds and
-    the load average before and after, and flags a busy machine. Returns the results dict, with
-    ``report`` naming the Markdown file.
+    the load average before and after, and flags a busy machine. ``quick`` (edgevfm demo) shortens
+    the family's extras (:meth:`Bench.quicken`: SAM's automatic-mask recall); the report's
+    settings and workload say so. Returns the results dict, with ``report`` naming the Markdown file.
     """
     if not bundles:
         raise InputError("no bundles given: pass at least one bundle folder")
@@ -57,9 +58,12 @@ def bench(bundles: list[str | Path], reference: str, out_dir: str | Path, data: 
         data = held_out(family, task=task)
         made_by = held_out_command(family, task)
     family_bench = BENCH.get(family)(str(data) if data else None)
+    if quick:
+        family_bench.quicken()
     family_bench.check_bundles(opened)
     base = {"family": family, "data": str(data) if data else None, "data_made_by": made_by, "threads": threads, "runs": runs,
-            "warmup": warmup if warmup is not None else max(3, runs // 5), "batch": batch, "rounds": rounds}
+            "warmup": warmup if warmup is not None else max(3, runs // 5), "batch": batch, "rounds": rounds,
+            **({"quick": True} if quick else {})}
     tasks = [dict(base, kind="pytorch", target=reference)] + [dict(base, kind="bundle", target=str(b.path)) for b in opened]
     load_before, busy_before = os.getloadavg(), busy_cores()
     peaks = gemm_peaks(threads)

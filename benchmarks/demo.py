@@ -76,7 +76,7 @@ def run_demo(out: str | Path = "demo-out", models=DEFAULT_MODELS, report_dir: st
                    + f" --rounds {rounds}" + (" --variants" if variants else ""))
         print(f"[4/4] bench {len(bundles)} bundles against PyTorch eager FP32 ({threads} threads, {n} runs)")
         result = bench(bundles, reference=model, out_dir=reports, threads=threads, runs=n, command=command,
-                       rounds=rounds)
+                       rounds=rounds, quick=not variants)
         print(f"      {headline(result, family_bench)}")
         steps["bench"] = time.perf_counter() - started - sum(steps.values())
         print(f"report: {result['report']} (and report.html, results.json beside it); {model} took "

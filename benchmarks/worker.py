@@ -17,6 +17,8 @@ def measure_row(task: dict) -> dict:
     threads = task["threads"]
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     bench = BENCH.get(task["family"])(task["data"])
+    if task.get("quick"):
+        bench.quicken()
     rss_before = current_rss_mb()
     if task["kind"] == "pytorch":
         row = _open_torch(task, bench)

@@ -136,27 +136,35 @@ def test_sam_shapes_segments_held_out_shapes_without_torch(sam_shapes_bundle, tm
 
 def test_sam_bench_measures_automatic_mask_recall_against_the_scenes(sam_shapes_bundle, tmp_path):
     """With ground truth, each bundle row gets automatic-mask recall at IoU 0.5: the share of drawn
-    shapes one generated mask covers, counted here again from the runtime's generator."""
+    shapes one generated mask covers, counted here again from the runtime's generator. edgevfm demo's
+    quick bench counts it on the first QUICK_RECALL_IMAGES images (make report on RECALL_IMAGES), and
+    its report says so."""
     from edgevfm.benchmarks.api import bench
-    from edgevfm.benchmarks.families.sam import RECALL_FILTERS
+    from edgevfm.benchmarks.families.sam import QUICK_RECALL_IMAGES, RECALL_FILTERS, RECALL_IMAGES, SamBench
     from edgevfm.runtime import load
     from edgevfm.runtime.image import load_image
 
-    data = write("masks", tmp_path / "scenes", 4)
+    data = write("masks", tmp_path / "scenes", QUICK_RECALL_IMAGES + 1)
+    full = SamBench(str(data))
+    assert full.recall_images == RECALL_IMAGES > QUICK_RECALL_IMAGES + 1
+    assert full.workload()["automatic_mask_recall"] == f"bundles, on the first {QUICK_RECALL_IMAGES + 1} of those images"
     found = bench([sam_shapes_bundle], reference="trained:sam-shapes", data=data, out_dir=tmp_path / "r", runs=1,
-                  warmup=0, batch=1, threads=1, show_progress=False)
+                  warmup=0, batch=1, threads=1, show_progress=False, quick=True)
     extra = found["rows"][1]["extra"]
+    assert found["settings"]["quick"] is True
+    assert found["workload"]["automatic_mask_recall"] == (f"bundles, on the first {QUICK_RECALL_IMAGES} of those images "
+                                                          f"(edgevfm demo's quick look; make report takes {RECALL_IMAGES})")
     p = load(sam_shapes_bundle, threads=1)
     content = json.loads((data / "instances.json").read_text())
     hits = []
-    for image in content["images"]:
+    for image in content["images"][:QUICK_RECALL_IMAGES]:
         masks = [f["segmentation"] for f in p.generate(load_image(data / image["file_name"]), **RECALL_FILTERS)]
         for a in content["annotations"]:
             if a["image_id"] == image["id"]:
                 truth = _mask(a)
                 hits.append(any((m & truth).sum() / (m | truth).sum() >= 0.5 for m in masks))
     assert extra["automatic_masks_recall@0.5"] == pytest.approx(np.mean(hits)) and 0 < np.mean(hits)
-    assert "4 images" in extra["automatic_recall_settings"] and extra["automatic_masks_per_image"] > 0
+    assert f"{QUICK_RECALL_IMAGES} images" in extra["automatic_recall_settings"] and extra["automatic_masks_per_image"] > 0
 
 
 def test_blip_shapes_captions_held_out_scenes_without_torch(blip_shapes_bundle, tmp_path):

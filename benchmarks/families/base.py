@@ -79,6 +79,10 @@ class Bench(ABC):
     def __init__(self, data: str | None = None):
         """``data``: the user's --data folder (labelled images, annotations, masks), or None."""
 
+    def quicken(self) -> None:
+        """Shorten the workload's extras for ``edgevfm demo`` (make demo: a newcomer's first look;
+        make report measures in full). The accuracy workload stays whole; the default changes nothing."""
+
     def check_bundles(self, bundles: list) -> None:
         """Refuse, before anything is measured, bundles this benchmark cannot measure (raise
         InputError saying why)."""
