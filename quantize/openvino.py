@@ -9,7 +9,8 @@ compressed with NNCF. Every family has them.
   ``INT8_MIN_COSINE`` of FP32's, NNCF's accuracy control ranks the quantized operations by what
   each costs and returns the most sensitive ones to float until the floor holds (at most
   ``RESTORE_ITERATIONS``; ``quick``, as ``edgevfm demo`` quantizes, skips this step, which takes
-  minutes, and says so), and the part records which; a language-model decoder (a part with
+  minutes, and tries SmoothQuant only where the part without it misses the floor, and says so),
+  and the part records which; a language-model decoder (a part with
   ``past_*`` inputs, driven token by token by the generation engine) gets 8-bit weights instead
   (asymmetric, per channel), as OpenVINO's own LLM pipelines do: static activation ranges from a
   prefill do not fit single-token decode steps.
@@ -130,11 +131,12 @@ def openvino_int8(src: Path, dst: Path, feeds=None, min_cosine: float = INT8_MIN
         return {"compressor": f"nncf {nncf.__version__}", "weights": "int8 asymmetric, per channel",
                 "activations": "float"}
     held_out = HeldOut(model, list(feeds))
-    model, chosen = _smooth_quant_by_measurement(nncf, src, held_out)
+    quantized, chosen = _smooth_quant_by_measurement(nncf, model, held_out, enough=min_cosine if quick else None)
     if chosen["cosine"] < min_cosine and quick:  # accuracy control ranks every quantized operation: minutes
         chosen = dict(chosen, below_floor=min_cosine, accuracy_control="skipped (quick: edgevfm demo)")
     elif chosen["cosine"] < min_cosine:
-        model, chosen = _sensitive_back_to_float(nncf, src, held_out, model, chosen, min_cosine)
+        quantized, chosen = _sensitive_back_to_float(nncf, model, held_out, quantized, chosen, min_cosine)
+    model = quantized
     _save(model, dst)
     return {"quantizer": f"nncf {nncf.__version__}", "model_type": "transformer", "overflow_fix": "every layer",
             **chosen, INT8_ACTIVATIONS: SATURATION_SAFE}
@@ -183,26 +185,34 @@ def _advanced(smooth_quant: str | None = None):
     return AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE)
 
 
-def _smooth_quant_by_measurement(nncf, src: Path, held_out: HeldOut):
-    """NNCF's transformer PTQ with SmoothQuant (its default alpha) and without, each calibrated on
-    ``held_out.calibration``; keeps the one whose outputs on the held-out feeds stay closer to FP32
-    (mean cosine). SmoothQuant moves activation outliers into the weights: on CLIP ViT-B/32 it helps
-    the vision tower and hurts the text tower on prompts it was not calibrated on; the part's
-    manifest (``recipe.parts.<part>.smooth_quant``) records both cosines."""
+def _smooth_quant_by_measurement(nncf, model, held_out: HeldOut, enough: float | None = None):
+    """NNCF's transformer PTQ of the OpenVINO ``model`` (left as it is) without SmoothQuant and with
+    it (NNCF's default alpha), each calibrated on ``held_out.calibration``; keeps the one whose
+    outputs on the held-out feeds stay closer to FP32 (mean cosine). SmoothQuant moves activation
+    outliers into the weights: on CLIP ViT-B/32 it helps the vision tower a little and hurts the
+    text tower on prompts it was not calibrated on, and on most parts of the other families it
+    loses; the part's manifest (``recipe.parts.<part>.smooth_quant``) records the cosines. With
+    ``enough`` (``quick``: edgevfm demo) it stops at the first setting whose cosine reaches it,
+    and says that the other was not tried."""
     tried = {}
-    for smooth_quant in ("on", "off"):
+    for smooth_quant in ("off", "on"):
         with quiet_nncf():
-            quantized = nncf.quantize(converted(src), nncf.Dataset(held_out.calibration),
+            quantized = nncf.quantize(model.clone(), nncf.Dataset(held_out.calibration),
                                       model_type=nncf.ModelType.TRANSFORMER, subset_size=len(held_out.calibration),
                                       advanced_parameters=_advanced(smooth_quant))
         tried[smooth_quant] = (quantized, held_out.cosine(quantized))
+        if enough is not None and tried[smooth_quant][1] >= enough:
+            break
     best = max(tried, key=lambda k: tried[k][1])
-    return tried[best][0], {"samples": len(held_out.calibration), "smooth_quant": best,
-                            "smooth_quant_cosine": {k: round(v[1], 6) for k, v in tried.items()},
-                            "checked_on": held_out.described, "cosine": round(tried[best][1], 6)}
+    found = {"samples": len(held_out.calibration), "smooth_quant": best,
+             "smooth_quant_cosine": {k: round(v[1], 6) for k, v in tried.items()},
+             "checked_on": held_out.described, "cosine": round(tried[best][1], 6)}
+    if len(tried) == 1:
+        found["smooth_quant_not_tried"] = f"on (quick: off reached the floor {enough})"
+    return tried[best][0], found
 
 
-def _sensitive_back_to_float(nncf, src: Path, held_out: HeldOut, quantized, chosen: dict, min_cosine: float):
+def _sensitive_back_to_float(nncf, model, held_out: HeldOut, quantized, chosen: dict, min_cosine: float):
     """NNCF's accuracy control over the chosen quantization: it ranks the quantized operations by the
     cosine each costs on the held-out feeds and returns the worst to float, one group at a time,
     until the part's mean cosine to FP32 reaches ``min_cosine`` (or ``RESTORE_ITERATIONS`` pass).
@@ -220,7 +230,7 @@ def _sensitive_back_to_float(nncf, src: Path, held_out: HeldOut, quantized, chos
 
     with quiet_nncf():
         restored = nncf.quantize_with_accuracy_control(
-            converted(src), nncf.Dataset(held_out.calibration),
+            model.clone(), nncf.Dataset(held_out.calibration),
             nncf.Dataset(list(enumerate(held_out.check)), lambda item: item[1]), validate,
             max_drop=1 - min_cosine, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(held_out.calibration),
             advanced_quantization_parameters=_advanced(chosen["smooth_quant"]),

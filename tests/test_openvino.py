@@ -114,6 +114,32 @@ def test_sensitive_operations_go_back_to_float_below_the_floor(clip_bundle, tmp_
     assert fake_quantized_ops(shipped), "accuracy control put every operation back in float"
 
 
+@pytest.mark.parametrize("floor", [0.5, 0.99999])
+def test_quick_tries_smooth_quant_only_where_off_misses_the_floor(clip_bundle, tmp_path, floor):
+    """edgevfm demo's quick ov-int8 quantizes without SmoothQuant first and stops there where that
+    reaches the floor (saying what it did not try); below the floor it tries SmoothQuant too, keeps
+    the closer and skips accuracy control, saying so. Without quick both are always tried."""
+    from edgevfm.quantize.api import bundle_feeds
+    from edgevfm.quantize.openvino import openvino_int8
+    from edgevfm.runtime.bundle import open_bundle
+
+    source = open_bundle(clip_bundle)
+    feeds = bundle_feeds(source, None, 8)["vision"]
+    quick = openvino_int8(source.file("vision.onnx"), tmp_path / "quick.xml", feeds=feeds, min_cosine=floor, quick=True)
+    if floor == 0.5:
+        assert quick["smooth_quant_cosine"].keys() == {"off"} and quick["smooth_quant"] == "off", quick
+        assert quick["smooth_quant_not_tried"] == "on (quick: off reached the floor 0.5)"
+        assert "below_floor" not in quick and quick["cosine"] == quick["smooth_quant_cosine"]["off"]
+    else:
+        cosines = quick["smooth_quant_cosine"]
+        assert cosines.keys() == {"off", "on"} and max(cosines.values()) < floor, quick
+        assert quick["smooth_quant"] == max(cosines, key=cosines.get) and "smooth_quant_not_tried" not in quick
+        assert (quick["below_floor"], quick["accuracy_control"]) == (floor, "skipped (quick: edgevfm demo)")
+    full = openvino_int8(source.file("vision.onnx"), tmp_path / "full.xml", feeds=feeds, min_cosine=0.5)
+    assert full["smooth_quant_cosine"].keys() == {"off", "on"} and "smooth_quant_not_tried" not in full
+    assert full["smooth_quant_cosine"]["off"] == quick["smooth_quant_cosine"]["off"]  # the same quantization
+
+
 def test_int4_group_and_share_are_chosen_by_measurement(clip_bundle, clip_recipe_bundles, tmp_path):
     """ov-int4 tries (group, share at 4 bits) in order of bits per weight and ships the first within
     its floor, else the closest; the shipped part's held-out cosine is the one recorded; a block
