@@ -128,15 +128,17 @@ def plot(results: dict, out_dir: Path) -> Path | None:
         return None
     rows = results["rows"]
     parts = list(rows[0]["latency_ms"])
-    fig, axes = plt.subplots(1, len(parts), figsize=(5 * len(parts), 3.6), squeeze=False)
+    names = [r["name"] for r in rows]  # labelled once, on the left: every part has the same rows
+    width = 4 * len(parts) + 0.075 * max(map(len, names))
+    fig, axes = plt.subplots(1, len(parts), figsize=(width, 1.2 + 0.3 * len(rows)), squeeze=False, sharey=True)
     for ax, part in zip(axes[0], parts):
         p50 = [r["latency_ms"][part]["p50"] for r in rows]
         p90 = [r["latency_ms"][part]["p90"] for r in rows]
-        ax.barh([r["name"] for r in rows], p50, xerr=[[0] * len(rows), [b - a for a, b in zip(p50, p90)]],
+        ax.barh(names, p50, xerr=[[0] * len(rows), [b - a for a, b in zip(p50, p90)]],
                 color=["#999999" if r["kind"] == "pytorch" else "#3a7bd5" for r in rows])
-        ax.invert_yaxis()
         ax.set_xlabel("ms per call, batch 1 (p50, whisker to p90)")
         ax.set_title(f"{results['family']} {part}")
+    axes[0][0].invert_yaxis()  # the first row on top; the axis is shared, so once
     fig.tight_layout()
     path = out_dir / "latency.png"
     fig.savefig(path, dpi=110)
