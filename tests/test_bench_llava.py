@@ -53,3 +53,15 @@ def test_loop_overhead_is_reported(results):
     assert torch_row["extra"] == {}
     for row in (fp32, int4):
         assert row["extra"]["decode_tokens_per_s"] > 0 and row["extra"]["loop_overhead_ms_per_token"] >= 0
+
+
+def test_the_demo_s_quick_bench_prompts_one_photo_and_keeps_the_text():
+    """edgevfm demo benches quickly: the image prompts on one photo, the English text whole."""
+    from edgevfm.benchmarks.families.llava import LlavaBench
+
+    full, quick = LlavaBench(), LlavaBench()
+    quick.quicken()
+    assert (full.workload()["images"], full.workload()["prompts"]) == (3, 6)
+    assert (quick.workload()["images"], quick.workload()["prompts"]) == (1, 2)
+    assert quick.workload()["perplexity_text"] == full.workload()["perplexity_text"]
+    assert (quick.images[0] == full.images[0]).all()  # the first of the same photos

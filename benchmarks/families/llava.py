@@ -57,6 +57,7 @@ class LlavaBench(Bench):
     agreement_keys = ("next_token_top1_agreement",)
     auto_floor = {"min_cosine": None, "max_drop": 0.05}
     demo_recipes = ("llava-int4", "llava-int8", "llava-int4-rtn")  # what mixing bits buys, against 8 and 4 bits
+    quick_recipes = ("llava-int4",)  # make demo: the edge recipe against FP32 (each row is ~15 s of SmolLM2)
     # `demo --variants` (make report): the plain TorchScript llm graph against the builder's, and
     # the OpenVINO recipes, which convert the plain graph only (OpenVINO cannot read the builder's)
     export_variants = {"plain-llm": {"llm_graph": "plain"}}
@@ -104,6 +105,11 @@ class LlavaBench(Bench):
         if task not in (None, "vqa"):
             raise InputError(f"--data holds {task} annotations, but LLaVA bundles are measured on questions: give a "
                              "VQA annotation folder (questions.json and annotations.json)")
+
+    def quicken(self) -> None:
+        """make demo: the image prompts on the first photo only (2 of 6); the English text's
+        positions, most of the agreement figure, stay."""
+        self.images = self.images[:1]
 
     def torch_runner(self, checkpoint):
         return _TorchLlava(checkpoint)
