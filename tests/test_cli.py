@@ -104,8 +104,9 @@ def test_task_of_another_family_is_refused(sam_bundle, clip_bundle, tmp_path, ca
 
 
 def test_the_demo_summary_says_each_models_time_and_the_machine(tmp_path):
-    """demo.md: one row per model with its seconds per step and their total, the whole run in
-    minutes, the command that makes it again and the CPU's INT8 arithmetic."""
+    """demo.md: one row per model with its seconds per step and their total, the applications'
+    seconds after them, the whole run in minutes, the command that makes it again and the CPU's
+    INT8 arithmetic."""
     import json
 
     from edgevfm.benchmarks.demo import demo_command, write_summary
@@ -115,9 +116,10 @@ def test_the_demo_summary_says_each_models_time_and_the_machine(tmp_path):
                 "seconds": {"export": 4.2, "quantize": 30.4, "run": 1.0, "bench": 20.6}}]
     command = demo_command(tmp_path / "out", ["random:clip-tiny"], None, None, 2, False, 1)
     assert command == f"edgevfm demo -o {tmp_path / 'out'} --model random:clip-tiny --threads 2 --rounds 1"
-    page = write_summary(tmp_path / "report", timings, 61.0, command, 2).read_text()
+    page = write_summary(tmp_path / "report", timings, 61.0, command, 2, applications_s=4.6).read_text()
     assert "| random:clip-tiny | clip | 5 | 4 | 30 | 1 | 21 | 56 |" in page
+    assert "(video retrieval, text prompts, edgevfm serve, edgevfm batch): 5 s." in page
     assert "Total: 1.0 minutes." in page and f"Produced by `{command}`" in page
     assert f"INT8 arithmetic: {isa_label()}" in page
     saved = json.loads((tmp_path / "report" / "demo.json").read_text())
-    assert saved["models"] == timings and saved["total_s"] == 61.0
+    assert saved["models"] == timings and (saved["applications_s"], saved["total_s"]) == (4.6, 61.0)
