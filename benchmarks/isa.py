@@ -13,6 +13,13 @@ benchmark workload and floors (the ones ``--recipe auto`` holds candidates to).
 ``--model`` exports the model and quantizes it with every INT8 recipe of its family, plus the
 full-range controls (``*-u8s8``, ``ov-int8-plain-full-range``: what edgevfm wrote before, and what
 the safe recipes avoid); or pass ready bundles: ``FP32 BUNDLE...``.
+
+A preset trained on the generated scenes (``trained:*``) is judged on its task instead, as its
+bench report judges it: its bundles calibrate on the training split's scenes, each row's task
+scores on held-out scenes (``--scenes N``: the first N of the held-out split) are compared with
+the FP32 bundle's on the same CPU, and the floor is the family's task goal:
+
+    python -m edgevfm.benchmarks.isa --model trained:clip-shapes --scenes 60 -o benchmarks/reports/int8-isa/clip-shapes
 """
 
 from __future__ import annotations
@@ -31,27 +38,36 @@ CONTROLS = ("int8-dynamic-u8s8", "int8-static-u8s8", "ov-int8-plain-full-range")
 ACTIVATION_INT8 = ("int8-dynamic", "int8-static", "ov-int8", "ov-int8-bf16", "ov-int8-plain")
 
 
-def measure(fp32: str, bundles: list[str], threads: int = 2, images: int | None = None) -> dict:
+def measure(fp32: str, bundles: list[str], threads: int = 2, images: int | None = None,
+            data: str | None = None) -> dict:
     """{isa, instruction_sets, rows: {bundle: the family's accuracy against the FP32 bundle}} on
-    the CPU this process sees; ``images``: only the first of the workload's images."""
+    the CPU this process sees; ``images``: only the first of the workload's images; ``data``: the
+    family's ground truth (held-out scenes), whose task scores each row has beside their drop below
+    the FP32 bundle's (``fp32_task``)."""
     from edgevfm.runtime import cpu, load, open_bundle
 
     from .families import BENCH
     from .families.base import load_on_this_cpu
 
-    bench = BENCH.get(open_bundle(fp32, verify_hashes=False).family)(None)
+    bench = BENCH.get(open_bundle(fp32, verify_hashes=False).family)(data)
     if images:
         bench.images = bench.images[:images]
     reference = bench.outputs(bench.bundle_runner(load(fp32, threads=threads)))
-    rows = {path: bench.accuracy(reference, bench.outputs(bench.bundle_runner(load_on_this_cpu(path, threads))))
-            for path in bundles}
-    return {"isa": cpu.isa_label(), "instruction_sets": list(cpu.instruction_sets()), "rows": rows}
+    fp32_task = {k: v for k, v in bench.accuracy(reference, reference).items() if k in bench.task_keys}
+    rows = {}
+    for path in bundles:
+        found = bench.accuracy(reference, bench.outputs(bench.bundle_runner(load_on_this_cpu(path, threads))))
+        rows[path] = found | {f"{k} drop": v - found[k] for k, v in fp32_task.items()}
+    return {"isa": cpu.isa_label(), "instruction_sets": list(cpu.instruction_sets()), "rows": rows,
+            "fp32_task": fp32_task}
 
 
-def measure_in(fp32: str, bundles: list[str], threads: int, emulated: bool, images: int | None = None) -> dict:
+def measure_in(fp32: str, bundles: list[str], threads: int, emulated: bool, images: int | None = None,
+               data: str | None = None) -> dict:
     """:func:`measure` in a child process, under QEMU's AVX2-only model with ``emulated``."""
     command = [sys.executable, "-m", "edgevfm.benchmarks.isa", "--worker", "--threads", str(threads), fp32, *bundles]
     command += ["--images", str(images)] if images else []
+    command += ["--data", str(data)] if data else []
     if emulated:
         command = [shutil.which("qemu-x86_64"), "-cpu", EMULATED_CPU, *command]
     done = subprocess.run(command, capture_output=True, text=True)
@@ -67,15 +83,20 @@ def make_bundles(model: str, folder: Path) -> tuple[str, list[str]]:
     from edgevfm.quantize.recipes import RECIPES, recipes_for
     from edgevfm.runtime.errors import EdgeVfmError
 
+    from .scene_data import calibration_set, scene_trained
+
     fp32 = export(model, folder / "fp32", force=True)
-    family = json.loads((fp32 / "manifest.json").read_text())["family"]
+    manifest = json.loads((fp32 / "manifest.json").read_text())
+    family = manifest["family"]
+    # a preset trained on the scenes calibrates on its training split, as make demo and make report do
+    calib = calibration_set(family, folder / "scenes", manifest.get("task")) if scene_trained(model) else None
     names = [r for r in recipes_for(family)
              if ({r} | set((RECIPES.get(r).plan or {}).values())) & set(ACTIVATION_INT8)] + list(CONTROLS)
     made = []
     for name in names:
         print(f"quantize --recipe {name}", file=sys.stderr)
         try:
-            made.append(str(quantize(fp32, name, folder / name, force=True)))
+            made.append(str(quantize(fp32, name, folder / name, calib=calib, force=True)))
         except EdgeVfmError as exc:  # e.g. OpenVINO on a builder graph: not a bundle this model has
             print(f"  skipped: {str(exc).splitlines()[0]}", file=sys.stderr)
     return str(fp32), made
@@ -87,16 +108,27 @@ def report(results: dict, command: str) -> str:
 
     from .families import BENCH
 
+    from .auto import floor_text, floors_for
+
     bench = BENCH.get(results["family"])(None)
-    floors = bench.auto_floor
-    keys = list(bench.cosine_keys) + list(bench.agreement_keys)
     sides = [s for s in ("native", "emulated") if s in results]
+    task = [k for k in bench.task_keys if k in results[sides[0]].get("fp32_task", {})]
+    if task:  # a preset trained on the scenes: judged on its task, as its bench report judges it
+        floors = floors_for(bench, results["family"], None, None, min(bench.task_goals[k] for k in task
+                                                                      if k in bench.task_goals))
+        keys = [w for k in task for w in (k, f"{k} drop")]
+        judged = (f"Each row's task scores on {results['data']}, and their drop below the FP32 bundle's on the same "
+                  "CPU (FP32: " + "; ".join(f"{s} " + ", ".join(f"{k} {results[s]['fp32_task'][k]:.4f}" for k in task)
+                                            for s in sides) + f"). Floor: the family's task goal ({floor_text(floors)}).")
+    else:
+        floors = bench.auto_floor
+        keys = list(bench.cosine_keys) + list(bench.agreement_keys)
+        judged = ("Each row's accuracy against the FP32 bundle on the family's benchmark workload. Floors: the "
+                  f"family's `--recipe auto` floors ({', '.join(f'{k} {v}' for k, v in floors.items() if v is not None)}).")
     lines = [f"# INT8 on every x86 CPU: {results['family']} ({results['model']})", "",
              f"Produced by `{command}` on {results['created']}.", "",
-             "Each row's accuracy against the FP32 bundle on the family's benchmark workload, on this machine's CPU "
-             "and on an AVX2-only one (QEMU's Haswell model: no AVX-512, no VNNI; integer results as the hardware's, "
-             "latency not measured). Floors: the family's `--recipe auto` floors "
-             f"({', '.join(f'{k} {v}' for k, v in floors.items() if v is not None)}).", ""]
+             "Measured on this machine's CPU and on an AVX2-only one (QEMU's Haswell model: no AVX-512, no VNNI; "
+             "integer results as the hardware's, latency not measured). " + judged, ""]
     for side in sides:
         lines.append(f"- {side}: {results[side]['isa']} ({', '.join(results[side]['instruction_sets'])})")
     header = ["bundle", "recipe", "INT8 arithmetic"] + [f"{k} ({s})" for k in keys for s in sides] + \
@@ -128,16 +160,24 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--images", type=int, help="only the first N images of the family's workload (the "
                         "emulated CPU runs some 100 times slower than this one)")
+    parser.add_argument("--scenes", type=int, help="a preset trained on the scenes: its task scores on the first N "
+                        "held-out scenes (default: as many as its bench report takes)")
+    parser.add_argument("--data", help=argparse.SUPPRESS)  # the worker's: the held-out scenes, written once
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(measure(args.bundles[0], args.bundles[1:], args.threads, args.images)))
+        print(json.dumps(measure(args.bundles[0], args.bundles[1:], args.threads, args.images, args.data)))
         return 0
     if bool(args.model) == bool(args.bundles) or (args.model and not args.output):
         parser.error("pass --model MODEL -o DIR, or FP32 BUNDLE... (with -o DIR to keep the report)")
     from datetime import datetime, timezone
 
+    import tempfile
+
     from edgevfm.runtime import open_bundle
+
+    from .scene_data import data_for, scene_trained, write
+    from .scenes import HELD_OUT_SEED
 
     fp32, bundles = make_bundles(args.model, args.output / "bundles") if args.model else (args.bundles[0], args.bundles[1:])
     opened = {b: open_bundle(b, verify_hashes=False).manifest for b in bundles}
@@ -151,11 +191,18 @@ def main(argv=None) -> int:
 
         results["made_by"] = [made_by(open_bundle(fp32, verify_hashes=False).manifest)] + [
             made_by(m) for m in opened.values()]
+    data, scratch = None, tempfile.TemporaryDirectory(prefix="edgevfm-isa-")
+    if scene_trained(results["model"]):  # judged on its task: held-out scenes, written once for both sides
+        kind, count = data_for(source["family"], source.get("task"))
+        count = min(count, args.scenes or count)
+        data = write(kind, Path(scratch.name) / "scenes", count, HELD_OUT_SEED)
+        results["data"] = (f"the first {count} held-out scenes (`edgevfm scenes DIR --kind {kind} --count {count} "
+                           f"--seed {HELD_OUT_SEED}`)")
     print("measure here", file=sys.stderr)
-    results["native"] = measure_in(fp32, bundles, args.threads, emulated=False, images=args.images)
+    results["native"] = measure_in(fp32, bundles, args.threads, emulated=False, images=args.images, data=data)
     if shutil.which("qemu-x86_64") and platform.machine() == "x86_64":
         print(f"measure on an AVX2-only CPU (QEMU {EMULATED_CPU}; slow)", file=sys.stderr)
-        results["emulated"] = measure_in(fp32, bundles, args.threads, emulated=True, images=args.images)
+        results["emulated"] = measure_in(fp32, bundles, args.threads, emulated=True, images=args.images, data=data)
     else:
         results["why_not_emulated"] = "qemu-x86_64 is not installed (apt-get install qemu-user) or this is not x86-64"
     command = "python -m edgevfm.benchmarks.isa " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -170,6 +217,7 @@ def main(argv=None) -> int:
         (args.output / "report.md").write_text(text)
         if args.model:
             shutil.rmtree(args.output / "bundles")
+    scratch.cleanup()
     print(text)
     return 0
 

@@ -177,3 +177,33 @@ def test_a_bundle_records_the_cpu_it_was_quantized_on(clip_recipe_bundles):
         assert manifest["quantized_on"]["isa"] == cpu.isa_label()
         assert manifest["quantized_on"]["instruction_sets"] == list(cpu.instruction_sets())
         assert {p.get("int8_activations") for p in manifest["parts"].values()} == {"saturation-safe"}, recipe
+
+
+def test_a_trained_preset_is_judged_on_its_task_on_both_cpus(clip_shapes_bundle, tmp_path):
+    """python -m edgevfm.benchmarks.isa on a preset trained on the scenes: each INT8 row's task
+    scores on the first held-out scenes, here and (with QEMU) on the AVX2-only CPU, their drop below
+    the FP32 bundle's on the same CPU, and the verdict against the family's task goal."""
+    from edgevfm.benchmarks import isa
+    from edgevfm.benchmarks.scene_data import calibration_set
+    from edgevfm.quantize.api import quantize
+
+    int8 = quantize(clip_shapes_bundle, "int8-static", tmp_path / "int8-static", show_progress=False, samples=8,
+                    calib=calibration_set("clip", tmp_path / "calib"))
+    assert isa.main([str(clip_shapes_bundle), str(int8), "--scenes", "12", "--images", "1", "-o", str(tmp_path / "r")]) == 0
+    results = json.loads((tmp_path / "r" / "results.json").read_text())
+    page = (tmp_path / "r" / "report.md").read_text()
+    assert results["data"].startswith("the first 12 held-out scenes (`edgevfm scenes DIR --kind classify --count 12")
+    sides = ["native"] + (["emulated"] if QEMU and platform.machine() == "x86_64" else [])
+    for side in sides:
+        fp32, row = results[side]["fp32_task"], results[side]["rows"]["int8-static"]
+        assert 0 < fp32["top1_accuracy"] <= 1
+        assert row["top1_accuracy drop"] == pytest.approx(fp32["top1_accuracy"] - row["top1_accuracy"], abs=1e-12)
+    if "emulated" in results:
+        assert results["emulated"]["isa"] == "AVX2 (no VNNI)"
+    assert "Floor: the family's task goal (task drop <= 0.010)" in page
+    header = next(line for line in page.splitlines() if line.startswith("| bundle |"))
+    assert f"| top1_accuracy ({sides[0]}) |" in header and f"| top1_accuracy drop ({sides[0]}) |" in header
+    row = next(line for line in page.splitlines() if line.startswith("| int8-static |")).strip("| ").split(" | ")
+    want = ["holds" if max(results[s]["rows"]["int8-static"][f"{k} drop"] for k in results[s]["fp32_task"]) <= 0.01
+            else "**below**" for s in sides]
+    assert row[-len(sides):] == want, row
