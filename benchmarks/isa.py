@@ -108,23 +108,23 @@ def report(results: dict, command: str) -> str:
 
     from .families import BENCH
 
-    from .auto import floor_text, floors_for
-
     bench = BENCH.get(results["family"])(None)
     sides = [s for s in ("native", "emulated") if s in results]
     task = [k for k in bench.task_keys if k in results[sides[0]].get("fp32_task", {})]
-    if task:  # a preset trained on the scenes: judged on its task, as its bench report judges it
-        floors = floors_for(bench, results["family"], None, None, min(bench.task_goals[k] for k in task
-                                                                      if k in bench.task_goals))
+    goals = {k: bench.task_goals[k] for k in task if k in bench.task_goals}
+    if goals:  # a preset trained on the scenes: judged on its task goals, as its bench report judges it
         keys = [w for k in task for w in (k, f"{k} drop")]
+        fp32 = "; ".join(f"{s} " + ", ".join(f"{k} {results[s]['fp32_task'][k]:.4f}" for k in task) for s in sides)
         judged = (f"Each row's task scores on {results['data']}, and their drop below the FP32 bundle's on the same "
-                  "CPU (FP32: " + "; ".join(f"{s} " + ", ".join(f"{k} {results[s]['fp32_task'][k]:.4f}" for k in task)
-                                            for s in sides) + f"). Floor: the family's task goal ({floor_text(floors)}).")
+                  f"CPU (FP32: {fp32}). Floor: the family's task goals, as its bench report states them ("
+                  + ", ".join(f"{k} drop <= {most}" for k, most in goals.items()) + ").")
+        holds = lambda row: all(row[f"{k} drop"] <= most + 1e-12 for k, most in goals.items())
     else:
         floors = bench.auto_floor
         keys = list(bench.cosine_keys) + list(bench.agreement_keys)
         judged = ("Each row's accuracy against the FP32 bundle on the family's benchmark workload. Floors: the "
                   f"family's `--recipe auto` floors ({', '.join(f'{k} {v}' for k, v in floors.items() if v is not None)}).")
+        holds = lambda row: passes(quality(bench, row), floors)
     lines = [f"# INT8 on every x86 CPU: {results['family']} ({results['model']})", "",
              f"Produced by `{command}` on {results['created']}.", "",
              "Measured on this machine's CPU and on an AVX2-only one (QEMU's Haswell model: no AVX-512, no VNNI; "
@@ -139,7 +139,7 @@ def report(results: dict, command: str) -> str:
         for key in keys:
             cells += [_fmt(results[s]["rows"][path].get(key)) for s in sides]
         for side in sides:
-            cells.append("holds" if passes(quality(bench, results[side]["rows"][path]), floors) else "**below**")
+            cells.append("holds" if holds(results[side]["rows"][path]) else "**below**")
         lines.append("| " + " | ".join(cells) + " |")
     if "made_by" in results:
         lines += ["", "The bundles were made by:", ""] + [f"- {line}" for line in results.get("made_by", [])]

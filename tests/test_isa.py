@@ -182,7 +182,8 @@ def test_a_bundle_records_the_cpu_it_was_quantized_on(clip_recipe_bundles):
 def test_a_trained_preset_is_judged_on_its_task_on_both_cpus(clip_shapes_bundle, tmp_path):
     """python -m edgevfm.benchmarks.isa on a preset trained on the scenes: each INT8 row's task
     scores on the first held-out scenes, here and (with QEMU) on the AVX2-only CPU, their drop below
-    the FP32 bundle's on the same CPU, and the verdict against the family's task goal."""
+    the FP32 bundle's on the same CPU, and the verdict against the family's task goals (CLIP's: at
+    most one point of zero-shot top-1)."""
     from edgevfm.benchmarks import isa
     from edgevfm.benchmarks.scene_data import calibration_set
     from edgevfm.quantize.api import quantize
@@ -200,10 +201,9 @@ def test_a_trained_preset_is_judged_on_its_task_on_both_cpus(clip_shapes_bundle,
         assert row["top1_accuracy drop"] == pytest.approx(fp32["top1_accuracy"] - row["top1_accuracy"], abs=1e-12)
     if "emulated" in results:
         assert results["emulated"]["isa"] == "AVX2 (no VNNI)"
-    assert "Floor: the family's task goal (task drop <= 0.010)" in page
+    assert "Floor: the family's task goals, as its bench report states them (top1_accuracy drop <= 0.01)." in page
     header = next(line for line in page.splitlines() if line.startswith("| bundle |"))
     assert f"| top1_accuracy ({sides[0]}) |" in header and f"| top1_accuracy drop ({sides[0]}) |" in header
     row = next(line for line in page.splitlines() if line.startswith("| int8-static |")).strip("| ").split(" | ")
-    want = ["holds" if max(results[s]["rows"]["int8-static"][f"{k} drop"] for k in results[s]["fp32_task"]) <= 0.01
-            else "**below**" for s in sides]
+    want = ["holds" if results[s]["rows"]["int8-static"]["top1_accuracy drop"] <= 0.01 else "**below**" for s in sides]
     assert row[-len(sides):] == want, row
