@@ -36,8 +36,8 @@ def bench(bundles: list[str | Path], reference: str, out_dir: str | Path, data: 
     then every row again, ...; each row in a fresh process each time), so that a busy minute of a
     shared machine slows every row alike; the report gives each part's spread between rounds and
     the load average before and after, and flags a busy machine. ``quick`` (edgevfm demo) shortens
-    the family's extras (:meth:`Bench.quicken`: SAM's automatic-mask recall); the report's
-    settings and workload say so. Returns the results dict, with ``report`` naming the Markdown file.
+    the family's workload (:meth:`Bench.quicken`: SAM's automatic-mask recall, LLaVA's image
+    prompts); the report's settings and workload say so. Returns the results dict, with ``report`` naming the Markdown file.
     """
     if not bundles:
         raise InputError("no bundles given: pass at least one bundle folder")

