@@ -200,7 +200,9 @@ def write_report(results: dict, out_dir: Path) -> Path:
            "each row runs in its own process (peak RSS is that process's, VmHWM)"
            + (f"; the runs are split over {rounds} interleaved rounds (every row, then every row again; a fresh "
               "process each time) and (±x%) is half the range of the rounds' medians over the pooled median"
-              if rounds > 1 else "") + ". Raw data: `results.json`.", ""]
+              if rounds > 1 else "")
+           + ("; edgevfm demo's quick look: the family's workload is shortened (see Workload), make report "
+              "measures it whole" if s.get("quick") else "") + ". Raw data: `results.json`.", ""]
     report = out_dir / "report.md"
     report.write_text("\n".join(md))
     _write_html(results, out_dir, lat, acc, intro, picture)

@@ -152,6 +152,7 @@ def test_sam_bench_measures_automatic_mask_recall_against_the_scenes(sam_shapes_
                   warmup=0, batch=1, threads=1, show_progress=False, quick=True)
     extra = found["rows"][1]["extra"]
     assert found["settings"]["quick"] is True
+    assert "edgevfm demo's quick look: the family's workload is shortened" in (tmp_path / "r" / "report.md").read_text()
     assert found["workload"]["automatic_mask_recall"] == (f"bundles, on the first {QUICK_RECALL_IMAGES} of those images "
                                                           f"(edgevfm demo's quick look; make report takes {RECALL_IMAGES})")
     p = load(sam_shapes_bundle, threads=1)

@@ -82,7 +82,8 @@ class Bench(ABC):
     def quicken(self) -> None:
         """Shorten the workload for ``edgevfm demo`` (make demo: a newcomer's first look; make report
         measures in full), where a family's rows spend most of their time on what a first look can
-        do with less; ``workload()`` then says what was left out. The default changes nothing."""
+        do with less; ``workload()`` states what was measured, and the report's settings that it was
+        the quick look. The default changes nothing."""
 
     def check_bundles(self, bundles: list) -> None:
         """Refuse, before anything is measured, bundles this benchmark cannot measure (raise
