@@ -6,7 +6,9 @@ A backend takes and returns numpy arrays keyed by the graph's input and output n
 from __future__ import annotations
 
 import os
+import shutil
 import threading
+import time
 import weakref
 from pathlib import Path
 from typing import Protocol, Sequence
@@ -103,6 +105,59 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgevfm"
 
 
+# OpenVINO's compiled-model cache is kept under this many GB ($EDGEVFM_CACHE_LIMIT_GB); folders unused
+# for an hour go, least recently used first, whenever a part is loaded and the cache is over it
+CACHE_LIMIT_GB = 4.0
+CACHE_GRACE_S = 3600
+
+
+def _folder_bytes(folder: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(root, name)).st_size
+            except OSError:  # another process removed it meanwhile
+                pass
+    return total
+
+
+def _mtime(folder: Path) -> float:
+    try:
+        return folder.stat().st_mtime
+    except OSError:  # gone meanwhile: nothing to remove
+        return float("inf")
+
+
+def prune_compiled_cache(cache: Path, keep: Path | None = None) -> list[Path]:
+    """Bring ``cache`` (one folder per compiled part) under ``$EDGEVFM_CACHE_LIMIT_GB`` (default
+    :data:`CACHE_LIMIT_GB`): the least recently used folders go first (a folder's time is touched
+    whenever a part loads from it), never ``keep`` nor one used within the last hour (another process
+    may be compiling into it). A removed folder costs one compile on its part's next load. Returns
+    the folders removed."""
+    raw = os.environ.get("EDGEVFM_CACHE_LIMIT_GB", "")
+    try:
+        limit = float(raw) if raw else CACHE_LIMIT_GB
+    except ValueError:
+        raise UsageError(f"EDGEVFM_CACHE_LIMIT_GB must be a number of gigabytes (found {raw!r}): set it "
+                         f"to e.g. 4, or unset it for the default {CACHE_LIMIT_GB:g}") from None
+    try:
+        folders = [p for p in cache.iterdir() if p.is_dir()]
+    except OSError:
+        return []
+    used = {p: _folder_bytes(p) for p in folders}
+    total, removed, now = sum(used.values()), [], time.time()
+    for folder in sorted(folders, key=_mtime):
+        if total <= limit * 1e9:
+            break
+        if folder == keep or now - _mtime(folder) < CACHE_GRACE_S:
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        total -= used[folder]
+        removed.append(folder)
+    return removed
+
+
 def one_thread_amx_mlp(core, path: Path, threads: int | None) -> bool:
     """Whether this part would die compiled in BF16 here: on a CPU with AMX, OpenVINO's CPU plugin
     fuses a gated MLP (``MatMul(act(MatMul(x)) * MatMul(x))``: Llama, Qwen2, T5 v1.1) into its AMX
@@ -161,6 +216,8 @@ class OpenVinoBackend:
         if digest:
             self.cache = cache_root() / "openvino" / f"{digest[:32]}-{device}-{ov.__version__.split('-')[0]}"
             self.cache.mkdir(parents=True, exist_ok=True)
+            os.utime(self.cache)  # used now: the last folder the size limit removes
+            prune_compiled_cache(self.cache.parent, keep=self.cache)
             config["CACHE_DIR"] = str(self.cache)
         self._core, self._path, self._device, self._config = core, os.fspath(path), device, config
         self._shapes, self._stateful, self._lock = shapes, None, threading.Lock()

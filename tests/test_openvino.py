@@ -7,8 +7,10 @@ torch; and the errors a user can meet are typed."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -258,6 +260,45 @@ def test_the_cache_is_keyed_by_the_part_device_and_version(ov_clip, cache_dir, t
     load(bundle, threads=1).embed_images(photos[:1])
     assert len(list((cache_dir / "openvino").iterdir())) == 3  # a new key: the stale blob is not used
     assert not list(bundle.glob("*.blob")) and not list(bundle.glob("**/cache*"))  # never in the bundle
+
+
+def _cached(folder, megabytes, age_s):
+    folder.mkdir(parents=True)
+    (folder / "blob").write_bytes(bytes(megabytes * 1_000_000))
+    then = time.time() - age_s
+    os.utime(folder, (then, then))
+    return folder
+
+
+def test_the_cache_stays_under_its_limit_least_recently_used_first(ov_clip, cache_dir, monkeypatch):
+    from edgevfm.runtime.backends import prune_compiled_cache
+
+    root = cache_dir / "openvino"
+    oldest, older = _cached(root / "a", 3, 3 * 86400), _cached(root / "b", 3, 2 * 86400)
+    recent, used = _cached(root / "c", 3, 600), _cached(root / "d", 3, 5 * 86400)
+    monkeypatch.setenv("EDGEVFM_CACHE_LIMIT_GB", "0.0095")  # 12 MB held: the least recently used goes
+    assert prune_compiled_cache(root, keep=used) == [oldest]  # d is older but in use
+    monkeypatch.setenv("EDGEVFM_CACHE_LIMIT_GB", "0.001")
+    assert prune_compiled_cache(root, keep=used) == [older]  # c was used within the hour: it stays
+    assert sorted(p.name for p in root.iterdir()) == ["c", "d"]
+    # a load touches its parts' folders and prunes the rest
+    monkeypatch.setenv("EDGEVFM_CACHE_LIMIT_GB", "0.005")
+    stale = _cached(root / "e", 3, 4 * 86400)
+    load(ov_clip["ov-fp32"], threads=1)
+    parts = [p for p in root.iterdir() if "-CPU-" in p.name]
+    assert len(parts) == 2 and all(time.time() - p.stat().st_mtime < 60 for p in parts)
+    assert not stale.exists() and not used.exists() and recent.exists()
+    monkeypatch.setenv("EDGEVFM_CACHE_LIMIT_GB", "100")  # nothing pruned: only the touch is seen
+    for part in parts:  # unused for days: a load makes it the most recently used again
+        os.utime(part, (0, 0))
+    load(ov_clip["ov-fp32"], threads=1)
+    assert all(part.exists() and time.time() - part.stat().st_mtime < 60 for part in parts)
+
+
+def test_a_cache_limit_that_is_not_a_number_is_a_usage_error(ov_clip, monkeypatch):
+    monkeypatch.setenv("EDGEVFM_CACHE_LIMIT_GB", "lots")
+    with pytest.raises(UsageError, match=r"EDGEVFM_CACHE_LIMIT_GB must be a number of gigabytes \(found 'lots'\)"):
+        load(ov_clip["ov-fp32"], threads=1)
 
 
 def test_an_absent_device_is_a_typed_error(ov_clip):
