@@ -211,6 +211,11 @@ class OpenVinoBackend:
                   "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
+        if os.environ.get("ONEDNN_MAX_CPU_ISA"):
+            # the plugin plans a weight-compressed layer's dynamic quantization (8-bit activations) by the
+            # CPU itself, and oneDNN held below that CPU cannot make the kernel ("could not create a
+            # primitive descriptor"): such layers then run on float activations
+            config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = 0
         if profile:  # per-node times (python -m edgevfm.benchmarks.profile)
             config["PERF_COUNT"] = True
         if digest:

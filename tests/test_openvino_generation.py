@@ -144,6 +144,29 @@ print(load({str(bundle)!r}, threads=1).caption_tokens([skimage.data.astronaut()]
     assert run.stdout.strip() == str(expected)
 
 
+@pytest.mark.parametrize("recipe", ["ov-int8", "ov-int4"])
+def test_weight_compressed_decoders_run_with_onednn_held_to_avx2(recipe, ov_bundles):
+    """ONEDNN_MAX_CPU_ISA=AVX2 (docs/int8-on-every-cpu.md: OpenVINO's AVX2 path on any machine) with a
+    weight-compressed decoder: OpenVINO's plugin plans its 8-bit activations by the CPU itself, and
+    on an AVX-512 machine oneDNN held to AVX2 refused the kernel ("could not create a primitive
+    descriptor"). The runtime turns that planning off under the variable: the caption comes."""
+    import os
+    import subprocess
+    import sys
+
+    bundle = ov_bundles["blip_bundle"][recipe]
+    code = f"""
+import skimage.data
+from edgevfm.runtime import load
+print(len(load({str(bundle)!r}, threads=1).caption_tokens([skimage.data.astronaut()], max_new_tokens=4,
+                                                          min_new_tokens=4)[0]))
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2"))
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split()[-1] == "4"
+
+
 def test_the_kv_cache_benchmark_compares_like_with_like(ov_bundles, tmp_path, capsys):
     """benchmarks/kv_cache.py times a decode step with the explicit cache (the engine's) and with the
     cache inside the model (stateful); both must compute the same logits, or the figures mean nothing."""
