@@ -118,8 +118,9 @@ def headline(result: dict, family_bench) -> str:
     """One line for the console: the fastest bundle within the family's floors against FP32 PyTorch
     (latency: the sum of its parts' p50), its speed-up over the FP32 bundle and its task score. The
     goals, met or not, stay in the report (a tiny model's encoder cannot be "2x faster" and is no
-    news to a newcomer)."""
-    from .auto import floor_text, floors_for, passes, quality
+    news to a newcomer). Where no quantized bundle stays within the floors, the line also names the
+    fastest one outside them and what it missed by: what quantizing would buy, and cost."""
+    from .auto import floor_text, floors_for, passes, quality, quality_text
 
     rows = [r for r in result["rows"] if r["kind"] == "bundle"]
     total = lambda r: sum(p["p50"] for p in r["latency_ms"].values())
@@ -138,6 +139,11 @@ def headline(result: dict, family_bench) -> str:
     if task:
         line += ", " + ", ".join(f"{k} {best['accuracy'][k]:.3f} (FP32 PyTorch {best['accuracy'][k] + best['accuracy'][k + ' drop']:.3f})"
                                  for k in task[:2])
+    outside = [r for r in rows if r["recipe"] is not None and r not in within]
+    if best is fp32 and outside:
+        near = min(outside, key=total)
+        line += (f"; the fastest outside them: {near['name']}, {total(fp32) / total(near):.2f}x, "
+                 f"{quality_text(quality(family_bench, near['accuracy']))}")
     return line
 
 
