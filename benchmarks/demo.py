@@ -119,7 +119,8 @@ def headline(result: dict, family_bench) -> str:
     (latency: the sum of its parts' p50), its speed-up over the FP32 bundle and its task score. The
     goals, met or not, stay in the report (a tiny model's encoder cannot be "2x faster" and is no
     news to a newcomer). Where no quantized bundle stays within the floors, the line also names the
-    fastest one outside them and what it missed by: what quantizing would buy, and cost."""
+    fastest one outside them, its speed-up per part (LLaVA's decode gains where its prefill does
+    not) and what it missed by: what quantizing would buy, and cost."""
     from .auto import floor_text, floors_for, passes, quality, quality_text
 
     rows = [r for r in result["rows"] if r["kind"] == "bundle"]
@@ -142,7 +143,10 @@ def headline(result: dict, family_bench) -> str:
     outside = [r for r in rows if r["recipe"] is not None and r not in within]
     if best is fp32 and outside:
         near = min(outside, key=total)
-        line += (f"; the fastest outside them: {near['name']}, {total(fp32) / total(near):.2f}x, "
+        parts = near["latency_ms"]
+        speed = ", ".join(f"{p} {fp32['latency_ms'][p]['p50'] / parts[p]['p50']:.2f}x" for p in parts
+                          if p in fp32["latency_ms"]) if len(parts) > 1 else f"{total(fp32) / total(near):.2f}x"
+        line += (f"; the fastest outside them: {near['name']}, {speed}, "
                  f"{quality_text(quality(family_bench, near['accuracy']))}")
     return line
 

@@ -127,8 +127,8 @@ def test_the_demo_summary_says_each_models_time_and_the_machine(tmp_path):
 
 def test_the_demo_headline_names_what_quantizing_missed_when_nothing_stays_within():
     """The console's one line per model: the fastest bundle within the family's floors; where that
-    is the FP32 bundle, also the fastest quantized one outside them and its figures (llava-smol's
-    llava-int4 misses the 0.05 agreement floor)."""
+    is the FP32 bundle, also the fastest quantized one outside them, its speed-up (per part where
+    there are several) and its figures (llava-smol's llava-int4 misses the 0.05 agreement floor)."""
     from edgevfm.benchmarks.demo import headline
     from edgevfm.benchmarks.families import BENCH
 
@@ -137,10 +137,15 @@ def test_the_demo_headline_names_what_quantizing_missed_when_nothing_stays_withi
                 "accuracy": {"next_token_top1_agreement": agreement}}
 
     rows = [row("onnxruntime fp32", None, 20.0, 1.0), row("onnxruntime llava-int4", "llava-int4", 8.0, 0.871),
-            row("onnxruntime llava-int8", "llava-int8", 12.5, 0.93)]
-    line = headline({"rows": rows}, BENCH.get("llava"))
-    assert line == ("fastest within the floors (drop <= 0.050): onnxruntime fp32, 1.00x the FP32 bundle's speed; "
-                    "the fastest outside them: onnxruntime llava-int4, 2.50x, drop 0.129")
-    rows[2]["accuracy"]["next_token_top1_agreement"] = 0.96  # one within: it is named, nothing else
+            row("onnxruntime llava-int8", "llava-int8", 12.5, 0.96)]
+    # one quantized bundle within: it is named, nothing else
     assert headline({"rows": rows}, BENCH.get("llava")) == \
         "fastest within the floors (drop <= 0.050): onnxruntime llava-int8, 1.60x the FP32 bundle's speed"
+    rows[2]["accuracy"]["next_token_top1_agreement"] = 0.93
+    assert headline({"rows": rows}, BENCH.get("llava")) == (
+        "fastest within the floors (drop <= 0.050): onnxruntime fp32, 1.00x the FP32 bundle's speed; "
+        "the fastest outside them: onnxruntime llava-int4, 2.50x, drop 0.129")
+    for r, prefill in zip(rows, (300.0, 305.0, 320.0)):
+        r["latency_ms"]["prefill"] = {"p50": prefill}
+    assert headline({"rows": rows}, BENCH.get("llava")).endswith(
+        "the fastest outside them: onnxruntime llava-int4, llm 2.50x, prefill 0.98x, drop 0.129")
