@@ -139,8 +139,10 @@ def prune_compiled_cache(cache: Path, keep: Path | None = None) -> list[Path]:
     try:
         limit = float(raw) if raw else CACHE_LIMIT_GB
     except ValueError:
-        raise UsageError(f"EDGEVFM_CACHE_LIMIT_GB must be a number of gigabytes (found {raw!r}): set it "
-                         f"to e.g. 4, or unset it for the default {CACHE_LIMIT_GB:g}") from None
+        limit = -1.0
+    if not 0 <= limit < float("inf"):
+        raise UsageError(f"EDGEVFM_CACHE_LIMIT_GB must be a number of gigabytes, 0 or more (found {raw!r}): set "
+                         f"it to e.g. 4, or unset it for the default {CACHE_LIMIT_GB:g}")
     try:
         folders = [p for p in cache.iterdir() if p.is_dir()]
     except OSError:

@@ -295,9 +295,11 @@ def test_the_cache_stays_under_its_limit_least_recently_used_first(ov_clip, cach
     assert all(part.exists() and time.time() - part.stat().st_mtime < 60 for part in parts)
 
 
-def test_a_cache_limit_that_is_not_a_number_is_a_usage_error(ov_clip, monkeypatch):
-    monkeypatch.setenv("EDGEVFM_CACHE_LIMIT_GB", "lots")
-    with pytest.raises(UsageError, match=r"EDGEVFM_CACHE_LIMIT_GB must be a number of gigabytes \(found 'lots'\)"):
+@pytest.mark.parametrize("limit", ["lots", "-1", "nan", "inf"])
+def test_a_cache_limit_that_is_not_a_size_is_a_usage_error(limit, ov_clip, monkeypatch):
+    monkeypatch.setenv("EDGEVFM_CACHE_LIMIT_GB", limit)
+    with pytest.raises(UsageError, match=rf"EDGEVFM_CACHE_LIMIT_GB must be a number of gigabytes, 0 or more "
+                                         rf"\(found '{limit}'\): set it to e.g. 4"):
         load(ov_clip["ov-fp32"], threads=1)
 
 
