@@ -88,15 +88,36 @@ def quiet_nncf():
 
 
 def converted(src: Path):
-    """The ONNX part as an OpenVINO model; a graph with ONNX Runtime's own operators is refused."""
+    """The ONNX part as an OpenVINO model, the caller's own copy; a graph with ONNX Runtime's own
+    operators is refused. Converting is most of what ``ov-fp32`` costs on small parts (OpenVINO
+    validates every node), and each OpenVINO recipe converts the same FP32 part again: parts of
+    under ``KEEP_CONVERTED_BYTES`` are converted once per process (a bundle's recipes in a row, the
+    demo's tiny models, the tests) and cloned for each use; larger ones are never held."""
     import onnx
 
+    src = Path(src)
+    files = sorted(src.parent.glob(src.name + "*"))  # the graph and its external data
+    stats = [f.stat() for f in files]
+    key = (str(src.resolve()), tuple((f.name, s.st_size, s.st_mtime_ns) for f, s in zip(files, stats)))
+    if key in _CONVERTED:
+        return _CONVERTED[key].clone()
     foreign = sorted({n.op_type for n in onnx.load(str(src), load_external_data=False).graph.node
                       if n.domain not in ("", "ai.onnx")})
     if foreign:
         raise QuantizeError(f"{src.name} uses ONNX Runtime's own operators {foreign}, which OpenVINO cannot convert: "
                             "export the bundle with --llm-graph plain for the OpenVINO recipes")
-    return _openvino().convert_model(str(src))
+    model = _openvino().convert_model(str(src))
+    if sum(s.st_size for s in stats) <= KEEP_CONVERTED_BYTES:
+        while len(_CONVERTED) >= KEEP_CONVERTED:  # the oldest goes first
+            _CONVERTED.pop(next(iter(_CONVERTED)))
+        _CONVERTED[key] = model
+        return model.clone()
+    return model
+
+
+KEEP_CONVERTED_BYTES = 32 << 20  # a part (graph and weights) this small is converted once per process
+KEEP_CONVERTED = 16  # parts held at most
+_CONVERTED: dict[tuple, object] = {}
 
 
 def is_decoder(model) -> bool:
@@ -309,7 +330,7 @@ def openvino_int4(src: Path, dst: Path, feeds=None, block_size: int | None = Non
         if in_effect in seen:  # narrow layers: another group size came to the same groups
             continue
         seen.add(in_effect)
-        compressed = _int4(nncf, converted(src), group, ratio, held_out.calibration if decoder else None)
+        compressed = _int4(nncf, model.clone(), group, ratio, held_out.calibration if decoder else None)
         tried[f"group {group}, ratio {ratio}"] = value = round(measure(compressed), 6)
         if best is None or value > best[0]:
             best = (value, group, ratio, compressed)
