@@ -15,9 +15,10 @@ from edgevfm.runtime.errors import BundleError, InputError
 
 from .auto import floor_text, passes, quality, quality_text
 from .families import BENCH
+from . import machine
 from .machine import busy_cores, machine_info
 from .report import write_report
-from .roofline import gemm_peaks
+from .roofline import machine_peaks
 from .scene_data import held_out, held_out_command, scene_trained
 from .timing import pooled
 from .worker import measure_peers, measure_row
@@ -66,7 +67,7 @@ def bench(bundles: list[str | Path], reference: str, out_dir: str | Path, data: 
             **({"quick": True} if quick else {})}
     tasks = [dict(base, kind="pytorch", target=reference)] + [dict(base, kind="bundle", target=str(b.path)) for b in opened]
     load_before, busy_before = os.getloadavg(), busy_cores()
-    peaks = gemm_peaks(threads)
+    peaks = machine_peaks(threads)
     context = multiprocessing.get_context("spawn")
     per_round = -(-runs // rounds)
     measured: list[list[dict]] = [[] for _ in tasks]
@@ -117,14 +118,14 @@ BUSY_CORES = 0.5
 
 
 def load_record(before: tuple, after: tuple, busy_before: float | None, busy_after: float | None) -> dict:
-    """The load average (1, 5, 15 minutes) and the cores other work kept busy (a 2-second sample),
-    before and after, and whether the machine was busy."""
+    """The load average (1, 5, 15 minutes) and the cores other work kept busy (a sample of
+    ``machine.BUSY_SAMPLE_SECONDS``), before and after, and whether the machine was busy."""
     busy = any(b is not None and b >= BUSY_CORES for b in (busy_before, busy_after))
     return {"before": [round(x, 2) for x in before], "after": [round(x, 2) for x in after],
             "busy_cores_before": busy_before, "busy_cores_after": busy_after, "busy": bool(busy),
-            "rule": f"busy when other work kept {BUSY_CORES} cores or more busy in a 2-second sample taken with "
-                    "the bench idle, just before or just after measuring (the load average also counts this "
-                    "process's own work of the last minutes)"}
+            "rule": f"busy when other work kept {BUSY_CORES} cores or more busy in a {machine.BUSY_SAMPLE_SECONDS:g}-second "
+                    "sample taken with the bench idle, just before or just after measuring (the load average also "
+                    "counts this process's own work of the last minutes)"}
 
 
 def _pooled_row(rounds: list[dict]) -> dict:

@@ -50,10 +50,15 @@ def machine_info(threads: int | None = None) -> dict:
     }
 
 
-def busy_cores(seconds: float = 2.0) -> float | None:
-    """How many cores other work kept busy over ``seconds`` while this process sleeps (from
-    ``/proc/stat``; None elsewhere). Unlike the load average, it does not remember this process's
-    own work of the last minutes (the demo quantizes just before it benchmarks)."""
+BUSY_SAMPLE_SECONDS = 2.0  # how long busy_cores watches by default (the test suite shortens it)
+
+
+def busy_cores(seconds: float | None = None) -> float | None:
+    """How many cores other work kept busy over ``seconds`` (default ``BUSY_SAMPLE_SECONDS``) while
+    this process sleeps (from ``/proc/stat``; None elsewhere). Unlike the load average, it does not
+    remember this process's own work of the last minutes (the demo quantizes just before it
+    benchmarks)."""
+    seconds = BUSY_SAMPLE_SECONDS if seconds is None else seconds
     def sample():
         with open("/proc/stat") as f:
             values = [int(v) for v in f.readline().split()[1:]]

@@ -119,6 +119,26 @@ def test_gemm_work_is_counted_from_the_layers(results):
     assert peaks["int8_gops"] > 0 and peaks["fp32_gflops"] > 0
 
 
+def test_busy_cores_counts_other_work():
+    """busy_cores reads /proc/stat while this process sleeps: a process spinning on one core is
+    about one busy core (other work on a shared machine may add to it, never past every core)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from edgevfm.benchmarks.machine import busy_cores
+
+    spinner = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 4\nwhile time.time() < end: pass"])
+    try:
+        time.sleep(0.5)  # the interpreter started and spins
+        found = busy_cores(1.0)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert found is not None and 0.7 <= found <= os.cpu_count(), found
+
+
 def test_interleaved_rounds_pool_the_runs_and_report_the_spread(clip_bundle, tmp_path, monkeypatch):
     """Rows run in rounds (every row, then every row again); a busy machine is flagged."""
     from edgevfm.benchmarks import api
