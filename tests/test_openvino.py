@@ -426,3 +426,35 @@ def test_going_stateful_lets_go_of_every_threads_plain_request(tmp_path):
     for length in (1, 2):  # the state grows by one step per call
         total = request.run({"x": np.full((1, 2, 1, 4), 2, np.float32)}, "total")
         np.testing.assert_array_equal(total, [[8 * length] * 2])
+
+
+def _matmul_onnx(path, op: str = "MatMul", width: int = 64) -> None:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((width, width)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node(op, ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, width])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, width])], [weight])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def test_a_part_converted_once_is_the_callers_own_copy_and_a_rewritten_part_converts_again(tmp_path):
+    """Small parts are converted once per process: every caller gets its own model (NNCF compresses
+    weights in place), and a part whose file changed is converted again, never served stale."""
+    import nncf
+
+    from edgevfm.quantize.openvino import converted
+
+    def types(model):
+        return sorted(op.get_type_name() for op in model.get_ops())
+
+    part = tmp_path / "part.onnx"
+    _matmul_onnx(part)
+    for _ in range(3):  # the conversion, then two served from the process's copy
+        model = converted(part)
+        assert types(model) == ["Constant", "MatMul", "Parameter", "Result"]
+        nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)  # in place: adds Convert, Multiply ...
+        assert types(model) != ["Constant", "MatMul", "Parameter", "Result"]
+    _matmul_onnx(part, op="Add")  # the same path, another graph
+    assert types(converted(part)) == ["Add", "Constant", "Parameter", "Result"]
