@@ -3,6 +3,7 @@ per test session from random-init configs (no download, ever)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -42,17 +43,35 @@ def _checkpoint(model: str):
     return load_checkpoint(model)
 
 
+@contextlib.contextmanager
+def _built_once(factory, name: str):
+    """A folder of the run's session bundles, held under a lock: pytest-xdist's workers (``make
+    test`` runs two) share the run's temporary folder, so the first worker that needs a bundle
+    builds it and the others wait for it and use it. Bundles are written whole or not at all
+    (staged, then renamed), so a folder that exists is complete."""
+    from filelock import FileLock
+
+    base = factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "session-bundles"
+    root.mkdir(exist_ok=True)
+    with FileLock(str(root / f"{name}.lock")):
+        yield root / name
+
+
 def _bundle(model: str, factory, name: str, **options) -> Path:
     from edgevfm.export.api import export
 
-    return export(model, factory.mktemp(name) / "fp32", show_progress=False, **options)
+    with _built_once(factory, name) as folder:
+        out = folder / "fp32"
+        return out if out.is_dir() else export(model, out, show_progress=False, **options)
 
 
 def _quantized(bundle: Path, recipes, factory, name: str, samples: int) -> dict[str, Path]:
     from edgevfm.quantize.api import quantize
 
-    root = factory.mktemp(name)
-    return {recipe: quantize(bundle, recipe, root / recipe, samples=samples, show_progress=False) for recipe in recipes}
+    with _built_once(factory, name) as root:
+        return {recipe: root / recipe if (root / recipe).is_dir() else
+                quantize(bundle, recipe, root / recipe, samples=samples, show_progress=False) for recipe in recipes}
 
 
 @pytest.fixture(scope="session")
@@ -250,10 +269,12 @@ def trt_bundles(request, tmp_path_factory) -> dict[tuple[str, str], Path]:
 
     from helpers import TRT_MADE
 
-    out = tmp_path_factory.mktemp("trt")
     made = {}
     for family, recipes in TRT_MADE.items():
         source = request.getfixturevalue(family)
-        for recipe in recipes:
-            made[family, recipe] = quantize(source, recipe, out / f"{family}-{recipe}", samples=4, show_progress=False)
+        with _built_once(tmp_path_factory, "trt") as out:
+            for recipe in recipes:
+                target = out / f"{family}-{recipe}"
+                made[family, recipe] = target if target.is_dir() else quantize(source, recipe, target, samples=4,
+                                                                                show_progress=False)
     return made
