@@ -73,7 +73,7 @@ def run(work: Path, scale: float) -> dict:
 
     from .batch import BatchJob, run_batch
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
     rows = []
     try:
         for task, model, count, batch_size, options in ROWS:

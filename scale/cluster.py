@@ -17,13 +17,14 @@ from .shipping import Shipped, pack, verified_copy
 @contextlib.contextmanager
 def connected(address: str | None):
     """The cluster at ``address`` ('auto', ray://HOST:PORT), or a local Ray with this machine's CPUs
-    started for the ``with`` block and stopped after it; a Ray this process already runs is used
-    as it is."""
+    started for the ``with`` block and stopped after it (a new one: Ray would otherwise join any
+    Ray running on the machine, another job's, which stops it when that job ends; ``RAY_ADDRESS``
+    still names a cluster to join); a Ray this process already runs is used as it is."""
     import ray
 
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
+        ray.init(address=address or "local", include_dashboard=False, logging_level=logging.WARNING,
                  **({} if address else {"num_cpus": os.cpu_count()}))
     try:
         yield ray

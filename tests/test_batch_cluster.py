@@ -7,6 +7,7 @@ cache and used; a bundle tampered with after its manifest was written is refused
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -48,6 +49,22 @@ def pictures(tmp_path_factory) -> Path:
     for i in range(24):
         Image.fromarray(rng.integers(0, 256, (32, 48, 3), dtype=np.uint8)).save(folder / f"{i:02d}.png")
     return folder
+
+
+def test_a_job_without_an_address_starts_its_own_ray_beside_a_running_cluster(cluster):
+    """Without --address a job runs on a Ray of its own, also while another Ray runs on the
+    machine (this module's cluster: two nodes, the head without CPUs): Ray's default would join
+    that one, with its CPUs refused, or stop under it when its owner ends."""
+    import subprocess
+    import sys
+
+    script = ("from edgevfm.scale.cluster import connected\n"
+              "with connected(None) as ray:\n"
+              "    print([n['Resources'].get('CPU') for n in ray.nodes() if n['Alive']])")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == f"[{float(os.cpu_count())}]"  # one node, this machine's CPUs
 
 
 def test_the_worker_node_gets_the_bundle_checks_it_and_uses_it(cluster, pictures, clip_bundle, tmp_path):
