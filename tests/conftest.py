@@ -13,6 +13,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto`` (pyproject's addopts): one worker per core, at most two (what the suite is
+    measured with), and one per 8 GiB of memory (a worker may hold SmolLM2 in PyTorch and in ONNX
+    at once). Most of the suite's time keeps one core busy (an export, a bench's worker process),
+    so on two cores two workers take about two thirds of one worker's time. ``-n 0`` runs the
+    tests in this process."""
+    try:
+        with open("/proc/meminfo") as f:
+            memory_gib = int(f.readline().split()[1]) / (1 << 20)
+    except (OSError, ValueError, IndexError):
+        memory_gib = 8
+    return max(1, min(2, os.cpu_count() or 1, int(memory_gib // 8)))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _compiled_model_cache(tmp_path_factory):
     """OpenVINO parts cache their compiled models: in the session's temporary folder, never in the
