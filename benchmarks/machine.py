@@ -59,6 +59,7 @@ def busy_cores(seconds: float | None = None) -> float | None:
     remember this process's own work of the last minutes (the demo quantizes just before it
     benchmarks)."""
     seconds = BUSY_SAMPLE_SECONDS if seconds is None else seconds
+
     def sample():
         with open("/proc/stat") as f:
             values = [int(v) for v in f.readline().split()[1:]]

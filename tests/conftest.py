@@ -80,12 +80,17 @@ def _bundle(model: str, factory, name: str, **options) -> Path:
         return out if out.is_dir() else export(model, out, show_progress=False, **options)
 
 
-def _quantized(bundle: Path, recipes, factory, name: str, samples: int) -> dict[str, Path]:
+def _quantized_into(bundle: Path, recipe: str, target: Path, samples: int) -> Path:
+    """``recipe`` applied to ``bundle`` at ``target``, unless another worker already made it (call
+    it within ``_built_once``)."""
     from edgevfm.quantize.api import quantize
 
+    return target if target.is_dir() else quantize(bundle, recipe, target, samples=samples, show_progress=False)
+
+
+def _quantized(bundle: Path, recipes, factory, name: str, samples: int) -> dict[str, Path]:
     with _built_once(factory, name) as root:
-        return {recipe: root / recipe if (root / recipe).is_dir() else
-                quantize(bundle, recipe, root / recipe, samples=samples, show_progress=False) for recipe in recipes}
+        return {recipe: _quantized_into(bundle, recipe, root / recipe, samples) for recipe in recipes}
 
 
 @pytest.fixture(scope="session")
@@ -279,8 +284,6 @@ def blip2_t5_bundle(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trt_bundles(request, tmp_path_factory) -> dict[tuple[str, str], Path]:
     """The TensorRT-format recipes of every family (helpers.TRT_MADE), made once."""
-    from edgevfm.quantize.api import quantize
-
     from helpers import TRT_MADE
 
     made = {}
@@ -288,7 +291,5 @@ def trt_bundles(request, tmp_path_factory) -> dict[tuple[str, str], Path]:
         source = request.getfixturevalue(family)
         with _built_once(tmp_path_factory, "trt") as out:
             for recipe in recipes:
-                target = out / f"{family}-{recipe}"
-                made[family, recipe] = target if target.is_dir() else quantize(source, recipe, target, samples=4,
-                                                                                show_progress=False)
+                made[family, recipe] = _quantized_into(source, recipe, out / f"{family}-{recipe}", samples=4)
     return made
