@@ -10,7 +10,7 @@ from edgevfm.runtime.progress import progress
 from edgevfm.runtime import load
 from edgevfm.runtime.bundle import open_bundle, write_manifest
 from edgevfm.quantize.errors import CalibrationError, QuantizeError
-from edgevfm.runtime.errors import BundleError, InputError, MissingExtraError, UsageError
+from edgevfm.runtime.errors import BundleError, InputError, MissingExtraError, UnknownNameError, UsageError
 from edgevfm.runtime.output import check_out_dir, staged_bundle
 
 from .calibration import calibration_data, calibration_texts
@@ -58,7 +58,7 @@ def quantize(bundle: str | Path, recipe: str, out: str | Path, calib: str | Path
                          "is applied as it is")
     if candidates is not None:
         raise UsageError(f"candidates are the recipes 'auto' measures; recipe {recipe!r} is applied as it is")
-    chosen = RECIPES.get(recipe)
+    chosen = _known(recipe, bundle)
     if block_size is not None and (isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 16
                                    or block_size & (block_size - 1)):
         raise UsageError(f"block_size must be a power of two of at least 16 (MatMulNBits), found {block_size!r}")
@@ -190,3 +190,19 @@ def _smoke_run(stage: Path, recipe: str, simulate: bool = False) -> None:
         load(stage, threads=1, providers=SIMULATE if simulate else None)
     except Exception as exc:
         raise QuantizeError(f"recipe {recipe!r} produced a bundle the runtime cannot open: {exc}") from exc
+
+
+def _known(recipe: str, bundle) -> object:
+    """The registered ``recipe``; an unknown name lists the recipes for the bundle's family (auto,
+    the generic ones and its own, TensorRT-format ones included), or every recipe where the bundle
+    cannot be read (its own error comes once the name is right)."""
+    try:
+        return RECIPES.get(recipe)
+    except UnknownNameError as unknown:
+        try:
+            family = open_bundle(bundle, verify_hashes=False).family
+        except (BundleError, OSError):  # the bundle's own error: the full list, then that error comes next
+            raise unknown from None
+        fit = [name for name, r in RECIPES.items() if r.families is None or family in r.families]
+        raise UnknownNameError("recipe", recipe, ["auto", *fit], f" (the recipes for a {family} bundle; "
+                               "edgevfm quantize --help describes each)") from None

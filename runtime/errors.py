@@ -36,12 +36,12 @@ class UnknownNameError(EdgeVfmError, ValueError):
 
     exit_code = EXIT_INPUT
 
-    def __init__(self, kind: str, name: str, valid: list[str]):
-        self.kind, self.name, self.valid = kind, name, sorted(valid)
-        super().__init__(f"unknown {kind} {name!r}: expected one of {', '.join(self.valid) or '(none)'}")
+    def __init__(self, kind: str, name: str, valid: list[str], which: str = ""):
+        self.kind, self.name, self.valid, self.which = kind, name, sorted(valid), which
+        super().__init__(f"unknown {kind} {name!r}: expected one of {', '.join(self.valid) or '(none)'}{which}")
 
     def __reduce__(self):  # errors cross processes (Ray workers, the bench's worker) by pickle
-        return type(self), (self.kind, self.name, self.valid)
+        return type(self), (self.kind, self.name, self.valid, self.which)
 
 
 class BundleError(EdgeVfmError, ValueError):

@@ -146,14 +146,26 @@ def test_empty_or_missing_calibration_folder(clip_bundle, tmp_path):
 
 
 def test_unknown_recipe(clip_bundle, tmp_path):
+    """An unknown name lists the recipes for the bundle's family (auto, the generic ones, CLIP's
+    TensorRT-format ones; no other family's), or every registered one where the bundle cannot be
+    read; nothing is written either way."""
     import re
 
     from edgevfm.quantize.recipes import RECIPES
 
+    for_clip = "auto, fp16, int4, int8-dynamic, int8-dynamic-u8s8, int8-static, int8-static-u8s8, ov-bf16, ov-fp32, " \
+               "ov-int4, ov-int8, ov-int8-bf16, ov-int8-plain, ov-int8-plain-full-range, trt-fp16, trt-fp32, trt-int8, " \
+               "trt-int8-gelu"
+    with pytest.raises(UnknownNameError) as raised:
+        quantize(clip_bundle, "int3", tmp_path / "q", show_progress=False)
+    assert str(raised.value) == (f"unknown recipe 'int3': expected one of {for_clip} (the recipes for a clip bundle; "
+                                 "edgevfm quantize --help describes each)")
+    assert raised.value.valid == for_clip.split(", ")
     every = ", ".join(sorted(RECIPES.names()))  # every registered recipe, the TensorRT-format ones too
     assert "blip2-int4, blip2-int8" in every and "trt-int8" in every
-    with pytest.raises(UnknownNameError, match=re.escape(f"unknown recipe 'int3': expected one of {every}")):
-        quantize(clip_bundle, "int3", tmp_path / "q", show_progress=False)
+    with pytest.raises(UnknownNameError, match=re.escape(f"unknown recipe 'int3': expected one of {every}") + "$"):
+        quantize(tmp_path / "no-bundle", "int3", tmp_path / "q", show_progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_family_recipe_refuses_other_families(clip_bundle, tmp_path):
