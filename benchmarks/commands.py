@@ -16,7 +16,7 @@ from edgevfm.runtime.tasks import existing_folder, new_folder, positive_int
 # small BLIP captioner and question answerer trained on the scenes, and tiny BLIP-2 (a caption), whose
 # real sizes take minutes each.
 # `make report` passes the real sizes (the Makefile lists them).
-DEFAULT_MODELS = ("random:clip-vit-b32", "trained:clip-shapes", "trained:sam-shapes", "trained:llava-smol",
+DEFAULT_MODELS = ("random:clip-vit-b32", "trained:clip-shapes", "trained:sam-shapes", "trained:llava-shapes",
                   "trained:blip-shapes", "trained:blip-vqa-shapes", "random:blip2-tiny", "random:blip2-itm-tiny")
 
 

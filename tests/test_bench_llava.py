@@ -65,3 +65,20 @@ def test_the_demo_s_quick_bench_prompts_one_photo_and_keeps_the_text():
     assert (quick.workload()["images"], quick.workload()["prompts"]) == (1, 2)
     assert quick.workload()["perplexity_text"] == full.workload()["perplexity_text"]
     assert (quick.images[0] == full.images[0]).all()  # the first of the same photos
+
+
+def test_the_demo_s_quick_bench_scores_the_first_held_out_questions(tmp_path):
+    """With a VQA data set (make demo: trained:llava-shapes' held-out scenes), the quick look scores
+    the first QUICK_VQA_ITEMS questions and its workload says of how many; the full one all."""
+    from edgevfm.benchmarks.families.llava import QUICK_VQA_ITEMS, LlavaBench
+    from edgevfm.benchmarks.scene_data import held_out
+
+    data = str(held_out("llava", root=tmp_path, task="vqa"))
+    full, quick = LlavaBench(data), LlavaBench(data)
+    quick.quicken()
+    assert len(full.annotated) == 200 and len(quick.annotated) == len(quick.data_images) == QUICK_VQA_ITEMS == 48
+    assert [a.question for a in quick.annotated] == [a.question for a in full.annotated[:48]]
+    assert all((a == b).all() for a, b in zip(quick.data_images, full.data_images[:48], strict=True))
+    assert quick.workload()["annotated"] == ("48 vqa items, the first of 200 (quick: edgevfm demo) (greedy answers of "
+                                             "at most 8 tokens, VQA accuracy)")
+    assert full.workload()["annotated"] == "200 vqa items (greedy answers of at most 8 tokens, VQA accuracy)"

@@ -23,6 +23,7 @@ from .base import Bench, demo_scenes, load_on_this_cpu
 GOAL_SIZE_RATIO, GOAL_TOP1, GOAL_PERPLEXITY, GOAL_BANDWIDTH = 0.30, 0.90, 0.05, 0.60
 GREEDY_TOKENS = 16
 ANSWER_TOKENS = 8  # the longest VQA answer generated (the scenes' answers are one word)
+QUICK_VQA_ITEMS = 48  # make demo's: the first questions of the held-out split (~1 s each in PyTorch)
 TRAINED_MARGIN = 0.05  # mean FP32 top-1 probability margin below this: near-tied (random) logits
 TEXT_TOKENS = 320  # the text is cut here: within every preset's context (tiny tokenizers split it finely)
 # Plain English for perplexity and teacher-forced agreement (~300 tokens, so that one position
@@ -102,14 +103,17 @@ class LlavaBench(Bench):
         self.images = skimage_photos()[:3]
         self.questions = list(QUESTIONS)
         task, self.annotated, self.data_images = read_data(data)
+        self.annotated_of = len(self.annotated)  # quicken() keeps the first QUICK_VQA_ITEMS
         if task not in (None, "vqa"):
             raise InputError(f"--data holds {task} annotations, but LLaVA bundles are measured on questions: give a "
                              "VQA annotation folder (questions.json and annotations.json)")
 
     def quicken(self) -> None:
-        """make demo: the image prompts on the first photo only (2 of 6); the English text's
-        positions, most of the agreement figure, stay."""
+        """make demo: the image prompts on the first photo only (2 of 6), VQA accuracy on the first
+        ``QUICK_VQA_ITEMS`` annotated questions; the English text's positions, most of the agreement
+        figure, stay."""
         self.images = self.images[:1]
+        self.annotated, self.data_images = self.annotated[:QUICK_VQA_ITEMS], self.data_images[:QUICK_VQA_ITEMS]
 
     def torch_runner(self, checkpoint):
         return _TorchLlava(checkpoint)
@@ -184,12 +188,16 @@ class LlavaBench(Bench):
 
     def workload(self) -> dict:
         return {"images": len(self.images), "questions": len(self.questions),
-                "annotated": f"{len(self.annotated)} vqa items (greedy answers of at most {ANSWER_TOKENS} tokens, "
-                             "VQA accuracy)" if self.annotated else None,
+                "annotated": f"{len(self.annotated)} vqa items{self._of()} (greedy answers of at most "
+                             f"{ANSWER_TOKENS} tokens, VQA accuracy)" if self.annotated else None,
                 "prompts": len(self.images) * 2, "greedy_tokens": GREEDY_TOKENS,
                 "perplexity_text": f"{len(ENGLISH_TEXT.split())} English words (no image), at most {TEXT_TOKENS} tokens",
                 "note": "latency at batch 1: vision is one image, prefill the image tokens + the first question, "
                         "decode one token after that prefill"}
+
+    def _of(self) -> str:
+        return (f", the first of {self.annotated_of} (quick: edgevfm demo)" if self.annotated_of > len(self.annotated)
+                else "")
 
     def goals(self, rows: list[dict], peaks: dict, peers: dict | None = None, machine: dict | None = None) -> list[dict]:
         fp32 = next((r for r in rows if r["kind"] == "bundle" and r["recipe"] is None), None)
