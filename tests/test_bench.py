@@ -97,6 +97,31 @@ def test_labelled_folder_gives_top1_accuracy(clip_bundle, photos, tmp_path):
     assert out["workload"]["labelled_images"] == 3 and out["workload"]["classes"] == 2
 
 
+def test_the_demo_s_quick_clip_bench_keeps_one_prompt_per_label_and_the_task_sets(photos, tmp_path):
+    """edgevfm demo's quick look: agreement on the first QUICK_IMAGES crops and the first prompt of
+    each label (the zero-shot set the accuracy reads), the workload saying so; a labelled folder
+    (a trained preset's task score) stays whole."""
+    from PIL import Image
+
+    from edgevfm.benchmarks.families.clip import QUICK_IMAGES, ClipBench
+    from edgevfm.quantize.families.clip import LABELS
+
+    for label, picks in (("cat", [1, 3]), ("astronaut", [0])):
+        (tmp_path / label).mkdir()
+        for i in picks:
+            Image.fromarray(photos[i]).save(tmp_path / label / f"{i}.png")
+    full, quick = ClipBench(str(tmp_path)), ClipBench(str(tmp_path))
+    quick.quicken()
+    assert (len(full.images), len(full.texts)) == (36, 96) and (len(quick.images), len(quick.texts)) == (QUICK_IMAGES, 24)
+    assert all((a == b).all() for a, b in zip(quick.images, full.images[:QUICK_IMAGES], strict=True))
+    assert sorted(t.rstrip(".").split()[-1] for t in quick.texts) == sorted(l.split()[-1] for l in LABELS)
+    assert quick.texts == full.texts[:24] and quick.data_paths == full.data_paths and len(quick.data_paths) == 3
+    assert quick.workload()["image_source"].endswith(": the first 12 of 36 (quick: edgevfm demo)")
+    assert quick.workload()["text_source"] == "4 templates x 24 labels: the first 24, one per label (quick: edgevfm demo)"
+    assert full.workload()["text_source"] == "4 templates x 24 labels"
+    assert "quick" not in full.workload()["image_source"]
+
+
 def test_reference_must_match_the_bundles_source(clip_bundle, tmp_path):
     with pytest.raises(BundleError, match="config differs from --reference"):
         bench([clip_bundle], reference="random:clip-vit-b32", out_dir=tmp_path, runs=1, warmup=0, batch=1,

@@ -23,7 +23,7 @@ from .base import Bench, demo_scenes, load_on_this_cpu
 GOAL_SIZE_RATIO, GOAL_TOP1, GOAL_PERPLEXITY, GOAL_BANDWIDTH = 0.30, 0.90, 0.05, 0.60
 GREEDY_TOKENS = 16
 ANSWER_TOKENS = 8  # the longest VQA answer generated (the scenes' answers are one word)
-QUICK_VQA_ITEMS = 48  # make demo's: the first questions of the held-out split (~1 s each in PyTorch)
+QUICK_VQA_ITEMS = 32  # make demo's: the first questions of the held-out split (~0.5 s each in PyTorch)
 TRAINED_MARGIN = 0.05  # mean FP32 top-1 probability margin below this: near-tied (random) logits
 TEXT_TOKENS = 320  # the text is cut here: within every preset's context (tiny tokenizers split it finely)
 # Plain English for perplexity and teacher-forced agreement (~300 tokens, so that one position
