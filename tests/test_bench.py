@@ -116,8 +116,8 @@ def test_the_demo_s_quick_clip_bench_keeps_one_prompt_per_label_and_the_task_set
     assert all((a == b).all() for a, b in zip(quick.images, full.images[:QUICK_IMAGES], strict=True))
     assert sorted(t.rstrip(".").split()[-1] for t in quick.texts) == sorted(l.split()[-1] for l in LABELS)
     assert quick.texts == full.texts[:24] and quick.data_paths == full.data_paths and len(quick.data_paths) == 3
-    assert quick.workload()["image_source"].endswith(": the first 12 of 36 (quick: edgevfm demo)")
-    assert quick.workload()["text_source"] == "4 templates x 24 labels: the first 24, one per label (quick: edgevfm demo)"
+    assert quick.workload()["image_source"].endswith(": the first 12 of 36 (edgevfm demo's quick look)")
+    assert quick.workload()["text_source"] == "4 templates x 24 labels: the first 24, one per label (edgevfm demo's quick look)"
     assert full.workload()["text_source"] == "4 templates x 24 labels"
     assert "quick" not in full.workload()["image_source"]
 

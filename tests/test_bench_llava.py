@@ -79,6 +79,6 @@ def test_the_demo_s_quick_bench_scores_the_first_held_out_questions(tmp_path):
     assert len(full.annotated) == 200 and len(quick.annotated) == len(quick.data_images) == QUICK_VQA_ITEMS == 32
     assert [a.question for a in quick.annotated] == [a.question for a in full.annotated[:32]]
     assert all((a == b).all() for a, b in zip(quick.data_images, full.data_images[:32], strict=True))
-    assert quick.workload()["annotated"] == ("32 vqa items, the first of 200 (quick: edgevfm demo) (greedy answers of "
-                                             "at most 8 tokens, VQA accuracy)")
+    assert quick.workload()["annotated"] == ("32 vqa items, the first of 200 (edgevfm demo's quick look) "
+                                             "(greedy answers of at most 8 tokens, VQA accuracy)")
     assert full.workload()["annotated"] == "200 vqa items (greedy answers of at most 8 tokens, VQA accuracy)"

@@ -338,7 +338,7 @@ def test_llava_shapes_bench_scores_vqa_as_pytorch(llava_shapes_bundle, tmp_path)
 
     data = write("vqa", tmp_path / "scenes", 2)
     # quick: the fixed image prompts on one photo, not three (SmolLM2 in PyTorch is most of the
-    # time); the annotated questions are all answered either way
+    # time); the annotated questions are all answered (quick answers the first 32: these are fewer)
     found = bench([llava_shapes_bundle], reference="trained:llava-shapes", data=data, out_dir=tmp_path / "r",
                   runs=1, warmup=0, batch=1, threads=1, show_progress=False, quick=True)
     torch_row, fp32 = (row["accuracy"] for row in found["rows"])

@@ -168,10 +168,10 @@ class ClipBench(Bench):
                 "image_source": "2 crops (top-left 70%, bottom-right 70% turned 90 degrees) of each of "
                                 "scikit-image's photos; calibration used the whole photos and mirrors"
                 + ("" if len(self.images) == self.images_of else f": the first {len(self.images)} of {self.images_of} "
-                   "(quick: edgevfm demo)"),
+                   "(edgevfm demo's quick look)"),
                 "text_source": f"{len(TEMPLATES)} templates x {len(LABELS)} labels"
                 + ("" if len(self.texts) == len(TEMPLATES) * len(LABELS) else f": the first {len(self.texts)}, one per "
-                   "label (quick: edgevfm demo)")}
+                   "label (edgevfm demo's quick look)")}
 
     def goals(self, rows: list[dict], peaks: dict, peers: dict | None = None, machine: dict | None = None) -> list[dict]:
         torch_row = next(r for r in rows if r["kind"] == "pytorch")

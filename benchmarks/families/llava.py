@@ -196,8 +196,8 @@ class LlavaBench(Bench):
                         "decode one token after that prefill"}
 
     def _of(self) -> str:
-        return (f", the first of {self.annotated_of} (quick: edgevfm demo)" if self.annotated_of > len(self.annotated)
-                else "")
+        quick = self.annotated_of > len(self.annotated)
+        return f", the first of {self.annotated_of} (edgevfm demo's quick look)" if quick else ""
 
     def goals(self, rows: list[dict], peaks: dict, peers: dict | None = None, machine: dict | None = None) -> list[dict]:
         fp32 = next((r for r in rows if r["kind"] == "bundle" and r["recipe"] is None), None)
