@@ -15,7 +15,7 @@ from edgevfm.runtime.output import check_out_dir, staged_bundle
 
 from .calibration import calibration_data, calibration_texts
 from .families import CALIBRATION
-from .recipes import INT8_ACTIVATIONS, RECIPES, quiet_ort_logging
+from .recipes import INT8_ACTIVATIONS, RECIPES, quiet_ort_logging, recipes_for
 
 from .choosers import chooser
 
@@ -203,6 +203,6 @@ def _known(recipe: str, bundle) -> object:
             family = open_bundle(bundle, verify_hashes=False).family
         except (BundleError, OSError):  # the bundle's own error: the full list, then that error comes next
             raise unknown from None
-        fit = [name for name, r in RECIPES.items() if r.families is None or family in r.families]
-        raise UnknownNameError("recipe", recipe, ["auto", *fit], f" (the recipes for a {family} bundle; "
+        raise UnknownNameError("recipe", recipe, ["auto", *recipes_for(family, unlisted=True)],
+                               f" (the recipes for a {family} bundle; "
                                "edgevfm quantize --help describes each)") from None

@@ -389,10 +389,11 @@ def register_family_recipe(name: str, family: str, description: str, plan: dict[
                             listed=listed))
 
 
-def recipes_for(family: str) -> list[str]:
-    """Names of the recipes that apply to ``family``'s bundles: the generic ones and its own."""
+def recipes_for(family: str, unlisted: bool = False) -> list[str]:
+    """Names of the recipes that apply to ``family``'s bundles: the generic ones and its own (with
+    ``unlisted``, also those ``--recipe auto`` does not offer: the TensorRT-format ones, controls)."""
     return [name for name, recipe in RECIPES.items()
-            if recipe.listed and (recipe.families is None or family in recipe.families)]
+            if (unlisted or recipe.listed) and (recipe.families is None or family in recipe.families)]
 
 
 from . import openvino, tensorrt  # noqa: E402,F401  (registers the OpenVINO and TensorRT-format recipes)
