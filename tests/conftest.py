@@ -11,6 +11,14 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tests send no usage stats. With them on (a driver that joins a running cluster keeps Ray's default;
+# ray.init of a new one turns them off), Ray Data starts a poller thread on the process's first job.
+# It asks Prometheus (localhost:9090) every 10 s for as long as the worker lives and logs each
+# refusal with its traceback. On CPython 3.11 formatting a traceback calls ast.parse, which is not
+# thread-safe there (the AST builder's recursion counter is shared by all threads), so a test module
+# imported later on that worker (pytest rewrites it with ast.parse) raced the poller in CI:
+# "SystemError: AST constructor recursion depth mismatch". tests/test_batch_cluster.py checks it.
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
 def pytest_xdist_auto_num_workers(config):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +78,9 @@ def test_the_worker_node_gets_the_bundle_checks_it_and_uses_it(cluster, pictures
     assert copy.parent == cache and copy != clip_bundle
     assert sorted(p.name for p in copy.iterdir()) == sorted(p.name for p in clip_bundle.iterdir())
     assert summary["rows_by_node"] == {worker_node: 24} and summary["errors"] == 0
+    # a driver joining a running cluster keeps Ray's usage stats on (ray.init of a new one turns them
+    # off), and with them Ray Data's poller thread for the worker's life: conftest opts out
+    assert "data-usage-metrics-poller" not in {t.name for t in threading.enumerate()}
     table = pa.concat_tables([pq.read_table(p) for p in sorted((tmp_path / "out").glob("part-*.parquet"))])
     table = table.sort_by("path")
     expected = load(clip_bundle, threads=1).embed_images(table.column("path").to_pylist())
