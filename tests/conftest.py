@@ -38,9 +38,17 @@ def pytest_xdist_auto_num_workers(config):
 @pytest.fixture(scope="session", autouse=True)
 def _compiled_model_cache(tmp_path_factory):
     """OpenVINO parts cache their compiled models: in the session's temporary folder, never in the
-    home folder of whoever runs the tests."""
+    home folder of whoever runs the tests. SmolLM2's conversion from its GGUF (540 MB, some 25 s) is
+    made once per run, shared by pytest-xdist's workers as the session bundles are (``_built_once``):
+    it is written to a temporary folder and renamed, so two workers converting at once both end with
+    the one folder."""
+    cache = tmp_path_factory.mktemp("compiled-cache")
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = tmp_path_factory.getbasetemp().parent / "smollm2"
+        shared.mkdir(exist_ok=True)
+        (cache / "smollm2").symlink_to(shared, target_is_directory=True)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("EDGEVFM_CACHE_DIR", str(tmp_path_factory.mktemp("compiled-cache")))
+        patch.setenv("EDGEVFM_CACHE_DIR", str(cache))
         yield
 
 
