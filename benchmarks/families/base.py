@@ -14,6 +14,9 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
+# how a workload that quicken() shortened says so (the report's settings say it too)
+QUICK_LOOK = "edgevfm demo's quick look"
+
 
 def load_on_this_cpu(path, threads: int | None = None):
     """A bundle opened to run on this CPU, as every measurement here opens it: a TensorRT-format

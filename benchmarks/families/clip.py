@@ -12,7 +12,7 @@ from edgevfm.quantize.families.clip import LABELS, TEMPLATES, prompts
 from edgevfm.runtime.image import list_images
 
 from . import BENCH
-from .base import Bench, load_on_this_cpu
+from .base import QUICK_LOOK, Bench, load_on_this_cpu
 from ..machine import machine_info
 
 GOAL_SPEEDUP, GOAL_COSINE = 5.0, 0.999
@@ -168,10 +168,10 @@ class ClipBench(Bench):
                 "image_source": "2 crops (top-left 70%, bottom-right 70% turned 90 degrees) of each of "
                                 "scikit-image's photos; calibration used the whole photos and mirrors"
                 + ("" if len(self.images) == self.images_of else f": the first {len(self.images)} of {self.images_of} "
-                   "(edgevfm demo's quick look)"),
+                   f"({QUICK_LOOK})"),
                 "text_source": f"{len(TEMPLATES)} templates x {len(LABELS)} labels"
                 + ("" if len(self.texts) == len(TEMPLATES) * len(LABELS) else f": the first {len(self.texts)}, one per "
-                   "label (edgevfm demo's quick look)")}
+                   f"label ({QUICK_LOOK})")}
 
     def goals(self, rows: list[dict], peaks: dict, peers: dict | None = None, machine: dict | None = None) -> list[dict]:
         torch_row = next(r for r in rows if r["kind"] == "pytorch")

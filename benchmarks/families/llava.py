@@ -18,7 +18,7 @@ from edgevfm.quantize.families.llava import QUESTIONS
 
 from . import BENCH
 from ..captions import vqa_metrics
-from .base import Bench, demo_scenes, load_on_this_cpu
+from .base import QUICK_LOOK, Bench, demo_scenes, load_on_this_cpu
 
 GOAL_SIZE_RATIO, GOAL_TOP1, GOAL_PERPLEXITY, GOAL_BANDWIDTH = 0.30, 0.90, 0.05, 0.60
 GREEDY_TOKENS = 16
@@ -197,7 +197,7 @@ class LlavaBench(Bench):
 
     def _of(self) -> str:
         quick = self.annotated_of > len(self.annotated)
-        return f", the first of {self.annotated_of} (edgevfm demo's quick look)" if quick else ""
+        return f", the first of {self.annotated_of} ({QUICK_LOOK})" if quick else ""
 
     def goals(self, rows: list[dict], peaks: dict, peers: dict | None = None, machine: dict | None = None) -> list[dict]:
         fp32 = next((r for r in rows if r["kind"] == "bundle" and r["recipe"] is None), None)

@@ -13,7 +13,7 @@ from edgevfm.runtime.image import list_images, load_image
 from edgevfm.runtime.tensorrt import simulation_providers
 
 from . import BENCH
-from .base import Bench
+from .base import QUICK_LOOK, Bench
 from ..roofline import work_floor
 
 GOAL_DECODER_MS, GOAL_ENCODER_SPEEDUP, GOAL_MASK_IOU = 10.0, 2.0, 0.95
@@ -230,7 +230,7 @@ class SamBench(Bench):
                                  "best-scored of the three masks counts"}
         if self.truth:
             found["automatic_mask_recall"] = (f"bundles, on the first {min(self.recall_images, len(self.truth))} of "
-                                              "those images" + (f" (edgevfm demo's quick look; make report takes "
+                                              "those images" + (f" ({QUICK_LOOK}; make report takes "
                                                                 f"{RECALL_IMAGES})" if self.recall_images < RECALL_IMAGES
                                                                else ""))
         return found
